@@ -1,0 +1,409 @@
+"""The pruning engine on plain transformers decoders (tiny random Llama and Qwen2/GQA).
+
+The builders at the top are shared with test_pruners.py and test_budgets.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from vla_autoprune import compat
+from vla_autoprune.models.base import DecoderInputs
+from vla_autoprune.models.layout import TokenLayout
+from vla_autoprune.pruning import LayerView, Pruner, build_pruner, prune
+from vla_autoprune.pruning.scores import text_visual_attention
+
+HIDDEN = 64  # tiny decoders: fast on 2 shared CPU cores
+VOCAB = 40
+PREFIX = 3  # instruction tokens before the visual block
+NUM_VISUAL = 16
+NUM_TEXT = 5  # text queries after the visual block (longest prompt)
+FAMILIES = ("llama", "qwen2")
+ATOL = 1e-5  # fp32: equivalent computations differ by ~1e-7; pruning itself moves outputs ~1e-3
+
+
+def build_decoder(family: str = "llama", layers: int = 4, attn: str = "sdpa", seed: int = 0) -> nn.Module:
+    """A tiny randomly initialised causal LM (Qwen2 with GQA: 4 query heads share 2 KV heads)."""
+    torch.manual_seed(seed)
+    common = dict(
+        hidden_size=HIDDEN,
+        intermediate_size=2 * HIDDEN,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=256,
+        attn_implementation=attn,
+    )
+    if family == "llama":
+        model: nn.Module = LlamaForCausalLM(LlamaConfig(**common))
+    else:
+        model = Qwen2ForCausalLM(Qwen2Config(use_sliding_window=False, **common))
+    return model.eval()
+
+
+def make_inputs(
+    batch: int = 1,
+    text_lengths: tuple[int, ...] | None = None,
+    num_visual: int = NUM_VISUAL,
+    seed: int = 1,
+) -> DecoderInputs:
+    """Left-padded decoder inputs: [pad][prefix][visual block][text], text lengths per sample."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths = text_lengths or (NUM_TEXT,) * batch
+    n = PREFIX + num_visual + max(lengths)
+    mask = torch.zeros(batch, n, dtype=torch.long)
+    visual = torch.zeros(batch, n, dtype=torch.bool)
+    text = torch.zeros(batch, n, dtype=torch.bool)
+    for b, t in enumerate(lengths):
+        start = n - (PREFIX + num_visual + t)
+        mask[b, start:] = 1
+        visual[b, start + PREFIX : start + PREFIX + num_visual] = True
+        text[b, n - t :] = True
+    layout = TokenLayout(
+        visual_mask=visual,
+        text_mask=text,
+        attention_mask=mask,
+        camera_index=torch.arange(num_visual).div(num_visual // 2, rounding_mode="floor").expand(batch, -1),
+        patch_index=torch.arange(num_visual).remainder(num_visual // 2).expand(batch, -1),
+        patch_grid=(2, num_visual // 4),
+    )
+    return DecoderInputs(
+        inputs_embeds=torch.randn(batch, n, HIDDEN, generator=gen),
+        attention_mask=mask,
+        position_ids=(mask.cumsum(1) - 1).clamp(min=0),  # what generate() uses for left padding
+        layout=layout,
+        vision_saliency=torch.rand(batch, num_visual, generator=gen),
+    )
+
+
+def forward(model: nn.Module, inputs: DecoderInputs) -> torch.Tensor:
+    """Logits ``[B, N, vocab]`` of a plain forward on ``inputs``."""
+    with torch.no_grad():
+        return model(
+            inputs_embeds=inputs.inputs_embeds,
+            attention_mask=inputs.attention_mask,
+            position_ids=inputs.position_ids,
+        ).logits
+
+
+def greedy(model: nn.Module, inputs: DecoderInputs, steps: int = 4) -> torch.Tensor:
+    """Greedy ``generate()`` tokens ``[B, steps]`` from embeddings."""
+    with torch.no_grad():
+        return model.generate(
+            inputs_embeds=inputs.inputs_embeds,
+            attention_mask=inputs.attention_mask,
+            max_new_tokens=steps,
+            min_new_tokens=steps,
+            do_sample=False,
+            pad_token_id=0,
+        )
+
+
+def sample(inputs: DecoderInputs, b: int) -> DecoderInputs:
+    """Sample ``b`` of a left-padded batch, without its padding."""
+    keep = inputs.attention_mask[b].bool()
+    layout = inputs.layout
+    return DecoderInputs(
+        inputs_embeds=inputs.inputs_embeds[b : b + 1, keep],
+        attention_mask=inputs.attention_mask[b : b + 1, keep],
+        position_ids=None if inputs.position_ids is None else inputs.position_ids[b : b + 1, keep],
+        layout=TokenLayout(
+            visual_mask=layout.visual_mask[b : b + 1, keep],
+            text_mask=layout.text_mask[b : b + 1, keep],
+            attention_mask=layout.attention_mask[b : b + 1, keep],
+            camera_index=layout.camera_index[b : b + 1],
+            patch_index=layout.patch_index[b : b + 1],
+            patch_grid=layout.patch_grid,
+        ),
+        vision_saliency=None if inputs.vision_saliency is None else inputs.vision_saliency[b : b + 1],
+    )
+
+
+@dataclass
+class FixedPruner(Pruner):
+    """Test pruner: a given per-sample schedule and, optionally, given scores."""
+
+    name = "fixed"
+    counts: torch.Tensor | None = None  # [B, L]
+    scores: torch.Tensor | None = None  # [B, V]
+
+    def schedule(self, view: LayerView) -> torch.Tensor:
+        assert self.counts is not None
+        return self.counts
+
+    def score(self, view: LayerView) -> torch.Tensor:
+        if self.scores is None:
+            return view.text_attention()
+        return self.scores.gather(1, view.visual_index)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Any:
+    """Tiny tensors: one intra-op thread avoids oversubscribing the shared cores (several x faster)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+# ------------------------------------------------------------------------------------------------
+# A reference that keeps every token but masks the dropped ones out of attention.
+
+
+def masked_reference(
+    model: nn.Module, inputs: DecoderInputs, drop_after: int, dropped: torch.Tensor
+) -> Callable[[], Any]:
+    """Hooks making layers > ``drop_after`` unable to attend to positions ``dropped`` (bool [B, N])."""
+    layers = compat.decoder_layers(model)
+    n = dropped.shape[1]
+    real = inputs.attention_mask.bool()
+
+    def pre(i: int, module: nn.Module, args: tuple, kwargs: dict) -> tuple:
+        hidden = args[0]
+        b, q = hidden.shape[:2]
+        past = compat.cache_length(kwargs.get("cache"), i)
+        kv = past + q
+        rows = past + torch.arange(q)
+        allowed = torch.arange(kv).view(1, -1) <= rows.view(-1, 1)  # [q, kv] causal
+        keys = torch.ones(b, kv, dtype=torch.bool)
+        keys[:, :n] = real & ~dropped
+        if kv > n:
+            keys[:, n:] = True
+        mask = (allowed & keys[:, None, None, :]) | (torch.arange(kv).view(1, -1) == rows.view(-1, 1))
+        encoded = compat.bool_to_mask_like(
+            mask, kwargs.get("attention_mask"), hidden.dtype
+        )  # eager: additive
+        return args, {**kwargs, "attention_mask": encoded}
+
+    handles = [
+        layer.register_forward_pre_hook(lambda m, a, k, i=i: pre(i, m, a, k), with_kwargs=True)
+        for i, layer in enumerate(layers)
+        if i > drop_after
+    ]
+    return lambda: [h.remove() for h in handles]
+
+
+def fixed_drop(
+    inputs: DecoderInputs, layers: int, drop_after: int, keep: int
+) -> tuple[FixedPruner, torch.Tensor]:
+    """A pruner keeping ``keep`` random-scored visual tokens after ``drop_after``, and the dropped mask."""
+    b = inputs.inputs_embeds.shape[0]
+    scores = torch.rand(b, NUM_VISUAL, generator=torch.Generator().manual_seed(7))
+    counts = torch.full((b, layers), NUM_VISUAL)
+    counts[:, drop_after:] = keep
+    dropped_visual = torch.ones(b, NUM_VISUAL, dtype=torch.bool).scatter(1, scores.topk(keep).indices, False)
+    dropped = torch.zeros_like(inputs.layout.visual_mask)
+    dropped[inputs.layout.visual_mask] = dropped_visual.flatten()
+    return FixedPruner(counts=counts, scores=scores), dropped
+
+
+# ------------------------------------------------------------------------------------------------
+# Tests.
+
+
+def _hook_count(model: nn.Module) -> int:
+    return sum(
+        len(layer._forward_pre_hooks) + len(layer._forward_hooks) for layer in compat.decoder_layers(model)
+    )
+
+
+def test_hooks_removed_after_exit_and_after_exception() -> None:
+    model = build_decoder()
+    inputs = make_inputs()
+    with prune(model, build_pruner("fastv", budget=8), inputs) as record:
+        assert _hook_count(model) == 2 * 4
+        forward(model, record.inputs)
+    assert _hook_count(model) == 0
+    with pytest.raises(RuntimeError, match="boom"), prune(model, build_pruner("fastv", budget=8), inputs):
+        raise RuntimeError("boom")
+    assert _hook_count(model) == 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("name", ["autoprune", "fastv", "pdrop", "sparsevlm"])
+def test_keep_all_equals_unpruned(family: str, name: str) -> None:
+    model = build_decoder(family)
+    inputs = make_inputs(batch=2, text_lengths=(5, 3))
+    pruner = build_pruner(name, budget=NUM_VISUAL)
+    with prune(model, pruner, inputs) as record:
+        pruned = forward(model, record.inputs)
+        tokens = greedy(model, record.inputs)
+    assert torch.equal(pruned, forward(model, inputs))
+    assert torch.equal(tokens, greedy(model, inputs))
+    assert record.visual_tokens is not None and bool((record.visual_tokens == NUM_VISUAL).all())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("drop_after", [0, 2])
+def test_dropping_equals_masking(family: str, attn: str, drop_after: int) -> None:
+    model = build_decoder(family, layers=4, attn=attn)
+    inputs = make_inputs(batch=2, text_lengths=(5, 2))
+    pruner, dropped = fixed_drop(inputs, 4, drop_after, keep=6)
+    with prune(model, pruner, inputs) as record:
+        pruned = forward(model, record.inputs)
+        pruned_tokens = greedy(model, record.inputs)
+    remove = masked_reference(model, inputs, drop_after, dropped)
+    masked = forward(model, inputs)
+    masked_tokens = greedy(model, inputs)
+    remove()
+    text = inputs.layout.text_mask
+    assert torch.allclose(pruned[text], masked[text], atol=ATOL)
+    assert not torch.allclose(pruned[text], forward(model, inputs)[text], atol=1e-4)  # the test has teeth
+    assert torch.equal(pruned_tokens, masked_tokens)
+    assert record.visual_tokens is not None
+    assert (
+        record.visual_tokens[:, drop_after + 1 :].eq(6).all()
+        and record.visual_tokens[:, 0].eq(NUM_VISUAL).all()
+    )
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_score_block_equals_eager_attentions(family: str) -> None:
+    sdpa = build_decoder(family, layers=2)
+    eager = build_decoder(family, layers=2, attn="eager")
+    inputs = make_inputs(batch=2, text_lengths=(5, 3))
+    captured: dict[str, Any] = {}
+
+    def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        captured.update(hidden=args[0], kwargs=kwargs)
+
+    handle = compat.decoder_layers(sdpa)[1].register_forward_pre_hook(grab, with_kwargs=True)
+    forward(sdpa, inputs)
+    handle.remove()
+    layout = inputs.layout
+    text_rows = torch.stack([torch.nonzero(r).flatten()[-3:] for r in layout.text_mask])  # 3 rows each
+    visual_cols = layout.visual_positions()
+    with torch.no_grad():
+        block = text_visual_attention(
+            compat.decoder_layers(sdpa)[1],
+            captured["hidden"],
+            captured["kwargs"]["position_embeddings"],
+            captured["kwargs"]["attention_mask"],
+            text_rows,
+            visual_cols,
+        )
+        attn = eager(
+            inputs_embeds=inputs.inputs_embeds,
+            attention_mask=inputs.attention_mask,
+            position_ids=inputs.position_ids,
+            output_attentions=True,
+        ).attentions[1]
+    rows = attn.gather(2, text_rows[:, None, :, None].expand(-1, attn.shape[1], -1, attn.shape[-1]))
+    expected = rows.gather(3, visual_cols[:, None, None, :].expand(-1, attn.shape[1], rows.shape[2], -1))
+    assert block.shape == (2, 4, 3, NUM_VISUAL)
+    assert torch.allclose(block, expected, atol=1e-6)
+    assert float(block.sum(-1).max()) < 1.0  # NOT renormalised over the visual columns
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_ragged_batch_equals_one_by_one(family: str) -> None:
+    model = build_decoder(family, layers=4)
+    inputs = make_inputs(batch=3, text_lengths=(5, 2, 4))
+    counts = torch.tensor([[16, 10, 4, 4], [16, 6, 6, 2], [16, 16, 12, 1]])
+    scores = torch.rand(3, NUM_VISUAL, generator=torch.Generator().manual_seed(3))
+    with prune(model, FixedPruner(counts=counts, scores=scores), inputs) as record:
+        batch_logits = forward(model, record.inputs)
+        batch_tokens = greedy(model, record.inputs)
+    assert record.visual_tokens is not None
+    assert record.visual_tokens.tolist() == [[16, 16, 10, 4], [16, 16, 6, 6], [16, 16, 16, 12]]
+    for b in range(3):
+        one = sample(inputs, b)
+        pruner = FixedPruner(counts=counts[b : b + 1], scores=scores[b : b + 1])
+        with prune(model, pruner, one) as single:
+            logits = forward(model, single.inputs)
+            tokens = greedy(model, single.inputs)
+        real = inputs.attention_mask[b].bool()
+        assert torch.allclose(batch_logits[b, real], logits[0], atol=ATOL)
+        assert torch.equal(batch_tokens[b], tokens[0])
+        assert single.visual_tokens is not None and torch.equal(
+            single.visual_tokens[0], record.visual_tokens[b]
+        )
+
+
+def test_record_counts_equal_tensor_sizes_seen_by_layers() -> None:
+    model = build_decoder("qwen2", layers=6)
+    inputs = make_inputs()
+    seen: list[tuple[int, int]] = []
+
+    def observe(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden = args[0]
+        cos = kwargs["position_embeddings"][0]
+        assert cos.shape[1] == hidden.shape[1] == kwargs["position_ids"].shape[1]
+        seen.append((hidden.shape[1], cos.shape[1]))
+
+    with prune(model, build_pruner("autoprune", budget=7), inputs) as record:
+        handles = [
+            layer.register_forward_pre_hook(observe, with_kwargs=True)
+            for layer in compat.decoder_layers(model)
+        ]
+        forward(model, record.inputs)
+        for h in handles:
+            h.remove()
+    assert record.seq_len is not None and record.visual_tokens is not None and record.tokens is not None
+    assert [s for s, _ in seen] == record.seq_len.tolist()
+    non_visual = inputs.inputs_embeds.shape[1] - NUM_VISUAL
+    assert (record.tokens[0] - non_visual).tolist() == record.visual_tokens[0].tolist()
+    assert record.seq_len.tolist() == record.tokens[0].tolist()  # B=1: no padding, no fillers
+    assert record.flops is not None and record.flops[0] < build_flops_unpruned(model, inputs)
+
+
+def build_flops_unpruned(model: nn.Module, inputs: DecoderInputs) -> int:
+    with prune(model, build_pruner("none"), inputs) as record:
+        forward(model, record.inputs)
+    assert record.flops is not None
+    return int(record.flops[0])
+
+
+def test_contiguous_positions_renumber_survivors_and_generate() -> None:
+    model = build_decoder(layers=4)
+    inputs = make_inputs(batch=1)
+    seen: list[list[int]] = []
+    pruner = build_pruner("fastv", budget=8, position_ids="contiguous")
+    with prune(model, pruner, inputs) as record:
+        handle = compat.decoder_layers(model)[3].register_forward_pre_hook(
+            lambda m, a, k: seen.append(k["position_ids"][0].tolist()), with_kwargs=True
+        )
+        forward(model, record.inputs)
+        tokens = greedy(model, record.inputs, steps=3)
+        handle.remove()
+    n_kept = int(record.seq_len[3]) if record.seq_len is not None else -1
+    assert seen[0] == list(range(n_kept)) and n_kept < inputs.inputs_embeds.shape[1]
+    assert seen[1] == seen[0]  # generate()'s prefill
+    assert seen[2:] == [[n_kept], [n_kept + 1]]  # its decode steps continue the renumbered sequence
+    assert tokens.shape == (1, 3)
+
+
+def test_output_restored_to_input_length() -> None:
+    model = build_decoder()
+    inputs = make_inputs(batch=2, text_lengths=(4, 5))
+    with prune(model, build_pruner("fastv", budget=6), inputs) as record:
+        logits = forward(model, record.inputs)
+    assert logits.shape[:2] == inputs.inputs_embeds.shape[:2]
+    assert record.kept_visual[3] is not None and record.kept_visual[3].shape == (
+        2,
+        int(record.visual_tokens[0, 3]),
+    )  # type: ignore[index]
+
+
+def test_wrong_inputs_and_unknown_pruner_errors() -> None:
+    model = build_decoder()
+    inputs = make_inputs(batch=1)
+    other = make_inputs(batch=1, text_lengths=(2,))
+    with (
+        pytest.raises(ValueError, match="run the decoder on record.inputs"),
+        prune(model, build_pruner("fastv", budget=8), inputs),
+    ):
+        forward(model, other)
+    with pytest.raises(
+        ValueError, match="known pruners: autoprune, fastervlm, fastv, none, pdrop, random, sparsevlm"
+    ):
+        build_pruner("fastvv", budget=8)

@@ -1,0 +1,165 @@
+"""The evaluation pipeline: Hydra composition, crash-safe records, resume, shards, merge, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from planners.constant_velocity import ConstantVelocityPlanner
+from planners.metrics import l2_at
+from vla_autoprune.pipeline.app import evaluate
+from vla_autoprune.pipeline.loop import RECORDS_FILE, run_split, shard_indices
+from vla_autoprune.pipeline.merge import find_runs, merge_runs
+from vla_autoprune.pipeline.report_files import write_report
+from vla_autoprune.pipeline.results import RecordWriter, atomic_write_json, read_records
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def _cfg(root: Path, *overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(
+            "evaluate",
+            overrides=[f"data.dataset.dataroot={root}", "device=cpu", "batch_size=3", *overrides],
+        )
+
+
+# -- results files ---------------------------------------------------------------------------------
+
+
+def test_torn_last_record_is_dropped_and_truncated(tmp_path: Path) -> None:
+    path = tmp_path / "records.jsonl"
+    with RecordWriter(path) as w:
+        w.write([{"index": 0}, {"index": 1}])
+    with path.open("a") as f:
+        f.write('{"index": 2, "l2": [0.1')  # killed mid-write
+    assert [r["index"] for r in read_records(path)] == [0, 1]
+    assert path.read_text().endswith("}\n")  # the torn tail is gone, appends stay valid
+    with RecordWriter(path) as w:
+        w.write([{"index": 2}])
+    assert [r["index"] for r in read_records(path)] == [0, 1, 2]
+
+
+def test_corrupt_middle_line_is_an_error_not_silent_loss(tmp_path: Path) -> None:
+    path = tmp_path / "records.jsonl"
+    path.write_text('{"index": 0}\nnot json\n{"index": 2}\n')
+    with pytest.raises(ValueError, match="line 2 is not valid JSON"):
+        read_records(path)
+
+
+def test_atomic_write_replaces_whole_file(tmp_path: Path) -> None:
+    path = tmp_path / "summary.json"
+    atomic_write_json(path, {"a": 1})
+    atomic_write_json(path, {"b": 2})
+    assert json.loads(path.read_text()) == {"b": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temp files left
+
+
+def test_shard_indices_partition_the_split() -> None:
+    shards = [shard_indices(10, i, 3) for i in range(3)]
+    assert sorted(sum(shards, [])) == list(range(10))
+    assert shard_indices(10, 1, 3, limit=2) == [1, 4]
+    with pytest.raises(ValueError, match="0 <= shard < num_shards"):
+        shard_indices(10, 3, 3)
+
+
+# -- the loop, resume ------------------------------------------------------------------------------
+
+
+class _Crashing(ConstantVelocityPlanner):
+    """Dies (like a killed job) after ``batches`` batches."""
+
+    def __init__(self, batches: int) -> None:
+        super().__init__()
+        self.left = batches
+
+    def plan(self, batch: Any) -> Any:
+        if self.left == 0:
+            raise KeyboardInterrupt("killed")
+        self.left -= 1
+        return super().plan(batch)
+
+
+def test_killed_run_resumes_to_identical_results(synthetic_root: Path, tmp_path: Path) -> None:
+    from vla_autoprune.data import NuScenesDrivingDataset
+
+    ds = NuScenesDrivingDataset(synthetic_root, split="val")
+    indices = list(range(len(ds)))
+    full = run_split(ConstantVelocityPlanner(), ds, indices, tmp_path / "full", batch_size=3)
+    with pytest.raises(KeyboardInterrupt):
+        run_split(_Crashing(1), ds, indices, tmp_path / "resumed", batch_size=3)
+    assert len(read_records(tmp_path / "resumed" / RECORDS_FILE)) == 3
+    resumed = run_split(ConstantVelocityPlanner(), ds, indices, tmp_path / "resumed", batch_size=3)
+    assert resumed == full
+    assert len(read_records(tmp_path / "resumed" / RECORDS_FILE)) == len(ds)  # nothing evaluated twice
+
+
+def test_records_hold_metrics_consistent_with_metric_functions(synthetic_root: Path, tmp_path: Path) -> None:
+    from vla_autoprune.data import NuScenesDrivingDataset
+
+    ds = NuScenesDrivingDataset(synthetic_root, split="val")
+    records = run_split(ConstantVelocityPlanner(), ds, range(len(ds)), tmp_path, batch_size=4)
+    pred = np.array([r["pred"] for r in records])
+    gt = np.array([r["gt"] for r in records])
+    mask = np.array([r["gt_mask"] for r in records])
+    from vla_autoprune.pipeline.summary import planning_metrics
+
+    got = planning_metrics(records)["l2"]
+    for conv in ("stp3", "uniad"):
+        want = l2_at(pred, gt, mask, conv)
+        for h in ("1s", "2s", "3s"):
+            assert got[conv][h] == pytest.approx(want[h], abs=1e-3)  # preds are stored rounded to 1e-4
+
+
+# -- Hydra app -------------------------------------------------------------------------------------
+
+
+def test_default_config_composes_every_group() -> None:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for pruner in ("none", "random", "fastv", "pdrop", "sparsevlm", "fastervlm", "autoprune"):
+            cfg = compose("evaluate", overrides=[f"pruner={pruner}"])
+            assert cfg.pruner._target_.startswith("vla_autoprune.pruning.")
+        cfg = compose("evaluate", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+        assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+        cfg = compose("evaluate", overrides=["hydra/launcher=joblib"], return_hydra_config=True)
+        assert "Joblib" in cfg.hydra.launcher._target_
+
+
+def test_unknown_pruner_is_a_config_error_listing_options() -> None:
+    from hydra.errors import MissingConfigException
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        with pytest.raises(MissingConfigException, match="autoprune"):
+            compose("evaluate", overrides=["pruner=nope"])
+
+
+def test_constant_velocity_run_and_shards_merge_to_the_unsharded_summary(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    whole = evaluate(_cfg(synthetic_root, "planner=constant_velocity"), tmp_path / "whole")
+    for shard in range(2):
+        evaluate(
+            _cfg(synthetic_root, "planner=constant_velocity", f"data.shard={shard}", "data.num_shards=2"),
+            tmp_path / "sharded" / str(shard),
+        )
+    (merged,) = merge_runs(find_runs([tmp_path / "sharded"]))
+    assert merged["num_samples"] == whole["num_samples"] > 0
+    assert merged["l2"] == whole["l2"] and merged["collision"] == whole["collision"]
+    assert merged["samples_digest"] == whole["samples_digest"]
+    rows = write_report([tmp_path / "sharded"], tmp_path / "report")
+    assert len(rows) == 1
+    assert (tmp_path / "report" / "report.md").read_text().count("constant_velocity") == 1
+    assert (tmp_path / "report" / "l2_3s_vs_budget.png").stat().st_size > 0
+
+
+def test_missing_dataroot_fails_before_any_work(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path / "nowhere", "planner=constant_velocity", "data=nuscenes")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        evaluate(cfg, tmp_path / "out")
+    assert not (tmp_path / "out" / RECORDS_FILE).exists()

@@ -1,0 +1,294 @@
+"""The synthetic nuScenes generator, checked through the unmodified nuscenes-devkit."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from nuscenes.map_expansion.arcline_path_utils import project_pose_to_lane
+from nuscenes.map_expansion.map_api import NuScenesMap
+from nuscenes.nuscenes import NuScenes
+from nuscenes.utils.data_classes import LidarPointCloud
+from nuscenes.utils.geometry_utils import BoxVisibility, points_in_box, view_points
+from pyquaternion import Quaternion
+from shapely.geometry import Polygon
+
+from data_tools.synthetic.render import AMBIENT, CLASS_RGB
+from data_tools.synthetic_nuscenes import (
+    DatarootNotEmptyError,
+    GeneratorArgumentError,
+    generate,
+    main,
+)
+from vla_autoprune.data.schema import CAMERAS, CATEGORIES
+
+VERSION = "v1.0-synthetic"
+SCENES, SAMPLES, SIZE = 4, 10, (192, 108)
+HEX32 = re.compile(r"^[0-9a-f]{32}$")
+#: Planning-metric ego footprint (METRICS.md): 4.084 m x 1.85 m, centred 0.5 m ahead of the pose.
+EGO_LENGTH, EGO_WIDTH, EGO_CENTER_AHEAD = 4.084, 1.85, 0.5
+#: Commands from the future path: lateral offset at +3 s (6 keyframes) beyond +-2 m.
+COMMAND_STEPS, COMMAND_OFFSET_M = 6, 2.0
+
+
+@pytest.fixture(scope="module")
+def dataroot(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    return generate(root, scenes=SCENES, samples_per_scene=SAMPLES, image_size=SIZE, seed=0)
+
+
+@pytest.fixture(scope="module")
+def nusc(dataroot: Path) -> NuScenes:
+    return NuScenes(version=VERSION, dataroot=str(dataroot), verbose=False)
+
+
+def _scene_samples(nusc: NuScenes, scene: dict) -> list[dict]:
+    out, token = [], scene["first_sample_token"]
+    while token:
+        out.append(nusc.get("sample", token))
+        token = out[-1]["next"]
+    return out
+
+
+def _ego_pose(nusc: NuScenes, sample: dict) -> tuple[np.ndarray, float]:
+    pose = nusc.get("ego_pose", nusc.get("sample_data", sample["data"]["LIDAR_TOP"])["ego_pose_token"])
+    return np.array(pose["translation"][:2]), Quaternion(pose["rotation"]).yaw_pitch_roll[0]
+
+
+def _to_ego(xy: np.ndarray, origin: np.ndarray, yaw: float) -> np.ndarray:
+    c, s = math.cos(yaw), math.sin(yaw)
+    d = np.asarray(xy) - origin
+    return np.array([c * d[0] + s * d[1], -s * d[0] + c * d[1]])
+
+
+def test_devkit_loads_every_sample_with_all_sensors(nusc: NuScenes, dataroot: Path) -> None:
+    assert len(nusc.scene) == SCENES and len(nusc.sample) == SCENES * SAMPLES
+    assert {c["name"] for c in nusc.category} == set(CATEGORIES)
+    assert {v["token"] for v in nusc.visibility} == {"1", "2", "3", "4"}
+    for sample in nusc.sample:
+        assert set(sample["data"]) == {*CAMERAS, "LIDAR_TOP"}
+        for channel in CAMERAS:
+            sd = nusc.get("sample_data", sample["data"][channel])
+            assert sd["is_key_frame"] and sd["timestamp"] == sample["timestamp"]
+            image = cv2.imread(str(dataroot / sd["filename"]))
+            assert image.shape == (SIZE[1], SIZE[0], 3) == (sd["height"], sd["width"], 3)
+    lidar = LidarPointCloud.from_file(nusc.get_sample_data_path(nusc.sample[0]["data"]["LIDAR_TOP"]))
+    assert lidar.points.shape[0] == 4 and lidar.points.shape[1] > 1000
+
+
+def test_tokens_are_unique_hex_and_annotations_have_points(nusc: NuScenes) -> None:
+    for table in nusc.table_names:
+        tokens = [r["token"] for r in getattr(nusc, table)]
+        assert len(set(tokens)) == len(tokens), table
+        if table != "visibility":
+            assert all(HEX32.match(t) for t in tokens), table
+    assert all(a["num_lidar_pts"] + a["num_radar_pts"] > 0 for a in nusc.sample_annotation)
+    assert all(a["visibility_token"] in {"1", "2", "3", "4"} for a in nusc.sample_annotation)
+
+
+def test_linked_lists_are_consistent(nusc: NuScenes) -> None:
+    for scene in nusc.scene:
+        samples = _scene_samples(nusc, scene)
+        assert len(samples) == scene["nbr_samples"] == SAMPLES
+        assert samples[-1]["token"] == scene["last_sample_token"]
+        assert np.all(np.diff([s["timestamp"] for s in samples]) == 500_000)  # 2 Hz, microseconds
+        for prev, cur in zip(samples, samples[1:], strict=False):
+            assert cur["prev"] == prev["token"]
+            for channel in prev["data"]:
+                assert nusc.get("sample_data", prev["data"][channel])["next"] == cur["data"][channel]
+    for inst in nusc.instance:
+        anns, token = [], inst["first_annotation_token"]
+        while token:
+            anns.append(nusc.get("sample_annotation", token))
+            token = anns[-1]["next"]
+        assert len(anns) == inst["nbr_annotations"] and anns[-1]["token"] == inst["last_annotation_token"]
+        assert all(a["instance_token"] == inst["token"] for a in anns)
+        times = [nusc.get("sample", a["sample_token"])["timestamp"] for a in anns]
+        assert times == sorted(times) and len(set(times)) == len(times)
+
+
+def test_camera_calibration_matches_nuscenes(nusc: NuScenes) -> None:
+    scale = SIZE[0] / 1600
+    expected_yaw = {"CAM_FRONT": 0, "CAM_FRONT_RIGHT": -55, "CAM_FRONT_LEFT": 55, "CAM_BACK": 180}
+    expected_yaw |= {"CAM_BACK_LEFT": 110, "CAM_BACK_RIGHT": -110}
+    sample = nusc.sample[0]
+    for channel, yaw in expected_yaw.items():
+        calib = nusc.get(
+            "calibrated_sensor", nusc.get("sample_data", sample["data"][channel])["calibrated_sensor_token"]
+        )
+        axis = Quaternion(calib["rotation"]).rotation_matrix @ np.array(
+            [0.0, 0.0, 1.0]
+        )  # optical axis in ego
+        error = math.atan2(axis[1], axis[0]) - math.radians(yaw)
+        assert abs(math.remainder(error, 2 * math.pi)) < 1e-6, channel
+        assert abs(axis[2]) < 1e-9  # level cameras
+        focal = calib["camera_intrinsic"][0][0]
+        assert focal == pytest.approx((809.2 if channel == "CAM_BACK" else 1266.4) * scale, rel=0.01)
+
+
+def _matches_class_colour(pixel_rgb: np.ndarray, category: str) -> bool:
+    """Pixel = base colour x shade, shade in [AMBIENT, 1], up to JPEG error."""
+    base = np.asarray(CLASS_RGB[category], dtype=np.float64)
+    shade = float(pixel_rgb @ base / (base @ base))
+    residual = np.abs(pixel_rgb - shade * base).max()
+    return AMBIENT - 0.1 <= shade <= 1.1 and residual < 30
+
+
+def test_annotation_boxes_project_onto_their_rendered_colour(nusc: NuScenes) -> None:
+    """The devkit's own box projection lands on pixels painted in the agent's class colour."""
+    checked = 0
+    for sample in nusc.sample:
+        for channel in CAMERAS:
+            sd_token = sample["data"][channel]
+            path, boxes, intrinsic = nusc.get_sample_data(sd_token, box_vis_level=BoxVisibility.NONE)
+            boxes = [b for b in boxes if b.corners()[2].max() > 0.0]  # at least partly in front
+            if not boxes:
+                continue
+            nearest = min(boxes, key=lambda b: b.corners()[2].min())  # nothing can stand in front of it
+            _, full, _ = nusc.get_sample_data(
+                sd_token, box_vis_level=BoxVisibility.ALL, selected_anntokens=[nearest.token]
+            )
+            if (
+                not full
+                or np.ptp(view_points(nearest.corners(), intrinsic, normalize=True)[:2], axis=1).min() < 6
+            ):
+                continue  # partly out of view, or only a few pixels
+            u, v = view_points(nearest.center[:, None], intrinsic, normalize=True)[:2, 0].round().astype(int)
+            rgb = cv2.imread(path)[v - 1 : v + 2, u - 1 : u + 2, ::-1].reshape(-1, 3)
+            assert _matches_class_colour(np.median(rgb, axis=0), nearest.name), (path, nearest.name)
+            checked += 1
+    assert checked >= 10, checked
+
+
+def test_lidar_points_fall_in_annotated_boxes(nusc: NuScenes) -> None:
+    sample = nusc.sample[SAMPLES // 2]
+    sd = nusc.get("sample_data", sample["data"]["LIDAR_TOP"])
+    cloud = LidarPointCloud.from_file(nusc.get_sample_data_path(sd["token"]))
+    points = cloud.points[:3].astype(np.float64)
+    _, boxes, _ = nusc.get_sample_data(sd["token"])  # boxes in the lidar frame
+    for box in boxes:
+        ann = nusc.get("sample_annotation", box.token)
+        inside = points_in_box(box, points, wlh_factor=1.001)
+        assert abs(int(inside.sum()) - ann["num_lidar_pts"]) <= 1, ann["category_name"]
+
+
+def test_map_expansion_matches_ego_poses(nusc: NuScenes, dataroot: Path) -> None:
+    maps: dict[str, NuScenesMap] = {}
+    for scene in nusc.scene:
+        location = nusc.get("log", scene["log_token"])["location"]
+        nmap = maps.setdefault(location, NuScenesMap(dataroot=str(dataroot), map_name=location))
+        for sample in _scene_samples(nusc, scene):
+            xy, yaw = _ego_pose(nusc, sample)
+            layers = nmap.layers_on_point(xy[0], xy[1])
+            assert layers["drivable_area"] and layers["road_segment"] and layers["lane"]
+            off_road = xy + 20.0 * np.array([-math.sin(yaw), math.cos(yaw)])  # 20 m to the left
+            assert nmap.record_on_point(off_road[0], off_road[1], "drivable_area") == ""
+            lane = nmap.get_closest_lane(xy[0], xy[1], radius=2.0)
+            (lane_x, lane_y, lane_yaw), _ = project_pose_to_lane(
+                (xy[0], xy[1], yaw), nmap.get_arcline_path(lane), 0.1
+            )
+            # The ego drives on its lane's arc-line centre (0.1 m discretisation) and along it.
+            assert math.hypot(lane_x - xy[0], lane_y - xy[1]) < 0.06 and math.cos(lane_yaw - yaw) > 0.9999
+            patch = (xy[0] - 1.0, xy[1] - 1.0, xy[0] + 1.0, xy[1] + 1.0)
+            assert nmap.is_record_in_patch("lane", layers["lane"], patch, mode="intersect")
+
+
+def _commands(nusc: NuScenes) -> set[str]:
+    out = set()
+    for scene in nusc.scene:
+        poses = [_ego_pose(nusc, s) for s in _scene_samples(nusc, scene)]
+        for (xy, yaw), (future, _) in zip(poses, poses[COMMAND_STEPS:], strict=False):
+            lateral = _to_ego(future, xy, yaw)[1]
+            out.add(
+                "left"
+                if lateral > COMMAND_OFFSET_M
+                else "right"
+                if lateral < -COMMAND_OFFSET_M
+                else "straight"
+            )
+    return out
+
+
+def test_scenes_hold_all_commands_and_a_lead_vehicle_slowdown(nusc: NuScenes) -> None:
+    assert _commands(nusc) == {"left", "straight", "right"}
+    slowdowns = 0
+    for scene in nusc.scene:
+        samples = _scene_samples(nusc, scene)
+        poses = [_ego_pose(nusc, s) for s in samples]
+        speed = [np.linalg.norm(b[0] - a[0]) / 0.5 for a, b in zip(poses, poses[1:], strict=False)]
+        drop = int(np.argmax(np.array(speed[:-1]) - np.array(speed[1:])))
+        if speed[drop] - min(speed[drop:]) < 3.0:  # m/s
+            continue
+        xy, yaw = poses[drop]
+        ahead = [
+            _to_ego(nusc.get("sample_annotation", a)["translation"][:2], xy, yaw)
+            for a in samples[drop]["anns"]
+        ]
+        if any(0.0 < p[0] < 40.0 and abs(p[1]) < 1.5 for p in ahead):
+            slowdowns += 1
+    assert slowdowns >= 1
+
+
+def test_ego_never_overlaps_an_agent(nusc: NuScenes) -> None:
+    half_l, half_w = EGO_LENGTH / 2, EGO_WIDTH / 2
+    ego = Polygon(
+        [
+            (EGO_CENTER_AHEAD + x, y)
+            for x, y in [(half_l, half_w), (half_l, -half_w), (-half_l, -half_w), (-half_l, half_w)]
+        ]
+    )
+    for sample in nusc.sample:
+        xy, yaw = _ego_pose(nusc, sample)
+        for token in sample["anns"]:
+            box = nusc.get_box(token)
+            corners = [_to_ego(c, xy, yaw) for c in box.bottom_corners()[:2].T]
+            assert not ego.intersects(Polygon(corners)), box.name
+
+
+def test_splits_partition_the_scenes(nusc: NuScenes, dataroot: Path) -> None:
+    splits = json.loads((dataroot / VERSION / "splits.json").read_text())
+    assert set(splits) == {"train", "val"} and splits["train"] and splits["val"]
+    assert sorted(splits["train"] + splits["val"]) == sorted(s["name"] for s in nusc.scene)
+
+
+def test_same_seed_is_byte_identical_and_another_seed_differs(tmp_path: Path) -> None:
+    def tables(folder: str, seed: int) -> Path:
+        return (
+            generate(tmp_path / folder, scenes=2, samples_per_scene=3, image_size=(48, 27), seed=seed)
+            / VERSION
+        )
+
+    first, again, other = tables("a", 3), tables("b", 3), tables("c", 4)
+    for table in sorted(p.name for p in first.glob("*.json")):
+        assert (first / table).read_bytes() == (again / table).read_bytes(), table
+    assert (first / "ego_pose.json").read_bytes() != (other / "ego_pose.json").read_bytes()
+    assert (first / "sample.json").read_bytes() != (other / "sample.json").read_bytes()
+
+
+def test_cli_refuses_a_non_empty_dataroot(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "keep.txt").write_text("user data")
+    argv = ["--dataroot", str(tmp_path), "--scenes", "1", "--samples-per-scene", "2", "--image-size", "32x18"]
+    with caplog.at_level(logging.ERROR):
+        assert main(argv) == 2
+    assert "--overwrite" in caplog.text and len(caplog.records) == 1 and "\n" not in caplog.records[0].message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+    with pytest.raises(DatarootNotEmptyError):
+        generate(tmp_path, scenes=1, samples_per_scene=2, image_size=(32, 18))
+    assert main([*argv, "--overwrite"]) == 0
+    assert (tmp_path / "keep.txt").exists() and (tmp_path / VERSION / "sample.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"scenes": 0}, {"samples_per_scene": 1}, {"image_size": (8, 8)}, {"val_fraction": 1.0}],
+)
+def test_bad_arguments_raise_value_errors(tmp_path: Path, kwargs: dict) -> None:
+    with pytest.raises(GeneratorArgumentError, match="got"):
+        generate(tmp_path, **kwargs)
+    assert not any(tmp_path.iterdir())

@@ -1,0 +1,133 @@
+"""One evaluation run, from a composed Hydra config to ``summary.json`` (used by ``vla_autoprune.evaluate``).
+
+Order matters for bad input: everything that can be checked cheaply (device, dataroot, split,
+shard, pruner name and budget) is checked before the first sample is evaluated, so a bad config is a
+one-line error that costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from planners.base import Planner
+from vla_autoprune.data import collate
+from vla_autoprune.pipeline.loop import run_split, shard_indices
+from vla_autoprune.pipeline.merge import RUN_FILE, samples_digest
+from vla_autoprune.pipeline.results import atomic_write_json
+from vla_autoprune.pipeline.summary import summarize
+from vla_autoprune.pipeline.table import SHORT_COLUMNS, table_rows, to_markdown
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_FILE = "summary.json"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else must be a device torch can use."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name} but CUDA is not available here; use device=cpu or device=auto")
+    return device
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """``float32`` / ``bfloat16`` / ``float16`` -> the torch dtype."""
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise ValueError(f"dtype={name!r} is not supported; use one of {sorted(dtypes)}")
+    return dtypes[name]
+
+
+def build(node: Any) -> Any:
+    """``hydra.utils.instantiate``, re-raising a component's own bad-input error (one line) unwrapped."""
+    try:
+        return instantiate(node)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, (ValueError, FileNotFoundError, KeyError)):
+            raise err.__cause__ from None
+        raise
+
+
+def _component_name(cfg: DictConfig, group: str) -> str:
+    """The chosen option of a config group (e.g. ``autoprune`` for ``pruner``)."""
+    choices = OmegaConf.select(cfg, "hydra.runtime.choices") if "hydra" in cfg else None
+    if choices is not None and group in choices:
+        return str(choices[group])
+    return str(OmegaConf.select(cfg, f"{group}_name", default=group))
+
+
+def run_meta(cfg: DictConfig, planner: Planner, device: torch.device, out_dir: Path) -> dict[str, Any]:
+    """What this run is (written to run.json; configurations are told apart by it)."""
+    pruner_name = _component_name(cfg, "pruner") if planner.name == "vla" else "none"
+    return {
+        "planner": planner.name,
+        "pruner": pruner_name,
+        "budget": cfg.budget if pruner_name != "none" else None,
+        "accounting": getattr(getattr(planner, "pruner", None), "accounting", "actual"),
+        "model": OmegaConf.select(cfg, "model.name_or_path"),
+        "data": OmegaConf.to_container(cfg.data.dataset, resolve=True),
+        "dtype": cfg.dtype,
+        "limit": cfg.limit,
+        "shard": cfg.data.shard,
+        "num_shards": cfg.data.num_shards,
+        "device": str(device),
+        "output_dir": str(out_dir),
+    }
+
+
+def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
+    """Run one configuration end to end; returns the summary (also written to ``out_dir``)."""
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    device = resolve_device(cfg.device)
+    resolve_dtype(cfg.dtype)
+    torch.manual_seed(cfg.seed)
+    dataset = build(cfg.data.dataset)
+    indices = shard_indices(len(dataset), cfg.data.shard, cfg.data.num_shards, cfg.limit)
+    if not indices:
+        raise ValueError(
+            f"shard {cfg.data.shard} of {cfg.data.num_shards} (limit={cfg.limit}) selects no sample"
+        )
+    planner: Planner = build(cfg.planner)
+    planner.setup()
+    planner.validate(collate([dataset[indices[0]]]))
+    meta = run_meta(cfg, planner, device, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    previous = out_dir / RUN_FILE
+    if previous.exists() and cfg.resume:
+        old = json.loads(previous.read_text())
+        if {k: old.get(k) for k in ("planner", "pruner", "budget")} != {
+            k: meta[k] for k in ("planner", "pruner", "budget")
+        }:
+            raise ValueError(
+                f"{out_dir} holds a run of another configuration; pick a new output dir or resume=false"
+            )
+    atomic_write_json(out_dir / RUN_FILE, meta)
+    OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+    records = run_split(
+        planner,
+        dataset,
+        indices,
+        out_dir,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        resume=cfg.resume,
+    )
+    meta["wall_time_s"] = time.perf_counter() - started
+    atomic_write_json(out_dir / RUN_FILE, meta)
+    summary = summarize(records, meta)
+    summary["samples_digest"] = samples_digest(records)
+    atomic_write_json(out_dir / SUMMARY_FILE, summary)
+    logger.info("%s\n%s", out_dir / SUMMARY_FILE, to_markdown(table_rows([summary]), SHORT_COLUMNS))
+    return summary

@@ -1,0 +1,114 @@
+"""The evaluation loop: batches of a split -> planner -> per-sample metric records on disk.
+
+One loop serves every planner; the only planner-specific part is what
+:meth:`planners.base.Planner.plan_with_stats` returns per sample (tokens, FLOPs, MI, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from planners.base import Planner
+from planners.metrics import collision_flags, l2_errors
+from vla_autoprune.data import collate
+from vla_autoprune.pipeline.results import RecordWriter, read_records
+from vla_autoprune.pipeline.summary import COLLISION_KEYS
+
+logger = logging.getLogger(__name__)
+
+RECORDS_FILE = "records.jsonl"
+
+
+def shard_indices(num_samples: int, shard: int, num_shards: int, limit: int | None = None) -> list[int]:
+    """Dataset indices of one shard (every ``num_shards``-th sample), optionally the first ``limit``."""
+    if num_shards < 1 or not 0 <= shard < num_shards:
+        raise ValueError(
+            f"shard={shard} of num_shards={num_shards}: need num_shards >= 1 and 0 <= shard < num_shards"
+        )
+    indices = list(range(shard, num_samples, num_shards))
+    return indices[:limit] if limit is not None else indices
+
+
+def sample_records(
+    batch: dict[str, Any], indices: Sequence[int], pred: torch.Tensor, stats: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Per-sample JSON records of one batch: predictions, per-step L2 and collision flags, stats."""
+    pred_np = pred.detach().float().cpu().numpy()
+    gt = batch["gt_trajectory"].numpy()
+    mask = batch["gt_mask"].numpy().astype(bool)
+    errors = np.asarray(l2_errors(pred_np, gt))
+    flags = {
+        key: np.asarray(collision_flags(pred_np, gt, batch["future_boxes"], batch["future_labels"], key))
+        for key in COLLISION_KEYS
+    }
+    records = []
+    for b, index in enumerate(indices):
+        record = {
+            "index": int(index),
+            "sample_token": batch["sample_token"][b],
+            "scene_token": batch["scene_token"][b],
+            "pred": pred_np[b].round(4).tolist(),
+            "gt": gt[b].round(4).tolist(),
+            "gt_mask": mask[b].tolist(),
+            "l2": errors[b].tolist(),
+            "collision": {key: flags[key][b].tolist() for key in COLLISION_KEYS},
+        }
+        record.update(stats[b])
+        records.append(record)
+    return records
+
+
+def run_split(
+    planner: Planner,
+    dataset: Dataset,
+    indices: Sequence[int],
+    out_dir: str | Path,
+    *,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    resume: bool = True,
+) -> list[dict[str, Any]]:
+    """Evaluate ``planner`` on ``dataset[indices]``, appending records to ``out_dir/records.jsonl``.
+
+    With ``resume`` the samples already recorded there are skipped, so a killed run continues where
+    it stopped; without it an existing records file is kept aside (renamed), never deleted.
+
+    Returns:
+        all records of ``indices`` (old and new), sorted by dataset index.
+    """
+    path = Path(out_dir) / RECORDS_FILE
+    if path.exists() and not resume:
+        backup = path.with_name(f"{RECORDS_FILE}.{time.strftime('%Y%m%d-%H%M%S')}.bak")
+        path.rename(backup)
+        logger.info("resume=false: kept the previous records as %s", backup)
+    wanted = set(indices)
+    done = {r["index"]: r for r in read_records(path) if r["index"] in wanted}
+    todo = [i for i in indices if i not in done]
+    if done:
+        logger.info("Resuming: %d of %d samples already evaluated", len(done), len(indices))
+    loader = DataLoader(
+        Subset(dataset, todo),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate,
+    )
+    with RecordWriter(path) as writer, torch.inference_mode():
+        cursor = 0
+        for batch in tqdm(loader, desc=f"eval {planner.name}", unit="batch", leave=False):
+            batch_indices = todo[cursor : cursor + len(batch["sample_token"])]
+            cursor += len(batch_indices)
+            pred, stats = planner.plan_with_stats(batch)
+            new = sample_records(batch, batch_indices, pred, stats)
+            writer.write(new)
+            done.update((r["index"], r) for r in new)
+    return [done[i] for i in sorted(done)]

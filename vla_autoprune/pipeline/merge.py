@@ -1,0 +1,73 @@
+"""Combine run folders (shards of one evaluation, runs of a sweep) into one summary per configuration.
+
+Every run folder holds ``run.json`` (what was run) and ``records.jsonl`` (per-sample results).
+Runs that differ only in their shard are one configuration: their records are concatenated
+(deduplicated by dataset index) and summarised again, so a sharded evaluation reports exactly what
+one unsharded run would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from vla_autoprune.pipeline.loop import RECORDS_FILE
+from vla_autoprune.pipeline.results import read_records
+from vla_autoprune.pipeline.summary import summarize
+
+logger = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+#: run.json keys that do not distinguish configurations (they differ between shards / reruns).
+_PER_JOB_KEYS = ("shard", "num_shards", "wall_time_s", "output_dir", "device")
+
+
+def find_runs(roots: Iterable[str | Path]) -> list[Path]:
+    """Run folders (holding ``run.json``) under any of ``roots``, sorted."""
+    runs: set[Path] = set()
+    for root in roots:
+        root = Path(root)
+        if not root.exists():
+            raise FileNotFoundError(f"{root} does not exist; pass a run or sweep output folder")
+        runs.update(p.parent for p in root.rglob(RUN_FILE))
+    return sorted(runs)
+
+
+def config_key(meta: dict[str, Any]) -> str:
+    """A stable identity of a configuration: its run.json without the per-job keys."""
+    identity = {k: v for k, v in meta.items() if k not in _PER_JOB_KEYS}
+    return json.dumps(identity, sort_keys=True)
+
+
+def samples_digest(records: Iterable[dict[str, Any]]) -> str:
+    """Short hash of the evaluated sample tokens: equal digests mean the same samples."""
+    tokens = sorted(r["sample_token"] for r in records)
+    return hashlib.sha1("\n".join(tokens).encode()).hexdigest()[:12]
+
+
+def merge_runs(runs: Iterable[Path]) -> list[dict[str, Any]]:
+    """One summary per configuration found in ``runs`` (shards merged)."""
+    groups: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        meta = json.loads((run / RUN_FILE).read_text())
+        group = groups.setdefault(
+            config_key(meta), {"meta": meta, "records": {}, "wall": 0.0, "devices": set()}
+        )
+        for record in read_records(run / RECORDS_FILE):
+            group["records"][record["index"]] = record
+        group["wall"] += float(meta.get("wall_time_s") or 0.0)
+        group["devices"].add(str(meta.get("device")))
+    summaries = []
+    for group in groups.values():
+        meta = {k: v for k, v in group["meta"].items() if k not in _PER_JOB_KEYS}
+        meta["wall_time_s"] = group["wall"]
+        meta["device"] = ",".join(sorted(group["devices"]))
+        records = list(group["records"].values())
+        summary = summarize(records, meta)
+        summary["samples_digest"] = samples_digest(records)
+        summaries.append(summary)
+    return summaries

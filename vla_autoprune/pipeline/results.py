@@ -1,0 +1,97 @@
+"""Crash-safe result files: append-only JSONL records and atomically replaced JSON documents.
+
+A run appends one JSON line per evaluated sample and fsyncs after every batch, so a killed run
+loses at most the batch in flight. On resume, :func:`read_records` drops a torn last line (the
+only kind of damage an append can leave) and the run skips the samples already recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` so readers see either the old or the new file, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Atomically write ``obj`` as pretty-printed JSON."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """Read a JSONL records file; a torn final line (killed mid-write) is dropped and truncated away.
+
+    A malformed line anywhere else means the file was edited or corrupted: that is an error, since
+    silently skipping it would lose results.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    records: list[dict[str, Any]] = []
+    good_bytes = 0
+    for i, line in enumerate(lines):
+        if not line.strip():
+            good_bytes += len(line) + (1 if i < len(lines) - 1 else 0)
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if i == len(lines) - 1:  # torn last line, no trailing newline yet
+                logger.warning("Dropping a torn last record in %s (the run was interrupted)", path)
+                with path.open("r+b") as f:
+                    f.truncate(good_bytes)
+                break
+            raise ValueError(
+                f"{path}: line {i + 1} is not valid JSON; restore the file or rerun with resume=false"
+            ) from err
+        good_bytes += len(line) + 1
+    return records
+
+
+class RecordWriter:
+    """Appends JSON records to a JSONL file, durably (flush + fsync per :meth:`write` call)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a", encoding="utf-8")
+
+    def write(self, records: Iterable[dict[str, Any]]) -> None:
+        """Append ``records`` (one line each) and make them durable."""
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+        self._file.write(text)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        """Close the file."""
+        self._file.close()
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

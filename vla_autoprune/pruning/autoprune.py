@@ -1,0 +1,548 @@
+"""AutoPrune's pure math: complexity (mutual information), slope, and the retention schedule.
+
+Based on "AutoPrune: Each Complexity Deserves a Pruning Policy" (NeurIPS 2025,
+https://arxiv.org/abs/2509.23931); the contract is the shared design note AUTOPRUNE.md.
+Everything here is a pure function of tensors or numbers: the engine calls it, nothing here
+touches a model.
+
+Schedules
+    A schedule is an int64 ``[B, L]`` tensor. Entry ``l`` is the number of visual tokens decoder
+    layer ``l`` HANDS ON to layer ``l + 1`` after it has run and pruned: kept tokens plus recycled
+    (merged) ones. ``split_handed_on`` turns "processed -> handed on" into (kept, merged) counts.
+    Counts are monotone non-increasing along the layers and lie in ``[1, V]``. The last entry is
+    what the last layer would hand on; no layer processes it, so it never counts against the budget.
+
+Accounting: "actual" (this project's default)
+    The tokens a layer PROCESSES are what entered it. Layer 0 processes all ``V`` visual tokens;
+    layer ``l >= 1`` processes ``schedule[l - 1]``, kept and recycled alike. With
+    ``stage0 == "before"`` the selection runs before the decoder instead: layer 0 processes
+    ``schedule[0]`` tokens and hands them all on (its entry is both what it sees and what it
+    hands on); layers ``l >= 1`` again process ``schedule[l - 1]``. The budget ``B`` is met on
+    this count: ``floor(B * L) - 1 <= tokens_processed <= B * L`` (within one token of ``B`` on
+    average, never above it) for every budget in ``reachable_budget``.
+
+Accounting: "reference" (the authors' integers)
+    ``reference_schedule``: the Appendix of AUTOPRUNE.md in float64 Python arithmetic, stage 0
+    and recycling included. Its total is ``sum(schedule)``: layer 0 counted at its post-stage-0
+    size ``v0 = schedule[0]``, layer ``l`` at what it hands on. It does not always reach ``B * L``
+    (budget 64 on a 32-layer, 576-token model can end at a mean of 64.19).
+
+Stage 0 ("actual" accounting)
+    ``"reference"``: layer 0 hands on ``v0 = min(int(2.5 B), V)`` tokens (the reference's stage 0,
+    no recycling), capped so that the budget stays reachable with one token per later layer; the
+    logistic curve then runs from layer 1 on ``v0``. ``"none"``: no stage 0; the curve runs from
+    layer 0 on ``V`` (layer 0 prunes too, after it has run). ``"before"``: the curve runs from
+    layer 0 on ``V``, and its layer-0 count is selected before the decoder (see "actual" above),
+    which makes tight budgets reachable. Layer ``l`` keeps ``ceil(base * min(1, s p_l))`` tokens
+    (at least 1, at most what it processed) plus ``recycle_count`` of the dropped ones; ``base`` is
+    ``v0`` or ``V`` (not the reference's ``v0 - 1``: without recycling it could never keep all).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, overload
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Accounting = Literal["actual", "reference"]
+Stage0 = Literal["reference", "none", "before"]
+HeadReduce = Literal["sum", "mean", "sum_over_T"]
+
+ACCOUNTINGS: tuple[str, ...] = ("actual", "reference")
+STAGE0_MODES: tuple[str, ...] = ("reference", "none", "before")
+HEAD_REDUCTIONS: tuple[str, ...] = ("sum", "mean", "sum_over_T")
+
+MI_EPS = 1e-6  # the reference's eps, both in the denominator and in the log clamp
+DEFAULT_K0 = 0.4  # slope at zero complexity (paper default)
+DEFAULT_GAMMA = 0.2  # slope decrease per bit of mutual information (paper default)
+CURVE_PLATEAU = 0.75  # keep fraction of the logistic curve on early layers, before scaling by s
+REFERENCE_X0 = 14.9  # the paper's curve centre (32-layer decoder)
+X0_DEPTH_FRACTION = 0.4656  # 14.9 / 32 as the contract rounds it: the centre for other depths
+STAGE0_BUDGET_MULTIPLE = 2.5  # the reference's stage 0 keeps min(2.5 B, V) tokens after layer 0
+RECYCLE_FRACTION = 0.3  # the top 30% of the dropped tokens are recycled ...
+TOKENS_PER_CLUSTER = 10  # ... into about a tenth as many merged tokens
+MIN_LAYERS = 2  # a schedule needs at least one layer after the one that prunes
+
+# The reference bisection, verbatim from the Appendix.
+REF_SCALE_HI = 20.0
+REF_MAX_STEPS = 200
+REF_STOP_DIFF = 0.01
+REF_EARLY_EXIT_TOL = 1.0
+
+# Bisection on log(s) for "actual": 40 halvings shrink the bracket (about 20 wide in log space for
+# k <= 0.4, L = 32) below 1e-10, far below any scale change that moves a count by one token. The
+# bracket only shapes the curve: the integer fix-up in `_fill_to_target` makes the total exact.
+ACTUAL_BISECTION_STEPS = 40
+# `split_handed_on` fixed-point steps: each step shrinks the error to about 3% of itself plus one
+# token (recycle_count grows ~0.03 per dropped token), so 16 steps are exact far beyond V = 1e9.
+SPLIT_ITERATIONS = 16
+
+
+class ScheduleError(ValueError):
+    """Invalid schedule or complexity arguments."""
+
+
+class BudgetOutOfRangeError(ScheduleError):
+    """The requested budget cannot be met with the given depth, token count and accounting."""
+
+
+# --------------------------------------------------------------------------- complexity
+
+
+def mutual_information(
+    attn_tv: Tensor,
+    head_reduce: HeadReduce = "sum",
+    eps: float = MI_EPS,
+    text_valid: Tensor | None = None,
+) -> Tensor:
+    """Mutual information between text queries and visual keys, per sample (no host sync).
+
+    ``p(x) = 1/T``, ``p(x, y) = A[x, y] / T``, ``p(y) = sum_x p(x, y)``;
+    ``MI_h = sum p(x, y) log2(clamp(p(x, y) / (p(x) p(y) + eps), eps))``.
+
+    Args:
+        attn_tv: ``[B, H, T, V]`` attention probabilities of the ``T`` text queries over the ``V``
+            visual keys: rows of the full softmax, NOT renormalised over the visual columns.
+        head_reduce: ``"sum"`` over heads (reference), ``"mean"`` over heads, or ``"sum_over_T"``
+            (sum over heads divided by ``T``: the reference's stage-0 variant).
+        eps: clamp / denominator epsilon (the reference's 1e-6).
+        text_valid: optional bool ``[B, T]``; False marks padded query rows, which are ignored
+            (``p(x) = 1/T_b`` with ``T_b`` the valid rows of sample ``b``).
+
+    Returns:
+        ``[B]`` MI in bits (float32; float64 for float64 input), on the input's device.
+    """
+    _check_attention(attn_tv, head_reduce, text_valid)
+    probs = attn_tv if attn_tv.dtype == torch.float64 else attn_tv.to(torch.float32)
+    num_text = _valid_text_counts(probs, text_valid)  # [B]
+    if text_valid is not None:
+        # where, not multiply: padded rows may hold NaN or garbage
+        probs = torch.where(text_valid[:, None, :, None], probs, torch.zeros_like(probs))
+    t = num_text.to(probs.dtype)[:, None, None, None]
+    p_xy = probs / t  # [B, H, T, V]
+    p_y = p_xy.sum(dim=2, keepdim=True)  # [B, H, 1, V]
+    ratio = p_xy / (p_y / t + eps)  # p(x) p(y) = p(y) / T
+    mi_heads = (p_xy * torch.log2(ratio.clamp(min=eps))).sum(dim=(2, 3))  # [B, H]
+    if head_reduce == "mean":
+        return mi_heads.mean(dim=-1)
+    if head_reduce == "sum_over_T":
+        return mi_heads.sum(dim=-1) / num_text.to(mi_heads.dtype)
+    return mi_heads.sum(dim=-1)
+
+
+def _check_attention(attn_tv: Tensor, head_reduce: str, text_valid: Tensor | None) -> None:
+    if attn_tv.dim() != 4:
+        raise ScheduleError(
+            f"attn_tv must be [B, H, T, V], got shape {tuple(attn_tv.shape)}; slice the text rows "
+            "and visual columns of the attention first"
+        )
+    if head_reduce not in HEAD_REDUCTIONS:
+        raise ScheduleError(f"head_reduce={head_reduce!r} is unknown; use one of {HEAD_REDUCTIONS}")
+    b, _, t, _ = attn_tv.shape
+    if text_valid is not None and tuple(text_valid.shape) != (b, t):
+        raise ScheduleError(f"text_valid must be bool [B, T] = {(b, t)}, got {tuple(text_valid.shape)}")
+
+
+def _valid_text_counts(probs: Tensor, text_valid: Tensor | None) -> Tensor:
+    """int64 ``[B]``: valid query rows per sample (at least 1, so an empty sample gives MI 0)."""
+    b, _, t, _ = probs.shape
+    if text_valid is None:
+        return torch.full((b,), t, dtype=torch.int64, device=probs.device)
+    return text_valid.to(torch.int64).sum(dim=-1).clamp(min=1)
+
+
+def slope(mi: Tensor, k0: float = DEFAULT_K0, gamma: float = DEFAULT_GAMMA) -> Tensor:
+    """Logistic slope from complexity: ``k = max(k0 - gamma * mi, 0)``, ``[B] -> [B]``."""
+    return (k0 - gamma * mi).clamp(min=0.0)
+
+
+# --------------------------------------------------------------------------- curve
+
+
+def default_x0(num_layers: int, accounting: Accounting) -> float:
+    """Curve centre: 14.9 for ``"reference"`` (any depth), ``0.4656 * L`` for ``"actual"``."""
+    _check_choice("accounting", accounting, ACCOUNTINGS)
+    return REFERENCE_X0 if accounting == "reference" else X0_DEPTH_FRACTION * num_layers
+
+
+def logistic_curve(k: Tensor, num_layers: int, x0: float) -> Tensor:
+    """Unscaled keep fraction ``p_l = 0.75 / (1 + exp(k (l - x0 - k)))`` for ``l = 0..L-1``.
+
+    Args:
+        k: ``[B]`` slopes.
+        num_layers: ``L``.
+        x0: curve centre (the reference shifts it by ``k``, kept here).
+
+    Returns:
+        ``[B, L]`` in ``k``'s floating dtype (float64 for integer ``k``).
+    """
+    return CURVE_PLATEAU * torch.sigmoid(-_curve_exponent(k, num_layers, x0))
+
+
+def _curve_exponent(k: Tensor, num_layers: int, x0: float) -> Tensor:
+    """``[B, L]``: ``k (l - x0 - k)``."""
+    k = k if k.is_floating_point() else k.to(torch.float64)
+    layers = torch.arange(num_layers, device=k.device, dtype=k.dtype)
+    return k[:, None] * (layers[None, :] - x0 - k[:, None])
+
+
+def _log_curve(k: Tensor, num_layers: int, x0: float) -> Tensor:
+    """float64 ``[B, L]``: ``log p_l``, stable where ``p_l`` underflows."""
+    z = _curve_exponent(k.to(torch.float64), num_layers, x0)
+    return math.log(CURVE_PLATEAU) + F.logsigmoid(-z)
+
+
+# --------------------------------------------------------------------------- recycling
+
+
+@overload
+def recycle_count(num_dropped: int) -> int: ...
+
+
+@overload
+def recycle_count(num_dropped: Tensor) -> Tensor: ...
+
+
+def recycle_count(num_dropped: int | Tensor) -> int | Tensor:
+    """Merged tokens made from ``d`` dropped ones: ``min(m // 10 + 1, m)``, ``m = int(0.3 d) + 1``.
+
+    Zero when nothing is dropped. The tensor form (int64, ``d >= 0``, any shape) uses float64 for
+    ``0.3 d`` so it agrees with the reference's Python floats bit for bit.
+    """
+    if isinstance(num_dropped, Tensor):
+        groups = torch.floor(num_dropped.to(torch.float64) * RECYCLE_FRACTION).to(torch.int64) + 1
+        merged = torch.minimum(groups // TOKENS_PER_CLUSTER + 1, groups)
+        return torch.where(num_dropped > 0, merged, torch.zeros_like(merged))
+    if num_dropped == 0:
+        return 0
+    recycled = int(RECYCLE_FRACTION * num_dropped) + 1
+    return min(recycled // TOKENS_PER_CLUSTER + 1, recycled)
+
+
+def split_handed_on(processed: Tensor, handed_on: Tensor, recycle: bool = True) -> tuple[Tensor, Tensor]:
+    """Split a layer's hand-on count into kept visual tokens and merged (recycled) tokens.
+
+    With recycling, ``keep`` is the largest count with ``keep + recycle_count(processed - keep)
+    == handed_on``. When even keeping nothing would recycle more than ``handed_on`` tokens, the
+    budget has no room for merging: ``keep = handed_on``, ``merged = 0``. No host sync.
+
+    Args:
+        processed: int64 ``[...]`` tokens the layer processed.
+        handed_on: int64 ``[...]`` tokens it hands on, ``1 <= handed_on <= processed``.
+        recycle: False gives ``(handed_on, 0)``.
+
+    Returns:
+        ``(keep, merged)``, int64 ``[...]`` each, summing to ``handed_on``.
+    """
+    if not recycle:
+        return handed_on, torch.zeros_like(handed_on)
+    # keep_{i+1} = n - r(P - keep_i) decreases monotonically onto the largest solution
+    keep = handed_on
+    for _ in range(SPLIT_ITERATIONS):
+        keep = handed_on - recycle_count(processed - keep)
+    room = recycle_count(processed) <= handed_on
+    keep = torch.where(room, keep, handed_on)
+    return keep, handed_on - keep
+
+
+# --------------------------------------------------------------------------- budget & accounting
+
+
+def reachable_budget(
+    num_layers: int,
+    num_visual: int,
+    accounting: Accounting = "actual",
+    stage0: Stage0 = "reference",
+) -> tuple[float, float]:
+    """``(lo, hi)`` budgets (mean visual tokens per layer) a schedule can meet.
+
+    ``"actual"``: ``hi = V``; ``lo = (V + L - 1) / L`` (layer 0 sees all ``V``, later layers at
+    least one token each), or ``lo = 1`` with ``stage0 == "before"``. ``"reference"``: the range
+    where the authors' schedule is defined (``v0 = int(2.5 B) >= 1``); it may miss the budget.
+    """
+    _check_depth(num_layers, num_visual)
+    _check_choice("accounting", accounting, ACCOUNTINGS)
+    _check_choice("stage0", stage0, STAGE0_MODES)
+    if accounting == "reference":
+        return 1.0 / STAGE0_BUDGET_MULTIPLE, float(num_visual)
+    if stage0 == "before":
+        return 1.0, float(num_visual)
+    return (num_visual + num_layers - 1) / num_layers, float(num_visual)
+
+
+def tokens_processed(
+    schedule: Tensor,
+    num_visual: int,
+    accounting: Accounting = "actual",
+    stage0: Stage0 = "reference",
+) -> Tensor:
+    """Total visual token-layers of a schedule, ``[..., L] -> [...]`` (int64).
+
+    ``"actual"``: ``V + schedule[:-1].sum()`` (layer 0 sees all ``V``, layer ``l`` sees what layer
+    ``l - 1`` handed on); with ``stage0 == "before"`` layer 0 counts ``schedule[0]`` instead of
+    ``V``. ``"reference"``: ``schedule.sum()``, the authors' count (layer 0 at ``v0``).
+    """
+    _check_choice("accounting", accounting, ACCOUNTINGS)
+    _check_choice("stage0", stage0, STAGE0_MODES)
+    schedule = schedule.to(torch.int64)
+    if accounting == "reference":
+        return schedule.sum(dim=-1)
+    first = schedule[..., 0] if stage0 == "before" else num_visual
+    return first + schedule[..., :-1].sum(dim=-1)
+
+
+# --------------------------------------------------------------------------- reference schedule
+
+
+def reference_schedule(
+    k: float, budget: float, num_layers: int, num_visual: int, x0: float = REFERENCE_X0
+) -> list[int]:
+    """The authors' schedule for one sample, exactly (AUTOPRUNE.md, Appendix).
+
+    Float64 Python arithmetic, so their integers are reproduced. Returns ``L`` hand-on counts,
+    the first being the stage-0 size ``v0 = min(int(2.5 B), V)``.
+    """
+    _check_budget(budget, num_layers, num_visual, "reference", "reference")
+    v0 = min(int(STAGE0_BUDGET_MULTIPLE * budget), num_visual)
+    cap = min(int(STAGE0_BUDGET_MULTIPLE * num_layers * budget), num_visual)
+    curve = [_reference_logistic(k, layer, x0) for layer in range(1, num_layers)]
+    scale = _reference_scale(curve, v0, cap, num_layers * budget)
+    return _reference_counts(scale, curve, v0, cap)
+
+
+def _reference_logistic(k: float, layer: int, x0: float) -> float:
+    """``0.75 / (1 + exp(k (l - (x0 + k))))``; its limit 0 where exp overflows."""
+    try:
+        return CURVE_PLATEAU / (1.0 + math.exp(k * (layer - (x0 + k))))
+    except OverflowError:
+        return 0.0
+
+
+def _reference_counts(scale: float, curve: list[float], v0: int, cap: int) -> list[int]:
+    """The Appendix's ``counts(s)``: ``[v0]`` then what each layer 1..L-1 hands on."""
+    cur = v0
+    out = [v0]
+    for p in curve:
+        keep = min(math.ceil((v0 - 1) * min(1.0, scale * p)), cap)
+        cur = keep + recycle_count(cur - keep)
+        out.append(cur)
+    return out
+
+
+def _reference_scale(curve: list[float], v0: int, cap: int, target: float) -> float:
+    """The Appendix's early exit and bisection for ``s``, verbatim."""
+    u = [int(v0 * p) for p in curve]
+    if abs(sum(u) + u[-1] - target) < REF_EARLY_EXIT_TOL:
+        return 1.0
+    lo, hi = 0.0, REF_SCALE_HI
+    best_s, best_diff = 1.0, math.inf
+    for _ in range(REF_MAX_STEPS):
+        mid = (lo + hi) / 2
+        total = sum(_reference_counts(mid, curve, v0, cap))
+        diff = abs(total - target)
+        if diff < best_diff:
+            best_s, best_diff = mid, diff
+            if diff < REF_STOP_DIFF:
+                break
+        if total < target:
+            lo = mid
+        else:
+            hi = mid
+    return best_s
+
+
+# --------------------------------------------------------------------------- batched schedule
+
+
+def retention_schedule(
+    k: Tensor,
+    budget: float,
+    num_layers: int,
+    num_visual: int,
+    accounting: Accounting = "actual",
+    x0: float | None = None,
+    stage0: Stage0 = "reference",
+    recycle: bool = True,
+) -> Tensor:
+    """Visual tokens each layer hands on, for a batch of slopes.
+
+    Args:
+        k: ``[B]`` slopes (``slope`` output, ``>= 0``).
+        budget: ``B``, the mean visual tokens per layer over all ``L`` layers.
+        num_layers: ``L`` decoder layers.
+        num_visual: ``V`` visual tokens entering the decoder.
+        accounting: ``"actual"`` (budget met exactly, see the module docstring) or
+            ``"reference"`` (the authors' integers; needs ``stage0="reference"``, ``recycle``).
+        x0: curve centre; ``default_x0(L, accounting)`` when None.
+        stage0: ``"reference"`` | ``"none"`` | ``"before"`` (module docstring).
+        recycle: count merged tokens (``recycle_count`` of the dropped ones) in the hand-on counts.
+
+    Returns:
+        int64 ``[B, L]`` on ``k``'s device. ``"actual"`` runs on the device without host sync
+        (bisection on ``log s`` for the whole batch, a fixed number of steps, then an integer
+        fix-up); ``"reference"`` loops over the batch on the host.
+    """
+    _check_budget(budget, num_layers, num_visual, accounting, stage0)
+    if k.dim() != 1:
+        raise ScheduleError(f"k must be a 1-D [B] tensor of slopes, got shape {tuple(k.shape)}")
+    x0 = default_x0(num_layers, accounting) if x0 is None else x0
+    if accounting == "reference":
+        if stage0 != "reference" or not recycle:
+            raise ScheduleError(
+                "accounting='reference' reproduces the authors' stage 0 and recycling; "
+                "use stage0='reference', recycle=True, or accounting='actual'"
+            )
+        rows = [
+            reference_schedule(kb, budget, num_layers, num_visual, x0)
+            for kb in k.detach().to("cpu", torch.float64).tolist()
+        ]
+        return torch.tensor(rows, dtype=torch.int64, device=k.device).view(-1, num_layers)
+    plan = _actual_plan(budget, num_layers, num_visual, stage0, recycle)
+    return _solve_actual(_log_curve(k, num_layers, x0), plan)
+
+
+@dataclass(frozen=True)
+class _ActualPlan:
+    """Integer facts of one "actual" schedule problem."""
+
+    num_layers: int
+    num_visual: int
+    stage0: Stage0
+    recycle: bool
+    target: int  # floor(B * L): the processed total to reach, never exceed
+    stage0_count: int | None  # what layer 0 hands on with stage0 == "reference", else None
+    base: int  # tokens the curve's fractions apply to
+
+    @property
+    def first_curve_layer(self) -> int:
+        return 0 if self.stage0_count is None else 1
+
+
+def _actual_plan(
+    budget: float, num_layers: int, num_visual: int, stage0: Stage0, recycle: bool
+) -> _ActualPlan:
+    # the small epsilon keeps e.g. 64.0 * 3 from flooring to 191 after float rounding
+    target = math.floor(budget * num_layers + 1e-9)
+    stage0_count = None
+    base = num_visual
+    if stage0 == "reference":
+        # layers 1..L-2 need one token each and layer 0 sees V: cap v0 so the budget stays reachable
+        room = target - num_visual - (num_layers - 2)
+        stage0_count = max(1, min(int(STAGE0_BUDGET_MULTIPLE * budget), num_visual, room))
+        base = stage0_count
+    return _ActualPlan(num_layers, num_visual, stage0, recycle, target, stage0_count, base)
+
+
+def _solve_actual(log_p: Tensor, plan: _ActualPlan) -> Tensor:
+    """Bisection on ``log s`` over the batch, then the exact integer fix-up. ``[B, L] -> [B, L]``."""
+    lo, hi = _log_scale_bracket(log_p, plan)
+    for _ in range(ACTUAL_BISECTION_STEPS):
+        mid = 0.5 * (lo + hi)
+        fits = _processed(_actual_counts(mid, log_p, plan), plan) <= plan.target
+        lo = torch.where(fits, mid, lo)
+        hi = torch.where(fits, hi, mid)
+    lower = _actual_counts(lo, log_p, plan)
+    lower_fits = _processed(lower, plan) <= plan.target
+    # below the smallest curve total (tight budgets with recycling) fall back to one token a layer
+    lower = torch.where(lower_fits[:, None], lower, _floor_counts(lower, plan))
+    return _fill_to_target(lower, _actual_counts(hi, log_p, plan), plan)
+
+
+def _log_scale_bracket(log_p: Tensor, plan: _ActualPlan) -> tuple[Tensor, Tensor]:
+    """``[B]`` log-scales where every curve layer keeps 1 token (lo) and all ``base`` tokens (hi)."""
+    used = log_p[:, plan.first_curve_layer :]
+    lo = -math.log(2.0 * plan.base) - used.max(dim=-1).values  # s p base <= 1/2: ceil keeps 1
+    hi = math.log(2.0) - used.min(dim=-1).values  # s p >= 2: fraction capped at 1
+    return lo, hi
+
+
+def _actual_counts(log_s: Tensor, log_p: Tensor, plan: _ActualPlan) -> Tensor:
+    """int64 ``[B, L]`` hand-on counts for scales ``exp(log_s)`` ``[B]``; monotone in ``s``."""
+    frac = torch.exp(log_s[:, None] + log_p).clamp(max=1.0)  # [B, L]
+    wanted = torch.ceil(plan.base * frac).to(torch.int64).clamp(min=1)  # [B, L], <= base <= V
+    if plan.stage0_count is not None:
+        wanted[:, 0] = plan.stage0_count  # stage 0 hands on v0 and recycles nothing
+    if not plan.recycle:
+        return torch.cummin(wanted, dim=-1).values  # a layer cannot hand on more than it got
+    cur = torch.full_like(log_s, plan.num_visual, dtype=torch.int64)
+    columns = []
+    for layer in range(plan.num_layers):
+        keep = torch.minimum(wanted[:, layer], cur)
+        handed = keep + recycle_count(cur - keep) if layer >= plan.first_curve_layer else keep
+        columns.append(handed)
+        cur = handed
+    return torch.stack(columns, dim=-1)
+
+
+def _floor_counts(like: Tensor, plan: _ActualPlan) -> Tensor:
+    """``[B, L]``: the smallest schedule (stage-0 count, then one token per layer)."""
+    floor = torch.ones_like(like)
+    if plan.stage0_count is not None:
+        floor[:, 0] = plan.stage0_count
+    return floor
+
+
+def _processed(counts: Tensor, plan: _ActualPlan) -> Tensor:
+    return tokens_processed(counts, plan.num_visual, "actual", plan.stage0)
+
+
+def _layer_weights(plan: _ActualPlan, device: torch.device) -> Tensor:
+    """int64 ``[L]``: how often each entry is processed (the last never; with "before" the first twice)."""
+    weights = torch.ones(plan.num_layers, dtype=torch.int64, device=device)
+    weights[-1] = 0
+    if plan.stage0 == "before":
+        weights[0] += 1
+    return weights
+
+
+def _fill_to_target(lower: Tensor, upper: Tensor, plan: _ActualPlan) -> Tensor:
+    """Raise ``lower`` towards ``upper`` (``lower <= upper``, both monotone) to hit the target.
+
+    Taking ``upper`` on the first ``j`` layers and ``lower`` after stays monotone and its total
+    grows with ``j``. Pick the largest ``j`` within the target, then add the remaining deficit to
+    layer ``j`` (less than ``upper[j] - lower[j]``, so still monotone). The total lands on the
+    target (one below where the layer counts twice and the deficit is odd).
+    """
+    weights = _layer_weights(plan, lower.device)
+    base_total = _processed(lower, plan)  # [B]
+    gains = ((upper - lower) * weights).cumsum(dim=-1)  # [B, L]
+    totals = torch.cat([base_total[:, None], base_total[:, None] + gains], dim=-1)  # [B, L + 1]
+    j = (totals <= plan.target).sum(dim=-1) - 1  # [B]; totals[:, 0] <= target always
+    layers = torch.arange(plan.num_layers, device=lower.device)
+    mixed = torch.where(layers[None, :] < j[:, None], upper, lower)
+    deficit = plan.target - totals.gather(-1, j[:, None]).squeeze(-1)
+    weight_j = weights[j.clamp(max=plan.num_layers - 1)].clamp(min=1)
+    raise_by = deficit // weight_j  # zero where j == L (nothing left at layer L)
+    return mixed + (layers[None, :] == j[:, None]).to(torch.int64) * raise_by[:, None]
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ScheduleError(f"{name}={value!r} is unknown; use one of {allowed}")
+
+
+def _check_depth(num_layers: int, num_visual: int) -> None:
+    if num_layers < MIN_LAYERS or num_visual < 1:
+        raise ScheduleError(
+            f"need num_layers >= {MIN_LAYERS} and num_visual >= 1, got L={num_layers}, "
+            f"V={num_visual}; pruning needs a layer after the one that prunes"
+        )
+
+
+def _check_budget(
+    budget: float, num_layers: int, num_visual: int, accounting: Accounting, stage0: Stage0
+) -> None:
+    lo, hi = reachable_budget(num_layers, num_visual, accounting, stage0)
+    if not lo <= budget <= hi:
+        raise BudgetOutOfRangeError(
+            f"budget {budget:g} is outside the reachable range [{lo:.4g}, {hi:.4g}] for "
+            f"accounting={accounting!r}, stage0={stage0!r}, L={num_layers}, V={num_visual}; "
+            "pick a budget in that range (stage0='before' reaches down to 1)"
+        )

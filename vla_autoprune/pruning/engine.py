@@ -1,0 +1,618 @@
+"""The pruning engine: hooks on unmodified transformers decoder layers, and what they measured.
+
+``with prune(decoder, pruner, inputs) as record: decoder(... record.inputs ...)`` installs, on every
+decoder layer, a forward pre-hook and a forward hook (``with_kwargs=True``) and removes them on exit,
+also when the block raises. Then, during each prefill (layer ``l``'s KV cache is empty):
+
+- after layer ``l`` runs (never the last), the pruner's schedule says how many visual tokens it
+  hands on; if fewer than it received, the pruner scores the visual tokens (at layer ``l``, from
+  that layer's own projections), the top ones are kept (in sequence order), optionally some dropped
+  ones are merged into new tokens placed right after the kept ones, and the hidden states the layer
+  returns shrink accordingly. The first layer that can see fewer tokens is therefore layer 1.
+- every later layer's pre-hook re-applies the same gather to what the model loop hands to all layers
+  alike: ``position_embeddings`` (cos, sin), ``position_ids`` and the attention mask. Survivors keep
+  their original position ids (``position_ids="original"``) or are renumbered in sequence order
+  (``"contiguous"``, recomputing cos/sin with the model's rotary module).
+- samples of a batch may keep different numbers of tokens: each row is padded to the batch maximum
+  with some of its dropped tokens, marked invalid, and layers get an explicit 4D bool mask (causal
+  over the kept order, AND valid key columns, OR the diagonal so no row is empty).
+- after the last layer, the output is scattered back to the input length (dropped positions are
+  zero), so heads that read the output by input position keep working.
+
+KV cache: a token dropped after layer ``l`` never reaches layers ``> l``, so it never enters their
+caches. The pruning layer ``l`` itself processed it and keeps it in its own cache entry, which is
+what "masked from layer l+1 on" means; later decode steps at layer ``l`` attend to it, as an
+unpruned model would. Decode steps (cache not empty) change nothing where nothing was dropped; for
+layers with pruned caches they gather the key columns of the model's mask (sized from layer 0) at
+the kept tokens plus the new ones, and mask fillers.
+
+Pre-decoder pruning (:meth:`Pruner.preselect`) builds shorter inputs (``record.inputs``) with
+explicit position ids and an explicit 2D attention mask (gapped position ids without a mask would
+be read as packed sequences). Run the decoder on ``record.inputs``.
+
+Everything in the record is counted in the hooks from the tensors the layers received.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+
+from vla_autoprune import compat
+from vla_autoprune.models.base import DecoderInputs
+from vla_autoprune.models.layout import TokenLayout
+from vla_autoprune.pruning.base import LayerView, Merge, Pruner
+from vla_autoprune.pruning.flops import decoder_flops_from_config
+
+logger = logging.getLogger(__name__)
+
+# Rows of a ragged batch are padded with dropped tokens; this index marks "no slot" while sorting.
+_NO_SLOT = torch.iinfo(torch.int64).max
+
+
+@dataclass
+class PruningRecord:
+    """What a pruned forward actually processed (the last prefill inside the ``prune`` block).
+
+    Attributes:
+        inputs: the decoder inputs to run (shorter than the given ones after pre-selection).
+        num_layers: ``L``.
+        num_visual: ``V``, visual tokens of the inputs given to :func:`prune`.
+        accounting: the budget accounting the pruner used (``actual`` or ``reference``).
+        preselected: int64 ``[B, n0]`` visual indices kept before the decoder, or None.
+        visual_tokens: int64 ``[B, L]``, valid visual tokens (merged ones included) entering each layer.
+        merged_tokens: int64 ``[B, L]``, how many of those were made by merging.
+        tokens: int64 ``[B, L]``, valid non-padding tokens entering each layer (per-sample cost).
+        seq_len: int64 ``[L]``, sequence length each layer ran on (padding and fillers included).
+        kept_visual: per layer, int64 ``[B, Kv]`` indices (into the given inputs' ``V`` visual
+            tokens, ascending, -1 padded) of the original visual tokens entering the layer.
+        schedule: int64 ``[B, L]``, the pruner's last schedule (counts handed on), or None.
+        stats: numbers the pruner reported (AutoPrune: ``mi`` and ``k``, each ``[B]``).
+        flops: int64 ``[B]``, decoder-layer MACs per sample from ``tokens`` (flops.py, the
+            ``gqa`` count; the paper's "FLOPs").
+        batch_flops: int, decoder-layer MACs of the batch as run (``B`` rows of ``seq_len``,
+            padding and fillers included).
+    """
+
+    inputs: DecoderInputs
+    num_layers: int
+    num_visual: int
+    accounting: str
+    preselected: torch.Tensor | None = None
+    visual_tokens: torch.Tensor | None = None
+    merged_tokens: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None
+    seq_len: torch.Tensor | None = None
+    kept_visual: list[torch.Tensor | None] = field(default_factory=list)
+    schedule: torch.Tensor | None = None
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    flops: torch.Tensor | None = None
+    batch_flops: int | None = None
+
+    def mean_visual_tokens(self) -> torch.Tensor:
+        """float ``[B]``: visual tokens per layer, averaged over the ``L`` layers (the budget measure)."""
+        if self.visual_tokens is None:
+            raise RuntimeError("nothing recorded yet: run the decoder inside the prune() block")
+        return self.visual_tokens.double().mean(dim=1)
+
+    @property
+    def mi(self) -> torch.Tensor | None:
+        """AutoPrune's mutual information per sample ``[B]`` (None for other pruners)."""
+        return self.stats.get("mi")
+
+    @property
+    def k(self) -> torch.Tensor | None:
+        """AutoPrune's logistic slope per sample ``[B]`` (None for other pruners)."""
+        return self.stats.get("k")
+
+
+@dataclass
+class _Slots:
+    """The token slots of a batch at one layer.
+
+    ``src`` int64 ``[B, K]``: index into the run inputs' sequence (merged tokens: their
+    representative's); ``valid`` bool ``[B, K]`` (False for fillers); ``merged`` bool ``[B, K]``;
+    ``identity``: nothing has been dropped (the slots are the input sequence itself).
+    """
+
+    src: torch.Tensor
+    valid: torch.Tensor
+    merged: torch.Tensor
+    identity: bool
+
+    @property
+    def length(self) -> int:
+        return int(self.src.shape[1])
+
+
+@dataclass
+class _Forward:
+    """State of one prefill, anchored on what layer 0 received."""
+
+    slots: _Slots
+    layer_slots: list[_Slots | None]
+    cos: torch.Tensor  # [B, N, rd]
+    sin: torch.Tensor  # [B, N, rd]
+    position_ids: torch.Tensor  # [B, N]
+    mask_template: torch.Tensor | None  # layer 0's mask: None (SDPA causal) or its encoding
+    schedule: torch.Tensor | None = None
+    scratch: dict[str, Any] = field(default_factory=dict)
+
+
+def _true_indices(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of True per row, in order: (int64 ``[B, M]``, valid bool ``[B, M]``), M = max count."""
+    counts = mask.sum(dim=1)
+    width = int(counts.max()) if mask.numel() else 0
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :width]
+    valid = torch.arange(width, device=mask.device) < counts.unsqueeze(1)
+    return order, valid
+
+
+def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x`` [B, N, ...] gathered along dim 1 at ``index`` [B, K]."""
+    shape = (*index.shape, *x.shape[2:])
+    return x.gather(1, index.view(*index.shape, *([1] * (x.dim() - 2))).expand(shape))
+
+
+def _compose(old: torch.Tensor, block: torch.Tensor, start: torch.Tensor, old_width: int) -> torch.Tensor:
+    """Replace each row's visual block (``old_width`` slots from ``start`` [B]) with ``block`` [B, Kn, ...]."""
+    b, k = old.shape[:2]
+    kn = block.shape[1]
+    j = torch.arange(k - old_width + kn, device=old.device).expand(b, -1)
+    s = start.unsqueeze(1)
+    index = torch.where(j < s, j, torch.where(j < s + kn, k + (j - s), j - kn + old_width))
+    return _gather_rows(torch.cat([old, block], dim=1), index)
+
+
+class _Engine:
+    """Holds per-forward state and implements the hooks (see the module docstring)."""
+
+    def __init__(
+        self,
+        decoder: nn.Module,
+        pruner: Pruner,
+        inputs: DecoderInputs,
+        record: PruningRecord,
+        visual_origin: torch.Tensor,
+    ) -> None:
+        self.layers = compat.decoder_layers(decoder)
+        self.num_layers = len(self.layers)
+        self.pruner = pruner
+        self.inputs = inputs
+        self.record = record
+        self.rotary = compat.rotary_embedding(decoder) if pruner.position_ids == "contiguous" else None
+        layout = inputs.layout
+        self.visual = layout.visual_mask.bool()
+        self.text = layout.text_mask.bool()
+        self.real = inputs.attention_mask.bool()
+        self.num_visual = layout.num_visual
+        # Index of each position among the visual tokens, mapped to the given inputs' visual indices.
+        rank = (self.visual.long().cumsum(dim=1) - 1).clamp(min=0)
+        self.visual_origin = visual_origin.gather(1, rank.clamp(max=visual_origin.shape[1] - 1))
+        self.state: _Forward | None = None
+        self.prefill = False
+
+    # -- installation ----------------------------------------------------------------------------
+
+    def install(self) -> list[torch.utils.hooks.RemovableHandle]:
+        handles = []
+        for i, layer in enumerate(self.layers):
+            compat.check_layer(layer, i)
+            handles.append(layer.register_forward_pre_hook(partial(self._pre, i), with_kwargs=True))
+            handles.append(layer.register_forward_hook(partial(self._post, i), with_kwargs=True))
+        return handles
+
+    # -- pre-hook ----------------------------------------------------------------------------------
+
+    def _pre(
+        self, i: int, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        hidden = compat.layer_hidden(args, kwargs)
+        cache = compat.layer_cache(kwargs)
+        self.prefill = compat.cache_length(cache, i) == 0
+        if not self.prefill:
+            return self._decode_step(i, args, hidden, kwargs, cache)
+        if i == 0:
+            self._start(hidden, kwargs)
+        state = self.state
+        if state is None:
+            raise RuntimeError(f"decoder layer {i} started a prefill that layer 0 did not see")
+        if hidden.shape[1] != state.slots.length:
+            raise RuntimeError(
+                f"decoder layer {i} got {hidden.shape[1]} tokens, the engine expected "
+                f"{state.slots.length}: is another hook changing the hidden states?"
+            )
+        state.layer_slots[i] = state.slots
+        self._count(i, state.slots)
+        if state.slots.identity:
+            return None
+        return args, self._prefill_kwargs(state, hidden, kwargs)
+
+    def _start(self, hidden: torch.Tensor, kwargs: dict[str, Any]) -> None:
+        b, n = hidden.shape[:2]
+        if (b, n) != tuple(self.real.shape):
+            raise ValueError(
+                f"the decoder ran on [B={b}, N={n}] tokens but prune() was given inputs of shape "
+                f"{list(self.real.shape)}; run the decoder on record.inputs"
+            )
+        cos, sin = kwargs[compat.KW_POS_EMB]
+        pos = kwargs.get(compat.KW_POS_IDS)
+        if pos is None:
+            pos = torch.arange(n, device=hidden.device).unsqueeze(0)
+        src = torch.arange(n, device=hidden.device).expand(b, n)
+        flags = torch.zeros(b, n, dtype=torch.bool, device=hidden.device)
+        self.state = _Forward(
+            slots=_Slots(src=src, valid=~flags, merged=flags, identity=True),
+            layer_slots=[None] * self.num_layers,
+            cos=cos.expand(b, -1, -1),
+            sin=sin.expand(b, -1, -1),
+            position_ids=pos.expand(b, -1),
+            mask_template=compat.check_mask(kwargs.get(compat.KW_MASK), 0),
+        )
+        # Counts stay on the device while the decoder runs (no per-layer host sync); see _finish.
+        rec = self.record
+        zeros = partial(torch.zeros, dtype=torch.long, device=hidden.device)
+        rec.visual_tokens = zeros(b, self.num_layers)
+        rec.merged_tokens = zeros(b, self.num_layers)
+        rec.tokens = zeros(b, self.num_layers)
+        rec.seq_len = zeros(self.num_layers)
+        rec.kept_visual = [None] * self.num_layers
+        rec.schedule = None
+        rec.stats = {}
+
+    def _count(self, i: int, slots: _Slots) -> None:
+        rec = self.record
+        assert rec.visual_tokens is not None and rec.tokens is not None
+        assert rec.merged_tokens is not None and rec.seq_len is not None
+        visual = self.visual.gather(1, slots.src) & slots.valid
+        rec.visual_tokens[:, i] = visual.sum(1)
+        rec.merged_tokens[:, i] = (visual & slots.merged).sum(1)
+        rec.tokens[:, i] = (self.real.gather(1, slots.src) & slots.valid).sum(1)
+        rec.seq_len[i] = slots.length
+        original = visual & ~slots.merged
+        origin = self.visual_origin.gather(1, slots.src).masked_fill(~original, -1)
+        idx, ok = _true_indices(original)
+        rec.kept_visual[i] = origin.gather(1, idx).masked_fill(~ok, -1)
+
+    def _positions(self, state: _Forward, slots: _Slots, hidden: torch.Tensor) -> dict[str, Any]:
+        """position_ids and (cos, sin) for the slots of a prefill."""
+        if self.rotary is None:
+            pos = state.position_ids.gather(1, slots.src)
+            return {
+                compat.KW_POS_IDS: pos,
+                compat.KW_POS_EMB: (_gather_rows(state.cos, slots.src), _gather_rows(state.sin, slots.src)),
+            }
+        # Contiguous: the row's first position, plus the number of valid slots before each slot.
+        before = slots.valid.long().cumsum(dim=1) - slots.valid.long()
+        pos = state.position_ids[:, :1] + before
+        return {compat.KW_POS_IDS: pos, compat.KW_POS_EMB: self.rotary(hidden, pos)}
+
+    def _prefill_kwargs(
+        self, state: _Forward, hidden: torch.Tensor, kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        slots = state.slots
+        new = {**kwargs, **self._positions(state, slots, hidden)}
+        if state.mask_template is None and bool(slots.valid.all()):
+            new[compat.KW_MASK] = None  # still plain causal over the kept order: SDPA's fast path
+            return new
+        k = slots.length
+        causal = torch.ones(k, k, dtype=torch.bool, device=hidden.device).tril()
+        keys = self.real.gather(1, slots.src) & slots.valid
+        diagonal = torch.eye(k, dtype=torch.bool, device=hidden.device)
+        allowed = (causal & keys[:, None, None, :]) | diagonal  # [B, 1, K, K]
+        new[compat.KW_MASK] = compat.bool_to_mask_like(allowed, state.mask_template, hidden.dtype)
+        return new
+
+    # -- decode steps --------------------------------------------------------------------------------
+
+    def _decode_step(
+        self, i: int, args: tuple[Any, ...], hidden: torch.Tensor, kwargs: dict[str, Any], cache: Any
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        state = self.state
+        slots = None if state is None else state.layer_slots[i]
+        if state is None or slots is None or slots.identity:
+            return None
+        b, q = hidden.shape[:2]
+        n = state.cos.shape[1]
+        past_new = compat.cache_length(cache, i) - slots.length
+        if past_new < 0:
+            raise RuntimeError(f"decoder layer {i}: its cache is shorter than its pruned prefill")
+        new: dict[str, Any] = dict(kwargs)
+        mask = compat.check_mask(kwargs.get(compat.KW_MASK), i)
+        if mask is not None or not bool(slots.valid.all()):
+            new[compat.KW_MASK] = self._decode_mask(mask, state, slots, b, q, n + past_new)
+        if self.rotary is not None:
+            start = state.position_ids[:, :1] + slots.valid.sum(1, keepdim=True) + past_new
+            pos = start + torch.arange(q, device=hidden.device)
+            new[compat.KW_POS_IDS] = pos
+            new[compat.KW_POS_EMB] = self.rotary(hidden, pos)
+        return args, new
+
+    def _decode_mask(
+        self,
+        mask: torch.Tensor | None,
+        state: _Forward,
+        slots: _Slots,
+        b: int,
+        q: int,
+        first_new: int,
+    ) -> torch.Tensor:
+        """The model's decode mask (columns sized from layer 0) gathered at this layer's cached tokens."""
+        kv0 = first_new + q
+        device = slots.src.device
+        if mask is None:
+            rows = first_new + torch.arange(q, device=device)
+            allowed0 = (torch.arange(kv0, device=device).view(1, -1) <= rows.view(-1, 1)).expand(b, 1, q, kv0)
+        else:
+            if mask.shape[-1] != kv0:
+                raise RuntimeError(f"decode mask has {mask.shape[-1]} key columns, expected {kv0}")
+            allowed0 = compat.mask_to_bool(mask).expand(b, 1, q, kv0)
+        n = state.cos.shape[1]
+        new_cols = torch.arange(n, kv0, device=device).expand(b, -1)
+        cols = torch.cat([slots.src, new_cols], dim=1)
+        allowed = allowed0.gather(-1, cols.view(b, 1, 1, -1).expand(b, 1, q, -1))
+        valid = torch.cat([slots.valid, torch.ones_like(new_cols, dtype=torch.bool)], dim=1)
+        allowed = allowed & valid.view(b, 1, 1, -1)
+        template = mask if mask is not None else state.mask_template
+        return compat.bool_to_mask_like(allowed, template, state.cos.dtype)
+
+    # -- forward hook: pruning after a layer ran -------------------------------------------------
+
+    def _post(
+        self, i: int, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+    ) -> Any:
+        state = self.state
+        if not self.prefill or state is None:
+            return None
+        hidden_out = compat.output_hidden(output)
+        if i == self.num_layers - 1:
+            if state.slots.identity:
+                return None
+            return compat.with_output_hidden(output, self._restore(state.slots, hidden_out))
+        view = self._view(i, module, compat.layer_hidden(args, kwargs), hidden_out, kwargs, state)
+        schedule = self.pruner.schedule(view)
+        if schedule.shape != (view.batch_size, self.num_layers):
+            raise ValueError(
+                f"{self.pruner.name}.schedule returned shape {tuple(schedule.shape)}, "
+                f"expected [B={view.batch_size}, L={self.num_layers}]"
+            )
+        state.schedule = schedule
+        self.record.schedule = schedule.detach()
+        alive = view.alive()
+        # At least one visual token survives: scoring and the visual block need one.
+        hand_on = torch.minimum(schedule[:, i].to(alive.device).clamp(min=1), alive)
+        if bool((hand_on >= alive).all()):
+            return None
+        kept, clusters = self.pruner.split(view, hand_on)
+        scores = self.pruner.score(view)
+        state.slots, new_hidden = self._drop(view, state.slots, scores, kept, clusters)
+        return compat.with_output_hidden(output, new_hidden)
+
+    def _view(
+        self,
+        i: int,
+        module: nn.Module,
+        hidden: torch.Tensor,
+        hidden_out: torch.Tensor,
+        kwargs: dict[str, Any],
+        state: _Forward,
+    ) -> LayerView:
+        src = state.slots.src
+        visual_slots, visual_ok = _true_indices(self.visual.gather(1, src))
+        if not bool(visual_ok.all()):
+            raise RuntimeError("rows carry different numbers of visual slots; the layout is inconsistent")
+        text_slots, text_ok = _true_indices(self.text.gather(1, src) & state.slots.valid)
+        cos, sin = kwargs[compat.KW_POS_EMB]
+        b = hidden.shape[0]
+        return LayerView(
+            layer_idx=i,
+            num_layers=self.num_layers,
+            num_visual=self.num_visual,
+            layer=module,
+            hidden=hidden,
+            output=hidden_out,
+            position_embeddings=(cos.expand(b, -1, -1), sin.expand(b, -1, -1)),
+            attention_mask=kwargs.get(compat.KW_MASK),
+            visual_slots=visual_slots,
+            visual_valid=state.slots.valid.gather(1, visual_slots),
+            visual_index=(self.visual.long().cumsum(1) - 1).gather(1, src.gather(1, visual_slots)),
+            text_slots=text_slots,
+            text_valid=text_ok,
+            inputs=self.inputs,
+            schedule=state.schedule,
+            scratch=state.scratch,
+            stats=self.record.stats,
+        )
+
+    def _drop(
+        self,
+        view: LayerView,
+        slots: _Slots,
+        scores: torch.Tensor,
+        kept: torch.Tensor,
+        clusters: torch.Tensor,
+    ) -> tuple[_Slots, torch.Tensor]:
+        """New slots and hidden states after keeping ``kept`` [B] top-scored visual tokens per row."""
+        vs, vv = view.visual_slots, view.visual_valid
+        b, kv = vs.shape
+        # Rank: valid before fillers, then by score, highest first (two stable sorts = lexicographic).
+        order = torch.argsort(scores.float(), dim=1, descending=True, stable=True)
+        order = order.gather(1, torch.argsort((~vv.gather(1, order)).to(torch.int8), dim=1, stable=True))
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(kv, device=vs.device).expand(b, kv))
+        is_kept = rank < kept.unsqueeze(1)
+        merge: Merge | None = None
+        if bool((clusters > 0).any()):
+            merge = self.pruner.merge(view, scores, vv & ~is_kept, clusters)
+        r = merge.valid.sum(1) if merge is not None else torch.zeros_like(kept)
+        width = int((kept + r).max())
+        # Each row: its top (width - r) slots in sequence order (kept ones, then fillers), then merges.
+        real = width - r
+        chosen = torch.where(rank < real.unsqueeze(1), torch.arange(kv, device=vs.device), _NO_SLOT)
+        chosen = chosen.sort(dim=1).values[:, :width]
+        j = torch.arange(width, device=vs.device).expand(b, -1)
+        is_real = j < real.unsqueeze(1)
+        pos = torch.where(is_real, chosen, 0)  # index into the visual block
+        valid = is_real & is_kept.gather(1, pos)
+        block_src = slots.src.gather(1, vs.gather(1, pos))
+        block_hidden = _gather_rows(view.output, vs.gather(1, pos))
+        if merge is not None:
+            m = (j - real.unsqueeze(1)).clamp(min=0, max=merge.hidden.shape[1] - 1)
+            rep_src = slots.src.gather(1, vs.gather(1, merge.representative.gather(1, m)))
+            block_src = torch.where(is_real, block_src, rep_src)
+            merged_hidden = _gather_rows(merge.hidden.to(block_hidden.dtype), m)
+            block_hidden = torch.where(is_real.unsqueeze(-1), block_hidden, merged_hidden)
+            valid = valid | (~is_real & merge.valid.gather(1, m))
+        start = vs[:, 0]
+        new_slots = _Slots(
+            src=_compose(slots.src, block_src, start, kv),
+            valid=_compose(slots.valid, valid, start, kv),
+            merged=_compose(slots.merged, ~is_real, start, kv),
+            identity=False,
+        )
+        return new_slots, _compose(view.output, block_hidden, start, kv)
+
+    def _restore(self, slots: _Slots, hidden: torch.Tensor) -> torch.Tensor:
+        """Scatter the last layer's output back to the input length (dropped positions stay zero)."""
+        b, _, d = hidden.shape
+        n = self.real.shape[1]
+        keep = slots.valid & ~slots.merged
+        target = torch.where(keep, slots.src, n)  # dropped rows go to a spare column, cut below
+        full = hidden.new_zeros(b, n + 1, d)
+        full.scatter_(1, target.unsqueeze(-1).expand(-1, -1, d), hidden)
+        return full[:, :n]
+
+
+# ------------------------------------------------------------------------------------------------
+# Pre-decoder selection.
+
+
+def _check_layout(inputs: DecoderInputs) -> None:
+    layout = inputs.layout
+    visual = layout.visual_mask.bool()
+    counts = visual.sum(1)
+    if not bool((counts == layout.num_visual).all()):
+        raise ValueError(
+            f"layout.visual_mask marks {counts.tolist()} tokens per row but camera_index has "
+            f"V={layout.num_visual}; every row needs the same V visual tokens"
+        )
+    pos = torch.arange(visual.shape[1], device=visual.device).expand_as(visual)
+    first = torch.where(visual, pos, visual.shape[1]).min(1).values
+    last = torch.where(visual, pos, -1).max(1).values
+    if not bool((last - first + 1 == counts).all()):
+        raise ValueError("layout.visual_mask must mark one contiguous block of visual tokens per row")
+
+
+def _shorten(inputs: DecoderInputs, kept: torch.Tensor) -> DecoderInputs:
+    """Inputs keeping every non-visual token and the visual tokens ``kept`` [B, n0] (ascending)."""
+    layout = inputs.layout
+    b, n = layout.visual_mask.shape
+    visual_pos = layout.visual_positions()
+    keep = ~layout.visual_mask.bool()
+    keep = keep.scatter(1, visual_pos.gather(1, kept), True)
+    index = _true_indices(keep)[0]
+    position_ids = inputs.position_ids
+    if position_ids is None:
+        position_ids = torch.arange(n, device=index.device).expand(b, n)
+    short_layout = TokenLayout(
+        visual_mask=layout.visual_mask.gather(1, index),
+        text_mask=layout.text_mask.gather(1, index),
+        attention_mask=layout.attention_mask.gather(1, index),
+        camera_index=layout.camera_index.gather(1, kept),
+        patch_index=layout.patch_index.gather(1, kept),
+        patch_grid=layout.patch_grid,
+    )
+    saliency = inputs.vision_saliency
+    return inputs.with_(
+        inputs_embeds=_gather_rows(inputs.inputs_embeds, index),
+        # An explicit 2D mask, even all ones: gapped position ids without one read as packed sequences.
+        attention_mask=inputs.attention_mask.gather(1, index),
+        position_ids=position_ids.expand(b, n).gather(1, index),
+        layout=short_layout,
+        vision_saliency=None if saliency is None else saliency.gather(1, kept),
+    )
+
+
+def _preselect(
+    pruner: Pruner, inputs: DecoderInputs, num_layers: int
+) -> tuple[DecoderInputs, torch.Tensor | None]:
+    kept = pruner.preselect(inputs, num_layers)
+    if kept is None:
+        return inputs, None
+    v = inputs.layout.num_visual
+    b = inputs.inputs_embeds.shape[0]
+    if kept.dim() != 2 or kept.shape[0] != b or not 1 <= kept.shape[1] <= v:
+        raise ValueError(
+            f"{pruner.name}.preselect returned shape {tuple(kept.shape)}; expected [B={b}, n0] with 1 <= n0 <= {v}"
+        )
+    kept = kept.sort(dim=1).values
+    if bool((kept[:, 1:] == kept[:, :-1]).any()) or int(kept.min()) < 0 or int(kept.max()) >= v:
+        raise ValueError(f"{pruner.name}.preselect returned repeated or out-of-range visual indices")
+    return _shorten(inputs, kept), kept
+
+
+# ------------------------------------------------------------------------------------------------
+# Public entry point.
+
+
+@contextmanager
+def prune(decoder: nn.Module, pruner: Pruner, inputs: DecoderInputs) -> Iterator[PruningRecord]:
+    """Prune visual tokens inside ``decoder`` while the block runs it on ``record.inputs``.
+
+    Args:
+        decoder: an unmodified transformers causal LM (or its base model).
+        pruner: what to keep where (budget, schedule, scores).
+        inputs: the decoder inputs (embeddings, masks, layout) the block will run.
+
+    Yields:
+        The :class:`PruningRecord`, filled while the decoder runs; FLOPs are added on exit.
+    """
+    layers = compat.decoder_layers(decoder)
+    _check_layout(inputs)
+    num_visual = inputs.layout.num_visual
+    pruner.check_budget(len(layers), num_visual)
+    pruner.setup(decoder)
+    run_inputs, kept = _preselect(pruner, inputs, len(layers))
+    b = inputs.inputs_embeds.shape[0]
+    origin = (
+        kept
+        if kept is not None
+        else torch.arange(num_visual, device=inputs.inputs_embeds.device).expand(b, -1)
+    )
+    record = PruningRecord(
+        inputs=run_inputs,
+        num_layers=len(layers),
+        num_visual=num_visual,
+        accounting=pruner.accounting,
+        preselected=None if kept is None else kept.cpu(),
+    )
+    engine = _Engine(decoder, pruner, run_inputs, record, origin)
+    handles = engine.install()
+    try:
+        yield record
+    finally:
+        for handle in handles:
+            handle.remove()
+    _finish(record, compat.decoder_config(decoder))
+
+
+def _finish(record: PruningRecord, config: Any) -> None:
+    """Move the counts to the host and add FLOPs (once, after the block)."""
+    if record.tokens is None or record.seq_len is None:
+        logger.warning("prune(): the decoder did not run inside the block; the record is empty")
+        return
+    for name in ("visual_tokens", "merged_tokens", "tokens", "seq_len", "schedule"):
+        value = getattr(record, name)
+        if value is not None:
+            setattr(record, name, value.cpu())
+    record.kept_visual = [None if k is None else k.cpu() for k in record.kept_visual]
+    record.stats = {key: value.detach().cpu() for key, value in record.stats.items()}
+    assert record.tokens is not None and record.seq_len is not None
+    record.flops = decoder_flops_from_config(record.tokens, config)
+    record.batch_flops = int(decoder_flops_from_config(record.seq_len, config)) * int(record.tokens.shape[0])

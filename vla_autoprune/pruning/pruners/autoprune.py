@@ -1,0 +1,160 @@
+"""AutoPrune: a per-sample pruning curve from the complexity of the text -> vision attention.
+
+Based on "AutoPrune: Each Complexity Deserves a Pruning Policy" (NeurIPS 2025,
+https://arxiv.org/abs/2509.23931), as specified in the project's AUTOPRUNE.md; the math lives in
+:mod:`vla_autoprune.pruning.autoprune`, this class wires it into the engine:
+
+1. stage 0 (``stage0``): ``"reference"`` keeps ``v0`` tokens right after layer 0, ranked by the
+   vision encoder's saliency plus ``0.3 * MI_0 * (mean layer-0 text attention)`` (``MI_0``: layer-0
+   mutual information summed over heads, divided by ``T``); ``"before"`` selects ``v0`` tokens
+   before the decoder by saliency alone; ``"none"`` skips it.
+2. at the reference layer (layer 1, or layer 0 without stage 0) the mutual information of the
+   text -> visual attention over the survivors gives the slope ``k = max(k0 - gamma MI, 0)`` and a
+   logistic retention schedule solved for the budget, per sample.
+3. every later layer keeps its top tokens by text attention (mean over heads and text rows) and
+   recycles part of the dropped ones by DPC-kNN merging (``recycle``).
+
+Simplifications: without ``inputs.vision_saliency`` stage 0 ranks by the text term alone; merging is
+deterministic (the reference adds noise to the density).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from vla_autoprune.models.base import DecoderInputs
+from vla_autoprune.pruning import autoprune as ap
+from vla_autoprune.pruning.base import LayerView, Merge, Pruner, recycle_dropped
+from vla_autoprune.pruning.pruners.fastervlm import top_saliency
+
+# The reference's weight of the layer-0 text attention in the stage-0 ranking.
+STAGE0_TEXT_WEIGHT = 0.3
+
+
+@dataclass
+class AutoPrunePruner(Pruner):
+    """Complexity-adaptive logistic pruning (AutoPrune).
+
+    Attributes:
+        head_reduce: MI over heads: ``sum`` (reference) or ``mean``.
+        k0, gamma: slope ``k = max(k0 - gamma * MI, 0)``.
+        x0: curve centre; None: 14.9 (``reference`` accounting) or ``0.4656 L`` (``actual``).
+        accounting: ``actual`` (budget counts every layer's tokens, layer 0 at its input size) or
+            ``reference`` (the authors' schedule and count, to reproduce their numbers).
+        stage0: ``reference`` | ``none`` | ``before`` (see the module docstring).
+        recycle: merge part of the dropped tokens back in (counts against the budget).
+    """
+
+    name = "autoprune"
+    accounting: str = "actual"
+    head_reduce: str = "sum"
+    k0: float = ap.DEFAULT_K0
+    gamma: float = ap.DEFAULT_GAMMA
+    x0: float | None = None
+    stage0: str = "reference"
+    recycle: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for label, value, allowed in (
+            ("accounting", self.accounting, ap.ACCOUNTINGS),
+            ("stage0", self.stage0, ap.STAGE0_MODES),
+            ("head_reduce", self.head_reduce, ap.HEAD_REDUCTIONS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{self.name}: {label}={value!r} is unknown; use one of {allowed}")
+        if self.accounting == "reference" and (self.stage0 != "reference" or not self.recycle):
+            raise ValueError(
+                f"{self.name}: accounting='reference' reproduces the authors' stage 0 and recycling; "
+                "use stage0='reference' and recycle=True, or accounting='actual'"
+            )
+        if self.k0 < 0 or self.gamma < 0:
+            raise ValueError(f"{self.name}: k0={self.k0} and gamma={self.gamma} must be >= 0")
+
+    # -- budget --------------------------------------------------------------------------------
+
+    def reachable(self, num_layers: int, num_visual: int) -> tuple[float, float]:
+        """The range :func:`autoprune.reachable_budget` gives for this accounting and stage 0."""
+        return ap.reachable_budget(num_layers, num_visual, self.accounting, self.stage0)  # type: ignore[arg-type]
+
+    def _stage0_before_count(self, num_layers: int, num_visual: int) -> int:
+        """Tokens selected before the decoder: ``min(2.5 B, V)``, leaving one token per later layer."""
+        budget = self.target(num_visual)
+        room = math.floor(budget * num_layers + 1e-9) - (num_layers - 1)
+        return max(1, min(int(ap.STAGE0_BUDGET_MULTIPLE * budget), num_visual, room))
+
+    def preselect(self, inputs: DecoderInputs, num_layers: int) -> torch.Tensor | None:
+        """With ``stage0="before"``: the top ``v0`` tokens by vision saliency."""
+        if self.stage0 != "before" or self.budget is None:
+            return None
+        num_visual = inputs.layout.num_visual
+        count = self._stage0_before_count(num_layers, num_visual)
+        return None if count >= num_visual else top_saliency(inputs, count, f"{self.name}(stage0='before')")
+
+    # -- schedule --------------------------------------------------------------------------------
+
+    def reference_layer(self) -> int:
+        """Where MI is measured: right after stage 0 (layer 1), or layer 0 without stage 0."""
+        return 0 if self.stage0 == "none" else 1
+
+    def _retention(self, k: torch.Tensor, view: LayerView) -> torch.Tensor:
+        # After a pre-decoder selection, the decoder's v0 tokens play the role of V with an in-decoder
+        # stage 0 that keeps them all (unless the budget is so tight that layer 0 must drop more).
+        stage0 = "none" if self.stage0 == "none" else "reference"
+        return ap.retention_schedule(
+            k.double(),
+            float(self.target(view.num_visual)) if self.budget is not None else float(view.num_visual),
+            view.num_layers,
+            view.num_visual,
+            accounting=self.accounting,  # type: ignore[arg-type]
+            x0=self.x0,
+            stage0=stage0,  # type: ignore[arg-type]
+            recycle=self.recycle,
+        )
+
+    def schedule(self, view: LayerView) -> torch.Tensor:
+        """Stage 0 count first, then the per-sample logistic schedule from MI at the reference layer."""
+        if self.budget is None:
+            return torch.full((view.batch_size, view.num_layers), view.num_visual, dtype=torch.long)
+        ref = self.reference_layer()
+        if view.layer_idx < ref:
+            # Only entry 0 (stage 0's v0) is used before the reference layer; it does not depend on k.
+            return self._retention(torch.zeros(view.batch_size, device=view.hidden.device), view)
+        if view.layer_idx > ref and view.schedule is not None:
+            return view.schedule
+        mi = ap.mutual_information(view.attention(), self.head_reduce, text_valid=view.text_valid)  # type: ignore[arg-type]
+        k = ap.slope(mi, self.k0, self.gamma)
+        view.stats["mi"] = mi.detach()
+        view.stats["k"] = k.detach()
+        return self._retention(k, view)
+
+    def score(self, view: LayerView) -> torch.Tensor:
+        """Text attention; at the in-decoder stage 0 (layer 0) the reference's saliency mix."""
+        text = view.text_attention()
+        if view.layer_idx > 0 or self.stage0 == "none":
+            return text
+        mi0 = ap.mutual_information(view.attention(), "sum_over_T", text_valid=view.text_valid)
+        stage0 = STAGE0_TEXT_WEIGHT * mi0.unsqueeze(1) * text
+        saliency = view.inputs.vision_saliency
+        if saliency is None:
+            return stage0
+        return saliency.float().gather(1, view.visual_index) + stage0
+
+    # -- recycling -------------------------------------------------------------------------------
+
+    def split(self, view: LayerView, hand_on: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Kept and merged tokens (the reference's recycling rule) summing to ``hand_on``.
+
+        Stage 0 (after layer 0) keeps without recycling, as the reference does.
+        """
+        stage0 = view.layer_idx == 0 and self.stage0 != "none"
+        return ap.split_handed_on(view.alive(), hand_on, self.recycle and not stage0)
+
+    def merge(
+        self, view: LayerView, scores: torch.Tensor, dropped: torch.Tensor, clusters: torch.Tensor
+    ) -> Merge | None:
+        """DPC-kNN merge of the best-scored dropped tokens."""
+        return recycle_dropped(view, scores, dropped, clusters) if self.recycle else None

@@ -1,0 +1,24 @@
+"""The unpruned baseline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vla_autoprune.pruning.base import LayerView, Pruner
+
+
+@dataclass
+class NoPruner(Pruner):
+    """Keeps every visual token; its budget, if set, must be ``V``."""
+
+    name = "none"
+
+    def reachable(self, num_layers: int, num_visual: int) -> tuple[float, float]:
+        """Only ``V``: nothing is dropped."""
+        return float(num_visual), float(num_visual)
+
+    def schedule(self, view: LayerView) -> torch.Tensor:
+        """Every layer hands on all ``V`` visual tokens."""
+        return torch.full((view.batch_size, view.num_layers), view.num_visual, dtype=torch.long)

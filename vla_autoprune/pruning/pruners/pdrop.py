@@ -1,0 +1,88 @@
+"""PyramidDrop: drop visual tokens at the end of each stage, geometrically.
+
+Based on Xing et al., "PyramidDrop: Accelerating Your Large Vision-Language Models via Pyramid
+Visual Redundancy Reduction" (CVPR 2025, https://arxiv.org/abs/2410.17247).
+
+The decoder is split into stages (by default at 1/4, 1/2 and 3/4 of its depth, the paper's layers
+8, 16, 24 of 32); stage ``s`` sees ``V * lambda**s`` visual tokens, ranked at the last layer of the
+previous stage by the attention of the last instruction token (the last text query), averaged over
+heads. The paper fixes ``lambda = 0.5``; here ``lambda`` is solved so that the stage counts meet the
+budget (or taken from ``ratio`` when no budget is given).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from vla_autoprune.pruning.base import LayerView, Pruner, fit_stages, spread_layers, stage_schedule
+
+# Stage boundaries as fractions of depth: layers 8, 16, 24 of LLaVA-1.5's 32 (the paper's setup).
+PDROP_STAGES = (0.25, 0.5, 0.75)
+
+
+@dataclass
+class PDropPruner(Pruner):
+    """Pyramid of geometric visual-token drops at stage boundaries.
+
+    Attributes:
+        stages: first layer of each reduced stage, as fractions of depth (rounded to layers in
+            ``[1, L-1]``).
+        ratio: fixed ``lambda`` in (0, 1] when no budget is given (the paper's 0.5); with a budget
+            ``lambda`` is solved and ``ratio`` must be None.
+    """
+
+    name = "pdrop"
+    stages: Sequence[float] = PDROP_STAGES
+    ratio: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.stages = tuple(self.stages)
+        if (
+            not self.stages
+            or any(not 0 < f < 1 for f in self.stages)
+            or list(self.stages) != sorted(self.stages)
+        ):
+            raise ValueError(f"{self.name}: stages={self.stages} must be increasing fractions in (0, 1)")
+        if self.ratio is not None and self.budget is not None:
+            raise ValueError(f"{self.name}: give a budget or a ratio, not both (the budget sets the ratio)")
+        if self.ratio is not None and not 0 < self.ratio <= 1:
+            raise ValueError(f"{self.name}: ratio={self.ratio} must be in (0, 1]")
+
+    def starts(self, num_layers: int) -> list[int]:
+        """First layer of each reduced stage."""
+        return spread_layers(num_layers, self.stages)
+
+    def reachable(self, num_layers: int, num_visual: int) -> tuple[float, float]:
+        """Layers before the first boundary see ``V``, the rest at least one token."""
+        first = self.starts(num_layers)[0]
+        return (first * num_visual + num_layers - first) / num_layers, float(num_visual)
+
+    def counts(self, num_layers: int, num_visual: int) -> list[int]:
+        """Visual tokens each reduced stage sees."""
+        starts = self.starts(num_layers)
+
+        def geometric(lam: float) -> list[int]:
+            return [max(1, math.floor(num_visual * lam ** (s + 1))) for s in range(len(starts))]
+
+        if self.budget is None:
+            return geometric(1.0 if self.ratio is None else self.ratio)
+        return fit_stages(self.budget, num_layers, num_visual, starts, geometric)
+
+    def schedule(self, view: LayerView) -> torch.Tensor:
+        """Static pyramid, computed once per forward."""
+        if view.schedule is not None:
+            return view.schedule
+        counts = self.counts(view.num_layers, view.num_visual)
+        starts = self.starts(view.num_layers)
+        return stage_schedule(view.batch_size, view.num_layers, view.num_visual, starts, counts)
+
+    def score(self, view: LayerView) -> torch.Tensor:
+        """Attention of the last text query (the last instruction token), mean over heads, ``[B, Kv]``."""
+        attn = view.attention().mean(dim=1)  # [B, T, Kv]
+        last = (view.text_valid.long().sum(dim=1) - 1).clamp(min=0)
+        return attn.gather(1, last.view(-1, 1, 1).expand(-1, 1, attn.shape[-1])).squeeze(1)

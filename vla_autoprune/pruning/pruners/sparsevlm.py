@@ -1,0 +1,102 @@
+"""SparseVLM: text-guided progressive sparsification with token recycling.
+
+Based on Zhang et al., "SparseVLM: Visual Token Sparsification for Efficient Vision-Language
+Model Inference" (ICML 2025, https://arxiv.org/abs/2410.04417).
+
+At a few layers (by default the ones after the paper's layers 2, 6 and 15 of 32, as fractions of
+depth), the text tokens most relevant to vision ("raters": those whose attention to the visual
+tokens is at least the mean over text tokens) score the visual tokens by their mean attention
+(over heads and raters); the lowest are dropped, and the best-scored 30% of the dropped ones are
+recycled into about a tenth as many tokens by DPC-kNN merging, placed after the kept ones.
+
+Simplification: the paper sets how many tokens to drop from the rank of the attention matrix;
+here the counts follow a geometric pyramid whose ratio is solved to meet the budget (merged
+tokens count against it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from vla_autoprune.pruning import autoprune as ap
+from vla_autoprune.pruning.base import (
+    LayerView,
+    Merge,
+    Pruner,
+    fit_stages,
+    recycle_dropped,
+    spread_layers,
+    stage_schedule,
+)
+
+# First layers that see fewer tokens, as depth fractions: after layers 2, 6, 15 of 32 (the paper's).
+SPARSEVLM_STAGES = (3 / 32, 7 / 32, 16 / 32)
+
+
+@dataclass
+class SparseVLMPruner(Pruner):
+    """Rater-guided progressive pruning with recycling.
+
+    Attributes:
+        stages: first layer of each reduced stage, as fractions of depth.
+        recycle: merge part of the dropped tokens back in (counts against the budget).
+    """
+
+    name = "sparsevlm"
+    stages: Sequence[float] = SPARSEVLM_STAGES
+    recycle: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.stages = tuple(self.stages)
+        if (
+            not self.stages
+            or any(not 0 < f < 1 for f in self.stages)
+            or list(self.stages) != sorted(self.stages)
+        ):
+            raise ValueError(f"{self.name}: stages={self.stages} must be increasing fractions in (0, 1)")
+
+    def starts(self, num_layers: int) -> list[int]:
+        """First layer of each reduced stage."""
+        return spread_layers(num_layers, self.stages)
+
+    def reachable(self, num_layers: int, num_visual: int) -> tuple[float, float]:
+        """Layers before the first reduced stage see ``V``, the rest at least one token."""
+        first = self.starts(num_layers)[0]
+        return (first * num_visual + num_layers - first) / num_layers, float(num_visual)
+
+    def schedule(self, view: LayerView) -> torch.Tensor:
+        """Geometric counts (kept + merged) fitted to the budget, computed once per forward."""
+        if view.schedule is not None:
+            return view.schedule
+        num_layers, num_visual = view.num_layers, view.num_visual
+        starts = self.starts(num_layers)
+
+        def geometric(lam: float) -> list[int]:
+            return [max(1, math.floor(num_visual * lam ** (s + 1))) for s in range(len(starts))]
+
+        counts = fit_stages(self.target(num_visual), num_layers, num_visual, starts, geometric)
+        return stage_schedule(view.batch_size, num_layers, num_visual, starts, counts)
+
+    def score(self, view: LayerView) -> torch.Tensor:
+        """Mean attention from the raters (text rows attending to vision at least as much as average)."""
+        attn = view.attention().mean(dim=1)  # [B, T, Kv]
+        to_vision = attn.sum(dim=-1)  # [B, T]
+        valid = view.text_valid
+        mean = (to_vision * valid).sum(1, keepdim=True) / valid.sum(1, keepdim=True).clamp(min=1)
+        raters = (valid & (to_vision >= mean)).float()
+        return (attn * raters.unsqueeze(-1)).sum(1) / raters.sum(1, keepdim=True).clamp(min=1)
+
+    def split(self, view: LayerView, hand_on: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Kept and merged tokens (the reference's recycling rule) summing to ``hand_on``."""
+        return ap.split_handed_on(view.alive(), hand_on, self.recycle)
+
+    def merge(
+        self, view: LayerView, scores: torch.Tensor, dropped: torch.Tensor, clusters: torch.Tensor
+    ) -> Merge | None:
+        """DPC-kNN merge of the best-scored dropped tokens."""
+        return recycle_dropped(view, scores, dropped, clusters) if self.recycle else None

@@ -1,0 +1,61 @@
+"""Text -> visual attention, recomputed from a decoder layer's own projections.
+
+Pruners rank visual tokens by how much the text queries attend to them. The layers themselves keep
+running SDPA (or FlashAttention), which never materialises attention probabilities, so the engine
+recomputes only the block it needs, ``T`` text rows x all columns, from the layer's input:
+``input_layernorm`` -> ``q_proj``/``k_proj`` (-> per-head norms) -> rotary with the (cos, sin) the
+layer is given -> GQA repeat -> ``scaling`` -> the layer's mask -> fp32 softmax over ALL columns,
+then keeps the visual columns. Probabilities are NOT renormalised over the visual columns: the share
+of attention that goes to vision is part of AutoPrune's signal. This equals eager attention's
+``output_attentions`` rows (tested to ~1e-6).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vla_autoprune import compat
+
+
+def _row_mask(attention_mask: torch.Tensor | None, rows: torch.Tensor, num_keys: int) -> torch.Tensor:
+    """bool ``[B, 1, T, N]``: which keys each query row may attend to (causal when mask is None)."""
+    b, t = rows.shape
+    if attention_mask is None:
+        keys = torch.arange(num_keys, device=rows.device)
+        return keys.view(1, 1, 1, -1) <= rows.view(b, 1, t, 1)
+    allowed = compat.mask_to_bool(attention_mask).expand(b, -1, -1, -1)
+    index = rows.view(b, 1, t, 1).expand(-1, allowed.shape[1], -1, allowed.shape[-1])
+    return allowed.gather(2, index)
+
+
+def text_visual_attention(
+    layer: nn.Module,
+    hidden: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    attention_mask: torch.Tensor | None,
+    text_rows: torch.Tensor,
+    visual_cols: torch.Tensor,
+) -> torch.Tensor:
+    """Attention probabilities of text queries over visual keys at one layer.
+
+    Args:
+        layer: the decoder layer (unmodified transformers module).
+        hidden: float ``[B, N, D]``, the hidden states the layer receives.
+        position_embeddings: ``(cos, sin)``, each ``[1 or B, N, rd]``, as the layer receives them.
+        attention_mask: the layer's 4D mask ``[1 or B, 1, N, N]`` (bool or additive), or None for
+            plain causal attention.
+        text_rows: int64 ``[B, T]``, sequence indices of the text queries (pad with any valid row).
+        visual_cols: int64 ``[B, V]``, sequence indices of the visual keys.
+
+    Returns:
+        float32 ``[B, H, T, V]``: softmax over all ``N`` columns, restricted to the visual columns.
+    """
+    b, n, _ = hidden.shape
+    cos, sin = (x.expand(b, -1, -1) for x in position_embeddings)
+    q, k = compat.queries_keys(layer, hidden, cos, sin, text_rows)
+    logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * compat.attention_scaling(layer)
+    allowed = _row_mask(attention_mask, text_rows, n)
+    probs = logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1)  # [B, H, T, N]
+    cols = visual_cols.view(b, 1, 1, -1).expand(-1, probs.shape[1], probs.shape[2], -1)
+    return probs.gather(-1, cols)
