@@ -42,7 +42,11 @@ def model() -> DrivingVLA:
 def fresh_data(model: DrivingVLA, tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
     root = tmp_path_factory.mktemp("fresh_synthetic")
     generate(
-        root, scenes=EVAL_SCENES, samples_per_scene=EVAL_SAMPLES_PER_SCENE, image_size=IMAGE_SIZE, seed=EVAL_SEED
+        root,
+        scenes=EVAL_SCENES,
+        samples_per_scene=EVAL_SAMPLES_PER_SCENE,
+        image_size=IMAGE_SIZE,
+        seed=EVAL_SEED,
     )
     parts = [load_split(NuScenesDrivingDataset(root, split=split), model) for split in ("train", "val")]
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}

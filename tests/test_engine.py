@@ -55,25 +55,31 @@ def make_inputs(
     num_visual: int = NUM_VISUAL,
     seed: int = 1,
 ) -> DecoderInputs:
-    """Left-padded decoder inputs: [pad][prefix][visual block][text], text lengths per sample."""
+    """Left-padded inputs: [pad][prefix][camera 0][marker][camera 1][text], text length per sample.
+
+    The camera marker between the two cameras' visual tokens makes the visual positions
+    non-contiguous, as in DrivingVLA's prompt.
+    """
     gen = torch.Generator().manual_seed(seed)
     lengths = text_lengths or (NUM_TEXT,) * batch
-    n = PREFIX + num_visual + max(lengths)
+    half = num_visual // 2
+    n = PREFIX + num_visual + 1 + max(lengths)
     mask = torch.zeros(batch, n, dtype=torch.long)
     visual = torch.zeros(batch, n, dtype=torch.bool)
     text = torch.zeros(batch, n, dtype=torch.bool)
     for b, t in enumerate(lengths):
-        start = n - (PREFIX + num_visual + t)
-        mask[b, start:] = 1
-        visual[b, start + PREFIX : start + PREFIX + num_visual] = True
+        first = n - t - num_visual - 1  # first visual position
+        mask[b, first - PREFIX :] = 1
+        visual[b, first : first + half] = True
+        visual[b, first + half + 1 : first + num_visual + 1] = True
         text[b, n - t :] = True
     layout = TokenLayout(
         visual_mask=visual,
         text_mask=text,
         attention_mask=mask,
-        camera_index=torch.arange(num_visual).div(num_visual // 2, rounding_mode="floor").expand(batch, -1),
-        patch_index=torch.arange(num_visual).remainder(num_visual // 2).expand(batch, -1),
-        patch_grid=(2, num_visual // 4),
+        camera_index=torch.arange(num_visual).div(half, rounding_mode="floor").expand(batch, -1),
+        patch_index=torch.arange(num_visual).remainder(half).expand(batch, -1),
+        patch_grid=(2, half // 2),
     )
     return DecoderInputs(
         inputs_embeds=torch.randn(batch, n, HIDDEN, generator=gen),
@@ -302,12 +308,25 @@ def test_score_block_equals_eager_attentions(family: str) -> None:
     assert block.shape == (2, 4, 3, NUM_VISUAL)
     assert torch.allclose(block, expected, atol=1e-6)
     assert float(block.sum(-1).max()) < 1.0  # NOT renormalised over the visual columns
+    # A padding row (sample 1 is left padded) as a filler query row: zeros, never NaN.
+    with torch.no_grad():
+        padded = text_visual_attention(
+            compat.decoder_layers(sdpa)[1],
+            captured["hidden"],
+            captured["kwargs"]["position_embeddings"],
+            captured["kwargs"]["attention_mask"],
+            torch.zeros_like(text_rows),
+            visual_cols,
+        )
+    assert bool(torch.isfinite(padded).all()) and float(padded[1].abs().max()) == 0.0
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_ragged_batch_equals_one_by_one(family: str) -> None:
+@pytest.mark.parametrize("lengths", [(5, 2, 4), (4, 4, 4)], ids=["padded", "unpadded"])
+def test_ragged_batch_equals_one_by_one(family: str, lengths: tuple[int, ...]) -> None:
+    # Unpadded: the model passes no mask (SDPA is_causal); fillers still need the engine's own mask.
     model = build_decoder(family, layers=4)
-    inputs = make_inputs(batch=3, text_lengths=(5, 2, 4))
+    inputs = make_inputs(batch=3, text_lengths=lengths)
     counts = torch.tensor([[16, 10, 4, 4], [16, 6, 6, 2], [16, 16, 12, 1]])
     scores = torch.rand(3, NUM_VISUAL, generator=torch.Generator().manual_seed(3))
     with prune(model, FixedPruner(counts=counts, scores=scores), inputs) as record:
@@ -392,6 +411,28 @@ def test_output_restored_to_input_length() -> None:
         2,
         int(record.visual_tokens[0, 3]),
     )  # type: ignore[index]
+
+
+def test_sliding_window_shorter_than_the_prefill_is_refused() -> None:
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        hidden_size=HIDDEN,
+        intermediate_size=2 * HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        use_sliding_window=True,
+        sliding_window=8,
+        max_window_layers=0,
+    )
+    model = Qwen2ForCausalLM(config).eval()
+    inputs = make_inputs()
+    with (
+        pytest.raises(compat.UnsupportedDecoderError, match="sliding window"),
+        prune(model, build_pruner("fastv", budget=10), inputs) as record,
+    ):
+        forward(model, record.inputs)
 
 
 def test_wrong_inputs_and_unknown_pruner_errors() -> None:

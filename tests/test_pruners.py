@@ -7,25 +7,33 @@ from typing import Any
 import pytest
 import torch
 from test_engine import (
+    ATOL,
+    HIDDEN,
     NUM_VISUAL,
     build_decoder,
     forward,
     greedy,
     make_inputs,
     one_thread,  # noqa: F401 (autouse fixture, applies here too)
+    sample,
 )
 from torch import nn
 
 from vla_autoprune import compat
+from vla_autoprune.models.base import DecoderInputs, DrivingModel
 from vla_autoprune.pruning import (
     AutoPrunePruner,
     FasterVLMPruner,
     MissingSaliencyError,
     build_pruner,
     prune,
+    run_pruned,
 )
 from vla_autoprune.pruning import autoprune as ap
 from vla_autoprune.pruning.scores import text_visual_attention
+
+# Random tiny decoders have MI ~0.01-0.03 bits; a steep gamma spreads k over samples (ragged schedules).
+GAMMA_SPREAD = 15.0
 
 
 def capture_layer_inputs(model: nn.Module, layer: int) -> tuple[dict[str, Any], Any]:
@@ -139,6 +147,26 @@ def test_autoprune_mi_and_schedule_follow_the_math(family: str) -> None:
     assert int(record.merged_tokens.sum()) > 0  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_autoprune_ragged_batch_equals_one_by_one(family: str) -> None:
+    model = build_decoder(family, layers=8)
+    inputs = make_inputs(batch=3, text_lengths=(5, 1, 3), seed=4)
+    with prune(model, AutoPrunePruner(budget=8, stage0="none", gamma=GAMMA_SPREAD), inputs) as record:
+        logits = forward(model, record.inputs)
+    assert record.visual_tokens is not None and record.merged_tokens is not None
+    assert len({tuple(row) for row in record.visual_tokens.tolist()}) > 1  # really ragged
+    for b in range(3):
+        with prune(
+            model, AutoPrunePruner(budget=8, stage0="none", gamma=GAMMA_SPREAD), sample(inputs, b)
+        ) as single:
+            one = forward(model, single.inputs)
+        real = inputs.attention_mask[b].bool()
+        assert torch.allclose(logits[b, real], one[0], atol=ATOL)
+        assert single.visual_tokens is not None and single.merged_tokens is not None
+        assert torch.equal(single.visual_tokens[0], record.visual_tokens[b])
+        assert torch.equal(single.merged_tokens[0], record.merged_tokens[b])
+
+
 def test_autoprune_reference_accounting_reproduces_the_reference_schedule() -> None:
     model = build_decoder(layers=8)
     inputs = make_inputs(batch=1)
@@ -176,16 +204,24 @@ def test_recycled_tokens_sit_right_after_the_kept_visual_tokens(name: str) -> No
     seen: list[torch.Tensor] = []
     with prune(model, pruner, inputs) as record:
         handle = compat.decoder_layers(model)[3].register_forward_pre_hook(
-            lambda m, a, k: seen.append(a[0]), with_kwargs=True
+            lambda m, a, k: seen.append(k["position_ids"][0]), with_kwargs=True
         )
         forward(model, record.inputs)
         handle.remove()
     assert record.merged_tokens is not None and record.kept_visual[3] is not None
-    merged, kept = int(record.merged_tokens[0, 3]), record.kept_visual[3].shape[1]
+    merged, kept = int(record.merged_tokens[0, 3]), record.kept_visual[3][0]
     assert merged >= 1
-    assert seen[0].shape[1] == inputs.inputs_embeds.shape[1] - NUM_VISUAL + kept + merged
-    # Sequence: [prefix][kept][merged][text]; text tokens follow the merged ones unchanged in count.
-    assert int(record.visual_tokens[0, 3]) == kept + merged  # type: ignore[index]
+    visual_pos = inputs.layout.visual_positions()[0]
+    positions = seen[0].tolist()  # original position ids: B = 1, no padding, so = sequence index
+    text = int(inputs.layout.text_mask.sum())
+    # Sequence: [prefix][kept camera 0][marker][kept camera 1][merged][text].
+    n = inputs.inputs_embeds.shape[1]
+    assert positions[-text:] == list(range(n - text, n))
+    tail = positions[len(positions) - text - merged : len(positions) - text]
+    assert set(tail) <= set(visual_pos.tolist())  # merged tokens take a member's (visual) position
+    body = positions[: len(positions) - text - merged]
+    assert [p for p in body if p in set(visual_pos.tolist())] == visual_pos[kept].tolist()
+    assert len(positions) == inputs.inputs_embeds.shape[1] - NUM_VISUAL + len(kept) + merged
 
 
 def test_keep_all_random_and_sparsevlm_generate_like_unpruned() -> None:
@@ -209,3 +245,46 @@ def test_invalid_hyperparameters_are_one_line_errors() -> None:
         with pytest.raises(ValueError, match=match) as err:
             build_pruner(name, **kwargs)
         assert "\n" not in str(err.value)
+
+
+class TinyDrivingModel(DrivingModel):
+    """A DrivingModel around a plain causal LM: waypoints from the last two hidden states."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lm = build_decoder("llama", layers=4)
+        self.head = nn.Linear(2 * HIDDEN, 12)
+
+    @property
+    def decoder(self) -> nn.Module:
+        return self.lm
+
+    def prepare(self, batch: dict[str, Any]) -> DecoderInputs:
+        return batch["inputs"]
+
+    def decode(self, inputs: DecoderInputs) -> torch.Tensor:
+        out = self.lm.model(
+            inputs_embeds=inputs.inputs_embeds,
+            attention_mask=inputs.attention_mask,
+            position_ids=inputs.position_ids,
+            use_cache=False,
+        )
+        return self.head(out.last_hidden_state[:, -2:].flatten(1)).view(-1, 6, 2)
+
+
+@pytest.mark.parametrize("name", ["none", "fastervlm", "autoprune"])
+def test_run_pruned_plans_with_the_record_inputs(name: str) -> None:
+    model = TinyDrivingModel().eval()
+    batch = {"inputs": make_inputs(batch=2, text_lengths=(5, 3))}
+    budget = None if name == "none" else 6
+    waypoints, record = run_pruned(model, batch, build_pruner(name, budget=budget))
+    assert waypoints.shape == (2, 6, 2) and bool(torch.isfinite(waypoints).all())
+    with torch.no_grad():
+        unpruned = model.plan(batch)
+    if name == "none":
+        assert torch.equal(waypoints, unpruned)
+    else:
+        assert not torch.allclose(waypoints, unpruned)
+        assert bool((record.mean_visual_tokens() <= 6 + 1).all())
+    if name == "fastervlm":
+        assert record.inputs.inputs_embeds.shape[1] == batch["inputs"].inputs_embeds.shape[1] - NUM_VISUAL + 6

@@ -91,11 +91,19 @@ def check_layer(layer: nn.Module, index: int) -> None:
             f"decoder layer {index} ({type(layer).__name__}) lacks {', '.join(missing)}; "
             "only Llama-style decoders (Llama, Qwen2, Qwen3, Mistral) are supported"
         )
-    # Sliding-window layers mask differently from what the engine rebuilds; refuse rather than be wrong.
-    if getattr(attn, "sliding_window", None) is not None:
+
+
+def check_window(layer: nn.Module, index: int, length: int) -> None:
+    """Raise if a sliding-window layer's window is shorter than a ``length``-token prefill.
+
+    The engine rebuilds prefill masks as plain causal ones, which equals the sliding-window mask
+    only while the whole sequence fits in the window.
+    """
+    window = getattr(getattr(layer, "self_attn", None), "sliding_window", None)
+    if window is not None and length > int(window):
         raise UnsupportedDecoderError(
-            f"decoder layer {index} uses sliding-window attention, which the pruning engine does not "
-            "support; disable it in the config (use_sliding_window=False)"
+            f"decoder layer {index} uses a {window}-token sliding window but the prefill has {length} "
+            "tokens, which the pruning engine does not support; disable sliding windows in the config"
         )
 
 

@@ -120,7 +120,7 @@ class VisionProjector(nn.Module):
 
 
 class WaypointHead(nn.Module):
-    """MLP from the ``K`` action-query hidden states to 6 (x, y) waypoints."""
+    """MLP from the final hidden states of the ``<ego>`` token and the action queries to 6 (x, y) waypoints."""
 
     def __init__(self, num_queries: int, text_size: int, hidden_size: int) -> None:
         super().__init__()
@@ -129,7 +129,7 @@ class WaypointHead(nn.Module):
         self.fc_out = nn.Linear(hidden_size, NUM_FUTURE_STEPS * WAYPOINT_DIMS)
 
     def forward(self, query_states: torch.Tensor) -> torch.Tensor:
-        """``[B, K, D]`` -> ``[B, 6, 2]`` (in units of ``waypoint_scale_m``)."""
+        """``[B, K + 1, D]`` -> ``[B, 6, 2]`` (in units of ``waypoint_scale_m``)."""
         out = self.fc_out(self.act(self.fc_in(query_states.flatten(1))))
         return out.view(-1, NUM_FUTURE_STEPS, WAYPOINT_DIMS)
 
@@ -163,7 +163,7 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.ego_projector = nn.Linear(EGO_STATE_DIMS, text_size)
         self.action_queries = nn.Parameter(torch.empty(config.num_action_queries, text_size))
-        self.waypoint_head = WaypointHead(config.num_action_queries, text_size, config.head_hidden_size)
+        self.waypoint_head = WaypointHead(config.num_action_queries + 1, text_size, config.head_hidden_size)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -187,7 +187,7 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
         """Encode a collated batch (``images`` uint8 ``[B, C, 3, H, W]``, ``command``, ``ego_state``).
 
         Returns left-padded decoder inputs of length ``N = max_b N_b`` with explicit position ids
-        and, in ``extras``, ``num_action_queries`` and the per-camera pooled vision features.
+        (``cumsum(attention_mask) - 1``) and ``extras = {"num_action_queries": K}``.
         """
         images = batch["images"]
         if images.dim() != 5 or images.shape[2] != 3:
@@ -205,8 +205,13 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
         return self._assemble(prompt, visual, ego, saliency)
 
     def decode(self, inputs: DecoderInputs) -> torch.Tensor:
-        """Run the decoder and regress waypoints float32 ``[B, 6, 2]`` from the last ``K`` positions."""
-        k = self.config.num_action_queries
+        """Run the decoder and regress waypoints float32 ``[B, 6, 2]`` from the last ``K + 1`` positions.
+
+        Those are the ``<ego>`` token and the ``K`` action queries: reading the ego token's final
+        state too gives the head a direct path to the ego state (without it the queries must first
+        learn to attend to it, a long plateau when training the tiny model from scratch).
+        """
+        readout = self.config.num_action_queries + 1
         position_ids = inputs.position_ids
         if position_ids is None:
             position_ids = (inputs.attention_mask.cumsum(-1) - 1).clamp(min=0)
@@ -216,8 +221,8 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
             position_ids=position_ids,
             use_cache=False,
         )
-        # Left padding keeps the action queries last, also when a pruner shortened the sequence.
-        query_states = out.last_hidden_state[:, -k:]
+        # Left padding keeps <ego> + action queries last, also when a pruner shortened the sequence.
+        query_states = out.last_hidden_state[:, -readout:]
         return (self.waypoint_head(query_states) * self.config.waypoint_scale_m).float()
 
     # ------------------------------------------------------------------ encoding pieces

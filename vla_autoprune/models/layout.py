@@ -18,7 +18,8 @@ class TokenLayout:
 
     Attributes:
         visual_mask: bool ``[B, N]``; True at the positions of visual (camera) tokens. Every sample
-            has the same number ``V`` of visual tokens, in camera order, as one contiguous block.
+            has the same number ``V`` of visual tokens, in camera order; the block may be
+            interleaved with non-visual tokens (e.g. a camera marker before each camera).
         text_mask: bool ``[B, N]``; True at the "text" query tokens used to score visual tokens:
             every non-padding token after the visual block (command, ego state, action queries).
         attention_mask: int64 ``[B, N]``; 1 for real tokens, 0 for padding (transformers' 2D mask).

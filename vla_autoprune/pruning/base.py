@@ -55,7 +55,8 @@ class LayerView:
         output: float ``[B, K, D]``, the layer's output hidden states.
         position_embeddings: ``(cos, sin)`` ``[B, K, rd]`` the layer was given.
         attention_mask: the 4D mask the layer was given, or None (plain causal).
-        visual_slots: int64 ``[B, Kv]``, sequence indices of the visual slots (one block per row).
+        visual_slots: int64 ``[B, Kv]``, sequence indices of the visual slots, ascending (camera
+            markers may sit between them).
         visual_valid: bool ``[B, Kv]``; False for ragged-batch fillers (already dropped tokens).
         visual_index: int64 ``[B, Kv]``, index of each visual slot among the decoder's input visual
             tokens (merged tokens: their representative's).
@@ -111,8 +112,9 @@ class LayerView:
     def text_attention(self) -> torch.Tensor:
         """float32 ``[B, Kv]``: attention to each visual token, mean over heads and valid text rows."""
         per_row = self.attention().mean(dim=1)  # [B, T, Kv]
-        weights = self.text_valid.float()
-        return (per_row * weights.unsqueeze(-1)).sum(1) / weights.sum(1, keepdim=True).clamp(min=1)
+        valid = self.text_valid.unsqueeze(-1)
+        total = torch.where(valid, per_row, torch.zeros_like(per_row)).sum(1)  # where: padded rows are junk
+        return total / valid.sum(1).clamp(min=1)
 
 
 @dataclass
@@ -143,11 +145,11 @@ class Pruner(abc.ABC):
     """
 
     name: ClassVar[str] = "base"
-    # Which token accounting the budget uses; only AutoPrune offers the reference's alternative.
-    accounting: str = field(default="actual", init=False)
 
     budget: float | None = None
     position_ids: str = "original"
+    # Which token accounting the budget uses; only AutoPrune offers the reference's alternative.
+    accounting: str = field(default="actual", init=False)
 
     def __post_init__(self) -> None:
         if self.budget is not None and not (math.isfinite(self.budget) and self.budget > 0):

@@ -7,15 +7,18 @@ also when the block raises. Then, during each prefill (layer ``l``'s KV cache is
 - after layer ``l`` runs (never the last), the pruner's schedule says how many visual tokens it
   hands on; if fewer than it received, the pruner scores the visual tokens (at layer ``l``, from
   that layer's own projections), the top ones are kept (in sequence order), optionally some dropped
-  ones are merged into new tokens placed right after the kept ones, and the hidden states the layer
-  returns shrink accordingly. The first layer that can see fewer tokens is therefore layer 1.
+  ones are merged into new tokens placed right after the kept visual tokens (each takes the
+  position id of its best-scored member), and the hidden states the layer returns shrink
+  accordingly. The first layer that can see fewer tokens is therefore layer 1.
 - every later layer's pre-hook re-applies the same gather to what the model loop hands to all layers
   alike: ``position_embeddings`` (cos, sin), ``position_ids`` and the attention mask. Survivors keep
   their original position ids (``position_ids="original"``) or are renumbered in sequence order
   (``"contiguous"``, recomputing cos/sin with the model's rotary module).
 - samples of a batch may keep different numbers of tokens: each row is padded to the batch maximum
-  with some of its dropped tokens, marked invalid, and layers get an explicit 4D bool mask (causal
-  over the kept order, AND valid key columns, OR the diagonal so no row is empty).
+  with some of its dropped tokens, marked invalid. Layers then get an explicit 4D mask (also when
+  the model had one for padding): causal over the kept order, AND valid, non-padding key columns,
+  OR the diagonal so no row is empty. Without padding or fillers the mask stays None (SDPA's
+  ``is_causal`` fast path).
 - after the last layer, the output is scattered back to the input length (dropped positions are
   zero), so heads that read the output by input position keep working.
 
@@ -48,7 +51,7 @@ from torch import nn
 from vla_autoprune import compat
 from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.models.layout import TokenLayout
-from vla_autoprune.pruning.base import LayerView, Merge, Pruner
+from vla_autoprune.pruning.base import LayerView, Pruner
 from vla_autoprune.pruning.flops import decoder_flops_from_config
 
 logger = logging.getLogger(__name__)
@@ -146,6 +149,17 @@ class _Forward:
     scratch: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class _Block:
+    """The visual tokens a pruning layer hands on, ``[B, W]`` each, with their sequence sort keys."""
+
+    src: torch.Tensor
+    valid: torch.Tensor
+    merged: torch.Tensor
+    hidden: torch.Tensor  # [B, W, D]
+    keys: torch.Tensor
+
+
 def _true_indices(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Positions of True per row, in order: (int64 ``[B, M]``, valid bool ``[B, M]``), M = max count."""
     counts = mask.sum(dim=1)
@@ -159,16 +173,6 @@ def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``x`` [B, N, ...] gathered along dim 1 at ``index`` [B, K]."""
     shape = (*index.shape, *x.shape[2:])
     return x.gather(1, index.view(*index.shape, *([1] * (x.dim() - 2))).expand(shape))
-
-
-def _compose(old: torch.Tensor, block: torch.Tensor, start: torch.Tensor, old_width: int) -> torch.Tensor:
-    """Replace each row's visual block (``old_width`` slots from ``start`` [B]) with ``block`` [B, Kn, ...]."""
-    b, k = old.shape[:2]
-    kn = block.shape[1]
-    j = torch.arange(k - old_width + kn, device=old.device).expand(b, -1)
-    s = start.unsqueeze(1)
-    index = torch.where(j < s, j, torch.where(j < s + kn, k + (j - s), j - kn + old_width))
-    return _gather_rows(torch.cat([old, block], dim=1), index)
 
 
 class _Engine:
@@ -202,9 +206,10 @@ class _Engine:
     # -- installation ----------------------------------------------------------------------------
 
     def install(self) -> list[torch.utils.hooks.RemovableHandle]:
+        for i, layer in enumerate(self.layers):
+            compat.check_layer(layer, i)  # all checked before any hook exists: nothing leaks on error
         handles = []
         for i, layer in enumerate(self.layers):
-            compat.check_layer(layer, i)
             handles.append(layer.register_forward_pre_hook(partial(self._pre, i), with_kwargs=True))
             handles.append(layer.register_forward_hook(partial(self._post, i), with_kwargs=True))
         return handles
@@ -242,6 +247,8 @@ class _Engine:
                 f"the decoder ran on [B={b}, N={n}] tokens but prune() was given inputs of shape "
                 f"{list(self.real.shape)}; run the decoder on record.inputs"
             )
+        for i, layer in enumerate(self.layers):
+            compat.check_window(layer, i, n)
         cos, sin = kwargs[compat.KW_POS_EMB]
         pos = kwargs.get(compat.KW_POS_IDS)
         if pos is None:
@@ -439,7 +446,40 @@ class _Engine:
         kept: torch.Tensor,
         clusters: torch.Tensor,
     ) -> tuple[_Slots, torch.Tensor]:
-        """New slots and hidden states after keeping ``kept`` [B] top-scored visual tokens per row."""
+        """New slots and hidden states after keeping ``kept`` [B] top-scored visual tokens per row.
+
+        Kept visual tokens (and a row's fillers) stay where they were, merged tokens go right after
+        the last visual slot; non-visual tokens keep their order.
+        """
+        block = self._visual_block(view, slots, scores, kept, clusters)
+        b, k = slots.src.shape
+        visual = self.visual.gather(1, slots.src)
+        # Sort keys: 2 * slot index; merged tokens 2 * (last visual slot) + 1; old visual slots last.
+        old_keys = torch.where(visual, _NO_SLOT, 2 * torch.arange(k, device=visual.device))
+        keys = torch.cat([old_keys, block.keys], dim=1)
+        length = k - view.visual_slots.shape[1] + block.keys.shape[1]
+        order = torch.argsort(keys, dim=1, stable=True)[:, :length]
+
+        def arrange(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+            return _gather_rows(torch.cat([old, new], dim=1), order)
+
+        new_slots = _Slots(
+            src=arrange(slots.src, block.src),
+            valid=arrange(slots.valid, block.valid),
+            merged=arrange(slots.merged, block.merged),
+            identity=False,
+        )
+        return new_slots, arrange(view.output, block.hidden)
+
+    def _visual_block(
+        self,
+        view: LayerView,
+        slots: _Slots,
+        scores: torch.Tensor,
+        kept: torch.Tensor,
+        clusters: torch.Tensor,
+    ) -> _Block:
+        """The visual tokens handed on: each row's top slots (kept, then fillers), then merged ones."""
         vs, vv = view.visual_slots, view.visual_valid
         b, kv = vs.shape
         # Rank: valid before fillers, then by score, highest first (two stable sorts = lexicographic).
@@ -447,36 +487,31 @@ class _Engine:
         order = order.gather(1, torch.argsort((~vv.gather(1, order)).to(torch.int8), dim=1, stable=True))
         rank = torch.empty_like(order).scatter_(1, order, torch.arange(kv, device=vs.device).expand(b, kv))
         is_kept = rank < kept.unsqueeze(1)
-        merge: Merge | None = None
-        if bool((clusters > 0).any()):
-            merge = self.pruner.merge(view, scores, vv & ~is_kept, clusters)
+        merge = (
+            self.pruner.merge(view, scores, vv & ~is_kept, clusters) if bool((clusters > 0).any()) else None
+        )
         r = merge.valid.sum(1) if merge is not None else torch.zeros_like(kept)
         width = int((kept + r).max())
-        # Each row: its top (width - r) slots in sequence order (kept ones, then fillers), then merges.
-        real = width - r
-        chosen = torch.where(rank < real.unsqueeze(1), torch.arange(kv, device=vs.device), _NO_SLOT)
-        chosen = chosen.sort(dim=1).values[:, :width]
-        j = torch.arange(width, device=vs.device).expand(b, -1)
-        is_real = j < real.unsqueeze(1)
-        pos = torch.where(is_real, chosen, 0)  # index into the visual block
-        valid = is_real & is_kept.gather(1, pos)
-        block_src = slots.src.gather(1, vs.gather(1, pos))
-        block_hidden = _gather_rows(view.output, vs.gather(1, pos))
-        if merge is not None:
-            m = (j - real.unsqueeze(1)).clamp(min=0, max=merge.hidden.shape[1] - 1)
-            rep_src = slots.src.gather(1, vs.gather(1, merge.representative.gather(1, m)))
-            block_src = torch.where(is_real, block_src, rep_src)
-            merged_hidden = _gather_rows(merge.hidden.to(block_hidden.dtype), m)
-            block_hidden = torch.where(is_real.unsqueeze(-1), block_hidden, merged_hidden)
-            valid = valid | (~is_real & merge.valid.gather(1, m))
-        start = vs[:, 0]
-        new_slots = _Slots(
-            src=_compose(slots.src, block_src, start, kv),
-            valid=_compose(slots.valid, valid, start, kv),
-            merged=_compose(slots.merged, ~is_real, start, kv),
-            identity=False,
+        real = (width - r).unsqueeze(1)  # real (kept + filler) entries per row
+        chosen = torch.where(rank < real, torch.arange(kv, device=vs.device), _NO_SLOT)
+        pos = chosen.sort(dim=1).values[:, :width]  # index into the visual slots, in sequence order
+        is_real = torch.arange(width, device=vs.device).expand(b, -1) < real
+        pos = torch.where(is_real, pos, 0)
+        block = _Block(
+            src=slots.src.gather(1, vs.gather(1, pos)),
+            valid=is_real & is_kept.gather(1, pos),
+            merged=~is_real | slots.merged.gather(1, vs.gather(1, pos)),  # merged earlier stay merged
+            hidden=_gather_rows(view.output, vs.gather(1, pos)),
+            keys=torch.where(is_real, 2 * vs.gather(1, pos), 2 * vs[:, -1:] + 1),
         )
-        return new_slots, _compose(view.output, block_hidden, start, kv)
+        if merge is not None:
+            m = (torch.arange(width, device=vs.device) - real).clamp(min=0, max=merge.hidden.shape[1] - 1)
+            rep_src = slots.src.gather(1, vs.gather(1, merge.representative.gather(1, m)))
+            block.src = torch.where(is_real, block.src, rep_src)
+            merged_hidden = _gather_rows(merge.hidden.to(block.hidden.dtype), m)
+            block.hidden = torch.where(is_real.unsqueeze(-1), block.hidden, merged_hidden)
+            block.valid = block.valid | (~is_real & merge.valid.gather(1, m))
+        return block
 
     def _restore(self, slots: _Slots, hidden: torch.Tensor) -> torch.Tensor:
         """Scatter the last layer's output back to the input length (dropped positions stay zero)."""
@@ -495,18 +530,12 @@ class _Engine:
 
 def _check_layout(inputs: DecoderInputs) -> None:
     layout = inputs.layout
-    visual = layout.visual_mask.bool()
-    counts = visual.sum(1)
+    counts = layout.visual_mask.bool().sum(1)
     if not bool((counts == layout.num_visual).all()):
         raise ValueError(
             f"layout.visual_mask marks {counts.tolist()} tokens per row but camera_index has "
             f"V={layout.num_visual}; every row needs the same V visual tokens"
         )
-    pos = torch.arange(visual.shape[1], device=visual.device).expand_as(visual)
-    first = torch.where(visual, pos, visual.shape[1]).min(1).values
-    last = torch.where(visual, pos, -1).max(1).values
-    if not bool((last - first + 1 == counts).all()):
-        raise ValueError("layout.visual_mask must mark one contiguous block of visual tokens per row")
 
 
 def _shorten(inputs: DecoderInputs, kept: torch.Tensor) -> DecoderInputs:

@@ -55,7 +55,10 @@ def text_visual_attention(
     cos, sin = (x.expand(b, -1, -1) for x in position_embeddings)
     q, k = compat.queries_keys(layer, hidden, cos, sin, text_rows)
     logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * compat.attention_scaling(layer)
-    allowed = _row_mask(attention_mask, text_rows, n)
+    # Each row may also see itself: a padding row (fully masked) then gives zeros, not NaN; real
+    # rows always see themselves already.
+    keys = torch.arange(n, device=hidden.device).view(1, 1, 1, -1)
+    allowed = _row_mask(attention_mask, text_rows, n) | (keys == text_rows.view(b, 1, -1, 1))
     probs = logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1)  # [B, H, T, N]
     cols = visual_cols.view(b, 1, 1, -1).expand(-1, probs.shape[1], probs.shape[2], -1)
     return probs.gather(-1, cols)

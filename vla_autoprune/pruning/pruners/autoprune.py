@@ -106,7 +106,7 @@ class AutoPrunePruner(Pruner):
         stage0 = "none" if self.stage0 == "none" else "reference"
         return ap.retention_schedule(
             k.double(),
-            float(self.target(view.num_visual)) if self.budget is not None else float(view.num_visual),
+            self.target(view.num_visual),
             view.num_layers,
             view.num_visual,
             accounting=self.accounting,  # type: ignore[arg-type]

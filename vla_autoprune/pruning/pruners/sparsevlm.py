@@ -85,11 +85,12 @@ class SparseVLMPruner(Pruner):
     def score(self, view: LayerView) -> torch.Tensor:
         """Mean attention from the raters (text rows attending to vision at least as much as average)."""
         attn = view.attention().mean(dim=1)  # [B, T, Kv]
-        to_vision = attn.sum(dim=-1)  # [B, T]
         valid = view.text_valid
-        mean = (to_vision * valid).sum(1, keepdim=True) / valid.sum(1, keepdim=True).clamp(min=1)
-        raters = (valid & (to_vision >= mean)).float()
-        return (attn * raters.unsqueeze(-1)).sum(1) / raters.sum(1, keepdim=True).clamp(min=1)
+        to_vision = torch.where(valid, attn.sum(dim=-1), 0.0)  # [B, T]; where: padded rows are junk
+        mean = to_vision.sum(1, keepdim=True) / valid.sum(1, keepdim=True).clamp(min=1)
+        raters = (valid & (to_vision >= mean)).unsqueeze(-1)
+        total = torch.where(raters, attn, torch.zeros_like(attn)).sum(1)
+        return total / raters.sum(1).clamp(min=1)
 
     def split(self, view: LayerView, hand_on: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Kept and merged tokens (the reference's recycling rule) summing to ``hand_on``."""
