@@ -32,7 +32,7 @@ from torch import nn
 from planners.metrics import l2_at
 from vla_autoprune.data.collate import collate
 from vla_autoprune.data.nuscenes_dataset import NuScenesDrivingDataset
-from vla_autoprune.data.schema import CAMERAS, KEYFRAME_DT_S, NUM_FUTURE_STEPS
+from vla_autoprune.data.schema import CAMERAS, COMMANDS, KEYFRAME_DT_S, NUM_FUTURE_STEPS
 from vla_autoprune.data.synthetic import SYNTHETIC_VERSION, ensure_synthetic
 from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.models.driving_vla import DrivingVLA, DrivingVLAConfig
@@ -70,6 +70,12 @@ class TrainArgs:
     max_token_drop: float = 0.9
     #: Per-camera probability of masking all of that camera's tokens.
     camera_drop_prob: float = 0.1
+    #: Probability of mirroring a sample left <-> right (images, camera slots, command, y, yaw rate).
+    flip_prob: float = 0.5
+    #: Weight of the auxiliary loss that regresses waypoints from the vision tower's pooled
+    #: output: a short gradient path that speeds up learning visual features from scratch and
+    #: trains the SigLIP pooling probe, whose attention is the model's ``vision_saliency``.
+    aux_weight: float = 0.5
     log_every: int = 25
     config_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -101,6 +107,55 @@ def constant_velocity(ego_state: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------- training pieces
+
+#: Camera slot each camera takes in the mirrored world (left <-> right).
+MIRRORED_CAMERA = {
+    "CAM_FRONT": "CAM_FRONT",
+    "CAM_FRONT_RIGHT": "CAM_FRONT_LEFT",
+    "CAM_FRONT_LEFT": "CAM_FRONT_RIGHT",
+    "CAM_BACK": "CAM_BACK",
+    "CAM_BACK_LEFT": "CAM_BACK_RIGHT",
+    "CAM_BACK_RIGHT": "CAM_BACK_LEFT",
+}
+_YAW_RATE = 2  # ego_state column
+_LEFT, _RIGHT = COMMANDS.index("left"), COMMANDS.index("right")
+
+
+def mirror(batch: dict[str, Any], flip: torch.Tensor) -> dict[str, Any]:
+    """Mirror the samples where ``flip`` (bool ``[B]``): the rig is left/right symmetric, so a
+    mirrored frame is a plausible frame of the mirrored world (the generator has left- and
+    right-hand traffic)."""
+    out = dict(batch)
+    order = [CAMERAS.index(MIRRORED_CAMERA[c]) for c in CAMERAS]
+    mirrored = batch["images"][:, order].flip(-1)
+    out["images"] = torch.where(flip.view(-1, 1, 1, 1, 1), mirrored, batch["images"])
+    command = batch["command"]
+    swapped = torch.where(command == _LEFT, _RIGHT, torch.where(command == _RIGHT, _LEFT, command))
+    out["command"] = torch.where(flip, swapped, command)
+    sign = torch.where(flip, -1.0, 1.0)
+    out["gt_trajectory"] = batch["gt_trajectory"] * torch.stack([torch.ones_like(sign), sign], -1).view(
+        -1, 1, 2
+    )
+    ego = batch["ego_state"].clone()
+    ego[:, _YAW_RATE] *= sign
+    out["ego_state"] = ego
+    return out
+
+
+class PooledAuxHead(nn.Module):
+    """Training-only head: waypoints from the cameras' pooled vision features and the ego input."""
+
+    def __init__(self, num_cameras: int, vision_size: int, ego_size: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(num_cameras * vision_size + ego_size, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, NUM_FUTURE_STEPS * 2),
+        )
+
+    def forward(self, pooled: torch.Tensor, ego: torch.Tensor) -> torch.Tensor:
+        """``pooled`` ``[B, C, Dv]``, ``ego`` ``[B, F]`` -> ``[B, 6, 2]`` (units of waypoint_scale_m)."""
+        return self.mlp(torch.cat([pooled.flatten(1), ego], dim=1)).view(-1, NUM_FUTURE_STEPS, 2)
 
 
 def mask_visual_tokens(inputs: DecoderInputs, args: TrainArgs, generator: torch.Generator) -> DecoderInputs:
@@ -159,33 +214,56 @@ def evaluate(model: DrivingVLA, data: dict[str, torch.Tensor]) -> dict[str, dict
 def train_loop(model: DrivingVLA, data: dict[str, torch.Tensor], args: TrainArgs) -> list[float]:
     """Train ``model`` in place for ``args.steps``; return the loss logged every ``log_every`` steps."""
     generator = torch.Generator().manual_seed(args.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    aux = PooledAuxHead(
+        len(CAMERAS), model.config.vision_config.hidden_size, len(model.config.ego_state_fields)
+    )
+    params = [*model.parameters(), *aux.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    pooled: list[torch.Tensor] = []
+    hook = model.vision_tower.head.register_forward_hook(lambda _m, _a, out: pooled.append(out))
     n = len(data["command"])
-    order = torch.randperm(n, generator=generator)
-    cursor, losses, running = 0, [], 0.0
+    order, cursor, losses, running = torch.randperm(n, generator=generator), 0, [], 0.0
     start = time.monotonic()
-    for step in range(args.steps):
-        if cursor + args.batch_size > n:  # new epoch
-            order, cursor = torch.randperm(n, generator=generator), 0
-        index = order[cursor : cursor + args.batch_size]
-        cursor += args.batch_size
-        model.train()
-        batch = batch_at(data, index)
-        inputs = mask_visual_tokens(model.prepare(batch), args, generator)
-        loss = waypoint_loss(model.decode(inputs), batch["gt_trajectory"], batch["gt_mask"])
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, args)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
-        optimizer.step()
-        running += float(loss.detach())
-        if (step + 1) % args.log_every == 0:
-            losses.append(running / args.log_every)
-            logger.info(
-                "step %d/%d loss %.3f (%.0f s)", step + 1, args.steps, losses[-1], time.monotonic() - start
+    try:
+        for step in range(args.steps):
+            if cursor + args.batch_size > n:  # new epoch
+                order, cursor = torch.randperm(n, generator=generator), 0
+            index = order[cursor : cursor + args.batch_size]
+            cursor += args.batch_size
+            model.train()
+            batch = mirror(
+                batch_at(data, index), torch.rand(len(index), generator=generator) < args.flip_prob
             )
-            running = 0.0
+            pooled.clear()
+            inputs = mask_visual_tokens(model.prepare(batch), args, generator)
+            loss = waypoint_loss(model.decode(inputs), batch["gt_trajectory"], batch["gt_mask"])
+            if args.aux_weight > 0:
+                ego = model._scaled_ego_state(batch["ego_state"])
+                aux_pred = (
+                    aux(pooled[0].view(len(index), len(CAMERAS), -1), ego) * model.config.waypoint_scale_m
+                )
+                loss = loss + args.aux_weight * waypoint_loss(
+                    aux_pred, batch["gt_trajectory"], batch["gt_mask"]
+                )
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, args)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+            optimizer.step()
+            running += float(loss.detach())
+            if (step + 1) % args.log_every == 0:
+                losses.append(running / args.log_every)
+                logger.info(
+                    "step %d/%d loss %.3f (%.0f s)",
+                    step + 1,
+                    args.steps,
+                    losses[-1],
+                    time.monotonic() - start,
+                )
+                running = 0.0
+    finally:
+        hook.remove()
     return losses
 
 

@@ -35,12 +35,17 @@ from transformers.configuration_utils import SubConfigSpec
 from vla_autoprune.data.schema import NUM_FUTURE_STEPS
 from vla_autoprune.models.base import DecoderInputs, DrivingModel
 from vla_autoprune.models.layout import TokenLayout
-from vla_autoprune.models.prompt import PromptIds, PromptTokenizer, build_prompt_ids
+from vla_autoprune.models.prompt import (
+    EGO_STATE_FIELDS,
+    PromptIds,
+    PromptTokenizer,
+    build_prompt_ids,
+    check_ego_fields,
+)
 
 logger = logging.getLogger(__name__)
 
 WAYPOINT_DIMS = 2  # (x, y) in metres, ego frame
-EGO_STATE_DIMS = 3  # (speed, accel, yaw rate), see data.schema
 PIXEL_MAX = 255.0  # images arrive as uint8
 
 #: The bundled tiny architecture (what ``DrivingVLAConfig()`` builds). 96 px / 16 px patches
@@ -78,6 +83,10 @@ class DrivingVLAConfig(PreTrainedConfig):
         head_hidden_size: hidden width of the waypoint MLP head.
         waypoint_scale_m: the head predicts waypoints in units of this many metres (keeps the
             regression targets O(1): 3 s at urban speeds is a few tens of metres).
+        ego_state_fields: which ``ego_state`` columns the model sees (``speed``, ``accel``,
+            ``yaw_rate``), as text and through the ego projection. The bundled model sees the speed
+            only: with the yaw rate and acceleration a kinematic extrapolation alone is already
+            accurate on the synthetic set, and the model would learn to ignore its cameras.
         ego_state_scale: divisors of (speed m/s, accel m/s^2, yaw rate rad/s) before the ego
             projection: typical magnitudes in urban driving, so the inputs are O(1).
         image_mean / image_std: per-channel normalisation of [0, 1] pixels (SigLIP uses 0.5).
@@ -99,6 +108,7 @@ class DrivingVLAConfig(PreTrainedConfig):
     projector_hidden_act: str = "gelu"
     head_hidden_size: int = 256
     waypoint_scale_m: float = 10.0
+    ego_state_fields: list[str] | tuple[str, ...] = ("speed",)
     ego_state_scale: list[float] | tuple[float, ...] = (10.0, 2.0, 0.5)
     image_mean: list[float] | tuple[float, ...] = (0.5, 0.5, 0.5)
     image_std: list[float] | tuple[float, ...] = (0.5, 0.5, 0.5)
@@ -120,17 +130,17 @@ class VisionProjector(nn.Module):
 
 
 class WaypointHead(nn.Module):
-    """MLP from the final hidden states of the ``<ego>`` token and the action queries to 6 (x, y) waypoints."""
+    """MLP from the ``<ego>`` token and action-query final states (+ the ``<ego>`` input) to 6 waypoints."""
 
-    def __init__(self, num_queries: int, text_size: int, hidden_size: int) -> None:
+    def __init__(self, num_states: int, text_size: int, hidden_size: int) -> None:
         super().__init__()
-        self.fc_in = nn.Linear(num_queries * text_size, hidden_size)
+        self.fc_in = nn.Linear(num_states * text_size, hidden_size)
         self.act = nn.GELU()
         self.fc_out = nn.Linear(hidden_size, NUM_FUTURE_STEPS * WAYPOINT_DIMS)
 
-    def forward(self, query_states: torch.Tensor) -> torch.Tensor:
-        """``[B, K + 1, D]`` -> ``[B, 6, 2]`` (in units of ``waypoint_scale_m``)."""
-        out = self.fc_out(self.act(self.fc_in(query_states.flatten(1))))
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        """``[B, num_states, D]`` -> ``[B, 6, 2]`` (in units of ``waypoint_scale_m``)."""
+        out = self.fc_out(self.act(self.fc_in(states.flatten(1))))
         return out.view(-1, NUM_FUTURE_STEPS, WAYPOINT_DIMS)
 
 
@@ -161,9 +171,11 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
             config.vision_config.hidden_size, text_size, config.projector_hidden_act
         )
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
-        self.ego_projector = nn.Linear(EGO_STATE_DIMS, text_size)
+        check_ego_fields(config.ego_state_fields)
+        self.ego_projector = nn.Linear(len(config.ego_state_fields), text_size)
         self.action_queries = nn.Parameter(torch.empty(config.num_action_queries, text_size))
-        self.waypoint_head = WaypointHead(config.num_action_queries + 1, text_size, config.head_hidden_size)
+        # Head input: final states of <ego> + K queries, and the <ego> input embedding (see decode).
+        self.waypoint_head = WaypointHead(config.num_action_queries + 2, text_size, config.head_hidden_size)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -200,16 +212,19 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
                 f"batch['cameras'] names {len(cameras)} cameras but images hold {images.shape[1]}"
             )
         visual, saliency = self.encode_images(images)
-        prompt = build_prompt_ids(self.tokenizer, cameras, batch["command"], batch["ego_state"])
+        fields = self.config.ego_state_fields
+        prompt = build_prompt_ids(self.tokenizer, cameras, batch["command"], batch["ego_state"], fields)
         ego = self.ego_projector(self._scaled_ego_state(batch["ego_state"]))
         return self._assemble(prompt, visual, ego, saliency)
 
     def decode(self, inputs: DecoderInputs) -> torch.Tensor:
-        """Run the decoder and regress waypoints float32 ``[B, 6, 2]`` from the last ``K + 1`` positions.
+        """Run the decoder and regress waypoints float32 ``[B, 6, 2]``.
 
-        Those are the ``<ego>`` token and the ``K`` action queries: reading the ego token's final
-        state too gives the head a direct path to the ego state (without it the queries must first
-        learn to attend to it, a long plateau when training the tiny model from scratch).
+        The head reads the last ``K + 1`` final hidden states (``<ego>`` and the ``K`` action
+        queries) and the ``<ego>`` token's input embedding (a linear map of ``ego_state``): that
+        skip gives the kinematic part of the answer a short path, so the decoder's job is the
+        correction the command and the cameras call for. Left padding keeps these positions last,
+        also when a pruner shortened the sequence.
         """
         readout = self.config.num_action_queries + 1
         position_ids = inputs.position_ids
@@ -221,9 +236,11 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
             position_ids=position_ids,
             use_cache=False,
         )
-        # Left padding keeps <ego> + action queries last, also when a pruner shortened the sequence.
-        query_states = out.last_hidden_state[:, -readout:]
-        return (self.waypoint_head(query_states) * self.config.waypoint_scale_m).float()
+        ego_input = inputs.inputs_embeds[:, -readout, None]  # [B, 1, D]
+        states = torch.cat(
+            [out.last_hidden_state[:, -readout:], ego_input.to(out.last_hidden_state.dtype)], dim=1
+        )
+        return (self.waypoint_head(states) * self.config.waypoint_scale_m).float()
 
     # ------------------------------------------------------------------ encoding pieces
 
@@ -277,8 +294,14 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
         return rows * cols
 
     def _scaled_ego_state(self, ego_state: torch.Tensor) -> torch.Tensor:
-        scale = torch.tensor(self.config.ego_state_scale, device=self.device)
-        return (ego_state.to(self.device).float() / scale).to(self.dtype)
+        """The configured fields of ``ego_state`` ``[B, 3]``, each divided by its scale: ``[B, F]``."""
+        if ego_state.dim() != 2 or ego_state.shape[1] != len(EGO_STATE_FIELDS):
+            raise ValueError(
+                f"batch['ego_state'] must be [B, {len(EGO_STATE_FIELDS)}], got {tuple(ego_state.shape)}"
+            )
+        columns = [EGO_STATE_FIELDS.index(f) for f in self.config.ego_state_fields]
+        scale = torch.tensor(self.config.ego_state_scale, device=self.device)[columns]
+        return (ego_state.to(self.device).float()[:, columns] / scale).to(self.dtype)
 
     def _assemble(
         self, prompt: PromptIds, visual: torch.Tensor, ego: torch.Tensor, saliency: torch.Tensor | None

@@ -9,8 +9,8 @@ Prompt of one sample (left to right; the model adds the non-text pieces)::
     <bos> instruction ... | per camera: <CAM_X> + that camera's visual tokens |
     command : turn left . speed 1 2 . 3 accel - 0 . 4 yaw 0 . 0 5 <ego> | action queries
 
-``<ego>`` marks where the model inserts its learned projection of ``ego_state``; the numbers
-are also spelled out as text so the prompt reads like a language-prompted VLA's. Numbers are
+``<ego>`` marks where the model inserts its learned projection of ``ego_state`` (of the fields
+the model is configured to see); those numbers are also spelled out as text so the prompt reads like a language-prompted VLA's. Numbers are
 spelled character by character, so prompts differ in length across a batch.
 """
 
@@ -31,11 +31,15 @@ INSTRUCTION = "you are driving . predict the next six ego waypoints from the six
 #: Command index (``schema.COMMANDS``) -> phrase.
 COMMAND_PHRASES: dict[str, str] = {"left": "turn left", "straight": "go straight", "right": "turn right"}
 
-#: Decimals used when spelling ego-state numbers: 0.1 m/s and 0.1 m/s^2 resolve speed/accel
-#: well below the waypoint error we care about; yaw rates are small (|w| < ~0.5 rad/s), so 2.
-SPEED_DECIMALS = 1
-ACCEL_DECIMALS = 1
-YAW_RATE_DECIMALS = 2
+#: ``ego_state`` columns (data.schema) by name.
+EGO_STATE_FIELDS: tuple[str, ...] = ("speed", "accel", "yaw_rate")
+#: Per field: the prompt word and the decimals it is spelled with. 0.1 m/s and 0.1 m/s^2 resolve
+#: speed/accel well below the waypoint errors that matter; yaw rates are small (|w| < ~0.5 rad/s).
+EGO_FIELD_TEXT: dict[str, tuple[str, int]] = {
+    "speed": ("speed", 1),
+    "accel": ("accel", 1),
+    "yaw_rate": ("yaw", 2),
+}
 
 _NUMBER_CHARS: tuple[str, ...] = tuple("0123456789.-")
 _TEMPLATE_WORDS = ("command", ":", "speed", "accel", "yaw", *"turn left go straight right".split())
@@ -105,13 +109,23 @@ def command_text(command: int) -> str:
     return f"command : {COMMAND_PHRASES[COMMANDS[command]]} ."
 
 
-def ego_text(ego_state: Sequence[float]) -> str:
-    """Prompt text of one ``ego_state`` (speed m/s, accel m/s^2, yaw rate rad/s), ending in ``<ego>``."""
-    speed, accel, yaw_rate = (float(v) for v in ego_state)
-    return (
-        f"speed {spell_number(speed, SPEED_DECIMALS)} accel {spell_number(accel, ACCEL_DECIMALS)} "
-        f"yaw {spell_number(yaw_rate, YAW_RATE_DECIMALS)} {EGO}"
-    )
+def check_ego_fields(fields: Sequence[str]) -> None:
+    """Raise a one-line ``ValueError`` unless ``fields`` is a non-empty list of ``EGO_STATE_FIELDS``."""
+    unknown = [f for f in fields if f not in EGO_STATE_FIELDS]
+    if unknown or not fields:
+        raise ValueError(
+            f"ego_state_fields {list(fields)} invalid; pick a non-empty subset of {list(EGO_STATE_FIELDS)}"
+        )
+
+
+def ego_text(ego_state: Sequence[float], fields: Sequence[str] = EGO_STATE_FIELDS) -> str:
+    """Prompt text of the ``fields`` of one ``ego_state`` (speed m/s, accel m/s^2, yaw rate rad/s), ending in ``<ego>``."""
+    check_ego_fields(fields)
+    words = []
+    for name in fields:
+        word, decimals = EGO_FIELD_TEXT[name]
+        words.append(f"{word} {spell_number(float(ego_state[EGO_STATE_FIELDS.index(name)]), decimals)}")
+    return " ".join([*words, EGO])
 
 
 @dataclass(frozen=True)
@@ -130,16 +144,23 @@ class PromptIds:
 
 
 def build_prompt_ids(
-    tokenizer: PromptTokenizer, cameras: Sequence[str], command: torch.Tensor, ego_state: torch.Tensor
+    tokenizer: PromptTokenizer,
+    cameras: Sequence[str],
+    command: torch.Tensor,
+    ego_state: torch.Tensor,
+    ego_fields: Sequence[str] = EGO_STATE_FIELDS,
 ) -> PromptIds:
-    """Token ids of the prompts of a batch (``command`` int64 ``[B]``, ``ego_state`` float ``[B, 3]``)."""
+    """Token ids of the prompts of a batch (``command`` int64 ``[B]``, ``ego_state`` float ``[B, 3]``).
+
+    Only the ``ego_fields`` of ``ego_state`` are spelled out.
+    """
     unknown = [c for c in cameras if c not in CAMERAS]
     if unknown:
         raise ValueError(f"unknown cameras {unknown}; DrivingVLA has markers for {list(CAMERAS)} only")
     prefix = [tokenizer.bos_id, *tokenizer.encode(INSTRUCTION)]
     markers = [tokenizer.token_id(camera_marker(c)) for c in cameras]
     suffixes = [
-        tokenizer.encode(f"{command_text(int(cmd))} {ego_text(ego.tolist())}")
+        tokenizer.encode(f"{command_text(int(cmd))} {ego_text(ego.tolist(), ego_fields)}")
         for cmd, ego in zip(command.cpu(), ego_state.detach().float().cpu(), strict=True)
     ]
     return PromptIds(prefix=prefix, camera_markers=markers, suffixes=suffixes)

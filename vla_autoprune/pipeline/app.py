@@ -59,22 +59,15 @@ def build(node: Any) -> Any:
         raise
 
 
-def _component_name(cfg: DictConfig, group: str) -> str:
-    """The chosen option of a config group (e.g. ``autoprune`` for ``pruner``)."""
-    choices = OmegaConf.select(cfg, "hydra.runtime.choices") if "hydra" in cfg else None
-    if choices is not None and group in choices:
-        return str(choices[group])
-    return str(OmegaConf.select(cfg, f"{group}_name", default=group))
-
-
 def run_meta(cfg: DictConfig, planner: Planner, device: torch.device, out_dir: Path) -> dict[str, Any]:
     """What this run is (written to run.json; configurations are told apart by it)."""
-    pruner_name = _component_name(cfg, "pruner") if planner.name == "vla" else "none"
+    pruner = getattr(planner, "pruner", None)
+    pruner_name = pruner.name if pruner is not None else "none"
     return {
         "planner": planner.name,
         "pruner": pruner_name,
         "budget": cfg.budget if pruner_name != "none" else None,
-        "accounting": getattr(getattr(planner, "pruner", None), "accounting", "actual"),
+        "accounting": getattr(pruner, "accounting", "actual"),
         "model": OmegaConf.select(cfg, "model.name_or_path"),
         "data": OmegaConf.to_container(cfg.data.dataset, resolve=True),
         "dtype": cfg.dtype,

@@ -1,0 +1,128 @@
+"""End to end: the bundled VLA under each pruner through the Hydra app, sweeps and reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from vla_autoprune.models import load
+from vla_autoprune.pipeline.app import evaluate
+from vla_autoprune.pipeline.loop import RECORDS_FILE
+from vla_autoprune.pipeline.results import read_records
+from vla_autoprune.pruning.flops import decoder_flops_from_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+def _cfg(root: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("evaluate", overrides=[f"data.dataset.dataroot={root}", "device=cpu", *overrides])
+
+
+@pytest.fixture(scope="module")
+def decoder_config():
+    return load("tiny-drive-vla").decoder.config
+
+
+@pytest.mark.parametrize("pruner", ["fastv", "autoprune", "fastervlm"])
+def test_reported_tokens_and_flops_are_what_ran(
+    synthetic_root: Path, tmp_path: Path, pruner: str, decoder_config
+) -> None:
+    budget = 48
+    summary = evaluate(_cfg(synthetic_root, f"pruner={pruner}", f"budget={budget}"), tmp_path)
+    records = read_records(tmp_path / RECORDS_FILE)
+    assert summary["num_samples"] == len(records) > 0
+    for r in records:
+        visual = np.array(r["visual_tokens_per_layer"])
+        assert visual.mean() <= budget + 1 and abs(visual.mean() - budget) <= 1
+        assert np.all(np.diff(visual) <= 0) and visual[0] <= r["num_visual"]
+        tokens = torch.tensor([r["tokens_per_layer"]])
+        assert r["flops"] == int(decoder_flops_from_config(tokens, decoder_config)[0])
+        assert r["flops"] < r["flops_unpruned"]
+    assert 0 < summary["flops_reduction"] < 1
+    assert summary["mean_visual_tokens_per_layer"] == pytest.approx(
+        np.mean([np.mean(r["visual_tokens_per_layer"]) for r in records])
+    )
+    if pruner == "autoprune":
+        assert all(r["mi"] is not None and r["k"] is not None for r in records)
+
+
+def test_none_beats_random_at_a_tight_budget(synthetic_root: Path, tmp_path: Path) -> None:
+    none = evaluate(_cfg(synthetic_root, "pruner=none"), tmp_path / "none")
+    rand = evaluate(_cfg(synthetic_root, "pruner=random", "budget=30"), tmp_path / "random")
+    assert none["l2"]["stp3"]["3s"] < rand["l2"]["stp3"]["3s"]
+    assert none["flops_reduction"] == pytest.approx(0.0)
+    first = read_records(tmp_path / "none" / RECORDS_FILE)[0]
+    assert none["mean_visual_tokens_per_layer"] == first["num_visual"]  # every token at every layer
+
+
+def test_impossible_budget_fails_before_any_work(synthetic_root: Path, tmp_path: Path) -> None:
+    from vla_autoprune.pruning import BudgetError
+
+    with pytest.raises(BudgetError, match="choose a budget in"):
+        evaluate(_cfg(synthetic_root, "pruner=autoprune", "budget=5"), tmp_path)
+    assert not (tmp_path / RECORDS_FILE).exists()
+
+
+def test_cli_bad_config_is_one_line(synthetic_root: Path, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vla_autoprune.evaluate",
+            f"data.dataset.dataroot={tmp_path}/missing",
+            "data=nuscenes",
+            f"hydra.run.dir={tmp_path}/run",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "error:" in line]
+    assert len(errors) == 1 and "missing" in errors[0], proc.stdout + proc.stderr
+
+
+def test_joblib_multirun_writes_summaries_and_a_merged_report(synthetic_root: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vla_autoprune.evaluate",
+            "-m",
+            "pruner=fastv,autoprune",
+            "budget=40,80",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            f"hydra.sweep.dir={sweep}",
+            f"data.dataset.dataroot={synthetic_root}",
+            "device=cpu",
+            "limit=4",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summaries = sorted(sweep.rglob("summary.json"))
+    assert len(summaries) == 4
+    budgets = sorted(
+        (json.loads(p.read_text())["pruner"], json.loads(p.read_text())["budget"]) for p in summaries
+    )
+    assert budgets == [("autoprune", 40), ("autoprune", 80), ("fastv", 40), ("fastv", 80)]
+    report = (sweep / "report.md").read_text()
+    assert report.count("| vla | autoprune |") == 2 and report.count("| vla | fastv |") == 2
+    assert (sweep / "report.csv").exists() and (sweep / "collision_3s_vs_budget.png").exists()
