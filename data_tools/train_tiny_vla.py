@@ -54,6 +54,8 @@ class TrainArgs:
     out: Path
     seed: int = 0
     steps: int = 600
+    #: Stage 1: vision-tower pre-training steps on the auxiliary loss (no decoder, so ~10x cheaper).
+    vision_steps: int = 1500
     batch_size: int = 8
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -143,19 +145,32 @@ def mirror(batch: dict[str, Any], flip: torch.Tensor) -> dict[str, Any]:
 
 
 class PooledAuxHead(nn.Module):
-    """Training-only head: waypoints from the cameras' pooled vision features and the ego input."""
+    """Training-only head: waypoints from the cameras' pooled vision features, ego input and command."""
 
     def __init__(self, num_cameras: int, vision_size: int, ego_size: int, hidden: int = 128) -> None:
         super().__init__()
         self.mlp = nn.Sequential(
-            nn.Linear(num_cameras * vision_size + ego_size, hidden),
+            nn.Linear(num_cameras * vision_size + ego_size + len(COMMANDS), hidden),
             nn.GELU(),
             nn.Linear(hidden, NUM_FUTURE_STEPS * 2),
         )
 
-    def forward(self, pooled: torch.Tensor, ego: torch.Tensor) -> torch.Tensor:
-        """``pooled`` ``[B, C, Dv]``, ``ego`` ``[B, F]`` -> ``[B, 6, 2]`` (units of waypoint_scale_m)."""
-        return self.mlp(torch.cat([pooled.flatten(1), ego], dim=1)).view(-1, NUM_FUTURE_STEPS, 2)
+    def forward(self, pooled: torch.Tensor, ego: torch.Tensor, command: torch.Tensor) -> torch.Tensor:
+        """``pooled`` ``[B, C, Dv]``, ``ego`` ``[B, F]``, ``command`` ``[B]`` -> ``[B, 6, 2]``
+        (units of waypoint_scale_m)."""
+        onehot = nn.functional.one_hot(command, len(COMMANDS)).to(pooled.dtype)
+        out = self.mlp(torch.cat([pooled.flatten(1), ego.to(pooled.dtype), onehot], dim=1))
+        return out.view(-1, NUM_FUTURE_STEPS, 2)
+
+
+def aux_loss(
+    model: DrivingVLA, aux: PooledAuxHead, pooled: torch.Tensor, batch: dict[str, Any]
+) -> torch.Tensor:
+    """L1 loss of the auxiliary head on the pooled vision features ``[B * C, Dv]`` of ``batch``."""
+    b = len(batch["command"])
+    ego = model._scaled_ego_state(batch["ego_state"])
+    pred = aux(pooled.view(b, len(CAMERAS), -1), ego, batch["command"]) * model.config.waypoint_scale_m
+    return waypoint_loss(pred, batch["gt_trajectory"], batch["gt_mask"])
 
 
 def mask_visual_tokens(inputs: DecoderInputs, args: TrainArgs, generator: torch.Generator) -> DecoderInputs:
@@ -178,12 +193,12 @@ def waypoint_loss(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> t
     return (per_step * mask).sum() / mask.sum().clamp(min=1)
 
 
-def lr_at(step: int, args: TrainArgs) -> float:
-    """Linear warm-up then cosine decay to zero."""
-    if step < args.warmup_steps:
-        return args.lr * (step + 1) / args.warmup_steps
-    progress = (step - args.warmup_steps) / max(1, args.steps - args.warmup_steps)
-    return 0.5 * args.lr * (1.0 + math.cos(math.pi * progress))
+def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to zero at ``steps``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return 0.5 * lr * (1.0 + math.cos(math.pi * progress))
 
 
 @torch.no_grad()
@@ -211,60 +226,86 @@ def evaluate(model: DrivingVLA, data: dict[str, torch.Tensor]) -> dict[str, dict
     }
 
 
-def train_loop(model: DrivingVLA, data: dict[str, torch.Tensor], args: TrainArgs) -> list[float]:
-    """Train ``model`` in place for ``args.steps``; return the loss logged every ``log_every`` steps."""
-    generator = torch.Generator().manual_seed(args.seed)
-    aux = PooledAuxHead(
-        len(CAMERAS), model.config.vision_config.hidden_size, len(model.config.ego_state_fields)
-    )
-    params = [*model.parameters(), *aux.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
-    pooled: list[torch.Tensor] = []
-    hook = model.vision_tower.head.register_forward_hook(lambda _m, _a, out: pooled.append(out))
-    n = len(data["command"])
-    order, cursor, losses, running = torch.randperm(n, generator=generator), 0, [], 0.0
-    start = time.monotonic()
-    try:
-        for step in range(args.steps):
-            if cursor + args.batch_size > n:  # new epoch
-                order, cursor = torch.randperm(n, generator=generator), 0
-            index = order[cursor : cursor + args.batch_size]
-            cursor += args.batch_size
-            model.train()
-            batch = mirror(
-                batch_at(data, index), torch.rand(len(index), generator=generator) < args.flip_prob
-            )
-            pooled.clear()
-            inputs = mask_visual_tokens(model.prepare(batch), args, generator)
-            loss = waypoint_loss(model.decode(inputs), batch["gt_trajectory"], batch["gt_mask"])
-            if args.aux_weight > 0:
-                ego = model._scaled_ego_state(batch["ego_state"])
-                aux_pred = (
-                    aux(pooled[0].view(len(index), len(CAMERAS), -1), ego) * model.config.waypoint_scale_m
-                )
-                loss = loss + args.aux_weight * waypoint_loss(
-                    aux_pred, batch["gt_trajectory"], batch["gt_mask"]
-                )
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, args)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, GRAD_CLIP)
-            optimizer.step()
-            running += float(loss.detach())
-            if (step + 1) % args.log_every == 0:
-                losses.append(running / args.log_every)
-                logger.info(
-                    "step %d/%d loss %.3f (%.0f s)",
-                    step + 1,
-                    args.steps,
-                    losses[-1],
-                    time.monotonic() - start,
-                )
-                running = 0.0
-    finally:
-        hook.remove()
-    return losses
+class Trainer:
+    """The optimisation state shared by the two stages (vision pre-training, then everything)."""
+
+    def __init__(self, model: DrivingVLA, data: dict[str, torch.Tensor], args: TrainArgs) -> None:
+        self.model, self.data, self.args = model, data, args
+        self.generator = torch.Generator().manual_seed(args.seed)
+        vision = model.config.vision_config.hidden_size
+        self.aux = PooledAuxHead(len(CAMERAS), vision, len(model.config.ego_state_fields))
+        self.order, self.cursor = torch.randperm(len(data["command"]), generator=self.generator), 0
+        self.pooled: list[torch.Tensor] = []
+
+    def next_batch(self) -> dict[str, Any]:
+        """The next shuffled training batch, randomly mirrored."""
+        n, size = len(self.data["command"]), self.args.batch_size
+        if self.cursor + size > n:  # new epoch
+            self.order, self.cursor = torch.randperm(n, generator=self.generator), 0
+        index = self.order[self.cursor : self.cursor + size]
+        self.cursor += size
+        flip = torch.rand(len(index), generator=self.generator) < self.args.flip_prob
+        return mirror(batch_at(self.data, index), flip)
+
+    def vision_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Stage 1: the auxiliary loss alone (vision tower + pooling probe + aux head)."""
+        pooled = self.model.vision_tower(
+            pixel_values=self.model.preprocess_images(batch["images"])
+        ).pooler_output
+        return aux_loss(self.model, self.aux, pooled, batch)
+
+    def full_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Stage 2: waypoint loss through the decoder (+ the weighted auxiliary loss)."""
+        self.pooled.clear()
+        inputs = mask_visual_tokens(self.model.prepare(batch), self.args, self.generator)
+        loss = waypoint_loss(self.model.decode(inputs), batch["gt_trajectory"], batch["gt_mask"])
+        if self.args.aux_weight > 0:
+            loss = loss + self.args.aux_weight * aux_loss(self.model, self.aux, self.pooled[0], batch)
+        return loss
+
+    def run(self, stage: str, steps: int, params: list[nn.Parameter], lr: float) -> list[float]:
+        """Optimise ``params`` for ``steps`` with AdamW + warm-up/cosine; return the logged losses."""
+        loss_fn = self.vision_loss if stage == "vision" else self.full_loss
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=self.args.weight_decay)
+        hook = self.model.vision_tower.head.register_forward_hook(lambda _m, _a, out: self.pooled.append(out))
+        losses, running, start = [], 0.0, time.monotonic()
+        try:
+            self.model.train()
+            for step in range(steps):
+                loss = loss_fn(self.next_batch())
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step, steps, lr, self.args.warmup_steps)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+                optimizer.step()
+                running += float(loss.detach())
+                if (step + 1) % self.args.log_every == 0:
+                    losses.append(running / self.args.log_every)
+                    logger.info(
+                        "%s step %d/%d loss %.3f (%.0f s)",
+                        stage,
+                        step + 1,
+                        steps,
+                        losses[-1],
+                        time.monotonic() - start,
+                    )
+                    running = 0.0
+        finally:
+            hook.remove()
+        return losses
+
+
+def train_model(model: DrivingVLA, data: dict[str, torch.Tensor], args: TrainArgs) -> dict[str, list[float]]:
+    """Stage 1 pre-trains the vision tower on the auxiliary loss (cheap: no decoder), stage 2
+    trains everything; returns each stage's logged losses."""
+    trainer = Trainer(model, data, args)
+    vision_params = [*model.vision_tower.parameters(), *trainer.aux.parameters()]
+    all_params = [*model.parameters(), *trainer.aux.parameters()]
+    return {
+        "vision": trainer.run("vision", args.vision_steps, vision_params, args.lr),
+        "full": trainer.run("full", args.steps, all_params, args.lr),
+    }
 
 
 # ---------------------------------------------------------------------- run
@@ -290,7 +331,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
         "train %d samples, val %d samples", len(splits["train"]["command"]), len(splits["val"]["command"])
     )
     start = time.monotonic()
-    losses = train_loop(model, splits["train"], args)
+    losses = train_model(model, splits["train"], args)
     seconds = time.monotonic() - start
     metrics = evaluate(model, splits["val"])
     logger.info("val L2 (stp3): %s", json.dumps(metrics))
@@ -301,7 +342,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
         "train_samples": len(splits["train"]["command"]),
         "val_samples": len(splits["val"]["command"]),
         "train_seconds": round(seconds, 1),
-        "loss_curve": [round(x, 4) for x in losses],
+        "loss_curve": {stage: [round(x, 4) for x in curve] for stage, curve in losses.items()},
         "val_l2_stp3": metrics,
         "torch_version": torch.__version__,
     }
@@ -349,7 +390,8 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="model folder to write")
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--steps", type=int, default=defaults.steps, help="stage-2 (full model) steps")
+    parser.add_argument("--vision-steps", type=int, default=defaults.vision_steps, help="stage-1 steps")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--data-seed", type=int, default=defaults.data_seed)

@@ -32,7 +32,7 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.configuration_utils import SubConfigSpec
 
-from vla_autoprune.data.schema import NUM_FUTURE_STEPS
+from vla_autoprune.data.schema import KEYFRAME_DT_S, NUM_FUTURE_STEPS
 from vla_autoprune.models.base import DecoderInputs, DrivingModel
 from vla_autoprune.models.layout import TokenLayout
 from vla_autoprune.models.prompt import (
@@ -83,6 +83,8 @@ class DrivingVLAConfig(PreTrainedConfig):
         head_hidden_size: hidden width of the waypoint MLP head.
         waypoint_scale_m: the head predicts waypoints in units of this many metres (keeps the
             regression targets O(1): 3 s at urban speeds is a few tens of metres).
+        kinematic_prior: the head predicts a correction to a constant-speed rollout of the ego
+            speed instead of the whole trajectory (see :meth:`DrivingVLA.decode`).
         ego_state_fields: which ``ego_state`` columns the model sees (``speed``, ``accel``,
             ``yaw_rate``), as text and through the ego projection. The bundled model sees the speed
             only: with the yaw rate and acceleration a kinematic extrapolation alone is already
@@ -108,6 +110,7 @@ class DrivingVLAConfig(PreTrainedConfig):
     projector_hidden_act: str = "gelu"
     head_hidden_size: int = 256
     waypoint_scale_m: float = 10.0
+    kinematic_prior: bool = True
     ego_state_fields: list[str] | tuple[str, ...] = ("speed",)
     ego_state_scale: list[float] | tuple[float, ...] = (10.0, 2.0, 0.5)
     image_mean: list[float] | tuple[float, ...] = (0.5, 0.5, 0.5)
@@ -130,7 +133,7 @@ class VisionProjector(nn.Module):
 
 
 class WaypointHead(nn.Module):
-    """MLP from the ``<ego>`` token and action-query final states (+ the ``<ego>`` input) to 6 waypoints."""
+    """MLP from the final states of the ``<ego>`` token and the action queries to 6 (x, y) waypoints."""
 
     def __init__(self, num_states: int, text_size: int, hidden_size: int) -> None:
         super().__init__()
@@ -174,8 +177,7 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
         check_ego_fields(config.ego_state_fields)
         self.ego_projector = nn.Linear(len(config.ego_state_fields), text_size)
         self.action_queries = nn.Parameter(torch.empty(config.num_action_queries, text_size))
-        # Head input: final states of <ego> + K queries, and the <ego> input embedding (see decode).
-        self.waypoint_head = WaypointHead(config.num_action_queries + 2, text_size, config.head_hidden_size)
+        self.waypoint_head = WaypointHead(config.num_action_queries + 1, text_size, config.head_hidden_size)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -199,7 +201,7 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
         """Encode a collated batch (``images`` uint8 ``[B, C, 3, H, W]``, ``command``, ``ego_state``).
 
         Returns left-padded decoder inputs of length ``N = max_b N_b`` with explicit position ids
-        (``cumsum(attention_mask) - 1``) and ``extras = {"num_action_queries": K}``.
+        (``cumsum(attention_mask) - 1``) and ``extras = {"num_action_queries": K, "ego_speed": [B]}``.
         """
         images = batch["images"]
         if images.dim() != 5 or images.shape[2] != 3:
@@ -215,16 +217,18 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
         fields = self.config.ego_state_fields
         prompt = build_prompt_ids(self.tokenizer, cameras, batch["command"], batch["ego_state"], fields)
         ego = self.ego_projector(self._scaled_ego_state(batch["ego_state"]))
-        return self._assemble(prompt, visual, ego, saliency)
+        ego_speed = batch["ego_state"][:, EGO_STATE_FIELDS.index("speed")].to(self.device, torch.float32)
+        return self._assemble(prompt, visual, ego, saliency, ego_speed)
 
     def decode(self, inputs: DecoderInputs) -> torch.Tensor:
         """Run the decoder and regress waypoints float32 ``[B, 6, 2]``.
 
-        The head reads the last ``K + 1`` final hidden states (``<ego>`` and the ``K`` action
-        queries) and the ``<ego>`` token's input embedding (a linear map of ``ego_state``): that
-        skip gives the kinematic part of the answer a short path, so the decoder's job is the
-        correction the command and the cameras call for. Left padding keeps these positions last,
-        also when a pruner shortened the sequence.
+        The head reads the final hidden states of the last ``K + 1`` positions (``<ego>`` and the
+        ``K`` action queries; left padding keeps them last, also when a pruner shortened the
+        sequence). With ``kinematic_prior`` its output is a correction added to a constant-speed
+        rollout of ``extras["ego_speed"]``, so the decoder only has to learn what the command and
+        the cameras change (turns, braking); a tiny model trained from scratch learns that far
+        faster than the whole trajectory.
         """
         readout = self.config.num_action_queries + 1
         position_ids = inputs.position_ids
@@ -236,11 +240,12 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
             position_ids=position_ids,
             use_cache=False,
         )
-        ego_input = inputs.inputs_embeds[:, -readout, None]  # [B, 1, D]
-        states = torch.cat(
-            [out.last_hidden_state[:, -readout:], ego_input.to(out.last_hidden_state.dtype)], dim=1
+        waypoints = (
+            self.waypoint_head(out.last_hidden_state[:, -readout:]).float() * self.config.waypoint_scale_m
         )
-        return (self.waypoint_head(states) * self.config.waypoint_scale_m).float()
+        if self.config.kinematic_prior:
+            waypoints = waypoints + constant_speed_rollout(_ego_speed(inputs))
+        return waypoints
 
     # ------------------------------------------------------------------ encoding pieces
 
@@ -304,7 +309,12 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
         return (ego_state.to(self.device).float()[:, columns] / scale).to(self.dtype)
 
     def _assemble(
-        self, prompt: PromptIds, visual: torch.Tensor, ego: torch.Tensor, saliency: torch.Tensor | None
+        self,
+        prompt: PromptIds,
+        visual: torch.Tensor,
+        ego: torch.Tensor,
+        saliency: torch.Tensor | None,
+        ego_speed: torch.Tensor,
     ) -> DecoderInputs:
         """Lay out ``prompt`` + visual tokens ``[B, V, D]`` + ego ``[B, D]`` + action queries, left padded."""
         ids, kinds = _sequence_ids(
@@ -328,7 +338,7 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
             position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0),
             layout=layout,
             vision_saliency=saliency,
-            extras={"num_action_queries": self.config.num_action_queries},
+            extras={"num_action_queries": self.config.num_action_queries, "ego_speed": ego_speed},
         )
 
 
@@ -406,6 +416,23 @@ def cls_attention(attn: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     k = attn.k_proj(hidden).view(n, t, heads, head_dim).float()  # (N, T, h, hd)
     logits = torch.einsum("nhd,nthd->nht", q, k) * attn.scale
     return logits.softmax(dim=-1).mean(dim=1)
+
+
+def constant_speed_rollout(speed: torch.Tensor) -> torch.Tensor:
+    """Waypoints float32 ``[B, 6, 2]`` of driving straight (+x) at ``speed`` m/s ``[B]``."""
+    times = KEYFRAME_DT_S * torch.arange(1, NUM_FUTURE_STEPS + 1, device=speed.device, dtype=torch.float32)
+    x = speed.float().unsqueeze(1) * times  # [B, 6]
+    return torch.stack([x, torch.zeros_like(x)], dim=-1)
+
+
+def _ego_speed(inputs: DecoderInputs) -> torch.Tensor:
+    extras = inputs.extras or {}
+    if "ego_speed" not in extras:
+        raise ValueError(
+            "DecoderInputs.extras has no 'ego_speed' (the kinematic prior needs it); keep the extras of "
+            "DrivingVLA.prepare when building new inputs (DecoderInputs.with_ does)"
+        )
+    return extras["ego_speed"]
 
 
 def patch_grid(vision_config: PreTrainedConfig) -> tuple[int, int]:

@@ -26,9 +26,14 @@ def plot_vs_budget(rows: Sequence[dict[str, Any]], column: str, path: Path) -> N
     series: dict[str, list[tuple[float, float]]] = {}
     for row in rows:
         value, budget = row.get(column), row.get("budget")
-        if budget is None or value is None or (isinstance(value, float) and math.isnan(value)):
+        if value is None or (isinstance(value, float) and math.isnan(value)):
             continue
-        series.setdefault(f"{row['planner']}/{row['pruner']}", []).append((float(budget), float(value)))
+        label = f"{row['planner']}/{row['pruner']}"
+        if budget is None:  # unpruned (or camera-blind) reference: the same at every budget
+            ax.axhline(float(value), linestyle="--", color="gray", linewidth=1)
+            ax.annotate(label, (0, float(value)), xycoords=("axes fraction", "data"), fontsize="small")
+            continue
+        series.setdefault(label, []).append((float(budget), float(value)))
     for label, points in sorted(series.items()):
         xs, ys = zip(*sorted(points), strict=True)
         ax.plot(xs, ys, marker="o", label=label)
