@@ -72,6 +72,10 @@ class TrainArgs:
     max_token_drop: float = 0.9
     #: Per-camera probability of masking all of that camera's tokens.
     camera_drop_prob: float = 0.1
+    #: Share of stage 2 with every visual token masked: the decoder first learns to read the
+    #: command and the ego state, then the cameras (with visual tokens from the start, that
+    #: takes far longer and sometimes does not happen within the step budget).
+    text_first_fraction: float = 0.3
     #: Probability of mirroring a sample left <-> right (images, camera slots, command, y, yaw rate).
     flip_prob: float = 0.5
     #: Weight of the auxiliary loss that regresses waypoints from the vision tower's pooled
@@ -247,17 +251,23 @@ class Trainer:
         flip = torch.rand(len(index), generator=self.generator) < self.args.flip_prob
         return mirror(batch_at(self.data, index), flip)
 
-    def vision_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+    def vision_loss(self, batch: dict[str, Any], step: int) -> torch.Tensor:
         """Stage 1: the auxiliary loss alone (vision tower + pooling probe + aux head)."""
+        self.pooled.clear()
         pooled = self.model.vision_tower(
             pixel_values=self.model.preprocess_images(batch["images"])
         ).pooler_output
         return aux_loss(self.model, self.aux, pooled, batch)
 
-    def full_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+    def full_loss(self, batch: dict[str, Any], step: int) -> torch.Tensor:
         """Stage 2: waypoint loss through the decoder (+ the weighted auxiliary loss)."""
         self.pooled.clear()
-        inputs = mask_visual_tokens(self.model.prepare(batch), self.args, self.generator)
+        inputs = self.model.prepare(batch)
+        if step < self.args.text_first_fraction * self.args.steps:
+            keep = (~inputs.layout.visual_mask).long()
+            inputs = inputs.with_(attention_mask=inputs.attention_mask * keep)
+        else:
+            inputs = mask_visual_tokens(inputs, self.args, self.generator)
         loss = waypoint_loss(self.model.decode(inputs), batch["gt_trajectory"], batch["gt_mask"])
         if self.args.aux_weight > 0:
             loss = loss + self.args.aux_weight * aux_loss(self.model, self.aux, self.pooled[0], batch)
@@ -272,7 +282,7 @@ class Trainer:
         try:
             self.model.train()
             for step in range(steps):
-                loss = loss_fn(self.next_batch())
+                loss = loss_fn(self.next_batch(), step)
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(step, steps, lr, self.args.warmup_steps)
                 optimizer.zero_grad(set_to_none=True)
@@ -300,6 +310,11 @@ def train_model(model: DrivingVLA, data: dict[str, torch.Tensor], args: TrainArg
     """Stage 1 pre-trains the vision tower on the auxiliary loss (cheap: no decoder), stage 2
     trains everything; returns each stage's logged losses."""
     trainer = Trainer(model, data, args)
+    with torch.no_grad():
+        # Zero-init the projector output: visual tokens enter the decoder as "no information"
+        # and grow as the decoder learns to use them (random visual tokens slow its start).
+        model.projector.linear_2.weight.zero_()
+        model.projector.linear_2.bias.zero_()
     vision_params = [*model.vision_tower.parameters(), *trainer.aux.parameters()]
     all_params = [*model.parameters(), *trainer.aux.parameters()]
     return {

@@ -40,6 +40,9 @@ def test_prompt_spells_numbers_and_differs_in_length() -> None:
     assert spell_number(-1.25, 2) == "- 1 . 2 5"
     assert spell_number(-0.04, 1) == "0 . 0"  # no "-0.0"
     assert ego_text([12.25, -1.0, 0.0]) == "speed 1 2 . 2 accel - 1 . 0 yaw 0 . 0 0 <ego>"
+    assert ego_text([12.25, -1.0, 0.0], ("speed",)) == "speed 1 2 . 2 <ego>"
+    with pytest.raises(ValueError, match="ego_state_fields"):
+        ego_text([1.0, 0.0, 0.0], ("jerk",))
     tok = PromptTokenizer()
     ids = build_prompt_ids(tok, CAMERAS, torch.tensor([0, 1]), torch.tensor([[5.0, 0, 0], [12.0, 0, 0]]))
     assert len(ids.suffixes[0]) + 1 == len(ids.suffixes[1])  # "5.0" vs "12.0"
@@ -126,14 +129,36 @@ def test_decode_uses_only_its_inputs_dropping_equals_masking(model: DrivingVLA) 
         inputs_embeds=inputs.inputs_embeds[keep].view(b, -1, inputs.inputs_embeds.shape[-1]),
         attention_mask=inputs.attention_mask[keep].view(b, -1),
         position_ids=inputs.position_ids[keep].view(b, -1),
-        layout=None,
-        extras=None,
+        layout=None,  # decode must not need the (now stale) layout
     )
     masked = inputs.with_(attention_mask=inputs.attention_mask * keep)
     with torch.no_grad():
         full, short, mask = model.decode(inputs), model.decode(shorter), model.decode(masked)
     assert torch.allclose(short, mask, atol=1e-5)
     assert not torch.allclose(short, full, atol=1e-4)  # dropping tokens does change the answer
+
+
+def test_kinematic_prior_is_a_constant_speed_rollout(model: DrivingVLA) -> None:
+    head = model.waypoint_head.fc_out
+    saved = head.weight.detach().clone(), head.bias.detach().clone()
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        try:
+            out = model.plan(_batch())
+        finally:
+            head.weight.copy_(saved[0])
+            head.bias.copy_(saved[1])
+    # 5.3 m/s and 12.25 m/s straight ahead, sampled every 0.5 s; y stays 0.
+    t = torch.arange(1, 7) * 0.5
+    assert torch.allclose(out[0], torch.stack([5.3 * t, torch.zeros(6)], -1))
+    assert torch.allclose(out[1], torch.stack([12.25 * t, torch.zeros(6)], -1))
+
+
+def test_decode_without_extras_says_what_is_missing(model: DrivingVLA) -> None:
+    inputs = model.prepare(_batch(1))
+    with pytest.raises(ValueError, match="ego_speed"):
+        model.decode(inputs.with_(extras=None))
 
 
 def test_from_pretrained_round_trip_is_identical(model: DrivingVLA, tmp_path: Path) -> None:

@@ -278,6 +278,56 @@ def spread_layers(num_layers: int, fractions: Sequence[float]) -> list[int]:
     return layers
 
 
+@dataclass
+class StagedPruner(Pruner):
+    """A pruner that drops at stage boundaries, each reduced stage a geometric step below the last.
+
+    Attributes:
+        stages: first layer of each reduced stage, as increasing fractions of depth in (0, 1)
+            (rounded to distinct layers in ``[1, L-1]``).
+    """
+
+    stages: Sequence[float] = (0.5,)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.stages = tuple(self.stages)
+        if (
+            not self.stages
+            or any(not 0 < f < 1 for f in self.stages)
+            or list(self.stages) != sorted(self.stages)
+        ):
+            raise ValueError(f"{self.name}: stages={self.stages} must be increasing fractions in (0, 1)")
+
+    def starts(self, num_layers: int) -> list[int]:
+        """First layer of each reduced stage."""
+        return spread_layers(num_layers, self.stages)
+
+    def reachable(self, num_layers: int, num_visual: int) -> tuple[float, float]:
+        """Layers before the first reduced stage see ``V``, the rest at least one token."""
+        first = self.starts(num_layers)[0]
+        return (first * num_visual + num_layers - first) / num_layers, float(num_visual)
+
+    def stage_counts(self, num_layers: int, num_visual: int, ratio: float | None = None) -> list[int]:
+        """Visual tokens of each reduced stage: ``V * ratio**(s+1)``, the ratio fitted to the budget if None."""
+        num_stages = len(self.starts(num_layers))
+
+        def geometric(lam: float) -> list[int]:
+            return [max(1, math.floor(num_visual * lam ** (s + 1))) for s in range(num_stages)]
+
+        if ratio is not None:
+            return geometric(ratio)
+        return fit_stages(self.target(num_visual), num_layers, num_visual, self.starts(num_layers), geometric)
+
+    def static_schedule(self, view: LayerView, counts: Sequence[int]) -> torch.Tensor:
+        """The stage schedule (int64 ``[B, L]``) of ``counts``, reusing the first answer of a forward."""
+        if view.schedule is not None:
+            return view.schedule
+        return stage_schedule(
+            view.batch_size, view.num_layers, view.num_visual, self.starts(view.num_layers), counts
+        )
+
+
 # ------------------------------------------------------------------------------------------------
 # Recycling shared by SparseVLM and AutoPrune.
 

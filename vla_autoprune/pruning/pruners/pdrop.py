@@ -12,20 +12,19 @@ budget (or taken from ``ratio`` when no budget is given).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from vla_autoprune.pruning.base import LayerView, Pruner, fit_stages, spread_layers, stage_schedule
+from vla_autoprune.pruning.base import LayerView, StagedPruner
 
 # Stage boundaries as fractions of depth: layers 8, 16, 24 of LLaVA-1.5's 32 (the paper's setup).
 PDROP_STAGES = (0.25, 0.5, 0.75)
 
 
 @dataclass
-class PDropPruner(Pruner):
+class PDropPruner(StagedPruner):
     """Pyramid of geometric visual-token drops at stage boundaries.
 
     Attributes:
@@ -41,45 +40,18 @@ class PDropPruner(Pruner):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.stages = tuple(self.stages)
-        if (
-            not self.stages
-            or any(not 0 < f < 1 for f in self.stages)
-            or list(self.stages) != sorted(self.stages)
-        ):
-            raise ValueError(f"{self.name}: stages={self.stages} must be increasing fractions in (0, 1)")
         if self.ratio is not None and self.budget is not None:
             raise ValueError(f"{self.name}: give a budget or a ratio, not both (the budget sets the ratio)")
         if self.ratio is not None and not 0 < self.ratio <= 1:
             raise ValueError(f"{self.name}: ratio={self.ratio} must be in (0, 1]")
 
-    def starts(self, num_layers: int) -> list[int]:
-        """First layer of each reduced stage."""
-        return spread_layers(num_layers, self.stages)
-
-    def reachable(self, num_layers: int, num_visual: int) -> tuple[float, float]:
-        """Layers before the first boundary see ``V``, the rest at least one token."""
-        first = self.starts(num_layers)[0]
-        return (first * num_visual + num_layers - first) / num_layers, float(num_visual)
-
     def counts(self, num_layers: int, num_visual: int) -> list[int]:
         """Visual tokens each reduced stage sees."""
-        starts = self.starts(num_layers)
-
-        def geometric(lam: float) -> list[int]:
-            return [max(1, math.floor(num_visual * lam ** (s + 1))) for s in range(len(starts))]
-
-        if self.budget is None:
-            return geometric(1.0 if self.ratio is None else self.ratio)
-        return fit_stages(self.budget, num_layers, num_visual, starts, geometric)
+        return self.stage_counts(num_layers, num_visual, self.ratio)
 
     def schedule(self, view: LayerView) -> torch.Tensor:
         """Static pyramid, computed once per forward."""
-        if view.schedule is not None:
-            return view.schedule
-        counts = self.counts(view.num_layers, view.num_visual)
-        starts = self.starts(view.num_layers)
-        return stage_schedule(view.batch_size, view.num_layers, view.num_visual, starts, counts)
+        return self.static_schedule(view, self.counts(view.num_layers, view.num_visual))
 
     def score(self, view: LayerView) -> torch.Tensor:
         """Attention of the last text query (the last instruction token), mean over heads, ``[B, Kv]``."""

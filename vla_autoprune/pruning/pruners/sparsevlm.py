@@ -16,29 +16,20 @@ tokens count against it).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from vla_autoprune.pruning import autoprune as ap
-from vla_autoprune.pruning.base import (
-    LayerView,
-    Merge,
-    Pruner,
-    fit_stages,
-    recycle_dropped,
-    spread_layers,
-    stage_schedule,
-)
+from vla_autoprune.pruning.base import LayerView, Merge, StagedPruner, recycle_dropped
 
 # First layers that see fewer tokens, as depth fractions: after layers 2, 6, 15 of 32 (the paper's).
 SPARSEVLM_STAGES = (3 / 32, 7 / 32, 16 / 32)
 
 
 @dataclass
-class SparseVLMPruner(Pruner):
+class SparseVLMPruner(StagedPruner):
     """Rater-guided progressive pruning with recycling.
 
     Attributes:
@@ -50,37 +41,9 @@ class SparseVLMPruner(Pruner):
     stages: Sequence[float] = SPARSEVLM_STAGES
     recycle: bool = True
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.stages = tuple(self.stages)
-        if (
-            not self.stages
-            or any(not 0 < f < 1 for f in self.stages)
-            or list(self.stages) != sorted(self.stages)
-        ):
-            raise ValueError(f"{self.name}: stages={self.stages} must be increasing fractions in (0, 1)")
-
-    def starts(self, num_layers: int) -> list[int]:
-        """First layer of each reduced stage."""
-        return spread_layers(num_layers, self.stages)
-
-    def reachable(self, num_layers: int, num_visual: int) -> tuple[float, float]:
-        """Layers before the first reduced stage see ``V``, the rest at least one token."""
-        first = self.starts(num_layers)[0]
-        return (first * num_visual + num_layers - first) / num_layers, float(num_visual)
-
     def schedule(self, view: LayerView) -> torch.Tensor:
         """Geometric counts (kept + merged) fitted to the budget, computed once per forward."""
-        if view.schedule is not None:
-            return view.schedule
-        num_layers, num_visual = view.num_layers, view.num_visual
-        starts = self.starts(num_layers)
-
-        def geometric(lam: float) -> list[int]:
-            return [max(1, math.floor(num_visual * lam ** (s + 1))) for s in range(len(starts))]
-
-        counts = fit_stages(self.target(num_visual), num_layers, num_visual, starts, geometric)
-        return stage_schedule(view.batch_size, num_layers, num_visual, starts, counts)
+        return self.static_schedule(view, self.stage_counts(view.num_layers, view.num_visual))
 
     def score(self, view: LayerView) -> torch.Tensor:
         """Mean attention from the raters (text rows attending to vision at least as much as average)."""
