@@ -4,10 +4,13 @@ CLI::
 
     python -m data_tools.train_tiny_vla --out vla_autoprune/assets/tiny-drive-vla [--seed 0] [--steps N]
 
-Steps: generate (or reuse from the cache) the synthetic dataset, load its train/val splits once at
-the vision tower's input size, train with AdamW + cosine schedule on an L1 waypoint loss, then
-write the model (``save_pretrained``), ``training.json`` (arguments, losses, val metrics against a
-constant-velocity baseline and against the model with its visual tokens zeroed) and ``TRAINING.md``.
+Recipe: generate (or reuse from the cache) the synthetic dataset and load its train/val splits once
+at the vision tower's input size; stage 1 pre-trains the vision tower alone on an auxiliary loss
+(waypoints from the front camera's pooled features + speed + command), stage 2 trains everything on
+an L1 waypoint loss (+ the auxiliary loss), both with AdamW and warm-up + cosine; samples are
+randomly mirrored left <-> right. Then write the model (``save_pretrained``), ``training.json``
+(arguments, losses, val L2 of the model, of the model with its visual tokens zeroed, of constant
+velocity and of a camera-free linear fit) and ``TRAINING.md``.
 
 Pruning robustness: for a random share of each batch, a random fraction of the visual tokens (and
 now and then whole cameras) is masked out of attention, keeping the original position ids,
@@ -35,7 +38,7 @@ from vla_autoprune.data.nuscenes_dataset import NuScenesDrivingDataset
 from vla_autoprune.data.schema import CAMERAS, COMMANDS, KEYFRAME_DT_S, NUM_FUTURE_STEPS
 from vla_autoprune.data.synthetic import SYNTHETIC_VERSION, ensure_synthetic
 from vla_autoprune.models.base import DecoderInputs
-from vla_autoprune.models.driving_vla import DrivingVLA, DrivingVLAConfig
+from vla_autoprune.models.driving_vla import DrivingVLA, DrivingVLAConfig, sub_config
 
 logger = logging.getLogger(__name__)
 
@@ -53,36 +56,39 @@ class TrainArgs:
 
     out: Path
     seed: int = 0
-    steps: int = 600
+    steps: int = 800
     #: Stage 1: vision-tower pre-training steps on the auxiliary loss (no decoder, so ~10x cheaper).
     vision_steps: int = 1500
     batch_size: int = 8
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_steps: int = 30
-    #: Synthetic data: 32 scenes x 18 keyframes at 400x225 (W x H), 25 % of scenes in val.
+    #: Synthetic data at 400x225 (W x H), 25 % of the scenes in val. Many short scenes rather
+    #: than few long ones: a vision tower trained from scratch memorises the look of a scene, so
+    #: the number of distinct scenes is what makes its features generalise (measured: 24 training
+    #: scenes overfit, 72 start to generalise).
     data_seed: int = 0
-    scenes: int = 32
-    samples_per_scene: int = 18
+    scenes: int = 96
+    samples_per_scene: int = 12
     image_size: tuple[int, int] = (400, 225)
     dataroot: Path | None = None
     threads: int = 2
     #: Share of samples whose visual tokens are partly masked, and the largest masked fraction.
-    token_drop_prob: float = 0.5
+    token_drop_prob: float = 0.25
     max_token_drop: float = 0.9
     #: Per-camera probability of masking all of that camera's tokens.
-    camera_drop_prob: float = 0.1
-    #: Share of stage 2 with every visual token masked: the decoder first learns to read the
-    #: command and the ego state, then the cameras (with visual tokens from the start, that
-    #: takes far longer and sometimes does not happen within the step budget).
-    text_first_fraction: float = 0.3
+    camera_drop_prob: float = 0.05
     #: Probability of mirroring a sample left <-> right (images, camera slots, command, y, yaw rate).
     flip_prob: float = 0.5
     #: Weight of the auxiliary loss that regresses waypoints from the vision tower's pooled
     #: output: a short gradient path that speeds up learning visual features from scratch and
     #: trains the SigLIP pooling probe, whose attention is the model's ``vision_saliency``.
-    aux_weight: float = 0.5
-    log_every: int = 25
+    aux_weight: float = 0.3
+    #: Cameras whose pooled features the auxiliary head reads. The front camera sees where the
+    #: road goes and the vehicle ahead; adding the others lets the head memorise scene looks
+    #: (measured: val L2@3s of the auxiliary head 1.25 m from the front camera, 1.42 m from all six).
+    aux_cameras: tuple[str, ...] = ("CAM_FRONT",)
+    log_every: int = 100
     config_overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -168,12 +174,17 @@ class PooledAuxHead(nn.Module):
 
 
 def aux_loss(
-    model: DrivingVLA, aux: PooledAuxHead, pooled: torch.Tensor, batch: dict[str, Any]
+    model: DrivingVLA,
+    aux: PooledAuxHead,
+    pooled: torch.Tensor,
+    batch: dict[str, Any],
+    cameras: tuple[str, ...],
 ) -> torch.Tensor:
-    """L1 loss of the auxiliary head on the pooled vision features ``[B * C, Dv]`` of ``batch``."""
+    """L1 loss of the auxiliary head on the pooled features ``[B * C, Dv]`` of ``cameras`` in ``batch``."""
     b = len(batch["command"])
     ego = model._scaled_ego_state(batch["ego_state"])
-    pred = aux(pooled.view(b, len(CAMERAS), -1), ego, batch["command"]) * model.config.waypoint_scale_m
+    chosen = pooled.view(b, len(CAMERAS), -1)[:, [CAMERAS.index(c) for c in cameras]]
+    pred = aux(chosen, ego, batch["command"]) * model.config.waypoint_scale_m
     return waypoint_loss(pred, batch["gt_trajectory"], batch["gt_mask"])
 
 
@@ -230,14 +241,30 @@ def evaluate(model: DrivingVLA, data: dict[str, torch.Tensor]) -> dict[str, dict
     }
 
 
+def blind_features(data: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``[N, 6]``: speed x one-hot command and the one-hot command (what the model sees besides images)."""
+    onehot = nn.functional.one_hot(data["command"], len(COMMANDS)).double()
+    return torch.cat([data["ego_state"][:, :1].double() * onehot, onehot], dim=1)
+
+
+def blind_linear_baseline(train: dict[str, torch.Tensor], val: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Val L2 (stp3) of a least-squares fit of the waypoints on speed x command, without cameras:
+    the honest yardstick of what the cameras add."""
+    complete = train["gt_mask"].all(1)
+    x, y = blind_features(train)[complete], train["gt_trajectory"][complete].flatten(1).double()
+    weights = torch.linalg.lstsq(x, y).solution
+    pred = (blind_features(val) @ weights).view(-1, NUM_FUTURE_STEPS, 2)
+    return l2_at(pred.float(), val["gt_trajectory"], val["gt_mask"])
+
+
 class Trainer:
     """The optimisation state shared by the two stages (vision pre-training, then everything)."""
 
     def __init__(self, model: DrivingVLA, data: dict[str, torch.Tensor], args: TrainArgs) -> None:
         self.model, self.data, self.args = model, data, args
         self.generator = torch.Generator().manual_seed(args.seed)
-        vision = model.config.vision_config.hidden_size
-        self.aux = PooledAuxHead(len(CAMERAS), vision, len(model.config.ego_state_fields))
+        vision = sub_config(model.config, "vision_config").hidden_size
+        self.aux = PooledAuxHead(len(args.aux_cameras), vision, len(model.config.ego_state_fields))
         self.order, self.cursor = torch.randperm(len(data["command"]), generator=self.generator), 0
         self.pooled: list[torch.Tensor] = []
 
@@ -251,26 +278,22 @@ class Trainer:
         flip = torch.rand(len(index), generator=self.generator) < self.args.flip_prob
         return mirror(batch_at(self.data, index), flip)
 
-    def vision_loss(self, batch: dict[str, Any], step: int) -> torch.Tensor:
+    def vision_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """Stage 1: the auxiliary loss alone (vision tower + pooling probe + aux head)."""
         self.pooled.clear()
         pooled = self.model.vision_tower(
             pixel_values=self.model.preprocess_images(batch["images"])
         ).pooler_output
-        return aux_loss(self.model, self.aux, pooled, batch)
+        return aux_loss(self.model, self.aux, pooled, batch, self.args.aux_cameras)
 
-    def full_loss(self, batch: dict[str, Any], step: int) -> torch.Tensor:
+    def full_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """Stage 2: waypoint loss through the decoder (+ the weighted auxiliary loss)."""
         self.pooled.clear()
-        inputs = self.model.prepare(batch)
-        if step < self.args.text_first_fraction * self.args.steps:
-            keep = (~inputs.layout.visual_mask).long()
-            inputs = inputs.with_(attention_mask=inputs.attention_mask * keep)
-        else:
-            inputs = mask_visual_tokens(inputs, self.args, self.generator)
+        inputs = mask_visual_tokens(self.model.prepare(batch), self.args, self.generator)
         loss = waypoint_loss(self.model.decode(inputs), batch["gt_trajectory"], batch["gt_mask"])
         if self.args.aux_weight > 0:
-            loss = loss + self.args.aux_weight * aux_loss(self.model, self.aux, self.pooled[0], batch)
+            aux = aux_loss(self.model, self.aux, self.pooled[0], batch, self.args.aux_cameras)
+            loss = loss + self.args.aux_weight * aux
         return loss
 
     def run(self, stage: str, steps: int, params: list[nn.Parameter], lr: float) -> list[float]:
@@ -282,7 +305,7 @@ class Trainer:
         try:
             self.model.train()
             for step in range(steps):
-                loss = loss_fn(self.next_batch(), step)
+                loss = loss_fn(self.next_batch())
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(step, steps, lr, self.args.warmup_steps)
                 optimizer.zero_grad(set_to_none=True)
@@ -310,17 +333,11 @@ def train_model(model: DrivingVLA, data: dict[str, torch.Tensor], args: TrainArg
     """Stage 1 pre-trains the vision tower on the auxiliary loss (cheap: no decoder), stage 2
     trains everything; returns each stage's logged losses."""
     trainer = Trainer(model, data, args)
-    with torch.no_grad():
-        # Zero-init the projector output: visual tokens enter the decoder as "no information"
-        # and grow as the decoder learns to use them (random visual tokens slow its start).
-        model.projector.linear_2.weight.zero_()
-        model.projector.linear_2.bias.zero_()
     vision_params = [*model.vision_tower.parameters(), *trainer.aux.parameters()]
+    losses = {"vision": trainer.run("vision", args.vision_steps, vision_params, args.lr)}
     all_params = [*model.parameters(), *trainer.aux.parameters()]
-    return {
-        "vision": trainer.run("vision", args.vision_steps, vision_params, args.lr),
-        "full": trainer.run("full", args.steps, all_params, args.lr),
-    }
+    losses["full"] = trainer.run("full", args.steps, all_params, args.lr)
+    return losses
 
 
 # ---------------------------------------------------------------------- run
@@ -349,6 +366,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
     losses = train_model(model, splits["train"], args)
     seconds = time.monotonic() - start
     metrics = evaluate(model, splits["val"])
+    metrics["blind_linear_speed_x_command"] = blind_linear_baseline(splits["train"], splits["val"])
     logger.info("val L2 (stp3): %s", json.dumps(metrics))
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out)
@@ -375,7 +393,9 @@ def training_markdown(record: dict[str, Any]) -> str:
     return f"""# tiny-drive-vla
 
 A tiny DrivingVLA (SigLIP vision tower, LLaVA projector, 8-layer Llama decoder with GQA, action
-queries + MLP waypoint head) trained from scratch on the synthetic nuScenes set.
+queries + MLP waypoint head on a constant-speed prior) trained from scratch on the synthetic
+nuScenes set. It sees the six cameras, the command and the ego speed (not the acceleration or
+yaw rate: with those, kinematics alone are accurate here and the cameras go unused).
 
 Reproduce (CPU, {a["threads"]} threads, deterministic):
 
@@ -383,8 +403,12 @@ Reproduce (CPU, {a["threads"]} threads, deterministic):
 
 - data: synthetic generator seed {a["data_seed"]}, {a["scenes"]} scenes x {a["samples_per_scene"]} keyframes at
   {a["image_size"][0]}x{a["image_size"][1]}; {record["train_samples"]} train / {record["val_samples"]} val samples
-- optimisation: AdamW (lr {a["lr"]}, weight decay {a["weight_decay"]}), {a["warmup_steps"]} warm-up steps then
-  cosine, batch {a["batch_size"]}, L1 loss on valid waypoints, {record["train_seconds"]} s of training
+- stage 1: {a["vision_steps"]} steps training the vision tower alone on an auxiliary loss (waypoints from
+  the pooled features of {", ".join(a["aux_cameras"])} + speed + command)
+- stage 2: {a["steps"]} steps training everything on the L1 loss of valid waypoints (+ {a["aux_weight"]} x the
+  auxiliary loss); both stages AdamW (lr {a["lr"]}, weight decay {a["weight_decay"]}),
+  {a["warmup_steps"]} warm-up steps then cosine, batch {a["batch_size"]}; {record["train_seconds"]} s in all
+- augmentation: each sample mirrored left <-> right with probability {a["flip_prob"]}
 - pruning robustness: {a["token_drop_prob"]:.0%} of samples get up to {a["max_token_drop"]:.0%} of their visual
   tokens masked out of attention, and each camera is masked with probability {a["camera_drop_prob"]}
 
@@ -395,7 +419,10 @@ Validation L2 (m, stp3 convention):
 {rows}
 
 `model_visual_zeroed` is the same model with every visual token's embedding set to zero: the gap
-to `model` is what the cameras contribute. `constant_velocity` keeps the current speed along +x.
+to `model` measures how much the model relies on its visual tokens. `constant_velocity` keeps the
+current speed along +x. `blind_linear_speed_x_command` is a least-squares fit (on train) of the
+waypoints on speed x command, i.e. everything the model sees except the cameras: the honest
+yardstick of what the cameras add beyond the prompt.
 """
 
 

@@ -7,13 +7,14 @@ Architecture (all transformers modules unmodified):
 - decoder: ``LlamaForCausalLM`` or ``Qwen2ForCausalLM`` built from the nested text config;
 - prompt (see :mod:`vla_autoprune.models.prompt`): instruction tokens, then per camera a marker
   token and that camera's visual tokens, then command + ego-state text tokens closed by one
-  learned projection of ``ego_state`` (``<ego>``), then ``K`` learned action-query embeddings;
-- head: an MLP regresses the 6 waypoints from the action queries' final hidden states.
+  learned projection of the ego state (``<ego>``), then ``K`` learned action-query embeddings;
+- head: an MLP regresses the 6 waypoints from the final hidden states of ``<ego>`` and the
+  action queries, as a correction to a constant-speed rollout (``kinematic_prior``).
 
-Batches are left padded so the action queries are always the last ``K`` positions, which is
-how :meth:`DrivingVLA.decode` finds them in whatever (possibly pruned) inputs it gets.
-The camera markers are not visual tokens (pruning never drops them), so the visual positions
-are ``C`` runs of ``P`` tokens separated by one marker each.
+Batches are left padded so ``<ego>`` and the action queries are always the last ``K + 1``
+positions, which is how :meth:`DrivingVLA.decode` finds them in whatever (possibly pruned)
+inputs it gets. The camera markers are not visual tokens (pruning never drops them), so the
+visual positions are ``C`` runs of ``P`` tokens separated by one marker each.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.configuration_utils import SubConfigSpec
 
-from vla_autoprune.data.schema import KEYFRAME_DT_S, NUM_FUTURE_STEPS
+from vla_autoprune.data.schema import COMMANDS, KEYFRAME_DT_S, NUM_FUTURE_STEPS
 from vla_autoprune.models.base import DecoderInputs, DrivingModel
 from vla_autoprune.models.layout import TokenLayout
 from vla_autoprune.models.prompt import (
@@ -118,6 +119,16 @@ class DrivingVLAConfig(PreTrainedConfig):
     initializer_range: float = 0.02
 
 
+def sub_config(config: PreTrainedConfig, name: str) -> PreTrainedConfig:
+    """The nested config ``config.<name>`` (``vision_config`` / ``text_config``), typed."""
+    sub = getattr(config, name)
+    if not isinstance(sub, PreTrainedConfig):
+        raise TypeError(
+            f"{type(config).__name__}.{name} is {type(sub).__name__}, expected a PreTrainedConfig"
+        )
+    return sub
+
+
 class VisionProjector(nn.Module):
     """LLaVA-1.5 projector: Linear -> GELU -> Linear, vision width -> LM width."""
 
@@ -162,20 +173,19 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
 
     def __init__(self, config: DrivingVLAConfig) -> None:
         super().__init__(config)
-        text_size = config.text_config.hidden_size
+        vision_config, text_config = sub_config(config, "vision_config"), sub_config(config, "text_config")
+        text_size = text_config.hidden_size
         self.tokenizer = PromptTokenizer()
-        if config.text_config.vocab_size < len(self.tokenizer):
+        if text_config.vocab_size < len(self.tokenizer):
             raise ValueError(
-                f"text_config.vocab_size={config.text_config.vocab_size} is smaller than the prompt vocabulary "
+                f"text_config.vocab_size={text_config.vocab_size} is smaller than the prompt vocabulary "
                 f"({len(self.tokenizer)} tokens); raise it to at least {len(self.tokenizer)}"
             )
-        self.vision_tower = AutoModel.from_config(config.vision_config)
-        self.projector = VisionProjector(
-            config.vision_config.hidden_size, text_size, config.projector_hidden_act
-        )
-        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.vision_tower = AutoModel.from_config(vision_config)
+        self.projector = VisionProjector(vision_config.hidden_size, text_size, config.projector_hidden_act)
+        self.language_model = AutoModelForCausalLM.from_config(text_config)
         check_ego_fields(config.ego_state_fields)
-        self.ego_projector = nn.Linear(len(config.ego_state_fields), text_size)
+        self.ego_projector = nn.Linear(len(config.ego_state_fields) + len(COMMANDS), text_size)
         self.action_queries = nn.Parameter(torch.empty(config.num_action_queries, text_size))
         self.waypoint_head = WaypointHead(config.num_action_queries + 1, text_size, config.head_hidden_size)
         self.post_init()
@@ -195,7 +205,7 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
     @property
     def patch_grid(self) -> tuple[int, int]:
         """``(rows, cols)`` of the vision tower's patch grid per camera."""
-        return patch_grid(self.config.vision_config)
+        return patch_grid(sub_config(self.config, "vision_config"))
 
     def prepare(self, batch: dict[str, Any]) -> DecoderInputs:
         """Encode a collated batch (``images`` uint8 ``[B, C, 3, H, W]``, ``command``, ``ego_state``).
@@ -216,7 +226,7 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
         visual, saliency = self.encode_images(images)
         fields = self.config.ego_state_fields
         prompt = build_prompt_ids(self.tokenizer, cameras, batch["command"], batch["ego_state"], fields)
-        ego = self.ego_projector(self._scaled_ego_state(batch["ego_state"]))
+        ego = self.ego_projector(self.ego_features(batch["ego_state"], batch["command"]))
         ego_speed = batch["ego_state"][:, EGO_STATE_FIELDS.index("speed")].to(self.device, torch.float32)
         return self._assemble(prompt, visual, ego, saliency, ego_speed)
 
@@ -252,7 +262,7 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
     @property
     def image_size(self) -> tuple[int, int]:
         """``(H, W)`` the vision tower takes."""
-        return _pair(self.config.vision_config.image_size)
+        return _pair(sub_config(self.config, "vision_config").image_size)
 
     def preprocess_images(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``[B, C, 3, H, W]`` -> normalised pixels ``[B * C, 3, *image_size]`` in the model dtype."""
@@ -297,6 +307,16 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
         """Visual tokens per camera, ``P = rows * cols``."""
         rows, cols = self.patch_grid
         return rows * cols
+
+    def ego_features(self, ego_state: torch.Tensor, command: torch.Tensor) -> torch.Tensor:
+        """Input of the ``<ego>`` projection: scaled ego fields and the one-hot command, ``[B, F + 3]``.
+
+        The command is spelled in the prompt too; repeating it here puts it into the ``<ego>``
+        token's own residual stream, which the head reads, so the model needs no attention to
+        use it and training spends its steps on what only the cameras tell.
+        """
+        onehot = F.one_hot(command.to(self.device), len(COMMANDS)).to(self.dtype)
+        return torch.cat([self._scaled_ego_state(ego_state), onehot], dim=1)
 
     def _scaled_ego_state(self, ego_state: torch.Tensor) -> torch.Tensor:
         """The configured fields of ``ego_state`` ``[B, 3]``, each divided by its scale: ``[B, F]``."""
@@ -387,7 +407,7 @@ def vision_saliency_hook(vision_tower: nn.Module, clip_layer: int | None = -1) -
 
 
 @torch.no_grad()
-def probe_attention(head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+def probe_attention(head: Any, hidden: torch.Tensor) -> torch.Tensor:
     """Head-averaged attention ``[N, P]`` of a SigLIP pooling head's probe over ``hidden`` ``[N, P, D]``.
 
     Recomputes ``head.attention`` (an ``nn.MultiheadAttention`` with packed in-projection) for
@@ -404,7 +424,7 @@ def probe_attention(head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def cls_attention(attn: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+def cls_attention(attn: Any, hidden: torch.Tensor) -> torch.Tensor:
     """Head-averaged attention ``[N, T]`` of token 0 ([CLS]) over all ``T`` tokens of ``hidden`` ``[N, T, D]``.
 
     ``attn`` is a CLIP-style attention module (``q_proj``, ``k_proj``, ``num_heads``, ``scale``);

@@ -29,7 +29,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from vla_autoprune.data.schema import COMMANDS
 from vla_autoprune.models.base import DecoderInputs, DrivingModel
-from vla_autoprune.models.driving_vla import patch_grid, vision_saliency_hook
+from vla_autoprune.models.driving_vla import patch_grid, sub_config, vision_saliency_hook
 from vla_autoprune.models.layout import TokenLayout
 from vla_autoprune.models.prompt import COMMAND_PHRASES
 from vla_autoprune.models.waypoint_text import ParseStats, parse_waypoint_batch
@@ -81,7 +81,7 @@ class LlavaDrivingAdapter(DrivingModel):
         llava: LlavaForConditionalGeneration,
         processor: Any,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    ):
+    ) -> None:
         super().__init__()
         strategy = llava.config.vision_feature_select_strategy
         if strategy != "default" and not hasattr(llava.model.vision_tower, "head"):
@@ -108,7 +108,9 @@ class LlavaDrivingAdapter(DrivingModel):
             raise NotALlavaFolderError(
                 f"{folder} holds model_type={model_type!r}, not 'llava'; load it with load()"
             )
-        llava = LlavaForConditionalGeneration.from_pretrained(folder, dtype=dtype).to(device).eval()
+        llava = LlavaForConditionalGeneration.from_pretrained(folder, dtype=dtype)
+        module: nn.Module = llava  # PreTrainedModel.to's wrapper confuses type checkers
+        module.to(device).eval()
         return cls(llava, AutoProcessor.from_pretrained(folder))
 
     @property
@@ -176,7 +178,7 @@ class LlavaDrivingAdapter(DrivingModel):
         """Encoder layer whose output is the selected feature layer ``hidden_states[i]`` (None: embeddings)."""
         layer = self.llava.config.vision_feature_layer
         layer = layer[-1] if isinstance(layer, list) else layer
-        num_layers = self.llava.config.vision_config.num_hidden_layers
+        num_layers = sub_config(self.llava.config, "vision_config").num_hidden_layers
         index = layer - 1 if layer >= 0 else num_layers + 1 + layer - 1
         return index if index >= 0 else None
 
@@ -184,7 +186,7 @@ class LlavaDrivingAdapter(DrivingModel):
         self, visual_mask: torch.Tensor, attention_mask: torch.Tensor, num_cameras: int, num_patches: int
     ) -> TokenLayout:
         b, n = visual_mask.shape
-        grid = patch_grid(self.llava.config.vision_config)
+        grid = patch_grid(sub_config(self.llava.config, "vision_config"))
         if grid[0] * grid[1] != num_patches:
             raise ValueError(f"{num_patches} image tokens per camera do not fill the {grid} patch grid")
         positions = torch.arange(n, device=visual_mask.device).expand(b, n)

@@ -8,6 +8,7 @@ from importlib import resources
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from vla_autoprune.models.base import DrivingModel
 from vla_autoprune.models.driving_vla import DrivingVLA, DrivingVLAConfig
@@ -54,7 +55,9 @@ def load(
     logger.info("loading %s model from %s (%s, %s)", model_type, folder, device, dtype)
     if model_type == DrivingVLAConfig.model_type:
         model = DrivingVLA.from_pretrained(folder, dtype=dtype)
-        return model.to(device).eval()
+        module: nn.Module = model  # PreTrainedModel.to's wrapper confuses type checkers
+        module.to(device).eval()
+        return model
     if model_type == LLAVA_MODEL_TYPE:
         return LlavaDrivingAdapter.from_pretrained(folder, device=device, dtype=dtype)
     raise UnknownModelError(
