@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -126,3 +128,47 @@ def test_joblib_multirun_writes_summaries_and_a_merged_report(synthetic_root: Pa
     report = (sweep / "report.md").read_text()
     assert report.count("| vla | autoprune |") == 2 and report.count("| vla | fastv |") == 2
     assert (sweep / "report.csv").exists() and (sweep / "collision_3s_vs_budget.png").exists()
+
+
+def test_sigkilled_run_resumes_to_the_uninterrupted_summary(synthetic_root: Path, tmp_path: Path) -> None:
+    def command(run_dir: Path) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "vla_autoprune.evaluate",
+            f"data.dataset.dataroot={synthetic_root}",
+            "device=cpu",
+            "batch_size=1",
+            "pruner=autoprune",
+            "budget=64",
+            f"hydra.run.dir={run_dir}",
+        ]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        command(tmp_path / "whole"), check=True, capture_output=True, cwd=ROOT, env=env, timeout=300
+    )
+    records = tmp_path / "killed" / RECORDS_FILE
+    proc = subprocess.Popen(
+        command(tmp_path / "killed"), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if records.exists() and records.read_bytes().count(b"\n") >= 1:
+                proc.send_signal(signal.SIGKILL)  # no cleanup: exactly what a lost node looks like
+                break
+            time.sleep(0.005)
+    finally:
+        proc.kill()
+        proc.wait()
+    total = len(read_records(tmp_path / "whole" / RECORDS_FILE))
+    assert 1 <= len(read_records(records)) < total, "the run was not killed halfway"
+    subprocess.run(
+        command(tmp_path / "killed"), check=True, capture_output=True, cwd=ROOT, env=env, timeout=300
+    )
+    whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    resumed = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    for key in ("num_samples", "l2", "collision", "mean_visual_tokens_per_layer", "flops", "samples_digest"):
+        assert resumed[key] == whole[key], key
+    assert len(read_records(records)) == total  # nothing evaluated twice
