@@ -10,7 +10,9 @@ file:
 - how a layer's attention turns hidden states into queries and keys (``input_layernorm``,
   ``q_proj``/``k_proj``, optional per-head ``q_norm``/``k_norm``, rotary, GQA repeat, ``scaling``);
 - how attention masks are encoded (4D bool under SDPA, 4D additive float under eager);
-- how long a layer's KV cache is.
+- how long a layer's KV cache is;
+- the v5 model-building helpers the project's own models use (``SubConfigSpec`` for nested
+  sub-config defaults, the ``initialization`` module for weight init).
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import initialization as weight_init
+from transformers.configuration_utils import SubConfigSpec
+
+__all__ = ["SubConfigSpec", "weight_init"]  # re-exported for the models (plus the functions below)
 
 # Keyword names a decoder layer receives from the model loop (transformers 5.x).
 KW_MASK = "attention_mask"

@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedConfig, PreTrainedModel
-from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.configuration_utils import SubConfigSpec
 
+from vla_autoprune.compat import SubConfigSpec
+from vla_autoprune.compat import weight_init as init
 from vla_autoprune.data.schema import COMMANDS, KEYFRAME_DT_S, NUM_FUTURE_STEPS
 from vla_autoprune.models.base import DecoderInputs, DrivingModel
 from vla_autoprune.models.layout import TokenLayout
