@@ -1,6 +1,6 @@
 """Open-loop planning metrics (L2, collision) in the ``stp3`` and ``uniad`` conventions.
 
-The contract is ``/work/shared/design/METRICS.md``. All functions are pure and vectorised
+The contract is ``docs/METRICS.md``. All functions are pure and vectorised
 over the batch and accept numpy arrays or torch tensors (any device; they are read on the CPU).
 Rates come back as python floats (``nan`` when there is nothing to average); per-sample values
 come back as the type of ``pred``: a numpy array, or a torch tensor on ``pred``'s device.

@@ -1,6 +1,6 @@
 """BEV occupancy raster and ego footprint cells of the ST-P3 / UniAD collision metrics.
 
-Implements "The reference raster, exactly" of ``/work/shared/design/METRICS.md`` so that
+Implements "The reference raster, exactly" of ``docs/METRICS.md`` so that
 grid collision rates match published tables. Inputs are numpy arrays in our ego frame
 (x forward, y left); the raster itself lives in the references' frame (right = -y, fwd = x).
 """

@@ -1,7 +1,7 @@
 """AutoPrune's pure math: complexity (mutual information), slope, and the retention schedule.
 
 Based on "AutoPrune: Each Complexity Deserves a Pruning Policy" (NeurIPS 2025,
-https://arxiv.org/abs/2509.23931); the contract is the shared design note AUTOPRUNE.md.
+https://arxiv.org/abs/2509.23931); the contract is docs/AUTOPRUNE.md.
 Everything here is a pure function of tensors or numbers: the engine calls it, nothing here
 touches a model.
 

@@ -1,7 +1,7 @@
 """AutoPrune: a per-sample pruning curve from the complexity of the text -> vision attention.
 
 Based on "AutoPrune: Each Complexity Deserves a Pruning Policy" (NeurIPS 2025,
-https://arxiv.org/abs/2509.23931), as specified in the project's AUTOPRUNE.md; the math lives in
+https://arxiv.org/abs/2509.23931), as specified in docs/AUTOPRUNE.md; the math lives in
 :mod:`vla_autoprune.pruning.autoprune`, this class wires it into the engine:
 
 1. stage 0 (``stage0``): ``"reference"`` keeps ``v0`` tokens right after layer 0, ranked by the
