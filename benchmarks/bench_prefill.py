@@ -23,8 +23,8 @@ import torch
 
 from vla_autoprune.data import collate
 from vla_autoprune.data.synthetic import synthetic_dataset
+from vla_autoprune.devices import batch_to, resolve_device
 from vla_autoprune.models import load
-from vla_autoprune.pipeline.app import resolve_device
 from vla_autoprune.pipeline.table import to_markdown
 from vla_autoprune.pruning import PRUNERS, build_pruner, run_pruned
 
@@ -89,7 +89,7 @@ def main() -> None:
     device = resolve_device(args.device)
     dataset = synthetic_dataset("val", image_size=(400, 225), scenes=8, samples_per_scene=16)
     batch = collate([dataset[i] for i in range(min(args.batch_size, len(dataset)))])
-    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    batch = batch_to(batch, device)
     model = load(args.model, device=device)
     names = ["none", *[n for n in args.pruners.split(",") if n != "none"]]
     rows = measure(model, batch, names, args.budget, args.repeats, device)

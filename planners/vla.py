@@ -13,21 +13,10 @@ import torch
 
 from planners.base import Planner
 from vla_autoprune.compat import decoder_config, decoder_layers
+from vla_autoprune.devices import batch_to, resolve_device, resolve_dtype
 from vla_autoprune.models.base import DrivingModel
 from vla_autoprune.pruning import NoPruner, Pruner, PruningRecord, run_pruned
 from vla_autoprune.pruning.flops import decoder_flops_from_config
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _device(name: str | torch.device) -> torch.device:
-    if str(name) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 class VLAPlanner(Planner):
@@ -49,12 +38,10 @@ class VLAPlanner(Planner):
         device: str | torch.device = "auto",
         dtype: str | torch.dtype = "float32",
     ) -> None:
-        if isinstance(dtype, str) and dtype not in _DTYPES:
-            raise ValueError(f"dtype={dtype!r} is not supported; use one of {sorted(_DTYPES)}")
         self._factory = model
         self.pruner = pruner if pruner is not None else NoPruner()
-        self.device = _device(device)
-        self.dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
         self._model: DrivingModel | None = model if isinstance(model, DrivingModel) else None
 
     @property
@@ -72,7 +59,7 @@ class VLAPlanner(Planner):
 
     def validate(self, batch: Mapping[str, Any]) -> None:
         """Check the pruner's budget against this model's depth and visual token count."""
-        inputs = self.model.prepare(_to_device(batch, self.device))
+        inputs = self.model.prepare(batch_to(batch, self.device))
         num_layers = len(decoder_layers(self.model.decoder))
         self.pruner.check_budget(num_layers, inputs.layout.num_visual)
 
@@ -83,7 +70,7 @@ class VLAPlanner(Planner):
     def plan_with_stats(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, list[dict[str, Any]]]:
         """Waypoints and, per sample, what the pruned decoder actually processed."""
         with torch.inference_mode():
-            inputs = self.model.prepare(_to_device(batch, self.device))
+            inputs = self.model.prepare(batch_to(batch, self.device))
             waypoints, record = run_pruned(self.model, inputs, self.pruner)
         full_tokens = inputs.attention_mask.sum(dim=1)  # [B]: every token at every layer when unpruned
         return waypoints.float().cpu(), self._stats(record, full_tokens)

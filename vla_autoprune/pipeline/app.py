@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from planners.base import Planner
 from vla_autoprune.data import collate
+from vla_autoprune.devices import resolve_device, resolve_dtype
 from vla_autoprune.pipeline.loop import run_split, shard_indices
 from vla_autoprune.pipeline.merge import RUN_FILE, samples_digest
 from vla_autoprune.pipeline.results import atomic_write_json
@@ -29,24 +30,6 @@ from vla_autoprune.pipeline.table import SHORT_COLUMNS, table_rows, to_markdown
 logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else must be a device torch can use."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name} but CUDA is not available here; use device=cpu or device=auto")
-    return device
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    """``float32`` / ``bfloat16`` / ``float16`` -> the torch dtype."""
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in dtypes:
-        raise ValueError(f"dtype={name!r} is not supported; use one of {sorted(dtypes)}")
-    return dtypes[name]
 
 
 def build(node: Any) -> Any:
@@ -84,7 +67,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     out_dir = Path(out_dir)
     started = time.perf_counter()
     device = resolve_device(cfg.device)
-    resolve_dtype(cfg.dtype)
+    resolve_dtype(cfg.dtype)  # a bad dtype fails here, before the dataset and model load
     torch.manual_seed(cfg.seed)
     dataset = build(cfg.data.dataset)
     indices = shard_indices(len(dataset), cfg.data.shard, cfg.data.num_shards, cfg.limit)

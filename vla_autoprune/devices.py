@@ -1,0 +1,38 @@
+"""Device and dtype names as users write them (``auto``, ``cuda:1``, ``bfloat16``) -> torch objects."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else must be a device torch can use."""
+    if str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name} but CUDA is not available here; use device=cpu or device=auto")
+    return device
+
+
+def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
+    """``float32`` / ``bfloat16`` / ``float16`` (or a torch dtype, returned as is) -> the torch dtype."""
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in DTYPES:
+        raise ValueError(f"dtype={name!r} is not supported; use one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def batch_to(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """A collated batch with its tensors on ``device`` (lists of tokens and names unchanged)."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
