@@ -24,7 +24,12 @@ gt_trajectory  float32 [B, 6, 2]         future ego xy (zeros where invalid)
 gt_mask        bool [B, 6]               future keyframe exists
 future_boxes   float32 [B, 6, N, 5]      (x, y, width, length, yaw) of GT agent boxes
 future_labels  int64 [B, 6, N]           index into ``CATEGORIES``; -1 = padding / absent
+scenario       list[str] (B)             scenario family (synthetic side file; ``unknown`` for real data)
+complexity     float32 [B]               scene complexity (e.g. relevant agents within 50 m)
 ============== ========================= =====================================================
+
+``ego_state`` columns are named, in order, by ``EGO_STATE_FIELDS``; every consumer indexes them
+through it (``EGO_STATE_FIELDS.index("speed")``), never by a literal column number.
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ CAMERAS: tuple[str, ...] = (
     "CAM_BACK_LEFT",
     "CAM_BACK_RIGHT",
 )
+
+#: ``ego_state`` columns, in order: speed (m/s), longitudinal accel (m/s^2), yaw rate (rad/s).
+EGO_STATE_FIELDS: tuple[str, ...] = ("speed", "accel", "yaw_rate")
 
 #: Driving commands; ``command`` holds an index into this tuple.
 COMMANDS: tuple[str, ...] = ("left", "straight", "right")
