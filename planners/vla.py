@@ -80,9 +80,11 @@ class VLAPlanner(Planner):
         assert record.visual_tokens is not None and record.tokens is not None and record.flops is not None
         config = decoder_config(self.model.decoder)
         unpruned = decoder_flops_from_config(full_tokens[:, None].expand(-1, record.num_layers), config)
-        mi, k = record.mi, record.k
         out = []
         for b in range(record.visual_tokens.shape[0]):
+            # the pruner's stats ([B, ...] each); mi and k (AutoPrune's) are written for every pruner
+            stats: dict[str, Any] = {"mi": None, "k": None}
+            stats.update({name: value[b].tolist() for name, value in record.stats.items()})
             out.append(
                 {
                     "visual_tokens_per_layer": record.visual_tokens[b].tolist(),
@@ -93,8 +95,7 @@ class VLAPlanner(Planner):
                     "num_visual": record.num_visual,
                     "flops": int(record.flops[b]),
                     "flops_unpruned": int(unpruned[b]),
-                    "mi": float(mi[b]) if mi is not None else None,
-                    "k": float(k[b]) if k is not None else None,
+                    **stats,
                 }
             )
         return out

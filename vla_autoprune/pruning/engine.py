@@ -51,8 +51,8 @@ from torch import nn
 from vla_autoprune import compat
 from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.models.layout import TokenLayout
-from vla_autoprune.pruning.base import LayerView, Pruner
 from vla_autoprune.pruning.flops import decoder_flops_from_config
+from vla_autoprune.pruning.pruner import LayerView, Pruner
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +77,10 @@ class PruningRecord:
         kept_visual: per layer, int64 ``[B, Kv]`` indices (into the given inputs' ``V`` visual
             tokens, ascending, -1 padded) of the original visual tokens entering the layer.
         schedule: int64 ``[B, L]``, the pruner's last schedule (counts handed on), or None.
-        stats: numbers the pruner reported (AutoPrune: ``mi`` and ``k``, each ``[B]``).
+        stats: per-sample numbers the pruner reported, name -> ``[B]`` (AutoPrune: ``mi``, the
+            mutual information, and ``k``, the logistic slope).
         flops: int64 ``[B]``, decoder-layer MACs per sample from ``tokens`` (flops.py, the
             ``gqa`` count; the paper's "FLOPs").
-        batch_flops: int, decoder-layer MACs of the batch as run (``B`` rows of ``seq_len``,
-            padding and fillers included).
     """
 
     inputs: DecoderInputs
@@ -97,23 +96,12 @@ class PruningRecord:
     schedule: torch.Tensor | None = None
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
     flops: torch.Tensor | None = None
-    batch_flops: int | None = None
 
     def mean_visual_tokens(self) -> torch.Tensor:
         """float ``[B]``: visual tokens per layer, averaged over the ``L`` layers (the budget measure)."""
         if self.visual_tokens is None:
             raise RuntimeError("nothing recorded yet: run the decoder inside the prune() block")
         return self.visual_tokens.double().mean(dim=1)
-
-    @property
-    def mi(self) -> torch.Tensor | None:
-        """AutoPrune's mutual information per sample ``[B]`` (None for other pruners)."""
-        return self.stats.get("mi")
-
-    @property
-    def k(self) -> torch.Tensor | None:
-        """AutoPrune's logistic slope per sample ``[B]`` (None for other pruners)."""
-        return self.stats.get("k")
 
 
 @dataclass
@@ -642,6 +630,5 @@ def _finish(record: PruningRecord, config: Any) -> None:
             setattr(record, name, value.cpu())
     record.kept_visual = [None if k is None else k.cpu() for k in record.kept_visual]
     record.stats = {key: value.detach().cpu() for key, value in record.stats.items()}
-    assert record.tokens is not None and record.seq_len is not None
+    assert record.tokens is not None
     record.flops = decoder_flops_from_config(record.tokens, config)
-    record.batch_flops = int(decoder_flops_from_config(record.seq_len, config)) * int(record.tokens.shape[0])

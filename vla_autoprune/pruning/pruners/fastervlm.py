@@ -15,11 +15,14 @@ from dataclasses import dataclass
 
 import torch
 
+from vla_autoprune.errors import ConfigError
 from vla_autoprune.models.base import DecoderInputs
-from vla_autoprune.pruning.base import LayerView, Pruner
+from vla_autoprune.pruning.budget import min_budget
+from vla_autoprune.pruning.pruner import LayerView, Pruner
+from vla_autoprune.pruning.registry import register_pruner
 
 
-class MissingSaliencyError(ValueError):
+class MissingSaliencyError(ConfigError):
     """The model did not provide the vision saliency a pre-decoder pruner needs."""
 
 
@@ -33,6 +36,7 @@ def top_saliency(inputs: DecoderInputs, count: int, who: str) -> torch.Tensor:
     return inputs.vision_saliency.float().topk(count, dim=1).indices
 
 
+@register_pruner
 @dataclass
 class FasterVLMPruner(Pruner):
     """Select ``floor(budget)`` visual tokens by vision saliency before the decoder."""
@@ -41,7 +45,7 @@ class FasterVLMPruner(Pruner):
 
     def reachable(self, num_layers: int, num_visual: int) -> tuple[float, float]:
         """Any budget from one token to ``V``: layer 0 sees the selection too."""
-        return 1.0, float(num_visual)
+        return min_budget(num_layers, num_visual, full_layers=0), float(num_visual)
 
     def preselect(self, inputs: DecoderInputs, num_layers: int) -> torch.Tensor | None:
         """The top ``floor(budget)`` visual tokens by saliency (None when keeping all)."""

@@ -17,12 +17,17 @@ from dataclasses import dataclass
 
 import torch
 
-from vla_autoprune.pruning.base import LayerView, Pruner, fit_stages, stage_schedule
+from vla_autoprune.errors import ConfigError
+from vla_autoprune.pruning.budget import token_layers
+from vla_autoprune.pruning.pruner import LayerView, Pruner
+from vla_autoprune.pruning.registry import register_pruner
+from vla_autoprune.pruning.stages import fit_stages, stage_schedule
 
 # FastV's K: layers 0 and 1 see every visual token (the paper's setting for LLaVA-1.5).
 FASTV_LAYER = 2
 
 
+@register_pruner
 @dataclass
 class FastVPruner(Pruner):
     """Keep the top visual tokens from layer ``layer`` on.
@@ -38,13 +43,13 @@ class FastVPruner(Pruner):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.layer < 1:
-            raise ValueError(f"{self.name}: layer={self.layer} must be >= 1 (layer 0 sees every token)")
+            raise ConfigError(f"{self.name}: layer={self.layer} must be >= 1 (layer 0 sees every token)")
 
     def plan(self, num_layers: int, num_visual: int) -> tuple[int, int]:
         """``(K, n)``: the first reduced layer and the count it sees."""
         budget = self.target(num_visual)
         start = min(self.layer, num_layers - 1)
-        while start > 1 and start * num_visual + (num_layers - start) > budget * num_layers:
+        while start > 1 and start * num_visual + (num_layers - start) > token_layers(budget, num_layers):
             start -= 1
         (count,) = fit_stages(
             budget, num_layers, num_visual, [start], lambda t: [max(1, math.floor(t * num_visual))]

@@ -17,12 +17,16 @@ from dataclasses import dataclass
 
 import torch
 
-from vla_autoprune.pruning.base import LayerView, StagedPruner
+from vla_autoprune.errors import ConfigError
+from vla_autoprune.pruning.pruner import LayerView
+from vla_autoprune.pruning.registry import register_pruner
+from vla_autoprune.pruning.stages import StagedPruner
 
 # Stage boundaries as fractions of depth: layers 8, 16, 24 of LLaVA-1.5's 32 (the paper's setup).
 PDROP_STAGES = (0.25, 0.5, 0.75)
 
 
+@register_pruner
 @dataclass
 class PDropPruner(StagedPruner):
     """Pyramid of geometric visual-token drops at stage boundaries.
@@ -41,9 +45,9 @@ class PDropPruner(StagedPruner):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.ratio is not None and self.budget is not None:
-            raise ValueError(f"{self.name}: give a budget or a ratio, not both (the budget sets the ratio)")
+            raise ConfigError(f"{self.name}: give a budget or a ratio, not both (the budget sets the ratio)")
         if self.ratio is not None and not 0 < self.ratio <= 1:
-            raise ValueError(f"{self.name}: ratio={self.ratio} must be in (0, 1]")
+            raise ConfigError(f"{self.name}: ratio={self.ratio} must be in (0, 1]")
 
     def counts(self, num_layers: int, num_visual: int) -> list[int]:
         """Visual tokens each reduced stage sees."""

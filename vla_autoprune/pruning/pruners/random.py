@@ -6,10 +6,12 @@ from dataclasses import dataclass
 
 import torch
 
-from vla_autoprune.pruning.base import LayerView
+from vla_autoprune.pruning.pruner import LayerView
 from vla_autoprune.pruning.pruners.fastv import FastVPruner
+from vla_autoprune.pruning.registry import register_pruner
 
 
+@register_pruner
 @dataclass
 class RandomPruner(FastVPruner):
     """Drop visual tokens uniformly at random, once, with FastV's budget-derived schedule.

@@ -21,13 +21,16 @@ from dataclasses import dataclass
 
 import torch
 
-from vla_autoprune.pruning import autoprune as ap
-from vla_autoprune.pruning.base import LayerView, Merge, StagedPruner, recycle_dropped
+from vla_autoprune.pruning.pruner import LayerView, Merge
+from vla_autoprune.pruning.recycling import recycle_dropped, split_handed_on
+from vla_autoprune.pruning.registry import register_pruner
+from vla_autoprune.pruning.stages import StagedPruner
 
 # First layers that see fewer tokens, as depth fractions: after layers 2, 6, 15 of 32 (the paper's).
 SPARSEVLM_STAGES = (3 / 32, 7 / 32, 16 / 32)
 
 
+@register_pruner
 @dataclass
 class SparseVLMPruner(StagedPruner):
     """Rater-guided progressive pruning with recycling.
@@ -57,7 +60,7 @@ class SparseVLMPruner(StagedPruner):
 
     def split(self, view: LayerView, hand_on: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Kept and merged tokens (the reference's recycling rule) summing to ``hand_on``."""
-        return ap.split_handed_on(view.alive(), hand_on, self.recycle)
+        return split_handed_on(view.alive(), hand_on, self.recycle)
 
     def merge(
         self, view: LayerView, scores: torch.Tensor, dropped: torch.Tensor, clusters: torch.Tensor
