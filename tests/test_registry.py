@@ -1,0 +1,82 @@
+"""One pruner registry: every yaml of ``conf/pruner/`` and every registered pruner builds and runs.
+
+The yamls go through Hydra's own compose + instantiate, as ``vla_autoprune.evaluate`` does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from test_engine import (
+    NUM_VISUAL,
+    build_decoder,
+    forward,
+    make_inputs,
+    one_thread,  # noqa: F401 (autouse fixture, applies here too)
+)
+
+from vla_autoprune.pruning import PRUNERS, Pruner, build_pruner, prune, register_pruner
+from vla_autoprune.pruning.budget import token_layers
+from vla_autoprune.pruning.pruners.fastv import FastVPruner
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+YAMLS = sorted(path.stem for path in (CONF / "pruner").glob("*.yaml"))
+LAYERS = 8
+# Reachable by every pruner on LAYERS layers and NUM_VISUAL tokens (PDrop's floor is the highest:
+# layers 0 and 1 see all 16 tokens, so (2 * 16 + 6) / 8 = 4.75), and below NUM_VISUAL.
+LEGAL_BUDGET = 10
+
+
+def run_and_check(pruner: Pruner, batch: int = 2) -> None:
+    """Run ``pruner`` on a tiny decoder and check the budget (never above ``floor(B * L)``)."""
+    model = build_decoder(layers=LAYERS)
+    inputs = make_inputs(batch=batch, text_lengths=(5, 3)[:batch])
+    pruner.check_budget(LAYERS, NUM_VISUAL)
+    with prune(model, pruner, inputs) as record:
+        forward(model, record.inputs)
+    assert record.visual_tokens is not None
+    total = record.visual_tokens.sum(dim=1)
+    if pruner.budget is None:
+        assert bool((total == NUM_VISUAL * LAYERS).all())
+    else:
+        assert bool((total <= token_layers(pruner.budget, LAYERS)).all()), (pruner, total)
+
+
+def test_every_registered_pruner_has_a_yaml_and_every_yaml_a_pruner() -> None:
+    assert YAMLS == sorted(PRUNERS)
+
+
+@pytest.mark.parametrize("name", YAMLS)
+def test_every_yaml_instantiates_through_hydra_and_runs(name: str) -> None:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("evaluate", overrides=[f"pruner={name}", f"budget={LEGAL_BUDGET}"])
+    pruner = instantiate(cfg.pruner)
+    assert type(pruner) is PRUNERS[name] and pruner.name == name
+    assert pruner.budget == (None if name == "none" else LEGAL_BUDGET)
+    run_and_check(pruner)
+
+
+@pytest.mark.parametrize("name", sorted(PRUNERS))
+def test_every_registry_entry_builds_and_runs_at_a_legal_budget(name: str) -> None:
+    lo, hi = build_pruner(name).reachable(LAYERS, NUM_VISUAL)
+    for budget in sorted({lo, (lo + hi) / 2, hi}):
+        run_and_check(build_pruner(name, budget=budget))
+
+
+def test_registering_needs_an_own_and_unique_name() -> None:
+    class Unnamed(FastVPruner):  # inherits "fastv" but does not set its own name
+        pass
+
+    class Clash(FastVPruner):
+        name = "fastv"
+
+    with pytest.raises(TypeError, match="must set its own `name`"):
+        register_pruner(Unnamed)
+    with pytest.raises(TypeError, match="'fastv' is taken by FastVPruner"):
+        register_pruner(Clash)
+    assert PRUNERS["fastv"] is FastVPruner
+    with pytest.raises(TypeError):
+        PRUNERS["fastv"] = Clash  # type: ignore[index]  # read-only view
