@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from test_engine import (
     NUM_VISUAL,
@@ -18,7 +19,7 @@ from test_engine import (
     one_thread,  # noqa: F401 (autouse fixture, applies here too)
 )
 
-from vla_autoprune.pruning import PRUNERS, Pruner, build_pruner, prune, register_pruner
+from vla_autoprune.pruning import PRUNERS, BudgetError, Pruner, build_pruner, prune, register_pruner
 from vla_autoprune.pruning.budget import token_layers
 from vla_autoprune.pruning.pruners.fastv import FastVPruner
 
@@ -57,6 +58,17 @@ def test_every_yaml_instantiates_through_hydra_and_runs(name: str) -> None:
     assert type(pruner) is PRUNERS[name] and pruner.name == name
     assert pruner.budget == (None if name == "none" else LEGAL_BUDGET)
     run_and_check(pruner)
+
+
+@pytest.mark.parametrize("name", [n for n in YAMLS if n != "none"])
+def test_non_numeric_budget_on_the_command_line_fails_when_the_pruner_is_built(name: str) -> None:
+    # Hydra hands `budget=abc` over as the str 'abc'; the pipeline unwraps Hydra's wrapper.
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("evaluate", overrides=[f"pruner={name}", "budget=abc"])
+    with pytest.raises(InstantiationException) as err:
+        instantiate(cfg.pruner)
+    cause = err.value.__cause__
+    assert isinstance(cause, BudgetError) and str(cause).startswith(f"{name}: budget='abc' is not a number")
 
 
 @pytest.mark.parametrize("name", sorted(PRUNERS))
