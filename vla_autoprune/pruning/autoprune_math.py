@@ -8,9 +8,10 @@ touches a model.
 Schedules
     A schedule is an int64 ``[B, L]`` tensor. Entry ``l`` is the number of visual tokens decoder
     layer ``l`` HANDS ON to layer ``l + 1`` after it has run and pruned: kept tokens plus recycled
-    (merged) ones. ``recycling.split_handed_on`` turns "processed -> handed on" into (kept, merged) counts.
-    Counts are monotone non-increasing along the layers and lie in ``[1, V]``. The last entry is
-    what the last layer would hand on; no layer processes it, so it never counts against the budget.
+    (merged) ones; :func:`~vla_autoprune.pruning.recycling.split_handed_on` turns "processed ->
+    handed on" into (kept, merged) counts. Counts are monotone non-increasing along the layers
+    and lie in ``[1, V]``. The last entry is what the last layer would hand on; no layer processes
+    it, so it never counts against the budget.
 
 Accounting: "actual" (this project's default)
     The tokens a layer PROCESSES are what entered it. Layer 0 processes all ``V`` visual tokens;
@@ -29,7 +30,8 @@ Accounting: "reference" (the authors' integers)
 
 Stage 0 ("actual" accounting)
     ``"reference"``: layer 0 hands on ``v0 = min(int(2.5 B), V)`` tokens (the reference's stage 0,
-    no recycling), capped so that the budget stays reachable with one token per later layer; the
+    no recycling), capped so that the budget stays reachable with one token per later layer
+    (:func:`~vla_autoprune.pruning.budget.stage0_count`, as for ``"before"``); the
     logistic curve then runs from layer 1 on ``v0``. ``"none"``: no stage 0; the curve runs from
     layer 0 on ``V`` (layer 0 prunes too, after it has run). ``"before"``: the curve runs from
     layer 0 on ``V``, and its layer-0 count is selected before the decoder (see "actual" above),
