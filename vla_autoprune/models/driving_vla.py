@@ -33,11 +33,10 @@ from transformers.activations import ACT2FN
 
 from vla_autoprune.compat import SubConfigSpec
 from vla_autoprune.compat import weight_init as init
-from vla_autoprune.data.schema import COMMANDS, KEYFRAME_DT_S, NUM_FUTURE_STEPS
+from vla_autoprune.data.schema import COMMANDS, EGO_STATE_FIELDS, KEYFRAME_DT_S, NUM_FUTURE_STEPS
 from vla_autoprune.models.base import DecoderInputs, DrivingModel
 from vla_autoprune.models.layout import TokenLayout
 from vla_autoprune.models.prompt import (
-    EGO_STATE_FIELDS,
     PromptIds,
     PromptTokenizer,
     build_prompt_ids,

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from vla_autoprune.data.schema import COMMANDS
+from vla_autoprune.data.schema import COMMANDS, EGO_STATE_FIELDS
 from vla_autoprune.models.base import DecoderInputs, DrivingModel
 from vla_autoprune.models.driving_vla import patch_grid, sub_config, vision_saliency_hook
 from vla_autoprune.models.layout import TokenLayout
@@ -130,9 +130,10 @@ class LlavaDrivingAdapter(DrivingModel):
         images = batch["images"]
         b, c = images.shape[:2]
         cameras = list(batch["cameras"])
+        speeds = batch["ego_state"][:, EGO_STATE_FIELDS.index("speed")].float().cpu()
         prompts = [
-            llava_prompt(cameras, int(cmd), float(ego[0]))
-            for cmd, ego in zip(batch["command"].cpu(), batch["ego_state"].float().cpu(), strict=True)
+            llava_prompt(cameras, int(cmd), float(speed))
+            for cmd, speed in zip(batch["command"].cpu(), speeds, strict=True)
         ]
         encoded = self.processor(
             text=prompts,
