@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,10 @@ import pytest
 import torch
 
 from vla_autoprune.data.schema import CAMERAS
-from vla_autoprune.models import LlavaDrivingAdapter, load
+from vla_autoprune.errors import ModelLoadError
+from vla_autoprune.models import DrivingVLA, DrivingVLAConfig, LlavaDrivingAdapter, load
 from vla_autoprune.models.driving_vla import cls_attention
+from vla_autoprune.models.llava_adapter import NotALlavaFolderError
 from vla_autoprune.models.waypoint_text import (
     ParseStats,
     format_waypoints,
@@ -136,3 +139,47 @@ def test_generate_matches_per_sample_runs(llava_folder: Path, camera_batch: Batc
         for i in range(2)
     ]
     assert joint == single
+
+
+# ---------------------------------------------------------------------- load errors
+
+
+def _damaged_copy(folder: Path, tmp_path: Path, harm: Callable[[Path], object]) -> Path:
+    copy = tmp_path / "llava"
+    shutil.copytree(folder, copy)
+    harm(copy)
+    return copy
+
+
+def _cut(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    ("harm", "file", "says"),
+    [
+        (lambda d: _cut(d / "model.safetensors"), "model.safetensors", "is truncated or corrupt"),
+        (lambda d: _cut(d / "config.json"), "config.json", "is not valid JSON"),
+        (lambda d: (d / "config.json").unlink(), "config.json", "not found"),
+        (lambda d: (d / "processor_config.json").unlink(), "", "has no loadable processor"),
+    ],
+    ids=["weights cut in half", "config cut in half", "no config", "no processor"],
+)
+def test_damaged_copy_of_a_saved_llava_is_a_one_line_model_load_error(
+    llava_folder: Path, tmp_path: Path, harm: Callable[[Path], object], file: str, says: str
+) -> None:
+    folder = _damaged_copy(llava_folder, tmp_path, harm)
+    with pytest.raises(ModelLoadError) as err:
+        load(folder)
+    message = str(err.value)
+    assert "\n" not in message
+    assert str(folder / file) in message and says in message
+    assert "save_pretrained" in message  # the fix
+
+
+def test_adapter_refuses_a_folder_that_is_not_llava(tmp_path: Path) -> None:
+    DrivingVLA(DrivingVLAConfig()).save_pretrained(tmp_path)
+    with pytest.raises(
+        NotALlavaFolderError, match=r"model_type='driving_vla', not 'llava'; load it with load\(\)"
+    ):
+        LlavaDrivingAdapter.from_pretrained(tmp_path)

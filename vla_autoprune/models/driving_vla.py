@@ -34,6 +34,7 @@ from transformers.activations import ACT2FN
 from vla_autoprune.compat import SubConfigSpec
 from vla_autoprune.compat import weight_init as init
 from vla_autoprune.data.schema import COMMANDS, EGO_STATE_FIELDS, KEYFRAME_DT_S, NUM_FUTURE_STEPS
+from vla_autoprune.errors import ConfigError, DataError
 from vla_autoprune.models.base import DecoderInputs, DrivingModel
 from vla_autoprune.models.layout import build_layout
 from vla_autoprune.models.prompt import (
@@ -176,7 +177,7 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
         text_size = text_config.hidden_size
         self.tokenizer = PromptTokenizer()
         if text_config.vocab_size < len(self.tokenizer):
-            raise ValueError(
+            raise ConfigError(
                 f"text_config.vocab_size={text_config.vocab_size} is smaller than the prompt vocabulary "
                 f"({len(self.tokenizer)} tokens); raise it to at least {len(self.tokenizer)}"
             )
@@ -215,13 +216,15 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
         """
         images = batch["images"]
         if images.dim() != 5 or images.shape[2] != 3:
-            raise ValueError(
-                f"batch['images'] must be uint8 [B, C, 3, H, W], got shape {tuple(images.shape)}"
+            raise DataError(
+                f"batch['images'] must be uint8 [B, C, 3, H, W], got shape {tuple(images.shape)}; "
+                "collate samples with vla_autoprune.data"
             )
         cameras = list(batch["cameras"])
         if len(cameras) != images.shape[1]:
-            raise ValueError(
-                f"batch['cameras'] names {len(cameras)} cameras but images hold {images.shape[1]}"
+            raise DataError(
+                f"batch['cameras'] names {len(cameras)} cameras but images hold {images.shape[1]}; "
+                "give one camera name per image, in image order"
             )
         visual, saliency = self.encode_images(images)
         fields = self.config.ego_state_fields
@@ -321,8 +324,9 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
     def _scaled_ego_state(self, ego_state: torch.Tensor) -> torch.Tensor:
         """The configured fields of ``ego_state`` ``[B, 3]``, each divided by its scale: ``[B, F]``."""
         if ego_state.dim() != 2 or ego_state.shape[1] != len(EGO_STATE_FIELDS):
-            raise ValueError(
-                f"batch['ego_state'] must be [B, {len(EGO_STATE_FIELDS)}], got {tuple(ego_state.shape)}"
+            raise DataError(
+                f"batch['ego_state'] must be [B, {len(EGO_STATE_FIELDS)}] with columns "
+                f"{list(EGO_STATE_FIELDS)}, got {tuple(ego_state.shape)}"
             )
         columns = [EGO_STATE_FIELDS.index(f) for f in self.config.ego_state_fields]
         scale = torch.tensor(self.config.ego_state_scale, device=self.device)[columns]

@@ -17,7 +17,6 @@ and parses the answer strictly (:mod:`vla_autoprune.models.waypoint_text`).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from vla_autoprune.errors import ModelLoadError
 from vla_autoprune.models.base import DecoderInputs, DrivingModel
 from vla_autoprune.models.driving_vla import patch_grid, sub_config, vision_saliency_hook
 from vla_autoprune.models.layout import build_layout
+from vla_autoprune.models.model_folder import check_model_folder
 from vla_autoprune.models.prompt import COMMAND_PHRASES
 from vla_autoprune.models.waypoint_text import ParseStats, parse_waypoint_batch
 
@@ -48,7 +48,7 @@ PROMPT_TASK = (
 )
 
 
-class NotALlavaFolderError(ValueError):
+class NotALlavaFolderError(ModelLoadError):
     """The folder does not hold a saved ``LlavaForConditionalGeneration`` (+ processor)."""
 
 
@@ -86,7 +86,7 @@ class LlavaDrivingAdapter(DrivingModel):
         super().__init__()
         strategy = llava.config.vision_feature_select_strategy
         if strategy != "default" and not hasattr(llava.model.vision_tower, "head"):
-            raise ValueError(
+            raise ModelLoadError(
                 f"vision_feature_select_strategy={strategy!r} keeps the [CLS] token, which has no patch index; "
                 "use 'default' (LLaVA-1.5)"
             )
@@ -99,20 +99,29 @@ class LlavaDrivingAdapter(DrivingModel):
     def from_pretrained(
         cls, folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
     ) -> LlavaDrivingAdapter:
-        """Load the LLaVA model and its processor saved together in ``folder``."""
+        """Load the LLaVA model and its processor saved together in ``folder``.
+
+        Raises a one-line :class:`~vla_autoprune.errors.ModelLoadError` for a missing or broken
+        ``config.json``, truncated weights, a missing processor or a non-LLaVA folder.
+        """
         folder = Path(folder)
-        config_file = folder / "config.json"
-        if not config_file.is_file():
-            raise FileNotFoundError(f"{config_file} not found; pass a folder saved with save_pretrained")
-        model_type = json.loads(config_file.read_text()).get("model_type")
+        model_type = check_model_folder(folder).get("model_type")
         if model_type != LLAVA_MODEL_TYPE:
             raise NotALlavaFolderError(
                 f"{folder} holds model_type={model_type!r}, not 'llava'; load it with load()"
             )
+        try:
+            processor = AutoProcessor.from_pretrained(folder)
+        except OSError as err:  # transformers' "can't load ... make sure ... contains ..." for missing files
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ModelLoadError(
+                f"{folder} has no loadable processor ({reason}); save it next to the model with "
+                "processor.save_pretrained(folder)"
+            ) from err
         llava = LlavaForConditionalGeneration.from_pretrained(folder, dtype=dtype)
         module: nn.Module = llava  # PreTrainedModel.to's wrapper confuses type checkers
         module.to(device).eval()
-        return cls(llava, AutoProcessor.from_pretrained(folder))
+        return cls(llava, processor)
 
     @property
     def decoder(self) -> nn.Module:
