@@ -2,7 +2,7 @@
 
 from vla_autoprune.models.base import DecoderInputs, DrivingModel
 from vla_autoprune.models.driving_vla import DrivingVLA, DrivingVLAConfig
-from vla_autoprune.models.layout import TokenLayout
+from vla_autoprune.models.layout import TokenLayout, build_layout
 from vla_autoprune.models.llava_adapter import LlavaDrivingAdapter, WaypointGeneration
 from vla_autoprune.models.loading import BUNDLED_MODELS, UnknownModelError, UnsupportedModelError, load
 from vla_autoprune.models.prompt import PromptTokenizer
@@ -21,6 +21,7 @@ __all__ = [
     "UnknownModelError",
     "UnsupportedModelError",
     "WaypointGeneration",
+    "build_layout",
     "format_waypoints",
     "load",
     "parse_waypoints",

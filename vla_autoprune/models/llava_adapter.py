@@ -24,14 +24,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoProcessor, LlavaForConditionalGeneration
+from transformers import LlavaForConditionalGeneration
 
 from vla_autoprune.data.schema import COMMANDS, EGO_STATE_FIELDS
 from vla_autoprune.errors import ModelLoadError
 from vla_autoprune.models.base import DecoderInputs, DrivingModel
 from vla_autoprune.models.driving_vla import patch_grid, sub_config, vision_saliency_hook
 from vla_autoprune.models.layout import build_layout
-from vla_autoprune.models.model_folder import check_model_folder
+from vla_autoprune.models.model_folder import check_model_folder, load_processor
 from vla_autoprune.models.prompt import COMMAND_PHRASES
 from vla_autoprune.models.waypoint_text import ParseStats, parse_waypoint_batch
 
@@ -110,14 +110,7 @@ class LlavaDrivingAdapter(DrivingModel):
             raise NotALlavaFolderError(
                 f"{folder} holds model_type={model_type!r}, not 'llava'; load it with load()"
             )
-        try:
-            processor = AutoProcessor.from_pretrained(folder)
-        except OSError as err:  # transformers' "can't load ... make sure ... contains ..." for missing files
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise ModelLoadError(
-                f"{folder} has no loadable processor ({reason}); save it next to the model with "
-                "processor.save_pretrained(folder)"
-            ) from err
+        processor = load_processor(folder)
         llava = LlavaForConditionalGeneration.from_pretrained(folder, dtype=dtype)
         module: nn.Module = llava  # PreTrainedModel.to's wrapper confuses type checkers
         module.to(device).eval()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError, safe_open
+from transformers import AutoProcessor
 from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_NAME
 
 from vla_autoprune.errors import ModelLoadError
@@ -77,3 +78,15 @@ def check_model_folder(folder: Path, fix: str = RESAVE) -> dict[str, Any]:
     config = read_config(folder, fix)
     check_weights(folder, fix)
     return config
+
+
+def load_processor(folder: Path) -> Any:
+    """The processor (tokenizer + image processor) saved in ``folder``, or a one-line ``ModelLoadError``."""
+    try:
+        return AutoProcessor.from_pretrained(folder)
+    except OSError as err:  # transformers' "Can't load ... make sure ... contains ..." for missing files
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ModelLoadError(
+            f"{folder} has no loadable processor ({reason}); save it next to the model with "
+            "processor.save_pretrained(folder)"
+        ) from err
