@@ -43,7 +43,6 @@ def test_left_padded_batch_with_back_to_back_images() -> None:
     assert layout.camera_index.tolist() == [[0, 0, 1, 1]] * 2
     assert layout.patch_index.tolist() == [[0, 1, 0, 1]] * 2
     assert layout.text_mask.tolist() == [[False] * 7 + [True], [False] * 6 + [True, True]]
-    assert torch.equal(layout.attention_mask, real)
 
 
 def test_right_padding_is_not_text() -> None:
@@ -51,6 +50,17 @@ def test_right_padding_is_not_text() -> None:
     layout = build_layout(visual, real, num_cameras=1, patch_grid=(2, 2))
     assert layout.text_mask.sum(1).tolist() == [2, 4]
     assert layout.patch_index.tolist() == [[0, 1, 2, 3]] * 2
+
+
+def test_select_keeps_the_provenance_of_the_kept_visual_tokens() -> None:
+    visual, real = _mask(["ttvvtvvtt"])
+    layout = build_layout(visual, real, num_cameras=2, patch_grid=(1, 2))
+    # Keep visual tokens 1 (camera 0, patch 1) and 2 (camera 1, patch 0): positions 3 and 5.
+    shorter = layout.select(torch.tensor([[0, 1, 3, 4, 5, 7, 8]]), torch.tensor([[1, 2]]))
+    assert shorter.visual_mask.tolist() == [[c == "v" for c in "ttvtvtt"]]
+    assert shorter.text_mask.nonzero()[:, 1].tolist() == [5, 6]
+    assert shorter.camera_index.tolist() == [[0, 1]] and shorter.patch_index.tolist() == [[1, 0]]
+    assert shorter.num_visual == 2 and shorter.patch_grid == (1, 2)
 
 
 @pytest.mark.parametrize(

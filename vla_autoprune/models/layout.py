@@ -24,7 +24,7 @@ class TokenLayout:
             interleaved with non-visual tokens (e.g. a camera marker before each camera).
         text_mask: bool ``[B, N]``; True at the "text" query tokens used to score visual tokens:
             every non-padding token after the visual block (command, ego state, action queries).
-        attention_mask: int64 ``[B, N]``; 1 for real tokens, 0 for padding (transformers' 2D mask).
+            (Padding is the ``attention_mask`` of the :class:`DecoderInputs` the layout belongs to.)
         camera_index: int64 ``[B, V]``; camera (index into the batch's ``cameras``) of each visual
             token, in sequence order.
         patch_index: int64 ``[B, V]``; patch index (row-major in the vision tower's patch grid) of
@@ -34,7 +34,6 @@ class TokenLayout:
 
     visual_mask: torch.Tensor
     text_mask: torch.Tensor
-    attention_mask: torch.Tensor
     camera_index: torch.Tensor
     patch_index: torch.Tensor
     patch_grid: tuple[int, int]
@@ -49,6 +48,23 @@ class TokenLayout:
         b, n = self.visual_mask.shape
         pos = torch.arange(n, device=self.visual_mask.device).expand(b, n)
         return pos[self.visual_mask].view(b, -1)
+
+    def select(self, index: torch.Tensor, kept: torch.Tensor) -> TokenLayout:
+        """The layout of shorter inputs that keep sequence positions ``index`` and visual tokens ``kept``.
+
+        Args:
+            index: int64 ``[B, N']``, ascending sequence positions kept (all non-visual ones and
+                the positions of the ``kept`` visual tokens).
+            kept: int64 ``[B, V']``, ascending indices (into this layout's ``V`` visual tokens) of
+                the visual tokens kept.
+        """
+        return TokenLayout(
+            visual_mask=self.visual_mask.gather(1, index),
+            text_mask=self.text_mask.gather(1, index),
+            camera_index=self.camera_index.gather(1, kept),
+            patch_index=self.patch_index.gather(1, kept),
+            patch_grid=self.patch_grid,
+        )
 
 
 def build_layout(
@@ -103,7 +119,6 @@ def build_layout(
     return TokenLayout(
         visual_mask=visual_mask,
         text_mask=(positions > last_visual) & attention_mask.bool(),
-        attention_mask=attention_mask,
         camera_index=rank.div(per_camera, rounding_mode="floor").expand(b, -1).clone(),
         patch_index=rank.remainder(per_camera).expand(b, -1).clone(),
         patch_grid=(rows, cols),
