@@ -34,7 +34,7 @@ class DecoderInputs:
         layout: which positions are visual / text tokens.
         vision_saliency: float ``[B, V]`` or None: per-visual-token saliency from the vision
             tower ([CLS] / pooling-head attention), used by pre-decoder pruners.
-        extras: model-specific tensors ``decode`` needs (e.g. action-query positions).
+        extras: model-specific values ``decode`` reads (DrivingVLA: ``ego_speed`` ``[B]``), or None.
     """
 
     inputs_embeds: torch.Tensor
