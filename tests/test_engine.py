@@ -76,7 +76,6 @@ def make_inputs(
     layout = TokenLayout(
         visual_mask=visual,
         text_mask=text,
-        attention_mask=mask,
         camera_index=torch.arange(num_visual).div(half, rounding_mode="floor").expand(batch, -1),
         patch_index=torch.arange(num_visual).remainder(half).expand(batch, -1),
         patch_grid=(2, half // 2),
@@ -124,7 +123,6 @@ def sample(inputs: DecoderInputs, b: int) -> DecoderInputs:
         layout=TokenLayout(
             visual_mask=layout.visual_mask[b : b + 1, keep],
             text_mask=layout.text_mask[b : b + 1, keep],
-            attention_mask=layout.attention_mask[b : b + 1, keep],
             camera_index=layout.camera_index[b : b + 1],
             patch_index=layout.patch_index[b : b + 1],
             patch_grid=layout.patch_grid,

@@ -50,7 +50,6 @@ from torch import nn
 
 from vla_autoprune import compat
 from vla_autoprune.models.base import DecoderInputs
-from vla_autoprune.models.layout import TokenLayout
 from vla_autoprune.pruning.flops import decoder_flops_from_config
 from vla_autoprune.pruning.pruner import LayerView, Pruner
 
@@ -537,14 +536,7 @@ def _shorten(inputs: DecoderInputs, kept: torch.Tensor) -> DecoderInputs:
     position_ids = inputs.position_ids
     if position_ids is None:
         position_ids = torch.arange(n, device=index.device).expand(b, n)
-    short_layout = TokenLayout(
-        visual_mask=layout.visual_mask.gather(1, index),
-        text_mask=layout.text_mask.gather(1, index),
-        attention_mask=layout.attention_mask.gather(1, index),
-        camera_index=layout.camera_index.gather(1, kept),
-        patch_index=layout.patch_index.gather(1, kept),
-        patch_grid=layout.patch_grid,
-    )
+    short_layout = layout.select(index, kept)
     saliency = inputs.vision_saliency
     return inputs.with_(
         inputs_embeds=_gather_rows(inputs.inputs_embeds, index),
