@@ -23,7 +23,7 @@ from vla_autoprune.pipeline.ci_tables import (
     stat_rows,
 )
 from vla_autoprune.pipeline.loop import sample_records
-from vla_autoprune.pipeline.report_files import write_report
+from vla_autoprune.pipeline.report_files import plot_stats_by_scenario, plot_vs_budget, write_report
 from vla_autoprune.pipeline.summary import summarize
 from vla_autoprune.pipeline.table import find_baseline, table_rows, to_markdown
 from vla_autoprune.report import main
@@ -220,3 +220,34 @@ def test_report_end_to_end_on_pipeline_runs(synthetic_root: Path, tmp_path: Path
     again = tmp_path / "again"
     write_report([tmp_path / "sweep"], again, resamples=300, seed=4)
     assert (again / "report.csv").read_text() == (out / "report.csv").read_text()
+
+
+def test_plots_draw_interval_bands_without_switching_the_backend(tmp_path: Path) -> None:
+    import matplotlib
+
+    backend = matplotlib.get_backend()
+    none = _run(_records())
+    runs = [none] + [_run(_records(shift=0.1 * b / 32), pruner="random", budget=b) for b in (32, 64)]
+    rows = main_rows(runs, BOOT)
+    fig = plot_vs_budget(rows, "L2@3s stp3", tmp_path / "l2.png")
+    assert matplotlib.get_backend() == backend
+    ax = fig.axes[0]
+    (line,) = [ln for ln in ax.get_lines() if ln.get_label() == "vla/random"]
+    np.testing.assert_allclose(line.get_xdata(), [32, 64])
+    from matplotlib.collections import PolyCollection
+
+    (band,) = [c for c in ax.collections if isinstance(c, PolyCollection)]  # the pruned series' band
+    ys = band.get_paths()[0].vertices[:, 1]
+    lows, highs = [r["L2@3s stp3 lo"] for r in rows[1:]], [r["L2@3s stp3 hi"] for r in rows[1:]]
+    assert ys.min() == pytest.approx(min(lows)) and ys.max() == pytest.approx(max(highs))
+    (span,) = ax.patches  # the `none` reference band
+    span_ys = span.get_path().transformed(span.get_patch_transform()).vertices[:, 1]
+    assert span_ys.min() == pytest.approx(rows[0]["L2@3s stp3 lo"])
+    assert span_ys.max() == pytest.approx(rows[0]["L2@3s stp3 hi"])
+    assert (tmp_path / "l2.png").read_bytes()[:4] == b"\x89PNG"
+    mi = {"traffic_light": 0.9, "pedestrian": 0.5, "empty_road": 0.1}
+    stats = stat_rows([none, _run(_records(mi=mi), pruner="autoprune", budget=32)], BOOT)
+    bars = plot_stats_by_scenario(stats, "mi", tmp_path / "mi.png")
+    assert bars is not None and [t.get_text() for t in bars.axes[0].get_xticklabels()] == sorted(FAMILIES)
+    assert plot_stats_by_scenario(stats, "k", tmp_path / "k.png") is None  # no run records k
+    assert not (tmp_path / "k.png").exists()

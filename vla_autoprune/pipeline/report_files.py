@@ -81,9 +81,11 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def plot_vs_budget(rows: Sequence[dict[str, Any]], column: str, path: Path) -> None:
+def plot_vs_budget(rows: Sequence[dict[str, Any]], column: str, path: Path) -> Figure:
     """``column`` against budget, one line with its interval band per (planner, pruner, variant);
-    unpruned runs (no budget) are a dashed line with a grey band. Saved as a PNG."""
+    unpruned runs (no budget) are a dashed line with a grey band. Saved as a PNG; returns the figure.
+
+    Draws on a bare :class:`~matplotlib.figure.Figure`, so the global backend is never switched."""
     fig = Figure(figsize=(6.5, 4.2))
     ax = fig.add_subplot()
     series: dict[str, list[tuple[float, float, float, float]]] = {}
@@ -105,6 +107,11 @@ def plot_vs_budget(rows: Sequence[dict[str, Any]], column: str, path: Path) -> N
         xs, ys, lows, highs = zip(*sorted(points), strict=True)
         (line,) = ax.plot(xs, ys, marker="o", label=label)
         ax.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.15, linewidth=0)
+        bars = [
+            [y - lo for y, lo in zip(ys, lows, strict=True)],
+            [hi - y for y, hi in zip(ys, highs, strict=True)],
+        ]
+        ax.errorbar(xs, ys, yerr=bars, fmt="none", ecolor=line.get_color(), capsize=3)  # a lone budget too
     ax.set_xlabel("budget (mean visual tokens per decoder layer)")
     ax.set_ylabel(f"{column} (95 % CI band)")
     ax.grid(alpha=0.3)
@@ -112,6 +119,38 @@ def plot_vs_budget(rows: Sequence[dict[str, Any]], column: str, path: Path) -> N
         ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot_stats_by_scenario(rows: Sequence[dict[str, Any]], key: str, path: Path) -> Figure | None:
+    """Mean ``key`` (e.g. AutoPrune's ``mi``) per scenario family with interval bars, one marker
+    series per run; None (nothing written) when no row has it."""
+    rows = [r for r in rows if r.get("scenario") != "all" and _number(r.get(key)) is not None]
+    if not rows:
+        return None
+    families = sorted({str(r["scenario"]) for r in rows})
+    runs = sorted({r["run"] for r in rows})
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.add_subplot()
+    for i, run in enumerate(runs):
+        mine = [r for r in rows if r["run"] == run]
+        xs = [families.index(str(r["scenario"])) + (i - (len(runs) - 1) / 2) * 0.1 for r in mine]
+        ys = [float(r[key]) for r in mine]
+        lows = [_number(r.get(f"{key} lo")) for r in mine]
+        highs = [_number(r.get(f"{key} hi")) for r in mine]
+        errs = [
+            [0.0 if lo is None else max(y - lo, 0.0) for y, lo in zip(ys, lows, strict=True)],
+            [0.0 if hi is None else max(hi - y, 0.0) for y, hi in zip(ys, highs, strict=True)],
+        ]
+        label = f"run {run}: {mine[0]['pruner']} b{mine[0]['budget']} {mine[0].get('variant') or ''}".strip()
+        ax.errorbar(xs, ys, yerr=errs, fmt="o", capsize=3, label=label)
+    ax.set_xticks(range(len(families)), families, rotation=30, ha="right")
+    ax.set_ylabel(f"mean {key} (95 % CI)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return fig
 
 
 def _header(boot: Bootstrap, runs: Sequence[Run]) -> str:
@@ -165,6 +204,8 @@ def write_report(
     rows = tables["report.csv"]
     plot_vs_budget(rows, "L2@3s stp3", out / "l2_3s_vs_budget.png")
     plot_vs_budget(rows, "Col@3s stp3", out / "collision_3s_vs_budget.png")
+    for key in ("mi", "k"):
+        plot_stats_by_scenario(tables["autoprune_stats.csv"], key, out / f"autoprune_{key}_by_scenario.png")
     logger.info(
         "Report of %d configurations in %s\n%s", len(runs), out, to_markdown(rows, ("run", *SHORT_COLUMNS))
     )
