@@ -13,11 +13,13 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from vla_autoprune.errors import ConfigError, DataError
 from vla_autoprune.pipeline.app import evaluate
 from vla_autoprune.pipeline.ci_tables import (
     Bootstrap,
     Run,
     breakdown_rows,
+    compare_records,
     complexity_labels,
     main_rows,
     stat_rows,
@@ -251,3 +253,21 @@ def test_plots_draw_interval_bands_without_switching_the_backend(tmp_path: Path)
     assert bars is not None and [t.get_text() for t in bars.axes[0].get_xticklabels()] == sorted(FAMILIES)
     assert plot_stats_by_scenario(stats, "k", tmp_path / "k.png") is None  # no run records k
     assert not (tmp_path / "k.png").exists()
+
+
+def test_compare_records_for_acceptance_checks_and_bad_input() -> None:
+    none, worse = _records(), _records(shift=0.3)
+    columns = compare_records(list(reversed(worse)), none, Bootstrap(resamples=500, seed=0))
+    assert columns["L2@3s stp3 diff"] == pytest.approx(0.3)
+    assert columns["L2@3s retention stp3 % hi"] < 100.0
+    with pytest.raises(DataError, match="different samples"):
+        compare_records(worse[:-1], none)
+    with pytest.raises(ConfigError, match="resamples"):
+        Bootstrap(resamples=0)
+
+
+def test_report_cli_rejects_bad_resamples_in_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert main([str(tmp_path), "--resamples", "0"]) == 2
+    assert "resamples=0" in caplog.text and "Traceback" not in caplog.text

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_autoprune.errors import DataError
 from vla_autoprune.pipeline.bootstrap import (
     Interval,
     cluster_weights,
@@ -51,20 +52,23 @@ class Run:
 
 @dataclass(frozen=True)
 class Bootstrap:
-    """How intervals are drawn: replicates, seed and level (the report states them)."""
+    """How intervals are drawn: replicates and seed (the report states both)."""
 
     resamples: int = 2000
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        cluster_weights(["check"], self.resamples, self.seed)  # a bad resamples fails here, once
 
     def weights(self, run: Run) -> np.ndarray:
         """float64 [R, S]: scene-bootstrap weights of ``run``'s samples (equal for equal samples)."""
         return cluster_weights([r["scene_token"] for r in run.records], self.resamples, self.seed)
 
 
-def _figure_terms(run: Run) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Table column -> (num [S, H'], den [S]) with H' the horizons (and ``avg`` for L2)."""
+def _figure_terms(records: Sequence[dict[str, Any]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Table column (``L2@3s stp3``, ``L2 avg uniad``, ``Col@1s box``, ...) -> (num [S], den [S])."""
     out = {}
-    for name, (num, den) in metric_terms(run.records).items():
+    for name, (num, den) in metric_terms(records).items():
         prefix, conv = name.split()
         if prefix == "L2":
             num = np.column_stack([num, num.mean(axis=1)])  # avg over horizons; den is shared
@@ -90,11 +94,17 @@ def _paired_base(run: Run, runs: Sequence[Run]) -> Run | None:
     return found if [r["sample_token"] for r in found.records] == tokens else None
 
 
-def interval_columns(run: Run, base: Run | None, weights: np.ndarray) -> dict[str, float]:
+def interval_columns(
+    records: Sequence[dict[str, Any]], base: Sequence[dict[str, Any]] | None, weights: np.ndarray
+) -> dict[str, float]:
     """CI columns of one run: ``c lo``/``c hi`` for every figure ``c``, ``c diff`` (run - none)
-    with its interval, and the L2 retentions (none / run, %) with theirs."""
+    with its interval, and the L2 retentions (none / run, %) with theirs.
+
+    :param records: [S] the run's records; ``base``: [S] the ``none`` run's, aligned sample by
+        sample (or None: no comparison); ``weights``: float [R, S] bootstrap weights.
+    """
     row: dict[str, Any] = {}
-    terms = _figure_terms(run)
+    terms = _figure_terms(records)
     base_terms = _figure_terms(base) if base is not None else {}
     for column, (num, den) in terms.items():
         interval = ratio_interval(weights, num, den)
@@ -108,6 +118,24 @@ def interval_columns(run: Run, base: Run | None, weights: np.ndarray) -> dict[st
     return row
 
 
+def compare_records(
+    records: Sequence[dict[str, Any]], none_records: Sequence[dict[str, Any]], boot: Bootstrap | None = None
+) -> dict[str, float]:
+    """:func:`interval_columns` of a run against its ``none`` run, e.g. for acceptance checks:
+    ``compare_records(run, none)["L2@3s retention stp3 % hi"]``.
+
+    :param records: the run's per-sample records; ``none_records``: the unpruned run's records on
+        the same samples (any order).
+    """
+    run, base = Run.of({}, records), Run.of({}, none_records)
+    if [r["sample_token"] for r in run.records] != [r["sample_token"] for r in base.records]:
+        raise DataError(
+            f"the runs hold different samples ({len(records)} vs {len(none_records)}); "
+            "compare runs of one data selection"
+        )
+    return interval_columns(run.records, base.records, (boot or Bootstrap()).weights(run))
+
+
 def main_rows(runs: Sequence[Run], boot: Bootstrap) -> list[dict[str, Any]]:
     """The main table: ``run`` (row number), :func:`table.table_rows` columns and intervals (see
     :func:`interval_columns`)."""
@@ -117,7 +145,9 @@ def main_rows(runs: Sequence[Run], boot: Bootstrap) -> list[dict[str, Any]]:
     for run_id, (row, summary) in enumerate(zip(table_rows(ordered), ordered, strict=True), start=1):
         run = by_summary[id(summary)]
         if run.records:
-            row.update(interval_columns(run, _paired_base(run, runs), boot.weights(run)))
+            base = _paired_base(run, runs)
+            base_records = base.records if base is not None else None
+            row.update(interval_columns(run.records, base_records, boot.weights(run)))
         rows.append({"run": run_id, **row})
     return rows
 
@@ -166,8 +196,8 @@ def breakdown_rows(runs: Sequence[Run], boot: Bootstrap) -> list[dict[str, Any]]
         if not run.records:
             continue
         weights, base = boot.weights(run), _paired_base(run, runs)
-        terms = _figure_terms(run)
-        base_terms = _figure_terms(base) if base is not None else {}
+        terms = _figure_terms(run.records)
+        base_terms = _figure_terms(base.records) if base is not None else {}
         for by in ("scenario", "complexity"):
             for name, mask in _groups(run, by):
                 row = {**_run_keys(run_id, summary), "by": by, "group": name}
