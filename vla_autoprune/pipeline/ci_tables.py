@@ -35,6 +35,8 @@ from vla_autoprune.pipeline.table import (
 #: Figure columns of the main table whose terms come from :func:`summary.metric_terms`: the
 #: horizons, plus the horizon average for L2 (the papers' "Avg.").
 _L2_COLUMNS = (*HORIZONS, "avg")
+#: Complexity bins of the breakdown: tertiles of the evaluated samples' complexity.
+COMPLEXITY_QUANTILES = (1 / 3, 2 / 3)
 
 
 @dataclass(frozen=True)
@@ -136,14 +138,19 @@ def compare_records(
     return interval_columns(run.records, base.records, (boot or Bootstrap()).weights(run))
 
 
+def _numbered(runs: Sequence[Run]) -> list[tuple[int, Run]]:
+    """``runs`` in table order, with their row number in the main table (``run`` column)."""
+    by_summary = {id(r.summary): r for r in runs}
+    ordered = sort_summaries([r.summary for r in runs])
+    return [(i, by_summary[id(s)]) for i, s in enumerate(ordered, start=1)]
+
+
 def main_rows(runs: Sequence[Run], boot: Bootstrap) -> list[dict[str, Any]]:
     """The main table: ``run`` (row number), :func:`table.table_rows` columns and intervals (see
     :func:`interval_columns`)."""
-    by_summary = {id(r.summary): r for r in runs}
+    numbered = _numbered(runs)
     rows = []
-    ordered = sort_summaries([r.summary for r in runs])
-    for run_id, (row, summary) in enumerate(zip(table_rows(ordered), ordered, strict=True), start=1):
-        run = by_summary[id(summary)]
+    for row, (run_id, run) in zip(table_rows([r.summary for _, r in numbered]), numbered, strict=True):
         if run.records:
             base = _paired_base(run, runs)
             base_records = base.records if base is not None else None
@@ -158,7 +165,7 @@ def complexity_labels(records: Sequence[dict[str, Any]]) -> list[str]:
     known = np.isfinite(values)
     if not known.any():
         return ["unknown"] * len(records)
-    edges = np.unique(np.quantile(values[known], [1 / 3, 2 / 3]))
+    edges = np.unique(np.quantile(values[known], COMPLEXITY_QUANTILES))
     names = [f"<= {edges[0]:g}"]
     names += [f"({lo:g}, {hi:g}]" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
     names.append(f"> {edges[-1]:g}")
@@ -185,33 +192,41 @@ def _run_keys(run_id: int, summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _group_figures(
+    terms: dict[str, tuple[np.ndarray, np.ndarray]],
+    base_terms: dict[str, tuple[np.ndarray, np.ndarray]],
+    weights: np.ndarray,
+    mask: np.ndarray,
+) -> dict[str, float]:
+    """L2@3s and Col@3s (stp3) and L2@3s retention of the samples in ``mask`` (bool [S])."""
+    row: dict[str, float] = {}
+    w = weights[:, mask]  # [R, S_group]: the whole-split scene draws, restricted to the group
+    for column in ("L2@3s stp3", "Col@3s stp3"):
+        num, den = terms[column]
+        _put(row, column, ratio_interval(w, num[mask], den[mask]))
+    if "L2@3s stp3" in base_terms:
+        (num, den), (ref_num, ref_den) = terms["L2@3s stp3"], base_terms["L2@3s stp3"]
+        interval = paired_ratio(w, num[mask], den[mask], ref_num[mask], ref_den[mask])
+        _put(row, "L2@3s retention stp3 %", interval, 100.0)
+    return row
+
+
 def breakdown_rows(runs: Sequence[Run], boot: Bootstrap) -> list[dict[str, Any]]:
     """Per run (``run`` = its row number in the main table) and group of ``scenario`` family or
     complexity bin: samples, scenes, L2@3s and Col@3s (stp3) and L2@3s retention, with intervals."""
     rows = []
-    ordered = sort_summaries([r.summary for r in runs])
-    by_summary = {id(r.summary): r for r in runs}
-    for run_id, summary in enumerate(ordered, start=1):
-        run = by_summary[id(summary)]
+    for run_id, run in _numbered(runs):
         if not run.records:
             continue
         weights, base = boot.weights(run), _paired_base(run, runs)
         terms = _figure_terms(run.records)
         base_terms = _figure_terms(base.records) if base is not None else {}
+        scenes = np.array([r["scene_token"] for r in run.records])
         for by in ("scenario", "complexity"):
             for name, mask in _groups(run, by):
-                row = {**_run_keys(run_id, summary), "by": by, "group": name}
-                row["samples"] = int(mask.sum())
-                row["scenes"] = len({r["scene_token"] for r, m in zip(run.records, mask, strict=True) if m})
-                w = weights[:, mask]
-                for column in ("L2@3s stp3", "Col@3s stp3"):
-                    num, den = terms[column]
-                    _put(row, column, ratio_interval(w, num[mask], den[mask]))
-                if "L2@3s stp3" in base_terms:
-                    (num, den), (bnum, bden) = terms["L2@3s stp3"], base_terms["L2@3s stp3"]
-                    interval = paired_ratio(w, num[mask], den[mask], bnum[mask], bden[mask])
-                    _put(row, "L2@3s retention stp3 %", interval, 100.0)
-                rows.append(row)
+                row = {**_run_keys(run_id, run.summary), "by": by, "group": name}
+                row |= {"samples": int(mask.sum()), "scenes": len(set(scenes[mask]))}
+                rows.append(row | _group_figures(terms, base_terms, weights, mask))
     return drop_empty_variant(rows)
 
 
@@ -221,16 +236,14 @@ def stat_rows(
     """Mean of per-sample pruner statistics (AutoPrune's ``mi`` and ``k``) per scenario family, with
     intervals, for every run that records them; plus an ``all`` row per run."""
     rows = []
-    by_summary = {id(r.summary): r for r in runs}
-    for run_id, summary in enumerate(sort_summaries([r.summary for r in runs]), start=1):
-        run = by_summary[id(summary)]
+    for run_id, run in _numbered(runs):
         stats = {key: stat_values(run.records, key) for key in keys}
         if not any(present.any() for _, present in stats.values()):
             continue
         weights = boot.weights(run)
         everything = ("all", np.ones(len(run.records), dtype=bool))
         for name, mask in [everything, *_groups(run, "scenario")]:
-            row = {**_run_keys(run_id, summary), "scenario": name, "samples": int(mask.sum())}
+            row = {**_run_keys(run_id, run.summary), "scenario": name, "samples": int(mask.sum())}
             for key, (values, present) in stats.items():
                 _put(row, key, ratio_interval(weights[:, mask], values[mask], present[mask]))
             rows.append(row)
