@@ -27,7 +27,7 @@ from vla_autoprune.pipeline.ci_tables import (
 from vla_autoprune.pipeline.loop import sample_records
 from vla_autoprune.pipeline.report_files import plot_stats_by_scenario, plot_vs_budget, write_report
 from vla_autoprune.pipeline.summary import summarize
-from vla_autoprune.pipeline.table import find_baseline, table_rows, to_markdown
+from vla_autoprune.pipeline.table import find_baseline, retention, table_rows, to_markdown
 from vla_autoprune.report import main
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -105,6 +105,8 @@ def test_interval_columns_identical_run_is_zero_and_shift_is_exact() -> None:
     # the point estimates are the summary's, the run's own interval brackets it and is not degenerate
     assert rows["fastv"]["L2@3s stp3"] == pytest.approx(shifted.summary["l2"]["stp3"]["3s"])
     assert rows["fastv"]["L2@3s stp3 lo"] < rows["fastv"]["L2@3s stp3"] < rows["fastv"]["L2@3s stp3 hi"]
+    avg = [np.mean(list(run.summary["l2"]["stp3"].values())) for run in (none, shifted)]
+    assert rows["fastv"]["L2 retention stp3 %"] == pytest.approx(retention(*avg))  # as table.retention
     assert "L2@3s stp3 diff" not in rows["none"]  # none is not compared with itself
     # every collision figure has a paired difference too
     assert all(
