@@ -41,7 +41,8 @@ def shard_indices(num_samples: int, shard: int, num_shards: int, limit: int | No
 def sample_records(
     batch: dict[str, Any], indices: Sequence[int], pred: torch.Tensor, stats: Sequence[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """Per-sample JSON records of one batch: predictions, per-step L2 and collision flags, stats."""
+    """Per-sample JSON records of one batch: predictions, per-step L2 and collision flags, the
+    scenario family and complexity (``"unknown"`` / ``None`` when the batch lacks them), stats."""
     pred_np = pred.detach().float().cpu().numpy()
     gt = batch["gt_trajectory"].numpy()
     mask = batch["gt_mask"].numpy().astype(bool)
@@ -50,6 +51,9 @@ def sample_records(
         key: np.asarray(collision_flags(pred_np, gt, batch["future_boxes"], batch["future_labels"], key))
         for key in COLLISION_KEYS
     }
+    scenarios = batch.get("scenario")
+    complexity = batch.get("complexity")
+    complexity_np = None if complexity is None else np.asarray(complexity, dtype=np.float64)
     records = []
     for b, index in enumerate(indices):
         record = {
@@ -61,6 +65,13 @@ def sample_records(
             "gt_mask": mask[b].tolist(),
             "l2": errors[b].tolist(),
             "collision": {key: flags[key][b].tolist() for key in COLLISION_KEYS},
+            # breakdown keys of the report; absent from a batch (real data without them): unknown
+            "scenario": str(scenarios[b]) if scenarios is not None else "unknown",
+            "complexity": (
+                float(complexity_np[b])
+                if complexity_np is not None and np.isfinite(complexity_np[b])
+                else None
+            ),
         }
         record.update(stats[b])
         records.append(record)
