@@ -57,6 +57,7 @@ def describe(name_or_path: str | Path) -> ModelShape:
         raise ModelLoadError(
             f"{config_file} is not valid JSON ({err}); restore or re-save the model"
         ) from None
+    config: PreTrainedConfig
     if model_type == DrivingVLAConfig.model_type:
         config = DrivingVLAConfig.from_pretrained(folder)
         vision = sub_config(config, "vision_config")
