@@ -36,7 +36,9 @@ def test_pyproject_lists_every_package_and_maps_conf() -> None:
 
 
 @pytest.mark.slow
-def test_console_script_runs_from_a_non_editable_install(synthetic_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("editable", [False, True], ids=["wheel", "editable"])
+def test_console_script_runs_from_an_install(synthetic_root: Path, tmp_path: Path, editable: bool) -> None:
+    """``pip install .`` (and ``-e .``) into a fresh venv; the console script from another directory."""
     source = tmp_path / "src"  # a copy: building in place would leave build/ and egg-info in the repo
     shutil.copytree(
         ROOT,
@@ -52,7 +54,7 @@ def test_console_script_runs_from_a_non_editable_install(synthetic_root: Path, t
     env["OMP_NUM_THREADS"] = "1"
     subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps"]
-        + ["--no-build-isolation", str(source)],
+        + ["--no-build-isolation", *(["-e"] if editable else []), str(source)],
         check=True,
         env=env,
         timeout=600,
@@ -71,9 +73,13 @@ def test_console_script_runs_from_a_non_editable_install(synthetic_root: Path, t
         env=env,
         check=True,
     )
-    assert all(path.startswith(str(env_dir)) for path in where.stdout.split()), where.stdout
+    assert all(path.startswith(str(source if editable else env_dir)) for path in where.stdout.split()), (
+        where.stdout
+    )
     script = env_dir / "bin" / "vla-autoprune-evaluate"
     sweep = tmp_path / "sweep"
+    # a multirun goes through the project's sweeper (hydra_plugins), which an editable install
+    # hides from Hydra's plugin scan
     args = ["-m", "planner=constant_velocity", "data.shard=0,1", "data.num_shards=2", "limit=2"]
     proc = subprocess.run(
         [script, *args, f"data.dataset.dataroot={synthetic_root}", "device=cpu", f"hydra.sweep.dir={sweep}"],

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.plugins import Plugins
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
@@ -28,9 +29,24 @@ def config_dir() -> str:
     return str(packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "conf")
 
 
+def main() -> None:
+    """Console entry point: the Hydra app, with the project's sweeper registered.
+
+    Hydra finds sweepers by scanning the ``hydra_plugins`` namespace, which an editable install
+    does not expose to that scan; registering the class makes a bare ``-m`` work in every install.
+    """
+    plugins = Plugins.instance()
+    # Imported after Hydra's plugin scan, which re-executes modules it finds already imported (the
+    # sweeper's base class would then be a stale copy).
+    from hydra_plugins.vla_autoprune_sweeper.default_sweeper import DefaultSweeper
+
+    plugins.register(DefaultSweeper)
+    run_app()
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="evaluate")
-def main(cfg: DictConfig) -> None:
-    """Hydra entry point: one job = one configuration."""
+def run_app(cfg: DictConfig) -> None:
+    """Hydra task: one job = one configuration."""
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN:
         logger.info("to resume after an interruption, rerun with hydra.sweep.dir=%s", hydra_cfg.sweep.dir)
