@@ -52,29 +52,6 @@ def test_unreachable_budget_is_checked_against_the_model_config(tmp_path: Path) 
     assert "budget" in line and "216 visual tokens" in line  # 6 cameras x 36 tokens, 8 layers
 
 
-def test_resume_into_another_configuration_names_both(synthetic_root: Path, tmp_path: Path) -> None:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vla_autoprune.evaluate",
-            "planner=constant_velocity",
-            f"data.dataset.dataroot={synthetic_root}",
-            "limit=2",
-            f"hydra.run.dir={tmp_path}/run",
-        ],
-        check=True,
-        capture_output=True,
-        cwd=ROOT,
-        env=ENV,
-        timeout=300,
-    )
-    line = _error_line(
-        "planner=constant_velocity", f"data.dataset.dataroot={synthetic_root}", tmp_path=tmp_path
-    )
-    assert "holds another run (" in line and "limit=2" in line and "limit=None" in line
-
-
 def test_build_unwraps_user_errors_only() -> None:
     with pytest.raises(ConfigError, match="device='gpu'"):
         build(OmegaConf.create({"_target_": "vla_autoprune.devices.resolve_device", "name": "gpu"}))
