@@ -68,9 +68,10 @@ def check_config(cfg: DictConfig) -> None:
     """One-line :class:`ConfigError` for values that are missing or out of range (no I/O)."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
+        example = " (the nuScenes folder, e.g. /data/nuscenes)" if "data.dataset.dataroot" in missing else ""
         raise ConfigError(
-            f"{', '.join(missing)} must be set; add {' '.join(f'{k}=...' for k in missing)} to the command "
-            "(e.g. data.dataset.dataroot=/data/nuscenes with data=nuscenes)"
+            f"{', '.join(missing)} must be set; add {' '.join(f'{k}=...' for k in missing)} to the command"
+            + example
         )
     shard, num_shards = cfg.data.shard, cfg.data.num_shards
     if not (isinstance(num_shards, int) and isinstance(shard, int) and 0 <= shard < num_shards):
