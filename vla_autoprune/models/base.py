@@ -35,6 +35,8 @@ class DecoderInputs:
         vision_saliency: float ``[B, V]`` or None: per-visual-token saliency from the vision
             tower ([CLS] / pooling-head attention), used by pre-decoder pruners.
         extras: model-specific tensors ``decode`` needs (e.g. action-query positions).
+        sample_ids: one stable id per row (the batch's ``sample_token``s) or None; per-sample
+            seeded pruners (``random``) key on it, so a row's choice does not depend on its batch.
     """
 
     inputs_embeds: torch.Tensor
@@ -43,6 +45,7 @@ class DecoderInputs:
     layout: TokenLayout
     vision_saliency: torch.Tensor | None = None
     extras: dict[str, Any] | None = None
+    sample_ids: tuple[str, ...] | None = None
 
     def with_(self, **changes: Any) -> DecoderInputs:
         """A copy with some fields replaced."""

@@ -156,6 +156,7 @@ class LlavaDrivingAdapter(DrivingModel):
             layout=layout,
             vision_saliency=saliency.reshape(b, c * num_patches) if saliency is not None else None,
             extras={"prompts": prompts},
+            sample_ids=tuple(batch["sample_token"]) if "sample_token" in batch else None,
         )
 
     def _image_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
