@@ -95,6 +95,8 @@ class VLAPlanner(Planner):
                     "num_visual": record.num_visual,
                     "flops": int(record.flops[b]),
                     "flops_unpruned": int(unpruned[b]),
+                    "pruner_label": self.pruner.label,
+                    "position_ids": record.position_ids,
                     **stats,
                 }
             )

@@ -31,7 +31,9 @@ the kept tokens plus the new ones, and mask fillers.
 
 Pre-decoder pruning (:meth:`Pruner.preselect`) builds shorter inputs (``record.inputs``) with
 explicit position ids and an explicit 2D attention mask (gapped position ids without a mask would
-be read as packed sequences). Run the decoder on ``record.inputs``.
+be read as packed sequences). With ``position_ids="contiguous"`` the shorter inputs are numbered
+``0..n-1`` over their real tokens, exactly as if the shortened prompt were a fresh input. Run the
+decoder on ``record.inputs``.
 
 Everything in the record is counted in the hooks from the tensors the layers received.
 """
@@ -69,6 +71,7 @@ class PruningRecord:
         num_layers: ``L``.
         num_visual: ``V``, visual tokens of the inputs given to :func:`prune`.
         accounting: the budget accounting the pruner used (``actual`` or ``reference``).
+        position_ids: ``original`` or ``contiguous``, the position ids survivors were given.
         preselected: int64 ``[B, n0]`` visual indices kept before the decoder, or None.
         visual_tokens: int64 ``[B, L]``, valid visual tokens (merged ones included) entering each layer.
         merged_tokens: int64 ``[B, L]``, how many of those were made by merging.
@@ -87,6 +90,7 @@ class PruningRecord:
     num_layers: int
     num_visual: int
     accounting: str
+    position_ids: str = "original"
     preselected: torch.Tensor | None = None
     visual_tokens: torch.Tensor | None = None
     merged_tokens: torch.Tensor | None = None
@@ -132,6 +136,7 @@ class _Forward:
     cos: torch.Tensor  # [B, N, rd]
     sin: torch.Tensor  # [B, N, rd]
     position_ids: torch.Tensor  # [B, N]
+    first_position: torch.Tensor  # [B, 1]: position id of each row's first real token
     mask_template: torch.Tensor | None  # layer 0's mask: None (SDPA causal) or its encoding
     schedule: torch.Tensor | None = None
     scratch: dict[str, Any] = field(default_factory=dict)
@@ -146,6 +151,21 @@ class _Block:
     merged: torch.Tensor
     hidden: torch.Tensor  # [B, W, D]
     keys: torch.Tensor
+
+
+def _first_real_position(position_ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """int64 ``[B, 1]``: the position id of each row's first real (non-padding) token."""
+    return position_ids.gather(1, real.long().argmax(dim=1, keepdim=True))
+
+
+def contiguous_positions(position_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """int64 ``[B, N]``: real tokens renumbered ``p0, p0 + 1, ...`` in order (padding: ``p0``).
+
+    ``p0`` is the row's first real token's id in ``position_ids`` ``[B, N]`` (``attention_mask``
+    ``[B, N]``, 1 = real); for prepared inputs it is 0, as for a fresh prompt.
+    """
+    real = attention_mask.bool()
+    return _first_real_position(position_ids, real) + (real.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
 def _true_indices(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,6 +269,7 @@ class _Engine:
             cos=cos.expand(b, -1, -1),
             sin=sin.expand(b, -1, -1),
             position_ids=pos.expand(b, -1),
+            first_position=_first_real_position(pos.expand(b, -1), self.real),
             mask_template=compat.check_mask(kwargs.get(compat.KW_MASK), 0),
         )
         # Counts stay on the device while the decoder runs (no per-layer host sync); see _finish.
@@ -284,9 +305,9 @@ class _Engine:
                 compat.KW_POS_IDS: pos,
                 compat.KW_POS_EMB: (_gather_rows(state.cos, slots.src), _gather_rows(state.sin, slots.src)),
             }
-        # Contiguous: the row's first position, plus the number of valid slots before each slot.
-        before = slots.valid.long().cumsum(dim=1) - slots.valid.long()
-        pos = state.position_ids[:, :1] + before
+        # Contiguous: the row's first real position, plus the real valid slots before each slot.
+        counted = (slots.valid & self.real.gather(1, slots.src)).long()
+        pos = state.first_position + counted.cumsum(dim=1) - counted
         return {compat.KW_POS_IDS: pos, compat.KW_POS_EMB: self.rotary(hidden, pos)}
 
     def _prefill_kwargs(
@@ -324,7 +345,8 @@ class _Engine:
         if mask is not None or not bool(slots.valid.all()):
             new[compat.KW_MASK] = self._decode_mask(mask, state, slots, b, q, n + past_new)
         if self.rotary is not None:
-            start = state.position_ids[:, :1] + slots.valid.sum(1, keepdim=True) + past_new
+            counted = slots.valid & self.real.gather(1, slots.src)
+            start = state.first_position + counted.sum(1, keepdim=True) + past_new
             pos = start + torch.arange(q, device=hidden.device)
             new[compat.KW_POS_IDS] = pos
             new[compat.KW_POS_EMB] = self.rotary(hidden, pos)
@@ -526,8 +548,11 @@ def _check_layout(inputs: DecoderInputs) -> None:
         )
 
 
-def _shorten(inputs: DecoderInputs, kept: torch.Tensor) -> DecoderInputs:
-    """Inputs keeping every non-visual token and the visual tokens ``kept`` [B, n0] (ascending)."""
+def _shorten(inputs: DecoderInputs, kept: torch.Tensor, contiguous: bool = False) -> DecoderInputs:
+    """Inputs keeping every non-visual token and the visual tokens ``kept`` [B, n0] (ascending).
+
+    ``contiguous``: the kept tokens are renumbered without gaps (else they keep their ids).
+    """
     layout = inputs.layout
     b, n = layout.visual_mask.shape
     visual_pos = layout.visual_positions()
@@ -546,11 +571,15 @@ def _shorten(inputs: DecoderInputs, kept: torch.Tensor) -> DecoderInputs:
         patch_grid=layout.patch_grid,
     )
     saliency = inputs.vision_saliency
+    attention_mask = inputs.attention_mask.gather(1, index)
+    short_positions = position_ids.expand(b, n).gather(1, index)
+    if contiguous:
+        short_positions = contiguous_positions(short_positions, attention_mask)
     return inputs.with_(
         inputs_embeds=_gather_rows(inputs.inputs_embeds, index),
         # An explicit 2D mask, even all ones: gapped position ids without one read as packed sequences.
-        attention_mask=inputs.attention_mask.gather(1, index),
-        position_ids=position_ids.expand(b, n).gather(1, index),
+        attention_mask=attention_mask,
+        position_ids=short_positions,
         layout=short_layout,
         vision_saliency=None if saliency is None else saliency.gather(1, kept),
     )
@@ -571,7 +600,7 @@ def _preselect(
     kept = kept.sort(dim=1).values
     if bool((kept[:, 1:] == kept[:, :-1]).any()) or int(kept.min()) < 0 or int(kept.max()) >= v:
         raise ValueError(f"{pruner.name}.preselect returned repeated or out-of-range visual indices")
-    return _shorten(inputs, kept), kept
+    return _shorten(inputs, kept, pruner.position_ids == "contiguous"), kept
 
 
 # ------------------------------------------------------------------------------------------------
@@ -607,6 +636,7 @@ def prune(decoder: nn.Module, pruner: Pruner, inputs: DecoderInputs) -> Iterator
         num_layers=len(layers),
         num_visual=num_visual,
         accounting=pruner.accounting,
+        position_ids=pruner.position_ids,
         preselected=None if kept is None else kept.cpu(),
     )
     engine = _Engine(decoder, pruner, run_inputs, record, origin)

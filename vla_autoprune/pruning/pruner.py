@@ -144,6 +144,11 @@ class Pruner(abc.ABC):
         validate_budget(self.budget, self.name)
         check_choice("position_ids", self.position_ids, PositionIds, self.name)
 
+    @property
+    def label(self) -> str:
+        """The name reports show: the registry name, plus the variant where there is one (``pdrop[faithful]``)."""
+        return self.name
+
     # -- setup and validation --------------------------------------------------------------------
 
     def setup(self, decoder: nn.Module) -> None:  # noqa: B027 - optional hook, no-op by default

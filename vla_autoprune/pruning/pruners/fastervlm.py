@@ -18,6 +18,7 @@ import torch
 from vla_autoprune.errors import ConfigError
 from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.pruning.budget import min_budget
+from vla_autoprune.pruning.options import PositionIds
 from vla_autoprune.pruning.pruner import LayerView, Pruner
 from vla_autoprune.pruning.registry import register_pruner
 
@@ -42,6 +43,7 @@ class FasterVLMPruner(Pruner):
     """Select ``floor(budget)`` visual tokens by vision saliency before the decoder."""
 
     name = "fastervlm"
+    position_ids: PositionIds = "contiguous"  # the official code renumbers survivors
 
     def reachable(self, num_layers: int, num_visual: int) -> tuple[float, float]:
         """Any budget from one token to ``V``: layer 0 sees the selection too."""

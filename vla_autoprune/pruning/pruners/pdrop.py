@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from vla_autoprune.errors import ConfigError
+from vla_autoprune.pruning.options import PositionIds
 from vla_autoprune.pruning.pruner import LayerView
 from vla_autoprune.pruning.registry import register_pruner
 from vla_autoprune.pruning.stages import StagedPruner
@@ -39,6 +40,7 @@ class PDropPruner(StagedPruner):
     """
 
     name = "pdrop"
+    position_ids: PositionIds = "contiguous"  # the official code renumbers survivors
     stages: Sequence[float] = PDROP_STAGES
     ratio: float | None = None
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vla_autoprune.pruning.options import PositionIds
 from vla_autoprune.pruning.pruner import LayerView, Merge
 from vla_autoprune.pruning.recycling import recycle_dropped, split_handed_on
 from vla_autoprune.pruning.registry import register_pruner
@@ -41,6 +42,7 @@ class SparseVLMPruner(StagedPruner):
     """
 
     name = "sparsevlm"
+    position_ids: PositionIds = "contiguous"  # the official code renumbers survivors
     stages: Sequence[float] = SPARSEVLM_STAGES
     recycle: bool = True
 
