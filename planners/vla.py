@@ -96,6 +96,7 @@ class VLAPlanner(Planner):
                     "flops": int(record.flops[b]),
                     "flops_unpruned": int(unpruned[b]),
                     "pruner_label": self.pruner.label,
+                    "scoring_flops": int(record.scoring_flops[b]) if record.scoring_flops is not None else 0,
                     "position_ids": record.position_ids,
                     **stats,
                 }

@@ -84,6 +84,8 @@ class PruningRecord:
             mutual information, and ``k``, the logistic slope).
         flops: int64 ``[B]``, decoder-layer MACs per sample from ``tokens`` (flops.py, the
             ``gqa`` count; the paper's "FLOPs").
+        scoring_flops: int64 ``[B]``, MACs of the extra work spent choosing tokens (re-scored
+            attention rows, rater selection), kept apart from ``flops``.
     """
 
     inputs: DecoderInputs
@@ -100,6 +102,7 @@ class PruningRecord:
     schedule: torch.Tensor | None = None
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
     flops: torch.Tensor | None = None
+    scoring_flops: torch.Tensor | None = None
 
     def mean_visual_tokens(self) -> torch.Tensor:
         """float ``[B]``: visual tokens per layer, averaged over the ``L`` layers (the budget measure)."""
@@ -279,6 +282,7 @@ class _Engine:
         rec.merged_tokens = zeros(b, self.num_layers)
         rec.tokens = zeros(b, self.num_layers)
         rec.seq_len = zeros(self.num_layers)
+        rec.scoring_flops = zeros(b)
         rec.kept_visual = [None] * self.num_layers
         rec.schedule = None
         rec.stats = {}
@@ -446,6 +450,9 @@ class _Engine:
             schedule=state.schedule,
             scratch=state.scratch,
             stats=self.record.stats,
+            next_layer=self.layers[i + 1] if i + 1 < self.num_layers else None,
+            tokens=None if self.record.tokens is None else self.record.tokens[:, i],
+            scoring_macs=self.record.scoring_flops,
         )
 
     def _drop(
@@ -654,7 +661,7 @@ def _finish(record: PruningRecord, config: Any) -> None:
     if record.tokens is None or record.seq_len is None:
         logger.warning("prune(): the decoder did not run inside the block; the record is empty")
         return
-    for name in ("visual_tokens", "merged_tokens", "tokens", "seq_len", "schedule"):
+    for name in ("visual_tokens", "merged_tokens", "tokens", "seq_len", "schedule", "scoring_flops"):
         value = getattr(record, name)
         if value is not None:
             setattr(record, name, value.cpu())

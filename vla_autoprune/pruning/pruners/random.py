@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vla_autoprune.errors import ConfigError
 from vla_autoprune.pruning.pruner import LayerView
 from vla_autoprune.pruning.pruners.fastv import FastVPruner
 from vla_autoprune.pruning.registry import register_pruner
@@ -47,6 +48,16 @@ class RandomPruner(FastVPruner):
 
     name = "random"
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mode != "matched":
+            raise ConfigError(f"{self.name}: mode={self.mode!r} is FastV's; random has no faithful variant")
+
+    @property
+    def label(self) -> str:
+        """``random``: one variant only."""
+        return self.name
 
     def score(self, view: LayerView) -> torch.Tensor:
         """Uniform random scores, float ``[B, Kv]``: each sample's draw over its ``V`` input tokens."""
