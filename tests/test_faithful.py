@@ -37,6 +37,7 @@ from test_engine import (
     sample,
 )
 from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from vla_autoprune import compat
 from vla_autoprune.models.base import DecoderInputs
@@ -184,6 +185,76 @@ def test_fastv_faithful_equals_the_official_rule(family: str, seed: int, text: i
     if text > 2:
         rows = trace.attention[1].mean(dim=0)[-text:].mean(dim=0)
         assert top(rows[slots], slots, 8) != expected
+
+
+# ------------------------------------------------------------------------------------------------
+# Hand-worked: a 2-layer Llama whose attention ranks visual tokens by a number we wrote down.
+
+HAND_SCORES = [3, 14, 1, 9, 12, 0, 7, 15, 2, 11, 5, 13, 4, 10, 6, 8]  # c_j of the 16 visual tokens
+HAND_TOP8 = [1, 3, 4, 7, 9, 11, 13, 15]  # where c_j >= 8
+SLOW = 7  # dims 7 and 15 of head 0: rotary frequency 1e6**(-14/16) ~ 6e-6, no rotation to speak of
+ASK = 6  # queries read this dim (text rows carry their sign here), keys read SLOW (visual c_j)
+SPARE = 20  # a head-1 dim with a constant 10: keeps RMS norm from erasing c_j's size
+
+
+def hand_model() -> nn.Module:
+    """Layer 0 passes its input on unchanged; in both layers head 0 scores ``x_ASK(row) * x_SLOW(key)``.
+
+    Heads 1-3 have zero queries (uniform attention, the same for every column), so the mean over
+    heads ranks key ``j`` by ``c_j / sqrt(c_j^2 + 100)``, increasing in ``c_j``, for a query row with
+    a positive ``ASK`` entry and decreasing for a negative one; non-visual keys score 0.
+    """
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=40,
+        rope_theta=1e6,
+        attn_implementation="eager",
+    )
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for i, layer in enumerate(model.model.layers):
+            layer.self_attn.q_proj.weight.zero_()
+            layer.self_attn.q_proj.weight[SLOW, ASK] = 1.0
+            layer.self_attn.k_proj.weight.copy_(torch.eye(64))
+            if i == 0:
+                layer.self_attn.o_proj.weight.zero_()
+                layer.mlp.down_proj.weight.zero_()
+    return model
+
+
+def hand_inputs(query_from_end: int) -> DecoderInputs:
+    """Visual token ``j`` carries ``c_j``; the text row ``query_from_end`` from the end asks +30, the others -30."""
+    inputs = make_inputs(batch=1, text_lengths=(5,))
+    embeds = torch.zeros_like(inputs.inputs_embeds)
+    embeds[0, :, SPARE] = 10.0
+    embeds[0, inputs.layout.visual_mask[0], SLOW] = torch.tensor(HAND_SCORES, dtype=torch.float32)
+    text = torch.nonzero(inputs.layout.text_mask[0]).flatten()
+    embeds[0, text, ASK] = -30.0
+    embeds[0, text[-1 - query_from_end], ASK] = 30.0
+    return inputs.with_(inputs_embeds=embeds)
+
+
+def test_hand_worked_fastv_and_pdrop_faithful_keep_what_their_query_row_ranks_first() -> None:
+    model = hand_model()
+    fastv_inputs = hand_inputs(query_from_end=0)  # FastV: the last token
+    with prune(model, build_pruner("fastv", mode="faithful", layer=1), fastv_inputs) as faithful:
+        forward(model, faithful.inputs)
+    with prune(model, build_pruner("fastv", budget=12, layer=1), fastv_inputs) as matched:
+        forward(model, matched.inputs)
+    assert faithful.kept_visual[1] is not None and faithful.kept_visual[1][0].tolist() == HAND_TOP8
+    # every text row: four of five put their visual attention on c_j = 0 (token 5), the last row's
+    # least favourite, so the matched variant keeps it
+    assert matched.kept_visual[1] is not None and 5 in matched.kept_visual[1][0].tolist()
+    # PDrop: the last instruction token, before 2 readout queries (DrivingVLA's action queries)
+    pdrop_inputs = hand_inputs(query_from_end=2).with_(extras={"num_action_queries": 2})
+    with prune(model, build_pruner("pdrop", mode="faithful", stages=[0.5]), pdrop_inputs) as pdrop:
+        forward(model, pdrop.inputs)
+    assert pdrop.kept_visual[1] is not None and pdrop.kept_visual[1][0].tolist() == HAND_TOP8
 
 
 # ------------------------------------------------------------------------------------------------
