@@ -53,6 +53,7 @@ from torch import nn
 from vla_autoprune import compat
 from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.models.layout import TokenLayout
+from vla_autoprune.pruning.cameras import camera_choice, camera_counts, rank_order
 from vla_autoprune.pruning.flops import decoder_flops_from_config
 from vla_autoprune.pruning.pruner import LayerView, Pruner
 
@@ -86,6 +87,8 @@ class PruningRecord:
             ``gqa`` count; the paper's "FLOPs").
         scoring_flops: int64 ``[B]``, MACs of the extra work spent choosing tokens (re-scored
             attention rows, rater selection), kept apart from ``flops``.
+        camera_tokens: int64 ``[B, L, C]``, original visual tokens of each camera entering each
+            layer (merged tokens not counted).
     """
 
     inputs: DecoderInputs
@@ -103,6 +106,7 @@ class PruningRecord:
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
     flops: torch.Tensor | None = None
     scoring_flops: torch.Tensor | None = None
+    camera_tokens: torch.Tensor | None = None
 
     def mean_visual_tokens(self) -> torch.Tensor:
         """float ``[B]``: visual tokens per layer, averaged over the ``L`` layers (the budget measure)."""
@@ -154,6 +158,12 @@ class _Block:
     merged: torch.Tensor
     hidden: torch.Tensor  # [B, W, D]
     keys: torch.Tensor
+
+
+def num_cameras(inputs: DecoderInputs) -> int:
+    """``C``: cameras are numbered ``0..C-1`` in ``layout.camera_index``."""
+    camera = inputs.layout.camera_index
+    return int(camera.max()) + 1 if camera.numel() else 0
 
 
 def _first_real_position(position_ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -211,6 +221,8 @@ class _Engine:
         # Index of each position among the visual tokens, mapped to the given inputs' visual indices.
         rank = (self.visual.long().cumsum(dim=1) - 1).clamp(min=0)
         self.visual_origin = visual_origin.gather(1, rank.clamp(max=visual_origin.shape[1] - 1))
+        self.camera = layout.camera_index
+        self.camera_ratios = pruner.camera_ratios(num_cameras(inputs))
         self.state: _Forward | None = None
         self.prefill = False
 
@@ -499,9 +511,12 @@ class _Engine:
         """The visual tokens handed on: each row's top slots (kept, then fillers), then merged ones."""
         vs, vv = view.visual_slots, view.visual_valid
         b, kv = vs.shape
-        # Rank: valid before fillers, then by score, highest first (two stable sorts = lexicographic).
-        order = torch.argsort(scores.float(), dim=1, descending=True, stable=True)
-        order = order.gather(1, torch.argsort((~vv.gather(1, order)).to(torch.int8), dim=1, stable=True))
+        # Rank: valid before fillers, then each camera's share (per_camera), then by score.
+        preferred = None
+        if self.camera_ratios is not None:
+            camera = self.camera.gather(1, view.visual_index)
+            preferred = camera_choice(scores, vv, camera, kept, self.camera_ratios)
+        order = rank_order(scores, vv, preferred)
         rank = torch.empty_like(order).scatter_(1, order, torch.arange(kv, device=vs.device).expand(b, kv))
         is_kept = rank < kept.unsqueeze(1)
         merge = (
@@ -630,6 +645,7 @@ def prune(decoder: nn.Module, pruner: Pruner, inputs: DecoderInputs) -> Iterator
     _check_layout(inputs)
     num_visual = inputs.layout.num_visual
     pruner.check_budget(len(layers), num_visual)
+    pruner.camera_ratios(num_cameras(inputs))  # a ratio list for the wrong camera count fails here
     pruner.setup(decoder)
     run_inputs, kept = _preselect(pruner, inputs, len(layers))
     b = inputs.inputs_embeds.shape[0]
@@ -653,11 +669,11 @@ def prune(decoder: nn.Module, pruner: Pruner, inputs: DecoderInputs) -> Iterator
     finally:
         for handle in handles:
             handle.remove()
-    _finish(record, compat.decoder_config(decoder))
+    _finish(record, compat.decoder_config(decoder), inputs.layout.camera_index)
 
 
-def _finish(record: PruningRecord, config: Any) -> None:
-    """Move the counts to the host and add FLOPs (once, after the block)."""
+def _finish(record: PruningRecord, config: Any, camera_index: torch.Tensor) -> None:
+    """Move the counts to the host, add FLOPs and per-camera counts (once, after the block)."""
     if record.tokens is None or record.seq_len is None:
         logger.warning("prune(): the decoder did not run inside the block; the record is empty")
         return
@@ -669,3 +685,12 @@ def _finish(record: PruningRecord, config: Any) -> None:
     record.stats = {key: value.detach().cpu() for key, value in record.stats.items()}
     assert record.tokens is not None
     record.flops = decoder_flops_from_config(record.tokens, config)
+    cameras = camera_index.cpu()
+    count = int(cameras.max()) + 1 if cameras.numel() else 0
+    per_layer = [
+        camera_counts(k, cameras, count)
+        if k is not None
+        else torch.zeros(cameras.shape[0], count, dtype=torch.long)
+        for k in record.kept_visual
+    ]
+    record.camera_tokens = torch.stack(per_layer, dim=1)

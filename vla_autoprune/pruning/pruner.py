@@ -19,6 +19,7 @@ be held to the same number. A pruner is made available by name with
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -27,6 +28,7 @@ from torch import nn
 
 from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.pruning.budget import check_reachable, min_budget, validate_budget
+from vla_autoprune.pruning.cameras import camera_ratios, check_per_camera
 from vla_autoprune.pruning.options import Accounting, PositionIds, check_choice
 from vla_autoprune.pruning.scores import attention_macs, text_visual_attention
 
@@ -166,18 +168,22 @@ class Pruner(abc.ABC):
             included). None keeps every token.
         position_ids: ``original`` (survivors keep their position ids) or ``contiguous`` (survivors
             are renumbered in sequence order, as LLaVA-based reference code does).
+        per_camera: ``none`` (cameras compete), ``uniform`` or ``C`` ratios: each camera's share of
+            the kept visual tokens (:mod:`vla_autoprune.pruning.cameras`).
     """
 
     name: ClassVar[str] = "base"
 
     budget: float | None = None
     position_ids: PositionIds = "original"
+    per_camera: str | Sequence[float] = "none"
     # Which token accounting the budget uses; only AutoPrune offers the reference's alternative.
     accounting: Accounting = field(default="actual", init=False)
 
     def __post_init__(self) -> None:
         validate_budget(self.budget, self.name)
         check_choice("position_ids", self.position_ids, PositionIds, self.name)
+        self.per_camera = check_per_camera(self.per_camera, self.name)
 
     @property
     def label(self) -> str:
@@ -206,6 +212,10 @@ class Pruner(abc.ABC):
             return
         reachable = self.reachable(num_layers, num_visual)
         check_reachable(self.budget, reachable, num_layers, num_visual, self.name, self.budget_hint())
+
+    def camera_ratios(self, num_cameras: int) -> list[float] | None:
+        """Each camera's share of the kept tokens (None: one ranking over all cameras)."""
+        return camera_ratios(self.per_camera, num_cameras, self.name)
 
     def target(self, num_visual: int) -> float:
         """The budget in tokens (``V`` when no budget is set)."""

@@ -29,6 +29,7 @@ import torch
 from vla_autoprune.errors import ConfigError
 from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.pruning.budget import min_budget
+from vla_autoprune.pruning.cameras import camera_choice, rank_order
 from vla_autoprune.pruning.options import Mode, PositionIds, check_choice, variant_label
 from vla_autoprune.pruning.pruner import LayerView, Pruner
 from vla_autoprune.pruning.registry import register_pruner
@@ -47,9 +48,21 @@ def _saliency(inputs: DecoderInputs, who: str) -> torch.Tensor:
     return inputs.vision_saliency.float()
 
 
-def top_saliency(inputs: DecoderInputs, count: int, who: str) -> torch.Tensor:
-    """int64 ``[B, count]``: the ``count`` visual tokens with the highest vision saliency."""
-    return _saliency(inputs, who).topk(count, dim=1).indices
+def top_saliency(
+    inputs: DecoderInputs, count: int, who: str, ratios: list[float] | None = None
+) -> torch.Tensor:
+    """int64 ``[B, count]``: the ``count`` visual tokens with the highest vision saliency.
+
+    With camera ``ratios`` (``Pruner.camera_ratios``) each camera first gets its share of ``count``.
+    """
+    saliency = _saliency(inputs, who)
+    if ratios is None:
+        return saliency.topk(count, dim=1).indices
+    valid = torch.ones_like(saliency, dtype=torch.bool)
+    kept = torch.full((saliency.shape[0],), count, dtype=torch.long, device=saliency.device)
+    camera = inputs.layout.camera_index.to(saliency.device)
+    preferred = camera_choice(saliency, valid, camera, kept, ratios)
+    return rank_order(saliency, valid, preferred)[:, :count]
 
 
 def top_saliency_per_camera(inputs: DecoderInputs, count: int, who: str) -> torch.Tensor:
@@ -84,6 +97,10 @@ class FasterVLMPruner(Pruner):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice("mode", self.mode, Mode, self.name)
+        if self.mode == "faithful" and self.per_camera != "none":
+            raise ConfigError(
+                f"{self.name}: mode=faithful already keeps floor(budget / C) per camera; set per_camera=none"
+            )
 
     @property
     def label(self) -> str:
@@ -103,7 +120,8 @@ class FasterVLMPruner(Pruner):
         if self.mode == "faithful":
             cameras = int(torch.unique(inputs.layout.camera_index).numel())
             return top_saliency_per_camera(inputs, max(1, count // cameras), self.name)
-        return top_saliency(inputs, count, self.name)
+        ratios = self.camera_ratios(int(inputs.layout.camera_index.max()) + 1)
+        return top_saliency(inputs, count, self.name, ratios)
 
     def schedule(self, view: LayerView) -> torch.Tensor:
         """Nothing more is dropped inside the decoder."""
