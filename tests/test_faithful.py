@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from test_engine import (
-    NUM_VISUAL,
     build_decoder,
     forward,
     make_inputs,
@@ -40,6 +40,9 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from vla_autoprune import compat
+from vla_autoprune.data import NuScenesDrivingDataset
+from vla_autoprune.data.collate import collate
+from vla_autoprune.models import load
 from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.pruning import Pruner, build_pruner, prune
 from vla_autoprune.pruning.merging import dpc_knn_merge
@@ -167,24 +170,32 @@ def sparsevlm_official_raters(embeds: torch.Tensor, visual: torch.Tensor, text: 
 # FastV.
 
 
+def check_fastv_faithful(model: nn.Module, inputs: DecoderInputs) -> set[int]:
+    """FastV[faithful] on one sample == layer K-1's eager attention, last row, top ``int(V / 2)``."""
+    trace, record = traced_run(model, build_pruner("fastv", mode="faithful"), inputs)
+    visual = inputs.layout.visual_mask[0]
+    slots = torch.nonzero(visual).flatten()
+    row = trace.attention[1].mean(dim=0)[-1]  # layer K-1 = 1, mean over heads, the last token's row
+    expected = top(row[slots], slots, int((1 - 0.5) * len(slots)))
+    got = kept_slots(trace, 1, visual)
+    assert overlap(got, expected) == 1.0
+    assert record.kept_visual[2] is not None and record.kept_visual[2].shape[1] == len(slots) // 2
+    # original ids: the survivors' own positions
+    assert trace.positions[2].tolist() == [p for p in range(visual.shape[0]) if not visual[p] or p in got]
+    return expected
+
+
 @pytest.mark.parametrize(("family", "seed", "text"), CASES)
 def test_fastv_faithful_equals_the_official_rule(family: str, seed: int, text: int) -> None:
     model = build_decoder(family, layers=5, attn="eager", seed=seed)
     inputs = make_inputs(batch=1, text_lengths=(text,), seed=seed + 10)
-    pruner = build_pruner("fastv", mode="faithful")
-    trace, record = traced_run(model, pruner, inputs)
-    visual = inputs.layout.visual_mask[0]
-    slots = torch.nonzero(visual).flatten()
-    row = trace.attention[1].mean(dim=0)[-1]  # layer K-1 = 1, mean over heads, the last token's row
-    expected = top(row[slots], slots, int((1 - 0.5) * NUM_VISUAL))
-    got = kept_slots(trace, 1, visual)
-    assert overlap(got, expected) == 1.0
-    assert record.kept_visual[2] is not None and record.kept_visual[2].shape[1] == 8
-    assert trace.positions[2].tolist() == [p for p in range(visual.shape[0]) if not visual[p] or p in got]
-    # the matched variant reads every text row: with several text rows it keeps another set here
-    if text > 2:
-        rows = trace.attention[1].mean(dim=0)[-text:].mean(dim=0)
-        assert top(rows[slots], slots, 8) != expected
+    expected = check_fastv_faithful(model, inputs)
+    if text > 2:  # the matched variant reads every text row: with several it keeps another set here
+        with prune(model, build_pruner("fastv", budget=10), inputs) as matched:
+            forward(model, matched.inputs)
+        slots = torch.nonzero(inputs.layout.visual_mask[0]).flatten()
+        assert matched.kept_visual[2] is not None
+        assert set(slots[matched.kept_visual[2][0]].tolist()) != expected
 
 
 # ------------------------------------------------------------------------------------------------
@@ -261,26 +272,31 @@ def test_hand_worked_fastv_and_pdrop_faithful_keep_what_their_query_row_ranks_fi
 # PyramidDrop.
 
 
-@pytest.mark.parametrize(("family", "seed", "text"), CASES)
-def test_pdrop_faithful_equals_the_official_rule(family: str, seed: int, text: int) -> None:
-    layers = 8
-    model = build_decoder(family, layers=layers, attn="eager", seed=seed)
-    inputs = make_inputs(batch=1, text_lengths=(text,), seed=seed + 10)
+def check_pdrop_faithful(model: nn.Module, inputs: DecoderInputs, readout: int = 0) -> list[int]:
+    """PDrop[faithful] on one sample == the official stage-by-stage rule; returns the visual counts."""
     pruner = build_pruner("pdrop", mode="faithful")
     trace, record = traced_run(model, pruner, inputs)
     visual = visual_masks(trace, inputs.layout.visual_mask[0])
-    for stage, start in enumerate(pruner.starts(layers)):  # [2, 4, 6]: layer start - 1 ranks
+    num_visual = int(visual[0].sum())
+    layers = compat.decoder_layers(model)
+    for stage, start in enumerate(pruner.starts(len(layers))):  # 8 layers: [2, 4, 6]
         layer = start - 1
         n = trace.outputs[layer].shape[0]
         assert trace.positions[layer].tolist() == list(range(n))  # contiguous ids, as the official code
-        row = pdrop_official_row(
-            model, compat.decoder_layers(model)[start], trace.outputs[layer], trace.positions[layer], n - 1
-        )
+        query = n - 1 - readout  # the last instruction token
+        row = pdrop_official_row(model, layers[start], trace.outputs[layer], trace.positions[layer], query)
         slots = torch.nonzero(visual[layer]).flatten()
-        expected = top(row[slots], slots, int(NUM_VISUAL * 0.5 ** (stage + 1)))
+        expected = top(row[slots], slots, int(num_visual * 0.5 ** (stage + 1)))
         assert overlap(kept_slots(trace, layer, visual[layer]), expected) == 1.0, stage
     assert record.visual_tokens is not None
-    assert record.visual_tokens[0].tolist() == [16, 16, 8, 8, 4, 4, 2, 2]
+    return record.visual_tokens[0].tolist()
+
+
+@pytest.mark.parametrize(("family", "seed", "text"), CASES)
+def test_pdrop_faithful_equals_the_official_rule(family: str, seed: int, text: int) -> None:
+    model = build_decoder(family, layers=8, attn="eager", seed=seed)
+    inputs = make_inputs(batch=1, text_lengths=(text,), seed=seed + 10)
+    assert check_pdrop_faithful(model, inputs) == [16, 16, 8, 8, 4, 4, 2, 2]
 
 
 def test_pdrop_faithful_queries_the_last_instruction_token_before_readout_queries() -> None:
@@ -351,20 +367,18 @@ def test_sparsevlm_faithful_counts_follow_the_scaled_table() -> None:
     assert plan.handed_on == [9, 6, 4]
 
 
-@pytest.mark.parametrize(("family", "seed", "text"), CASES)
-def test_sparsevlm_faithful_equals_the_official_rule(family: str, seed: int, text: int) -> None:
-    layers = 8
-    model = build_decoder(family, layers=layers, attn="eager", seed=seed)
-    inputs = make_inputs(batch=1, text_lengths=(text,), seed=seed + 10)
+def check_sparsevlm_faithful(model: nn.Module, inputs: DecoderInputs) -> None:
+    """SparseVLM[faithful] on one sample == raters from the embeddings + each layer's eager attention."""
     pruner = build_pruner("sparsevlm", mode="faithful")
     trace, record = traced_run(model, pruner, inputs)
     layout = inputs.layout
+    text = int(layout.text_mask.sum())
     raters = sparsevlm_official_raters(inputs.inputs_embeds[0], layout.visual_mask[0], layout.text_mask[0])
     if not bool(raters.any()):
         raters = torch.ones_like(raters)
     visual = visual_masks(trace, layout.visual_mask[0])
-    counts = sparsevlm_expected_counts(NUM_VISUAL, 192)
-    for stage, start in enumerate(pruner.starts(layers)):  # prune after layers 0, 1, 3
+    counts = sparsevlm_expected_counts(int(visual[0].sum()), 192)
+    for stage, start in enumerate(pruner.starts(len(compat.decoder_layers(model)))):  # 8: after 0, 1, 3
         layer = start - 1
         n = trace.outputs[layer].shape[0]
         assert trace.positions[layer].tolist() == list(range(n))  # contiguous ids
@@ -376,6 +390,37 @@ def test_sparsevlm_faithful_equals_the_official_rule(family: str, seed: int, tex
         assert overlap(kept_slots(trace, layer, visual[layer], merged), expected) == 1.0, stage
         assert int(visual[layer + 1].sum()) == keep + merged
     assert record.merged_tokens is not None and record.merged_tokens[0, -1] >= 1
+
+
+@pytest.mark.parametrize(("family", "seed", "text"), CASES)
+def test_sparsevlm_faithful_equals_the_official_rule(family: str, seed: int, text: int) -> None:
+    model = build_decoder(family, layers=8, attn="eager", seed=seed)
+    check_sparsevlm_faithful(model, make_inputs(batch=1, text_lengths=(text,), seed=seed + 10))
+
+
+# ------------------------------------------------------------------------------------------------
+# The bundled tiny-drive-vla (216 visual tokens, camera markers, 6 action queries), eager attention.
+
+
+@pytest.fixture(scope="module")
+def bundled_sample(synthetic_root: Path) -> tuple[nn.Module, DecoderInputs]:
+    model = load("tiny-drive-vla")
+    model.decoder.set_attn_implementation("eager")
+    dataset = NuScenesDrivingDataset(synthetic_root, split="val")
+    with torch.no_grad():
+        inputs = model.prepare(collate([dataset[0]]))
+    return model.decoder, inputs
+
+
+def test_faithful_modes_on_the_bundled_model(bundled_sample: tuple[nn.Module, DecoderInputs]) -> None:
+    decoder, inputs = bundled_sample
+    extras = inputs.extras or {}
+    readout = int(extras["num_action_queries"])
+    assert readout == 6 and inputs.layout.num_visual == 216
+    with torch.no_grad():
+        check_fastv_faithful(decoder, inputs)
+        assert check_pdrop_faithful(decoder, inputs, readout=readout) == [216, 216, 108, 108, 54, 54, 27, 27]
+        check_sparsevlm_faithful(decoder, inputs)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ patches, each camera's own); every decoder layer then sees the same selection. T
   contiguously (lines 331-352), this pruner's default ``position_ids``.
   Departures: the per-image count comes from the budget (the official knob is the same count,
   set by a reduction ratio); when ``C`` does not divide the budget the mean falls short of it by
-  less than one token per camera.
+  less than one token per camera; the attention layer is the model's choice (``vision_saliency``),
+  the official code reads the layer its features come from (``clip_encoder.py`` line 38).
 - ``matched`` (budget-matched): one global top ``floor(budget)`` over all cameras together, so
   cameras compete for the budget.
 """
