@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+from typing import Any
+
 import torch
 from test_engine import (
     NUM_VISUAL,
@@ -31,20 +34,19 @@ def left_pad(samples: list[DecoderInputs]) -> DecoderInputs:
     def pad(x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x.new_zeros(1, n - x.shape[1], *x.shape[2:]), x], dim=1)
 
-    lay = [s.layout for s in samples]
+    def stack(name: str) -> Any:
+        parts = [getattr(s.layout, name) for s in samples]
+        if not isinstance(parts[0], torch.Tensor):
+            return parts[0]  # patch_grid
+        along_sequence = parts[0].shape[1] == samples[0].inputs_embeds.shape[1]  # else [1, V]
+        return torch.cat([pad(p) if along_sequence else p for p in parts])
+
     mask = torch.cat([pad(s.attention_mask) for s in samples])
     return DecoderInputs(
         inputs_embeds=torch.cat([pad(s.inputs_embeds) for s in samples]),
         attention_mask=mask,
         position_ids=(mask.cumsum(1) - 1).clamp(min=0),
-        layout=TokenLayout(
-            visual_mask=torch.cat([pad(x.visual_mask) for x in lay]),
-            text_mask=torch.cat([pad(x.text_mask) for x in lay]),
-            attention_mask=mask,
-            camera_index=torch.cat([x.camera_index for x in lay]),
-            patch_index=torch.cat([x.patch_index for x in lay]),
-            patch_grid=lay[0].patch_grid,
-        ),
+        layout=TokenLayout(**{f.name: stack(f.name) for f in fields(TokenLayout)}),
         vision_saliency=torch.cat([s.vision_saliency for s in samples if s.vision_saliency is not None]),
     )
 
