@@ -95,6 +95,12 @@ class VLAPlanner(Planner):
                     "num_visual": record.num_visual,
                     "flops": int(record.flops[b]),
                     "flops_unpruned": int(unpruned[b]),
+                    "pruner_label": self.pruner.label,
+                    "scoring_flops": int(record.scoring_flops[b]) if record.scoring_flops is not None else 0,
+                    "position_ids": record.position_ids,
+                    "camera_tokens_per_layer": record.camera_tokens[b].tolist()
+                    if record.camera_tokens is not None
+                    else None,
                     **stats,
                 }
             )

@@ -125,7 +125,9 @@ def test_keep_all_generates_the_unpruned_tokens(model: LlavaDrivingAdapter, came
     ("name", "kwargs"),
     [
         ("fastv", {}),  # one drop after layer K - 1
-        ("pdrop", {}),  # several stages
+        # several stages; the masked reference keeps every token's original position, so compare
+        # with original ids (PDrop's official default renumbers survivors contiguously)
+        ("pdrop", {"position_ids": "original"}),
         ("autoprune", {"recycle": False}),  # its MI-driven schedule (merged tokens have no masked twin)
     ],
 )

@@ -200,7 +200,7 @@ def test_autoprune_stage0_uses_saliency_and_merges_after_kept_tokens() -> None:
 def test_recycled_tokens_sit_right_after_the_kept_visual_tokens(name: str) -> None:
     model = build_decoder(layers=4)
     inputs = make_inputs(batch=1)
-    pruner = build_pruner(name, budget=10)
+    pruner = build_pruner(name, budget=10, position_ids="original")  # ids then show where tokens sit
     seen: list[torch.Tensor] = []
     with prune(model, pruner, inputs) as record:
         handle = compat.decoder_layers(model)[3].register_forward_pre_hook(

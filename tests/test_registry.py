@@ -19,6 +19,7 @@ from test_engine import (
     one_thread,  # noqa: F401 (autouse fixture, applies here too)
 )
 
+from vla_autoprune.errors import ConfigError
 from vla_autoprune.pruning import PRUNERS, BudgetError, Pruner, build_pruner, prune, register_pruner
 from vla_autoprune.pruning.budget import token_layers
 from vla_autoprune.pruning.pruners.fastv import FastVPruner
@@ -29,6 +30,7 @@ LAYERS = 8
 # Reachable by every pruner on LAYERS layers and NUM_VISUAL tokens (PDrop's floor is the highest:
 # layers 0 and 1 see all 16 tokens, so (2 * 16 + 6) / 8 = 4.75), and below NUM_VISUAL.
 LEGAL_BUDGET = 10
+FAITHFUL_SUFFIX = "_faithful"  # conf/pruner/<name>_faithful.yaml: the official variant of <name>
 
 
 def run_and_check(pruner: Pruner, batch: int = 2) -> None:
@@ -46,11 +48,30 @@ def run_and_check(pruner: Pruner, batch: int = 2) -> None:
         assert bool((total <= token_layers(pruner.budget, LAYERS)).all()), (pruner, total)
 
 
+FAITHFUL = sorted(n for n in YAMLS if n.endswith(FAITHFUL_SUFFIX))
+
+
 def test_every_registered_pruner_has_a_yaml_and_every_yaml_a_pruner() -> None:
-    assert YAMLS == sorted(PRUNERS)
+    assert sorted(n for n in YAMLS if n not in FAITHFUL) == sorted(PRUNERS)
+    assert FAITHFUL == sorted(f"{n}{FAITHFUL_SUFFIX}" for n in ("fastervlm", "fastv", "pdrop", "sparsevlm"))
 
 
-@pytest.mark.parametrize("name", YAMLS)
+@pytest.mark.parametrize("name", FAITHFUL)
+def test_every_faithful_yaml_instantiates_the_official_variant(name: str) -> None:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("evaluate", overrides=[f"pruner={name}", f"budget={LEGAL_BUDGET}"])
+    pruner = instantiate(cfg.pruner)
+    base = name.removesuffix(FAITHFUL_SUFFIX)
+    assert type(pruner) is PRUNERS[base] and pruner.label == f"{base}[faithful]"
+    # Only FasterVLM's official knob is the count itself; the others keep the paper's counts.
+    assert pruner.budget == (LEGAL_BUDGET if base == "fastervlm" else None)
+    model = build_decoder(layers=LAYERS)
+    with prune(model, pruner, make_inputs(batch=2, text_lengths=(5, 3))) as record:
+        forward(model, record.inputs)
+    assert record.visual_tokens is not None and int(record.visual_tokens[:, -1].max()) < NUM_VISUAL
+
+
+@pytest.mark.parametrize("name", [n for n in YAMLS if n not in FAITHFUL])
 def test_every_yaml_instantiates_through_hydra_and_runs(name: str) -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("evaluate", overrides=[f"pruner={name}", f"budget={LEGAL_BUDGET}"])
@@ -60,7 +81,7 @@ def test_every_yaml_instantiates_through_hydra_and_runs(name: str) -> None:
     run_and_check(pruner)
 
 
-@pytest.mark.parametrize("name", [n for n in YAMLS if n != "none"])
+@pytest.mark.parametrize("name", [n for n in YAMLS if n != "none" and n not in FAITHFUL])
 def test_non_numeric_budget_on_the_command_line_fails_when_the_pruner_is_built(name: str) -> None:
     # Hydra hands `budget=abc` over as the str 'abc'; the pipeline unwraps Hydra's wrapper.
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -92,3 +113,14 @@ def test_registering_needs_an_own_and_unique_name() -> None:
     assert PRUNERS["fastv"] is FastVPruner
     with pytest.raises(TypeError):
         PRUNERS["fastv"] = Clash  # type: ignore[index]  # read-only view
+
+
+@pytest.mark.parametrize("name", ["fastv", "pdrop", "sparsevlm"])
+def test_faithful_with_a_budget_is_a_one_line_error_naming_the_fix(name: str) -> None:
+    with pytest.raises(
+        ConfigError, match=f"^{name}: mode=faithful keeps the paper's counts .* budget=null"
+    ) as err:
+        build_pruner(name, budget=8, mode="faithful")
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="mode='exact' is unknown"):
+        build_pruner(name, budget=8, mode="exact")

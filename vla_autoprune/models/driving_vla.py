@@ -231,7 +231,8 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
         prompt = build_prompt_ids(self.tokenizer, cameras, batch["command"], batch["ego_state"], fields)
         ego = self.ego_projector(self.ego_features(batch["ego_state"], batch["command"]))
         ego_speed = batch["ego_state"][:, EGO_STATE_FIELDS.index("speed")].to(self.device, torch.float32)
-        return self._assemble(prompt, visual, ego, saliency, ego_speed)
+        inputs = self._assemble(prompt, visual, ego, saliency, ego_speed)
+        return inputs.with_(sample_ids=tuple(batch["sample_token"]) if "sample_token" in batch else None)
 
     def decode(self, inputs: DecoderInputs) -> torch.Tensor:
         """Run the decoder and regress waypoints float32 ``[B, 6, 2]``.
@@ -361,6 +362,7 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
             layout=layout,
             vision_saliency=saliency,
             extras={"ego_speed": ego_speed},
+            readout_tokens=self.config.num_action_queries,
         )
 
 

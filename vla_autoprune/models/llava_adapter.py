@@ -163,6 +163,7 @@ class LlavaDrivingAdapter(DrivingModel):
             position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0),
             layout=layout,
             vision_saliency=saliency.reshape(b, layout.num_visual) if saliency is not None else None,
+            sample_ids=tuple(batch["sample_token"]) if "sample_token" in batch else None,
         )
 
     def _image_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -5,7 +5,7 @@
 
 Layout: :mod:`.pruner` (the extension point), :mod:`.budget` (budget arithmetic and its error),
 :mod:`.options` (option types), :mod:`.stages` (staged schedules), :mod:`.recycling` (merging
-dropped tokens back), :mod:`.autoprune_math` (AutoPrune's MI and schedule), :mod:`.pruners` (one
+dropped tokens back), :mod:`.cameras` (per-camera shares), :mod:`.autoprune_math` (AutoPrune's MI and schedule), :mod:`.pruners` (one
 file each), :mod:`.registry` (pruners by name), :mod:`.engine` (the hooks).
 """
 

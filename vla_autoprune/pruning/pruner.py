@@ -19,6 +19,7 @@ be held to the same number. A pruner is made available by name with
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -27,8 +28,9 @@ from torch import nn
 
 from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.pruning.budget import check_reachable, min_budget, validate_budget
+from vla_autoprune.pruning.cameras import camera_ratios, check_per_camera
 from vla_autoprune.pruning.options import Accounting, PositionIds, check_choice
-from vla_autoprune.pruning.scores import text_visual_attention
+from vla_autoprune.pruning.scores import attention_macs, text_visual_attention
 
 
 @dataclass
@@ -55,6 +57,10 @@ class LayerView:
         schedule: the schedule the pruner returned at the previous layer (None at the first call).
         scratch: per-forward scratch space for the pruner (reset at every prefill).
         stats: per-forward numbers the pruner reports (copied into the record, e.g. MI and k).
+        next_layer: the decoder layer that runs next (PDrop scores with its projections).
+        tokens: int64 ``[B]``, real tokens entering this layer (the keys a score row sees), or None.
+        scoring_macs: int64 ``[B]``, the record's running count of scoring MACs (added to in
+            place by :meth:`attention_at` and :meth:`add_scoring_macs`), or None.
     """
 
     layer_idx: int
@@ -74,6 +80,9 @@ class LayerView:
     schedule: torch.Tensor | None
     scratch: dict[str, Any]
     stats: dict[str, torch.Tensor]
+    next_layer: nn.Module | None = None
+    tokens: torch.Tensor | None = None
+    scoring_macs: torch.Tensor | None = None
     _attention: torch.Tensor | None = field(default=None, repr=False)
 
     @property
@@ -88,15 +97,43 @@ class LayerView:
     def attention(self) -> torch.Tensor:
         """float32 ``[B, H, T, Kv]``: text -> visual attention at this layer (computed once)."""
         if self._attention is None:
-            self._attention = text_visual_attention(
-                self.layer,
-                self.hidden,
-                self.position_embeddings,
-                self.attention_mask,
-                self.text_slots,
-                self.visual_slots,
-            )
+            self._attention = self.attention_at(self.text_slots, self.text_valid)
         return self._attention
+
+    def attention_at(
+        self,
+        rows: torch.Tensor,
+        rows_valid: torch.Tensor,
+        layer: nn.Module | None = None,
+        hidden: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """float32 ``[B, H, R, Kv]``: attention of query slots ``rows`` (int64 ``[B, R]``) over the visual slots.
+
+        By default this layer's projections on its input; PDrop passes ``layer=view.next_layer``
+        and ``hidden=view.output``. Counts its MACs (``rows_valid`` bool ``[B, R]``) as scoring work.
+        """
+        layer = self.layer if layer is None else layer
+        hidden = self.hidden if hidden is None else hidden
+        attn = text_visual_attention(
+            layer, hidden, self.position_embeddings, self.attention_mask, rows, self.visual_slots
+        )
+        if self.tokens is not None:
+            self.add_scoring_macs(attention_macs(layer, rows_valid.sum(dim=1), self.tokens))
+        return attn
+
+    def add_scoring_macs(self, macs: torch.Tensor) -> None:
+        """Add int64 ``[B]`` MACs of selection work to the record (kept apart from the decoder's)."""
+        if self.scoring_macs is not None:
+            self.scoring_macs += macs.to(self.scoring_macs.device, torch.long)
+
+    def last_text_slot(self, skip: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``skip``-th valid text slot from the end, per row: (int64 ``[B, 1]``, valid bool ``[B, 1]``).
+
+        ``skip=0`` is the sequence's last real token (text runs to the end of the prompt).
+        """
+        count = self.text_valid.long().sum(dim=1, keepdim=True)
+        index = (count - 1 - skip).clamp(min=0)
+        return self.text_slots.gather(1, index), count > skip
 
     def text_attention(self) -> torch.Tensor:
         """float32 ``[B, Kv]``: attention to each visual token, mean over heads and valid text rows."""
@@ -131,18 +168,27 @@ class Pruner(abc.ABC):
             included). None keeps every token.
         position_ids: ``original`` (survivors keep their position ids) or ``contiguous`` (survivors
             are renumbered in sequence order, as LLaVA-based reference code does).
+        per_camera: ``none`` (cameras compete), ``uniform`` or ``C`` ratios: each camera's share of
+            the kept visual tokens (:mod:`vla_autoprune.pruning.cameras`).
     """
 
     name: ClassVar[str] = "base"
 
     budget: float | None = None
     position_ids: PositionIds = "original"
+    per_camera: str | Sequence[float] = "none"
     # Which token accounting the budget uses; only AutoPrune offers the reference's alternative.
     accounting: Accounting = field(default="actual", init=False)
 
     def __post_init__(self) -> None:
         validate_budget(self.budget, self.name)
         check_choice("position_ids", self.position_ids, PositionIds, self.name)
+        self.per_camera = check_per_camera(self.per_camera, self.name)
+
+    @property
+    def label(self) -> str:
+        """The name reports show: the registry name, plus the variant where there is one (``pdrop[faithful]``)."""
+        return self.name
 
     # -- setup and validation --------------------------------------------------------------------
 
@@ -166,6 +212,10 @@ class Pruner(abc.ABC):
             return
         reachable = self.reachable(num_layers, num_visual)
         check_reachable(self.budget, reachable, num_layers, num_visual, self.name, self.budget_hint())
+
+    def camera_ratios(self, num_cameras: int) -> list[float] | None:
+        """Each camera's share of the kept tokens (None: one ranking over all cameras)."""
+        return camera_ratios(self.per_camera, num_cameras, self.name)
 
     def target(self, num_visual: int) -> float:
         """The budget in tokens (``V`` when no budget is set)."""

@@ -12,7 +12,7 @@ from typing import overload
 import torch
 from torch import Tensor
 
-from vla_autoprune.pruning.merging import dpc_knn_merge
+from vla_autoprune.pruning.merging import DEFAULT_NEIGHBOURS, dpc_knn_merge
 from vla_autoprune.pruning.pruner import LayerView, Merge
 
 RECYCLE_FRACTION = 0.3  # the top 30% of the dropped tokens are recycled ...
@@ -78,6 +78,7 @@ def recycle_dropped(
     dropped: torch.Tensor,
     clusters: torch.Tensor,
     pool_fraction: float = RECYCLE_FRACTION,
+    neighbours: int | None = DEFAULT_NEIGHBOURS,
 ) -> Merge:
     """Merge the best-scored dropped tokens into ``clusters`` [B] tokens by DPC-kNN.
 
@@ -90,6 +91,9 @@ def recycle_dropped(
         scores: float ``[B, Kv]`` visual-token scores at this layer.
         dropped: bool ``[B, Kv]`` visual slots dropped at this layer.
         clusters: int64 ``[B]`` merged tokens wanted per row.
+        pool_fraction: share of the dropped tokens that enter the pool.
+        neighbours: DPC-kNN's ``k``; None uses each row's cluster count, as the SparseVLM and
+            AutoPrune reference code do (:mod:`vla_autoprune.pruning.merging`).
     """
     b, kv = dropped.shape
     d = dropped.sum(dim=1)
@@ -101,7 +105,9 @@ def recycle_dropped(
     pool_ok = torch.arange(width, device=pool.device) < pool_size.unsqueeze(1)
     pool_slots = view.visual_slots.gather(1, pool)
     pool_hidden = view.output.gather(1, pool_slots.unsqueeze(-1).expand(-1, -1, view.output.shape[-1]))
-    merged, assign = dpc_knn_merge(pool_hidden, clusters.clamp(max=pool_size), valid=pool_ok)
+    wanted = clusters.clamp(max=pool_size)
+    k = wanted.clamp(min=1) if neighbours is None else neighbours
+    merged, assign = dpc_knn_merge(pool_hidden, wanted, k=k, valid=pool_ok)
     c = merged.shape[1]
     member = assign.unsqueeze(-1) == torch.arange(c, device=assign.device)  # [B, M, C]
     pool_scores = ranked.gather(1, pool).unsqueeze(-1).expand(-1, -1, c)

@@ -86,7 +86,10 @@ class AutoPrunePruner(Pruner):
         num_visual = inputs.layout.num_visual
         # layer 0 processes the v0 survivors, every later layer at least one token
         count = stage0_count(self.target(num_visual), num_layers, num_visual, first_layer=0)
-        return None if count >= num_visual else top_saliency(inputs, count, f"{self.name}(stage0='before')")
+        if count >= num_visual:
+            return None
+        ratios = self.camera_ratios(int(inputs.layout.camera_index.max()) + 1)
+        return top_saliency(inputs, count, f"{self.name}(stage0='before')", ratios)
 
     # -- schedule --------------------------------------------------------------------------------
 
