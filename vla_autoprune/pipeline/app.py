@@ -111,6 +111,9 @@ def run_meta(
     return {
         "planner": planner.name,
         "pruner": pruner.name if pruner is not None else "none",
+        # What tables show: the registry name plus its variant, e.g. ``pdrop[faithful]``.
+        "pruner_label": pruner.label if pruner is not None else "none",
+        "position_ids": getattr(pruner, "position_ids", None),
         "budget": getattr(pruner, "budget", None),
         "pruner_config": dataclasses.asdict(pruner) if dataclasses.is_dataclass(pruner) else None,  # type: ignore[arg-type]
         "accounting": getattr(pruner, "accounting", "actual"),

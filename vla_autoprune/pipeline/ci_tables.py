@@ -186,8 +186,9 @@ def _groups(run: Run, by: str) -> list[tuple[str, np.ndarray]]:
 def _run_keys(run_id: int, summary: dict[str, Any]) -> dict[str, Any]:
     return {
         "run": run_id,
-        "pruner": summary.get("pruner"),
+        "pruner": summary.get("pruner_label") or summary.get("pruner"),
         "budget": summary.get("budget"),
+        "positions": summary.get("position_ids"),
         "variant": summary.get("variant") or "",
     }
 

@@ -26,6 +26,7 @@ MAIN_COLUMNS: tuple[str, ...] = (
     "planner",
     "pruner",
     "budget",
+    "positions",
     "variant",
     "samples",
     "scenes",

@@ -62,8 +62,9 @@ def sort_summaries(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def _key_columns(summary: dict[str, Any]) -> dict[str, Any]:
     return {
         "planner": summary.get("planner"),
-        "pruner": summary.get("pruner"),
+        "pruner": summary.get("pruner_label") or summary.get("pruner"),
         "budget": summary.get("budget"),
+        "positions": summary.get("position_ids"),
         "variant": summary.get("variant") or "",
         "samples": summary.get("num_samples"),
         "scenes": summary.get("num_scenes"),
@@ -157,6 +158,7 @@ SHORT_COLUMNS: tuple[str, ...] = (
     "planner",
     "pruner",
     "budget",
+    "positions",
     "variant",
     "samples",
     "scenes",
