@@ -1,0 +1,70 @@
+"""From a pruned forward (the engine's :class:`PruningRecord` and the model's token layout) to a chunk."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from vla_autoprune.models.layout import TokenLayout
+from vla_autoprune.pruning import PruningRecord
+from vla_autoprune.viz.persistence import chunk_arrays, kept_mask
+
+
+def _per_sample(value: Any) -> list[float | None] | None:
+    """A ``[B]`` stat tensor as floats (None when the pruner did not report it)."""
+    return None if value is None else [float(v) for v in np.asarray(value, dtype=np.float64).reshape(-1)]
+
+
+def merged_into(record: PruningRecord, num_visual: int) -> np.ndarray | None:
+    """int ``[B, L, V]`` merged-token membership, when the engine records it (else None).
+
+    Reads ``record.merged_into`` if the engine provides it: per layer, int ``[B, V]`` (the id of
+    the merged token holding original visual token ``v`` at that layer, -1 = none) or None.
+    """
+    layers = getattr(record, "merged_into", None)
+    if not layers:
+        return None
+    b = record.visual_tokens.shape[0] if record.visual_tokens is not None else 0
+    out = np.full((b, record.num_layers, num_visual), -1, dtype=np.int16)
+    for layer, value in enumerate(layers):
+        if value is not None:
+            out[:, layer] = np.asarray(value)
+    return out
+
+
+def chunk_from_record(
+    record: PruningRecord,
+    layout: TokenLayout,
+    batch: Mapping[str, Any],
+    indices: Sequence[int],
+) -> dict[str, np.ndarray]:
+    """The chunk arrays of one batch's pruned forward.
+
+    Args:
+        record: the :class:`PruningRecord` of the forward (after the ``prune`` block).
+        layout: the layout of the decoder inputs *given to* ``prune`` (before any pre-selection:
+            ``kept_visual`` indexes its ``V`` visual tokens).
+        batch: the batch (``sample_token``, ``scene_token``, ``cameras``).
+        indices: dataset index of each sample.
+    """
+    if record.visual_tokens is None or record.merged_tokens is None:
+        raise RuntimeError("the pruning record is empty: the decoder did not run inside prune()")
+    num_visual = layout.num_visual
+    return chunk_arrays(
+        indices=indices,
+        sample_tokens=list(batch["sample_token"]),
+        scene_tokens=list(batch["scene_token"]),
+        cameras=tuple(batch["cameras"]),
+        patch_grid=layout.patch_grid,
+        camera_index=layout.camera_index.cpu().numpy(),
+        patch_index=layout.patch_index.cpu().numpy(),
+        kept=kept_mask([None if k is None else k.cpu().numpy() for k in record.kept_visual], num_visual),
+        visual_tokens=record.visual_tokens.numpy(),
+        merged_tokens=record.merged_tokens.numpy(),
+        schedule=None if record.schedule is None else record.schedule.numpy(),
+        merged_into=merged_into(record, num_visual),
+        mi=_per_sample(record.stats.get("mi")),
+        k=_per_sample(record.stats.get("k")),
+    )
