@@ -226,7 +226,15 @@ def test_killed_run_resumes_without_losing_or_duplicating_tokens(
 def test_page_compares_runs_and_live_mode_draws_a_sample(
     synthetic_root: Path, runs: dict[str, Path], tmp_path: Path
 ) -> None:
-    pages = visualize(_cfg("visualize", f"runs=[{runs['fastv']},{runs['autoprune']}]"), tmp_path / "two")
+    sweep = tmp_path / "sweep"  # a sweep folder: its runs, less one without token files
+    for name, run in (("fastv", runs["fastv"]), ("autoprune", runs["autoprune"])):
+        (sweep / name).mkdir(parents=True)
+        for path in run.glob("*.*"):
+            (sweep / name / path.name).write_bytes(path.read_bytes())
+        (sweep / name / KEPT_DIR).symlink_to(run / KEPT_DIR)
+    (sweep / "constant_velocity").mkdir()
+    (sweep / "constant_velocity" / RECORDS_FILE).write_text("")
+    pages = visualize(_cfg("visualize", f"runs=[{sweep}]"), tmp_path / "two")
     assert len(pages) == 1
     text = pages[0].read_text()
     assert '"label":"fastv b48"' in text and '"label":"autoprune b48"' in text

@@ -156,7 +156,7 @@ function outline(ctx, b, colour) {
 function trace() { return D.runs[ri].traces[D.samples[si].token]; }
 
 function draw() {
-  const s = D.samples[si], t = trace(), layer = Number($("layer").value);
+  const s = D.samples[si], t = trace();
   const canvas = $("mosaic"), ctx = canvas.getContext("2d");
   canvas.width = s.width; canvas.height = s.height;
   ctx.drawImage(images[si], 0, 0);
@@ -165,7 +165,8 @@ function draw() {
   $("curve").src = s.curve; $("bev").src = s.bev;
   if (!t) { $("note").textContent = "this run did not evaluate this sample"; return; }
   $("note").textContent = "";
-  $("layer").max = t.layers - 1;
+  $("layer").max = t.layers - 1;  // a range input clamps its value to the new max
+  const layer = Number($("layer").value);
   $("layerno").textContent = layer + " / " + (t.layers - 1);
   const kept = bytes(t.kept[layer]), merged = t.merged ? int16(t.merged[layer]) : null;
   const bx = boxes[si], n = bx.length / 4;
@@ -186,6 +187,11 @@ function init() {
   $("title").textContent = D.title;
   D.runs.forEach((r, i) => { const o = document.createElement("option"); o.value = i; o.textContent = r.label; $("run").appendChild(o); });
   if (D.runs.length < 2) $("runbox").style.display = "none";
+  // an initial state from the address, e.g. page.html#run=1&sample=3&layer=2
+  const at = new URLSearchParams(location.hash.slice(1));
+  ri = Math.min(Number(at.get("run")) || 0, D.runs.length - 1); $("run").value = ri;
+  si = Math.min(Number(at.get("sample")) || 0, D.samples.length - 1);
+  $("layer").max = 64; $("layer").value = Number(at.get("layer")) || 0;
   $("run").addEventListener("change", () => { ri = Number($("run").value); draw(); });
   $("layer").addEventListener("input", draw);
   $("prev").addEventListener("click", () => { si = (si + D.samples.length - 1) % D.samples.length; draw(); });

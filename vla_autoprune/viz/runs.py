@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,7 +16,9 @@ from omegaconf import OmegaConf
 from vla_autoprune.errors import ConfigError, DataNotFoundError
 from vla_autoprune.pipeline.loop import RECORDS_FILE
 from vla_autoprune.pipeline.results import read_records
-from vla_autoprune.viz.persistence import KeptStore
+from vla_autoprune.viz.persistence import KEPT_DIR, KeptStore
+
+logger = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"  # written by vla_autoprune.pipeline.app
 CONFIG_FILE = "config.yaml"  # ditto: the run's resolved Hydra config
@@ -92,7 +95,11 @@ def expand_runs(paths: Sequence[str | Path]) -> list[Path]:
                 f"{path} holds no {RECORDS_FILE}, nor do its sub-folders; pass an evaluation run "
                 "folder or a sweep folder"
             )
-        out.extend(children)
+        # In a sweep, runs without token files (e.g. planner=constant_velocity) are left out.
+        drawable = [c for c in children if (c / KEPT_DIR).is_dir()]
+        for child in sorted(set(children) - set(drawable)):
+            logger.info("skipping %s: it has no %s/ token files", child, KEPT_DIR)
+        out.extend(drawable if drawable else children[:1])  # none: load_run names the problem
     return out
 
 
