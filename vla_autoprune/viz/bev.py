@@ -138,7 +138,7 @@ def bev_figure(
             )
     ego = np.array([0.0, 0.0, EGO_SIZE_M[0], EGO_SIZE_M[1], 0.0])
     ax.add_patch(PolygonPatch(_view(box_corners(ego)), closed=True, fc="k", ec="k", zorder=3))
-    styles = ["k-"] + [f"C{i + 1}-" for i in range(len(trajectories))]
+    styles = ["k-"] + [f"C{i}-" for i in range(len(trajectories))]  # run i: C{i}, as in the curves
     for trajectory, style in zip(trajectories, styles, strict=False):
         xy = _view(np.vstack([[0.0, 0.0], trajectory.xy]))
         ax.plot(xy[:, 0], xy[:, 1], style, marker="o", ms=3, lw=1.5, label=trajectory.label, zorder=4)
