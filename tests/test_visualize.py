@@ -115,6 +115,7 @@ def test_png_highlights_exactly_the_kept_patches(runs: dict[str, Path], tmp_path
     token = records[0]["sample_token"]
     trace = store.get(token)
     assert trace.kept[0].all() and trace.kept[2].sum() < trace.kept[0].sum()  # something was dropped
+    assert trace.image_region == (0.0, 0.0, 1.0, 1.0)  # DrivingVLA resizes whole images (as _check_pixels)
     folder = next((tmp_path / "png").glob(f"*/00_{token[:8]}"))
     mosaic = np.asarray(Image.open(next(folder.glob("mosaic_*.png"))).convert("RGB"))
     item_images = _images(runs[pruner], records[0]["index"], trace.cameras)
@@ -283,3 +284,50 @@ def test_cli_unknown_sample_is_one_line(runs: dict[str, Path], tmp_path: Path) -
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "error:" in line]
     assert len(errors) == 1 and "sample 'nope' is not in run" in errors[0] and "sample=" in errors[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_grid_covers_the_processors_centre_crop(llava_folder: Path) -> None:
+    """LLaVA's processor resizes the short side and centre-crops: the grid covers the crop only."""
+    import torch
+
+    from vla_autoprune.viz.collect import image_region
+
+    model = load(llava_folder)
+    w, h = 192, 108
+    ramp = np.broadcast_to(np.linspace(0, 255, w, dtype=np.float64)[None, :, None], (h, w, 3))
+    pixels = model.processor.image_processor(
+        images=[torch.from_numpy(ramp.round().astype(np.uint8)).permute(2, 0, 1)], return_tensors="pt"
+    )["pixel_values"][0, 0]
+    processor = model.processor.image_processor
+    seen = (pixels.numpy() * processor.image_std[0] + processor.image_mean[0]) * 255  # back to 0..255
+    x0, y0, x1, y1 = image_region(model, (w, h))
+    assert (y0, y1) == (0.0, 1.0) and x1 - x0 == pytest.approx(h / w)
+    # the crop's first and last columns show the ramp at x0 and x1 (within a resampled pixel)
+    assert seen[:, 0].mean() / 255 == pytest.approx(x0, abs=2 / 28)
+    assert seen[:, -1].mean() / 255 == pytest.approx(x1, abs=2 / 28)
+    assert image_region(load("tiny-drive-vla"), (w, h)) == (0.0, 0.0, 1.0, 1.0)
+    trace = SampleTrace(
+        index=0,
+        sample_token="s",
+        scene_token="scene",
+        cameras=("CAM_FRONT",),
+        patch_grid=(2, 2),
+        image_region=(0.25, 0.0, 0.75, 1.0),
+        camera_index=np.zeros(4, dtype=int),
+        patch_index=np.arange(4),
+        kept=np.ones((1, 4), dtype=bool),
+        merged_into=None,
+        visual_tokens=np.array([4]),
+        merged_tokens=np.array([0]),
+        schedule=None,
+        mi=None,
+        k=None,
+    )
+    geometry = geometry_for(trace, (200, 100), cell_width=120)
+    # CAM_FRONT is the top middle cell (x from 120); the crop is its middle half (x 30..90 within it)
+    assert geometry.token_boxes(trace).tolist() == [
+        [150, 14, 180, 44],
+        [180, 14, 210, 44],
+        [150, 44, 180, 74],
+        [180, 44, 210, 74],
+    ]

@@ -25,7 +25,7 @@ from planners.vla import VLAPlanner
 from vla_autoprune.data import collate
 from vla_autoprune.pipeline.results import RecordWriter, read_records
 from vla_autoprune.pipeline.summary import COLLISION_KEYS
-from vla_autoprune.viz.collect import chunk_from_record
+from vla_autoprune.viz.collect import chunk_from_record, image_region
 from vla_autoprune.viz.persistence import KEPT_DIR, write_chunk
 
 logger = logging.getLogger(__name__)
@@ -130,7 +130,9 @@ def run_split(
             pred, stats = planner.plan_with_stats(batch)
             if isinstance(planner, VLAPlanner) and planner.last_pruning is not None:
                 record, layout = planner.last_pruning
-                write_chunk(out_dir, chunk_from_record(record, layout, batch, batch_indices))
+                size = (int(batch["images"].shape[-1]), int(batch["images"].shape[-2]))
+                region = image_region(planner.model, size)
+                write_chunk(out_dir, chunk_from_record(record, layout, batch, batch_indices, region))
             new = sample_records(batch, batch_indices, pred, stats)
             writer.write(new)
             done.update((r["index"], r) for r in new)

@@ -17,6 +17,42 @@ def _per_sample(value: Any) -> list[float | None] | None:
     return None if value is None else [float(v) for v in np.asarray(value, dtype=np.float64).reshape(-1)]
 
 
+FULL_IMAGE = (0.0, 0.0, 1.0, 1.0)
+
+
+def _size(size: Any, key: str) -> int | None:
+    """A field of a transformers ``SizeDict`` (or plain dict), None when unset."""
+    value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+    return None if value is None else int(value)
+
+
+def image_region(model: Any, image_size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """``(x0, y0, x1, y1)``, fractions of a ``(W, H)`` camera image its patch grid covers.
+
+    DrivingVLA resizes the whole image to the tower's input. A model with a transformers image
+    processor (the LLaVA adapter) may resize the shortest edge and centre-crop: the grid then covers
+    the crop only.
+    """
+    processor = getattr(getattr(model, "processor", None), "image_processor", None)
+    if processor is None:
+        return FULL_IMAGE
+    w, h = float(image_size[0]), float(image_size[1])
+    if getattr(processor, "do_resize", False):
+        size = processor.size
+        shortest = _size(size, "shortest_edge")
+        if shortest is not None:
+            scale = shortest / min(w, h)
+            w, h = w * scale, h * scale
+        elif _size(size, "height") is not None and _size(size, "width") is not None:
+            w, h = float(_size(size, "width") or w), float(_size(size, "height") or h)
+    if not getattr(processor, "do_center_crop", False):
+        return FULL_IMAGE
+    crop_w = _size(processor.crop_size, "width") or w
+    crop_h = _size(processor.crop_size, "height") or h
+    fx, fy = min(crop_w / w, 1.0), min(crop_h / h, 1.0)
+    return ((1 - fx) / 2, (1 - fy) / 2, (1 + fx) / 2, (1 + fy) / 2)
+
+
 def merged_into(record: PruningRecord, num_visual: int) -> np.ndarray | None:
     """int ``[B, L, V]`` merged-token membership, when the engine records it (else None).
 
@@ -39,6 +75,7 @@ def chunk_from_record(
     layout: TokenLayout,
     batch: Mapping[str, Any],
     indices: Sequence[int],
+    region: tuple[float, float, float, float] = FULL_IMAGE,
 ) -> dict[str, np.ndarray]:
     """The chunk arrays of one batch's pruned forward.
 
@@ -48,6 +85,7 @@ def chunk_from_record(
             ``kept_visual`` indexes its ``V`` visual tokens).
         batch: the batch (``sample_token``, ``scene_token``, ``cameras``).
         indices: dataset index of each sample.
+        region: the part of each camera image the patch grid covers (:func:`image_region`).
     """
     if record.visual_tokens is None or record.merged_tokens is None:
         raise RuntimeError("the pruning record is empty: the decoder did not run inside prune()")
@@ -58,6 +96,7 @@ def chunk_from_record(
         scene_tokens=list(batch["scene_token"]),
         cameras=tuple(batch["cameras"]),
         patch_grid=layout.patch_grid,
+        image_region=region,
         camera_index=layout.camera_index.cpu().numpy(),
         patch_index=layout.patch_index.cpu().numpy(),
         kept=kept_mask([None if k is None else k.cpu().numpy() for k in record.kept_visual], num_visual),

@@ -2,8 +2,8 @@
 
 Kept tokens keep their pixels and get a :data:`KEPT` outline; dropped ones are dimmed; the members
 of a merged (recycled) token are tinted and outlined in :data:`MERGED`. Camera names, the patch
-grid and each token's camera and patch come from the trace (the model's ``TokenLayout``); the
-model's vision tower sees each camera image resized whole, so the grid spans the full image.
+grid and each token's camera and patch come from the trace (the model's ``TokenLayout``); the grid
+spans the part of each image the vision tower saw (the whole image, or a processor's centre crop).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ class MosaicGeometry:
     patch_grid: tuple[int, int]
     cell: tuple[int, int]
     slots: tuple[tuple[int, int], ...]  # (row, col) of each camera
+    region: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)  # of each image the grid covers
 
     @property
     def size(self) -> tuple[int, int]:
@@ -60,10 +61,13 @@ class MosaicGeometry:
 
     def patch_box(self, camera: int, patch: int) -> tuple[int, int, int, int]:
         """``(x0, y0, x1, y1)`` (end exclusive) of patch ``patch`` (row-major) of camera ``camera``."""
-        x0, y0, _, _ = self.camera_box(camera)
+        cx, cy, _, _ = self.camera_box(camera)
+        rx0, ry0, rx1, ry1 = self.region
+        x0, y0 = cx + round(rx0 * self.cell[0]), cy + round(ry0 * self.cell[1])
+        w = cx + round(rx1 * self.cell[0]) - x0
+        h = cy + round(ry1 * self.cell[1]) - y0
         rows, cols = self.patch_grid
         r, c = divmod(int(patch), cols)
-        w, h = self.cell
         return (
             x0 + (c * w) // cols,
             y0 + (r * h) // rows,
@@ -102,7 +106,9 @@ def geometry_for(trace: SampleTrace, image_size: tuple[int, int], cell_width: in
     rows, cols = trace.patch_grid
     width = max(int(cell_width), cols)
     height = max(round(width * image_size[1] / image_size[0]), rows)
-    return MosaicGeometry(trace.cameras, trace.patch_grid, (width, height), surround_slots(trace.cameras))
+    return MosaicGeometry(
+        trace.cameras, trace.patch_grid, (width, height), surround_slots(trace.cameras), trace.image_region
+    )
 
 
 def base_panel(images: Sequence[np.ndarray], geometry: MosaicGeometry) -> Image.Image:

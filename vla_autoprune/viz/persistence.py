@@ -17,6 +17,7 @@ sample_token    str [B]                nuScenes sample token
 scene_token     str [B]                nuScenes scene token
 cameras         str [C]                camera channels (the batch's ``cameras``)
 patch_grid      int64 [2]              (rows, cols) of the vision tower's patch grid per camera
+image_region    float64 [4]            (x0, y0, x1, y1): fraction of each image the grid covers
 camera_index    int16 [B, V]           camera of each visual token (``TokenLayout.camera_index``)
 patch_index     int32 [B, V]           row-major patch of each visual token (``TokenLayout.patch_index``)
 kept_bits       uint8 [B, L, ceil(V/8)] ``np.packbits`` of "original token v enters layer l"
@@ -59,6 +60,8 @@ class SampleTrace:
         index: dataset index; sample_token, scene_token: the nuScenes tokens.
         cameras: camera channels, ``camera_index`` indexes into them.
         patch_grid: ``(rows, cols)`` of patches per camera image.
+        image_region: ``(x0, y0, x1, y1)``, the fraction of each camera image the grid covers
+            (the whole image, or a processor's centre crop).
         camera_index: int ``[V]``; patch_index: int ``[V]`` (the model's ``TokenLayout``).
         kept: bool ``[L, V]``, original visual token ``v`` enters layer ``l``.
         merged_into: int ``[L, V]``, id of the merged token holding ``v`` at layer ``l`` (-1: none),
@@ -72,6 +75,7 @@ class SampleTrace:
     scene_token: str
     cameras: tuple[str, ...]
     patch_grid: tuple[int, int]
+    image_region: tuple[float, float, float, float]
     camera_index: np.ndarray
     patch_index: np.ndarray
     kept: np.ndarray
@@ -135,6 +139,7 @@ def chunk_arrays(
     merged_into: np.ndarray | None = None,
     mi: Sequence[float | None] | None = None,
     k: Sequence[float | None] | None = None,
+    image_region: Sequence[float] = (0.0, 0.0, 1.0, 1.0),
 ) -> dict[str, np.ndarray]:
     """The arrays of one chunk (see the module docstring); ``kept`` is bool ``[B, L, V]``."""
     b, num_layers, _ = kept.shape
@@ -150,6 +155,7 @@ def chunk_arrays(
         "scene_token": np.asarray(scene_tokens, dtype=str),
         "cameras": np.asarray(cameras, dtype=str),
         "patch_grid": np.asarray(patch_grid, dtype=np.int64),
+        "image_region": np.asarray(image_region, dtype=np.float64),
         "camera_index": np.asarray(camera_index, dtype=np.int16),
         "patch_index": np.asarray(patch_index, dtype=np.int32),
         "kept_bits": np.packbits(kept.astype(bool), axis=-1),
@@ -206,6 +212,7 @@ def _row(chunk: dict[str, np.ndarray], b: int) -> SampleTrace:
         scene_token=str(chunk["scene_token"][b]),
         cameras=tuple(str(c) for c in chunk["cameras"]),
         patch_grid=(int(chunk["patch_grid"][0]), int(chunk["patch_grid"][1])),
+        image_region=tuple(float(v) for v in chunk["image_region"]),  # type: ignore[arg-type]
         camera_index=chunk["camera_index"][b].astype(np.int64),
         patch_index=chunk["patch_index"][b].astype(np.int64),
         kept=kept,
