@@ -331,3 +331,14 @@ def test_grid_covers_the_processors_centre_crop(llava_folder: Path) -> None:
         [150, 44, 180, 74],
         [180, 44, 210, 74],
     ]
+
+
+def test_damaged_token_file_is_a_one_line_error(runs: dict[str, Path], tmp_path: Path) -> None:
+    from vla_autoprune.errors import DataError
+
+    (tmp_path / KEPT_DIR).mkdir()
+    chunk = next((runs["fastv"] / KEPT_DIR).glob("*.npz"))
+    (tmp_path / KEPT_DIR / chunk.name).write_bytes(chunk.read_bytes()[:200])  # truncated copy
+    with pytest.raises(DataError, match=r"is unreadable .*delete it and evaluate the run again") as err:
+        KeptStore(tmp_path)
+    assert "\n" not in str(err.value)

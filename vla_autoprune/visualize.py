@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -76,6 +77,7 @@ def live_indices(dataset: Any, scene: str | int | None, sample: str | None) -> l
 
 def live_run(cfg: DictConfig, out_dir: Path) -> Path:
     """Evaluate the selected samples with the configured planner into ``out_dir/live``; returns that folder."""
+    torch.manual_seed(cfg.seed)  # as evaluate does: a random pruner draws the same tokens
     dataset = _build(cfg.data.dataset)
     indices = live_indices(dataset, cfg.scene, cfg.sample)
     planner = _build(cfg.planner)

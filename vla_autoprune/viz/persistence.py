@@ -36,6 +36,7 @@ import io
 import logging
 import os
 import tempfile
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,13 +227,18 @@ def _row(chunk: dict[str, np.ndarray], b: int) -> SampleTrace:
 
 
 class KeptStore:
-    """The kept tokens of one run, by sample token (loads every chunk of ``run_dir/kept/``).
+    """The kept tokens of one run, by sample token (``run_dir/kept/``).
+
+    Opening reads only each chunk's tokens and indices; :meth:`get` loads a chunk when asked
+    (the last few stay cached), so a long run's files need not fit in memory at once.
 
     Raises:
         DataNotFoundError: the run has no ``kept/`` chunks (written before the viewer existed, or
             by a planner without visual tokens).
         DataError: a chunk is unreadable or of an unknown format version.
     """
+
+    CACHED_CHUNKS = 8
 
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
@@ -244,20 +250,22 @@ class KeptStore:
                 "existed, or a planner without visual tokens); evaluate it again into a new folder "
                 "(hydra.run.dir=<new dir>) to record them"
             )
-        self._rows: dict[str, tuple[dict[str, np.ndarray], int]] = {}
+        self._rows: dict[str, tuple[Path, int, int]] = {}  # token -> (chunk, row, dataset index)
         for path in paths:  # oldest first: a sample evaluated again keeps its newest chunk
-            chunk = self._load(path)
-            for b, token in enumerate(chunk["sample_token"]):
-                self._rows[str(token)] = (chunk, b)
+            head = self._load(path, ("sample_token", "index"))
+            for b, (token, index) in enumerate(zip(head["sample_token"], head["index"], strict=True)):
+                self._rows[str(token)] = (path, b, int(index))
+        self._cache: dict[Path, dict[str, np.ndarray]] = {}
 
     @staticmethod
-    def _load(path: Path) -> dict[str, np.ndarray]:
+    def _load(path: Path, keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """The arrays ``keys`` (all when None) of one chunk, after checking its format version."""
         try:
             with np.load(path, allow_pickle=False) as data:
-                chunk = {key: data[key] for key in data.files}
-        except (OSError, ValueError, EOFError) as err:
+                version = int(data["version"]) if "version" in data.files else -1
+                chunk = {key: data[key] for key in (data.files if keys is None else keys)}
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
             raise DataError(f"{path} is unreadable ({err}); delete it and evaluate the run again") from err
-        version = int(chunk.get("version", -1))
         if version != FORMAT_VERSION:
             raise DataError(
                 f"{path} has token-file format {version}, this viewer reads {FORMAT_VERSION}; "
@@ -273,7 +281,7 @@ class KeptStore:
 
     def tokens(self) -> list[str]:
         """Sample tokens held, in dataset-index order."""
-        return sorted(self._rows, key=lambda t: int(self._rows[t][0]["index"][self._rows[t][1]]))
+        return sorted(self._rows, key=lambda t: self._rows[t][2])
 
     def get(self, sample_token: str) -> SampleTrace:
         """The trace of ``sample_token``.
@@ -287,5 +295,9 @@ class KeptStore:
                 f"sample {sample_token!r} is not in run {self.run_dir} ({len(self)} samples); pick "
                 f"one of its samples, e.g. sample={example}, or select by scene=<scene name>"
             )
-        chunk, b = self._rows[sample_token]
-        return _row(chunk, b)
+        path, b, _ = self._rows[sample_token]
+        if path not in self._cache:
+            if len(self._cache) >= self.CACHED_CHUNKS:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[path] = self._load(path)
+        return _row(self._cache[path], b)
