@@ -172,16 +172,18 @@ function draw() {
   const kept = bytes(t.kept[layer]), merged = t.merged ? int16(t.merged[layer]) : null;
   const bx = boxes[si], n = bx.length / 4;
   let nk = 0, nm = 0;
+  const groups = new Set();
   for (let v = 0; v < n; v++) {
     const b = bx.subarray(4 * v, 4 * v + 4);
     if ((kept[v >> 3] >> (7 - (v & 7))) & 1) { outline(ctx, b, S.kept); nk++; continue; }
     if (merged && merged[v] >= 0) {
       ctx.fillStyle = rgb(S.merged, S.tint); ctx.fillRect(b[0], b[1], b[2] - b[0], b[3] - b[1]);
-      outline(ctx, b, S.merged); nm++; continue;
+      outline(ctx, b, S.merged); nm++; groups.add(merged[v]); continue;
     }
     ctx.fillStyle = rgb([0, 0, 0], 1 - S.dim); ctx.fillRect(b[0], b[1], b[2] - b[0], b[3] - b[1]);
   }
-  $("counts").textContent = nk + " of " + n + " tokens kept" + (merged ? ", " + nm + " merged" : "");
+  $("counts").textContent = nk + " of " + n + " tokens kept" +
+    (groups.size ? ", " + groups.size + " merged from " + nm + " patches" : "");
 }
 
 function init() {
