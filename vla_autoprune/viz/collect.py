@@ -60,8 +60,8 @@ def merged_into(record: PruningRecord, num_visual: int) -> np.ndarray | None:
     the merged token holding original visual token ``v`` at that layer, -1 = none) or None.
     """
     layers = getattr(record, "merged_into", None)
-    if not layers:
-        return None
+    if not layers or all(value is None for value in layers):
+        return None  # an engine without merge members, or a forward that merged nothing
     b = record.visual_tokens.shape[0] if record.visual_tokens is not None else 0
     out = np.full((b, record.num_layers, num_visual), -1, dtype=np.int16)
     for layer, value in enumerate(layers):
