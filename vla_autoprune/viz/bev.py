@@ -114,7 +114,7 @@ def bev_figure(
     labels: np.ndarray,
     layers: MapLayers | None = None,
     title: str = "",
-    size: tuple[float, float] = (3.6, 4.2),
+    size: tuple[float, float] = (3.6, 3.8),
 ) -> Figure:
     """The bird's-eye view: map, GT agent boxes per future step (later = fainter), trajectories.
 

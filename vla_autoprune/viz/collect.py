@@ -9,15 +9,12 @@ import numpy as np
 
 from vla_autoprune.models.layout import TokenLayout
 from vla_autoprune.pruning import PruningRecord
-from vla_autoprune.viz.persistence import chunk_arrays, kept_mask
+from vla_autoprune.viz.persistence import FULL_IMAGE, chunk_arrays, kept_mask
 
 
 def _per_sample(value: Any) -> list[float | None] | None:
     """A ``[B]`` stat tensor as floats (None when the pruner did not report it)."""
     return None if value is None else [float(v) for v in np.asarray(value, dtype=np.float64).reshape(-1)]
-
-
-FULL_IMAGE = (0.0, 0.0, 1.0, 1.0)
 
 
 def _size(size: Any, key: str) -> int | None:

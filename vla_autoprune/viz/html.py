@@ -117,8 +117,8 @@ _TEMPLATE = """<!DOCTYPE html>
 body{font:13px sans-serif;margin:8px;background:#fafafa;color:#222}
 #bar{display:flex;gap:14px;align-items:center;flex-wrap:wrap;margin-bottom:6px}
 #main{display:flex;gap:10px;align-items:flex-start}
-#plots{display:flex;flex-direction:column;gap:6px}
-#plots img{width:340px;height:auto}
+#plots{display:flex;flex-direction:column;gap:6px;align-items:flex-start}
+#curve{width:420px;height:auto}
 canvas{display:block;image-rendering:pixelated}
 .note{color:#a00}
 </style></head><body>

@@ -17,7 +17,8 @@ sample_token    str [B]                nuScenes sample token
 scene_token     str [B]                nuScenes scene token
 cameras         str [C]                camera channels (the batch's ``cameras``)
 patch_grid      int64 [2]              (rows, cols) of the vision tower's patch grid per camera
-image_region    float64 [4]            (x0, y0, x1, y1): fraction of each image the grid covers
+image_region    float64 [4]            (x0, y0, x1, y1): fraction of each image the grid covers;
+                                       optional, the whole image when absent
 camera_index    int16 [B, V]           camera of each visual token (``TokenLayout.camera_index``)
 patch_index     int32 [B, V]           row-major patch of each visual token (``TokenLayout.patch_index``)
 kept_bits       uint8 [B, L, ceil(V/8)] ``np.packbits`` of "original token v enters layer l"
@@ -51,6 +52,7 @@ logger = logging.getLogger(__name__)
 KEPT_DIR = "kept"
 FORMAT_VERSION = 1
 _NO_MERGE = -1
+FULL_IMAGE = (0.0, 0.0, 1.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,7 @@ def chunk_arrays(
     merged_into: np.ndarray | None = None,
     mi: Sequence[float | None] | None = None,
     k: Sequence[float | None] | None = None,
-    image_region: Sequence[float] = (0.0, 0.0, 1.0, 1.0),
+    image_region: Sequence[float] = FULL_IMAGE,
 ) -> dict[str, np.ndarray]:
     """The arrays of one chunk (see the module docstring); ``kept`` is bool ``[B, L, V]``."""
     b, num_layers, _ = kept.shape
@@ -213,7 +215,7 @@ def _row(chunk: dict[str, np.ndarray], b: int) -> SampleTrace:
         scene_token=str(chunk["scene_token"][b]),
         cameras=tuple(str(c) for c in chunk["cameras"]),
         patch_grid=(int(chunk["patch_grid"][0]), int(chunk["patch_grid"][1])),
-        image_region=tuple(float(v) for v in chunk["image_region"]),  # type: ignore[arg-type]
+        image_region=tuple(float(v) for v in chunk.get("image_region", FULL_IMAGE)),  # type: ignore[arg-type]
         camera_index=chunk["camera_index"][b].astype(np.int64),
         patch_index=chunk["patch_index"][b].astype(np.int64),
         kept=kept,
