@@ -15,6 +15,7 @@ from planners.base import Planner
 from vla_autoprune.compat import decoder_config, decoder_layers
 from vla_autoprune.devices import batch_to, resolve_device, resolve_dtype
 from vla_autoprune.models.base import DrivingModel
+from vla_autoprune.models.layout import TokenLayout
 from vla_autoprune.pruning import NoPruner, Pruner, PruningRecord, run_pruned
 from vla_autoprune.pruning.flops import decoder_flops_from_config
 
@@ -43,6 +44,8 @@ class VLAPlanner(Planner):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         self._model: DrivingModel | None = model if isinstance(model, DrivingModel) else None
+        # The last batch's record and its input layout, for the viewer's token files (vla_autoprune.viz).
+        self.last_pruning: tuple[PruningRecord, TokenLayout] | None = None
 
     @property
     def model(self) -> DrivingModel:
@@ -72,6 +75,7 @@ class VLAPlanner(Planner):
         with torch.inference_mode():
             inputs = self.model.prepare(batch_to(batch, self.device))
             waypoints, record = run_pruned(self.model, inputs, self.pruner)
+        self.last_pruning = (record, inputs.layout)
         full_tokens = inputs.attention_mask.sum(dim=1)  # [B]: every token at every layer when unpruned
         return waypoints.float().cpu(), self._stats(record, full_tokens)
 
