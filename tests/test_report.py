@@ -273,3 +273,14 @@ def test_report_cli_rejects_bad_resamples_in_one_line(
 ) -> None:
     assert main([str(tmp_path), "--resamples", "0"]) == 2
     assert "resamples=0" in caplog.text and "Traceback" not in caplog.text
+
+
+def test_budget_plot_draws_an_interval_that_excludes_its_estimate(tmp_path: Path) -> None:
+    # A percentile interval from few scenes can lie entirely on one side of the point estimate;
+    # the plot must still be written (it once failed with "'yerr' must not contain negative values").
+    row = {"planner": "vla", "pruner": "fastv", "budget": 32, "L2@3s stp3": 1.0}
+    row |= {"L2@3s stp3 lo": 1.1, "L2@3s stp3 hi": 1.3}
+    fig = plot_vs_budget([row], "L2@3s stp3", tmp_path / "l2.png")
+    assert (tmp_path / "l2.png").stat().st_size > 0
+    segments = fig.axes[0].collections[-1].get_segments()
+    assert [tuple(map(tuple, s)) for s in segments] == [((32.0, 1.1), (32.0, 1.3))]

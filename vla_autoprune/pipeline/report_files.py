@@ -108,11 +108,9 @@ def plot_vs_budget(rows: Sequence[dict[str, Any]], column: str, path: Path) -> F
         xs, ys, lows, highs = zip(*sorted(points), strict=True)
         (line,) = ax.plot(xs, ys, marker="o", label=label)
         ax.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.15, linewidth=0)
-        bars = [
-            [y - lo for y, lo in zip(ys, lows, strict=True)],
-            [hi - y for y, hi in zip(ys, highs, strict=True)],
-        ]
-        ax.errorbar(xs, ys, yerr=bars, fmt="none", ecolor=line.get_color(), capsize=3)  # a lone budget too
+        # Interval bars, so a lone budget shows its CI too. vlines, not errorbar: a percentile
+        # interval need not contain the point estimate (skewed replicates on few scenes).
+        ax.vlines(xs, lows, highs, color=line.get_color(), linewidth=1.5)
     ax.set_xlabel("budget (mean visual tokens per decoder layer)")
     ax.set_ylabel(f"{column} (95 % CI band)")
     ax.grid(alpha=0.3)

@@ -54,7 +54,7 @@ from vla_autoprune import compat
 from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.pruning.cameras import camera_choice, camera_counts, rank_order
 from vla_autoprune.pruning.flops import decoder_flops_from_config
-from vla_autoprune.pruning.pruner import LayerView, Pruner
+from vla_autoprune.pruning.pruner import LayerView, Merge, Pruner
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,9 @@ class PruningRecord:
         seq_len: int64 ``[L]``, sequence length each layer ran on (padding and fillers included).
         kept_visual: per layer, int64 ``[B, Kv]`` indices (into the given inputs' ``V`` visual
             tokens, ascending, -1 padded) of the original visual tokens entering the layer.
+        merged_into: per layer, int64 ``[B, V]``: the merged token (numbered ``0..`` in sequence
+            order among the layer's merged tokens) that holds original visual token ``v``, -1 for
+            none; filled when the pruner's merges name their members (:class:`Merge` ``members``).
         schedule: int64 ``[B, L]``, the pruner's last schedule (counts handed on), or None.
         stats: per-sample numbers the pruner reported, name -> ``[B]`` (AutoPrune: ``mi``, the
             mutual information, and ``k``, the logistic slope).
@@ -101,6 +104,7 @@ class PruningRecord:
     tokens: torch.Tensor | None = None
     seq_len: torch.Tensor | None = None
     kept_visual: list[torch.Tensor | None] = field(default_factory=list)
+    merged_into: list[torch.Tensor | None] = field(default_factory=list)
     schedule: torch.Tensor | None = None
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
     flops: torch.Tensor | None = None
@@ -146,6 +150,8 @@ class _Forward:
     mask_template: torch.Tensor | None  # layer 0's mask: None (SDPA causal) or its encoding
     schedule: torch.Tensor | None = None
     scratch: dict[str, Any] = field(default_factory=dict)
+    # [B, V + 1]: src of the merged slot holding each original visual token (-1: none; last: spare)
+    owner: torch.Tensor | None = None
 
 
 @dataclass
@@ -295,6 +301,7 @@ class _Engine:
         rec.seq_len = zeros(self.num_layers)
         rec.scoring_flops = zeros(b)
         rec.kept_visual = [None] * self.num_layers
+        rec.merged_into = [None] * self.num_layers
         rec.schedule = None
         rec.stats = {}
 
@@ -311,6 +318,43 @@ class _Engine:
         origin = self.visual_origin.gather(1, slots.src).masked_fill(~original, -1)
         idx, ok = _true_indices(original)
         rec.kept_visual[i] = origin.gather(1, idx).masked_fill(~ok, -1)
+        state = self.state
+        if state is not None and state.owner is not None:
+            rec.merged_into[i] = self._merged_into(state.owner, slots, visual & slots.merged)
+
+    def _merged_into(self, owner: torch.Tensor, slots: _Slots, merged: torch.Tensor) -> torch.Tensor:
+        """int64 ``[B, V]``: rank (in slot order) of the live merged slot holding each original token."""
+        n = self.real.shape[1]
+        rank = torch.full((owner.shape[0], n + 1), -1, dtype=torch.long, device=owner.device)
+        rank.scatter_(1, torch.where(merged, slots.src, n), merged.long().cumsum(1) - 1)
+        rank[:, n] = -1
+        held = owner[:, : self.num_visual]
+        return torch.where(held >= 0, rank.gather(1, held.clamp(min=0)), -1)
+
+    def _track_members(self, state: _Forward, slots: _Slots, vs: torch.Tensor, merge: Merge) -> None:
+        """Record which original visual tokens the new merged tokens hold (members may be merged ones)."""
+        if merge.members is None:
+            return
+        b, n = vs.shape[0], self.real.shape[1]
+        if state.owner is None:
+            state.owner = torch.full((b, self.num_visual + 1), -1, dtype=torch.long, device=vs.device)
+        vsrc = slots.src.gather(1, vs)  # [B, Kv]
+        was_merged = slots.merged.gather(1, vs)
+        joined = merge.members >= 0
+        target = torch.where(
+            joined, vsrc.gather(1, merge.representative).gather(1, merge.members.clamp(min=0)), -1
+        )
+        # tokens held by a merged slot that joined a new merge move to the new one
+        remap = torch.full((b, n + 1), -1, dtype=torch.long, device=vs.device)
+        remap.scatter_(1, torch.where(joined & was_merged, vsrc, n), target)
+        remap[:, n] = -1
+        moved = remap.gather(1, state.owner.clamp(min=0))
+        state.owner = torch.where((state.owner >= 0) & (moved >= 0), moved, state.owner)
+        # original tokens that joined
+        origin = self.visual_origin.gather(1, vsrc)
+        column = torch.where(joined & ~was_merged, origin, self.num_visual)
+        state.owner.scatter_(1, column, torch.where(joined & ~was_merged, target, -1))
+        state.owner[:, self.num_visual] = -1
 
     def _positions(self, state: _Forward, slots: _Slots, hidden: torch.Tensor) -> dict[str, Any]:
         """position_ids and (cos, sin) for the slots of a prefill."""
@@ -536,6 +580,8 @@ class _Engine:
             keys=torch.where(is_real, 2 * vs.gather(1, pos), 2 * vs[:, -1:] + 1),
         )
         if merge is not None:
+            assert self.state is not None
+            self._track_members(self.state, slots, vs, merge)
             m = (torch.arange(width, device=vs.device) - real).clamp(min=0, max=merge.hidden.shape[1] - 1)
             rep_src = slots.src.gather(1, vs.gather(1, merge.representative.gather(1, m)))
             block.src = torch.where(is_real, block.src, rep_src)
@@ -674,6 +720,7 @@ def _finish(record: PruningRecord, config: Any, camera_index: torch.Tensor) -> N
         if value is not None:
             setattr(record, name, value.cpu())
     record.kept_visual = [None if k is None else k.cpu() for k in record.kept_visual]
+    record.merged_into = [None if m is None else m.cpu() for m in record.merged_into]
     record.stats = {key: value.detach().cpu() for key, value in record.stats.items()}
     assert record.tokens is not None
     record.flops = decoder_flops_from_config(record.tokens, config)

@@ -152,11 +152,14 @@ class Merge:
         representative: int64 ``[B, R]``, index into the layer's visual slots of the token whose
             position id (and record identity) each merged token takes.
         valid: bool ``[B, R]``; rows may carry fewer merged tokens than ``R``.
+        members: int64 ``[B, Kv]``, the merged token (``0..R-1``) each visual slot went into, -1
+            for none; None when the pruner does not say (the record then has no merge members).
     """
 
     hidden: torch.Tensor
     representative: torch.Tensor
     valid: torch.Tensor
+    members: torch.Tensor | None = None
 
 
 @dataclass

@@ -113,4 +113,8 @@ def recycle_dropped(
     pool_scores = ranked.gather(1, pool).unsqueeze(-1).expand(-1, -1, c)
     best = torch.where(member, pool_scores, float("-inf")).argmax(dim=1)  # [B, C] index into pool
     valid = torch.arange(c, device=pool.device) < torch.minimum(clusters, pool_size).unsqueeze(1)
-    return Merge(hidden=merged, representative=pool.gather(1, best), valid=valid & member.any(1))
+    valid = valid & member.any(1)
+    joined = pool_ok & (assign >= 0) & valid.gather(1, assign.clamp(min=0))
+    members = torch.full((b, kv), -1, dtype=torch.int64, device=pool.device)
+    members.scatter_(1, pool, torch.where(joined, assign, -1))  # pool indices are distinct per row
+    return Merge(hidden=merged, representative=pool.gather(1, best), valid=valid, members=members)
