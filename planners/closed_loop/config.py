@@ -92,7 +92,7 @@ class ReferenceConfig:
     headway_s: float = 1.5  # [s] headway_time
     accel_max: float = 1.5  # [m/s^2] accel_max
     decel_max: float = 3.0  # [m/s^2] decel_max
-    exponent: float = 4.0  # IDM acceleration exponent (nuPlan IDM default)
+    exponent: float = 10.0  # batch_idm_policy.py acceleration_exponent
 
 
 @dataclass(frozen=True)

@@ -56,9 +56,12 @@ def reference_progress(
         desired = ref.min_gap_m + np.maximum(
             0.0, v * ref.headway_s + v * (v - lead_speed) / (2.0 * np.sqrt(ref.accel_max * ref.decel_max))
         )
-        interaction = np.where(np.isfinite(lead_gap), (desired / np.maximum(lead_gap, 1e-3)) ** 2, 0.0)
+        # batch_idm_policy.py clamps the gap at the minimum gap (no division by ~0) and clips the
+        # acceleration; forward Euler as there.
+        interaction = np.where(
+            np.isfinite(lead_gap), (desired / np.maximum(lead_gap, ref.min_gap_m)) ** 2, 0.0
+        )
         accel = np.clip(ref.accel_max * (free - interaction), -ref.decel_max, ref.accel_max)
-        new_v = np.maximum(v + dt * accel, 0.0)
-        s = s + dt * (v + new_v) / 2
-        v = new_v
+        s = s + dt * v
+        v = np.maximum(v + dt * accel, 0.0)
     return np.maximum(s - s0, 0.0)
