@@ -25,7 +25,7 @@ from planners.closed_loop.metrics import (
 )
 from planners.closed_loop.reference import progress_along, reference_progress
 from planners.closed_loop.rollout import rollout
-from planners.closed_loop.score import SCORE_KEYS, pdm_score
+from planners.closed_loop.score import SCORE_KEYS, pdm_score, sub_scores
 
 __all__ = [
     "COMFORT_CHECKS",
@@ -54,5 +54,6 @@ __all__ = [
     "progress_along",
     "reference_progress",
     "rollout",
+    "sub_scores",
     "time_to_collision",
 ]

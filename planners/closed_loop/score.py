@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from planners.closed_loop.agents import interpolate_agents
+from planners.closed_loop.agents import AgentTracks, interpolate_agents
 from planners.closed_loop.areas import SceneGeometry, ego_areas
 from planners.closed_loop.config import DEFAULT_CONFIG, PDMConfig, State
 from planners.closed_loop.geometry import pad_polylines
@@ -33,62 +33,52 @@ logger = logging.getLogger(__name__)
 SCORE_KEYS: tuple[str, ...] = ("pdms", "nc", "dac", "ttc", "ep", "comfort", "ddc")
 
 
-def _array(x: Any, name: str) -> np.ndarray:
+def _array(x: Any, name: str, dtype: type = np.float64) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     try:
-        return np.asarray(x, dtype=np.float64)
+        return np.asarray(x, dtype=dtype)
     except (TypeError, ValueError) as err:
         raise DataError(f"{name} is not numeric ({err}); pass an array or tensor") from err
 
 
-def _checked(
-    plan: Any, ego_state: Any, agent_boxes: Any, agent_valid: Any, agent_labels: Any, scenes: Sequence[Any]
-) -> tuple[np.ndarray, ...]:
-    plan_np, state_np, boxes_np = (
-        _array(plan, "plan"),
-        _array(ego_state, "ego_state"),
-        _array(agent_boxes, "agent_boxes"),
-    )
-    valid_np = np.asarray(
-        agent_valid.cpu() if isinstance(agent_valid, torch.Tensor) else agent_valid, dtype=bool
-    )
-    labels_np = np.asarray(agent_labels.cpu() if isinstance(agent_labels, torch.Tensor) else agent_labels)
-    batch = plan_np.shape[0] if plan_np.ndim == 3 else -1
+def _checked_plan(plan: Any, ego_state: Any) -> tuple[np.ndarray, np.ndarray]:
+    """float64 plan [B, K, 2] and ego_state [B, 3], or a one-line DataError."""
+    plan_np, state_np = _array(plan, "plan"), _array(ego_state, "ego_state")
     if plan_np.ndim != 3 or plan_np.shape[2] != 2:
         raise DataError(f"plan has shape {plan_np.shape}; expected [B, K, 2] waypoints every {PLAN_DT_S} s")
     bad = np.flatnonzero(~np.isfinite(plan_np).all(axis=(1, 2)))
     if bad.size:
         raise DataError(f"plan holds NaN or inf waypoints in samples {bad.tolist()}; fix the planner output")
-    if state_np.shape != (batch, len(EGO_STATE_FIELDS)) or not np.isfinite(state_np).all():
+    expected = (plan_np.shape[0], len(EGO_STATE_FIELDS))
+    if state_np.shape != expected or not np.isfinite(state_np).all():
         raise DataError(
-            f"ego_state must be finite [{batch}, 3] {list(EGO_STATE_FIELDS)}, got {state_np.shape}"
+            f"ego_state must be finite {list(expected)} with columns {list(EGO_STATE_FIELDS)}, "
+            f"got shape {state_np.shape}"
         )
-    keys = plan_np.shape[1] + 1
-    if boxes_np.shape[:2] != (batch, keys) or boxes_np.ndim != 4 or boxes_np.shape[3] != 5:
+    return plan_np, state_np
+
+
+def _checked_agents(
+    agent_boxes: Any, agent_valid: Any, agent_labels: Any, batch: int, keys: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """float64 boxes [B, keys, N, 5] (invalid slots zeroed), bool valid, int64 labels, or a DataError."""
+    boxes = _array(agent_boxes, "agent_boxes")
+    valid, labels = _array(agent_valid, "agent_valid", bool), _array(agent_labels, "agent_labels", np.int64)
+    if boxes.ndim != 4 or boxes.shape[:2] != (batch, keys) or boxes.shape[3] != 5:
         raise DataError(
-            f"agent_boxes has shape {boxes_np.shape}; expected [{batch}, {keys}, N, 5] at t = 0 and every waypoint"
+            f"agent_boxes has shape {boxes.shape}; expected [{batch}, {keys}, N, 5] at t = 0 and every waypoint"
         )
-    if valid_np.shape != boxes_np.shape[:3] or labels_np.shape != (batch, boxes_np.shape[2]):
+    if valid.shape != boxes.shape[:3] or labels.shape != (batch, boxes.shape[2]):
         raise DataError(
-            f"agent_valid {valid_np.shape} / agent_labels {labels_np.shape} must be {boxes_np.shape[:3]} / "
-            f"{(batch, boxes_np.shape[2])}"
+            f"agent_valid {valid.shape} / agent_labels {labels.shape} must be {boxes.shape[:3]} / "
+            f"{(batch, boxes.shape[2])}"
         )
-    if not np.isfinite(boxes_np[valid_np]).all():
+    if not np.isfinite(boxes[valid]).all():
         raise DataError(
             "agent_boxes holds NaN or inf for valid agents; fix the annotations or mark them invalid"
         )
-    if len(scenes) != batch:
-        raise DataError(
-            f"got {len(scenes)} scene geometries for {batch} plans; pass one (or None) per sample"
-        )
-    return (
-        plan_np,
-        state_np,
-        np.where(valid_np[..., None], boxes_np, 0.0),
-        valid_np,
-        labels_np.astype(np.int64),
-    )
+    return np.where(valid[..., None], boxes, 0.0), valid, labels
 
 
 def pdm_score(
@@ -113,10 +103,15 @@ def pdm_score(
         (largest distance between the rollout and the plan at the waypoint times).
     :raises DataError: malformed input, or a plan with NaN / inf (one line naming the samples).
     """
-    plan_np, state_np, boxes, valid, labels = _checked(
-        plan, ego_state, agent_boxes, agent_valid, agent_labels, scenes
-    )
+    plan_np, state_np = _checked_plan(plan, ego_state)
     batch = plan_np.shape[0]
+    boxes, valid, labels = _checked_agents(
+        agent_boxes, agent_valid, agent_labels, batch, plan_np.shape[1] + 1
+    )
+    if len(scenes) != batch:
+        raise DataError(
+            f"got {len(scenes)} scene geometries for {batch} plans; pass one (or None) per sample"
+        )
     problems = [("no map" if s is None else s.problem()) for s in scenes]
     scored = np.array([p is None for p in problems], dtype=bool)
     for b in np.flatnonzero(~scored):
@@ -138,26 +133,36 @@ def pdm_score(
     if idx.size == 0:
         return out
     tracks = interpolate_agents(boxes[idx], valid[idx], labels[idx], PLAN_DT_S, config.tracker.dt_s)
-    sim = states[idx]
-    usable = [s for s in scenes if s is not None and s.problem() is None]
-    areas = ego_areas(sim, usable, config.ego)
-    lines = pad_polylines([np.asarray(s.centreline, dtype=np.float64) for s in usable])
-    nc = no_at_fault_collision(sim, tracks, areas.multiple_lanes | areas.off_road, config)
+    usable = [scene for scene, ok in zip(scenes, scored, strict=True) if ok and scene is not None]
+    for key, value in sub_scores(states[idx], tracks, usable, config).items():
+        out[key][idx] = value
+    return out
+
+
+def sub_scores(
+    states: np.ndarray, tracks: AgentTracks, scenes: Sequence[SceneGeometry], config: PDMConfig
+) -> dict[str, np.ndarray]:
+    """Every sub-score, PDMS and the two progress distances of B rollouts.
+
+    :param states: float [B, T, S] rollouts; ``tracks``: agents over the same T steps.
+    :param scenes: B usable scene geometries. :return: float64 [B] per key.
+    """
+    areas = ego_areas(states, scenes, config.ego)
+    lines = pad_polylines([np.asarray(s.centreline, dtype=np.float64) for s in scenes])
+    nc = no_at_fault_collision(states, tracks, areas.multiple_lanes | areas.off_road, config)
     dac = drivable_area_compliance(areas.off_road)
     risky = areas.multiple_lanes | areas.off_road | areas.in_intersection
-    progress = progress_along(sim, lines, config)
-    reference = reference_progress(sim[:, 0, State.SPEED], lines, tracks, config)
+    progress = progress_along(states, lines, config)
+    reference = reference_progress(states[:, 0, State.SPEED], lines, tracks, config)
     values = {
         "nc": nc,
         "dac": dac,
-        "ttc": time_to_collision(sim, tracks, risky, config),
+        "ttc": time_to_collision(states, tracks, risky, config),
         "ep": ego_progress(progress, reference, nc * dac, config),
-        "comfort": comfort(sim, config),
-        "ddc": driving_direction_compliance(sim, areas.oncoming, config),
+        "comfort": comfort(states, config),
+        "ddc": driving_direction_compliance(states, areas.oncoming, config),
         "progress_m": progress,
         "reference_progress_m": reference,
     }
-    values["pdms"] = combine(values["nc"], dac, values["ttc"], values["ep"], values["comfort"], config)
-    for key, value in values.items():
-        out[key][idx] = value
-    return out
+    values["pdms"] = combine(nc, dac, values["ttc"], values["ep"], values["comfort"], config)
+    return values
