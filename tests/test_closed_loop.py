@@ -267,6 +267,106 @@ def test_batch_equals_one_by_one_and_unscored_samples_are_flagged() -> None:
             assert float(value[b]) == pytest.approx(one[key], abs=1e-12), key
 
 
+def _random_traffic(seed: int, batch: int = 24, slots: int = 8) -> tuple[np.ndarray, ...]:
+    """Straight, turning and braking plans among random cars and barriers: plan, state, agents."""
+    rng = np.random.default_rng(seed)
+    speeds = rng.uniform(2.0, 12.0, batch)
+    turns, brakes = rng.choice([0.0, 0.3, -0.3], batch), rng.choice([0.0, -2.0], batch)
+    plans = np.stack(
+        [_arc(v, w) if w else straight(v, a) for v, w, a in zip(speeds, turns, brakes, strict=True)]
+    )
+    x0, y0 = rng.uniform(-15.0, 35.0, (batch, 1, slots)), rng.uniform(-4.0, 6.0, (batch, 1, slots))
+    v, yaw = rng.uniform(-3.0, 12.0, (batch, 1, slots)), rng.uniform(-0.5, 0.5, (batch, 1, slots))
+    t = KEY_TIMES[None, :, None]
+    size = np.ones((batch, 7, slots))
+    boxes = np.stack(
+        np.broadcast_arrays(
+            x0 + v * np.cos(yaw) * t, y0 + v * np.sin(yaw) * t, 1.9 * size, 4.5 * size, yaw + 0 * t
+        ),
+        axis=-1,
+    )
+    valid = rng.random((batch, 7, slots)) < 0.9
+    labels = rng.choice([CAR, BARRIER], (batch, slots))
+    state = np.stack([speeds, np.zeros(batch), np.zeros(batch)], axis=1)
+    return plans, state, boxes, valid, labels
+
+
+def _loop_nc_ttc(states, tracks, lane_or_road, risky):
+    """NC and TTC written as navsim's loops over steps and agents, for one sample at a time."""
+    from planners.closed_loop.geometry import ego_boxes, front_bumpers, relative_angle, unit
+    from planners.metrics import boxes_overlap
+
+    cfg, (batch, steps, slots) = DEFAULT_CONFIG, tracks.valid.shape
+    nc, ttc = np.ones(batch), np.ones(batch)
+    for b in range(batch):
+        ego = ego_boxes(states[b], cfg.ego)  # [T, 5]
+
+        def hit(t: int, box: np.ndarray, n: int, b: int = b) -> bool:
+            return bool(tracks.valid[b, t, n] and boxes_overlap(box, tracks.boxes[b, t, n]))
+
+        initial = {n for n in range(slots) if hit(0, ego[0], n)}
+        ignored = set(initial)
+        for t in range(steps):
+            for n in range(slots):
+                if n in ignored or not hit(t, ego[t], n):
+                    continue
+                s, box = states[b, t], tracks.boxes[b, t, n]
+                angle = relative_angle(s[[State.X, State.Y]], s[State.HEADING], box[:2])
+                if s[State.SPEED] <= 0.05:
+                    fault = False
+                elif not tracks.is_agent[b, n] or tracks.speed[b, t, n] <= 0.05:
+                    fault = True
+                elif angle > math.radians(150):
+                    fault = False
+                else:
+                    fault = bool(boxes_overlap(front_bumpers(s, cfg.ego), box)) or lane_or_road[b, t]
+                if fault:
+                    nc[b] = min(nc[b], 0.0 if tracks.is_agent[b, n] else 0.5)
+                else:
+                    ignored.add(n)
+        ignored = set(initial)
+        for t in range(steps - 9):
+            s = states[b, t]
+            for d in (0, 3, 6, 9):
+                moved = ego[t].copy()
+                moved[:2] += s[State.SPEED] * unit(s[State.HEADING]) * d * 0.1
+                for n in range(slots):
+                    if n in ignored or s[State.SPEED] < 5e-3 or not hit(t + d, moved, n):
+                        continue
+                    angle = relative_angle(
+                        s[[State.X, State.Y]], s[State.HEADING], tracks.boxes[b, t + d, n, :2]
+                    )
+                    if angle < math.radians(30) or (risky[b, t] and angle <= math.radians(150)):
+                        ttc[b] = 0.0
+                    else:
+                        ignored.add(n)
+    return nc, ttc
+
+
+@pytest.mark.parametrize("seed", [2, 5])
+def test_vectorised_nc_and_ttc_equal_navsims_loops(seed: int) -> None:
+    from planners.closed_loop import no_at_fault_collision, time_to_collision
+
+    plans, state, boxes, valid, labels = _random_traffic(seed)
+    states = rollout(plans, state[:, 0], state[:, 1], state[:, 2])
+    tracks = interpolate_agents(boxes, valid, labels)
+    rng = np.random.default_rng(seed)
+    lane_or_road, risky = rng.random(states.shape[:2]) < 0.3, rng.random(states.shape[:2]) < 0.3
+    nc, ttc = _loop_nc_ttc(states, tracks, lane_or_road, risky)
+    np.testing.assert_array_equal(no_at_fault_collision(states, tracks, lane_or_road, DEFAULT_CONFIG), nc)
+    np.testing.assert_array_equal(time_to_collision(states, tracks, risky, DEFAULT_CONFIG), ttc)
+    assert 0 < nc.mean() < 1 and 0 < ttc.mean() < 1  # the case is not trivial
+
+
+def test_agent_slot_order_does_not_matter() -> None:
+    plans, state, boxes, valid, labels = _random_traffic(5)
+    wide = [SceneGeometry(shapely.box(-60, -8, 250, 10), ROAD.centreline, ROAD.lanes)] * len(plans)
+    forward = pdm_score(plans, state, boxes, valid, labels, wide)
+    backward = pdm_score(plans, state, boxes[:, :, ::-1], valid[:, :, ::-1], labels[:, ::-1], wide)
+    for key in forward:
+        np.testing.assert_allclose(forward[key], backward[key], err_msg=key)
+
+
 def test_nan_plan_is_a_one_line_data_error() -> None:
     plan = np.stack([straight(10.0), straight(10.0)])
     plan[1, 3, 0] = np.nan

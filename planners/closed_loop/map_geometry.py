@@ -51,9 +51,22 @@ def to_ego(points: np.ndarray, pose: tuple[float, float, float]) -> np.ndarray:
     return np.stack([cos * dx + sin * dy, -sin * dx + cos * dy], axis=-1)
 
 
-def _polygons(nusc_map: Any, tokens: list[str], pose: tuple[float, float, float]) -> BaseGeometry:
-    """Union of map polygons, valid, in the ego frame."""
-    shapes = [shapely.make_valid(nusc_map.extract_polygon(token)) for token in tokens]
+def _polygons(
+    nusc_map: Any, tokens: list[str], pose: tuple[float, float, float], radius_m: float = PATCH_RADIUS_M
+) -> BaseGeometry:
+    """Union of map polygons cut to the patch around ``pose`` (real drivable areas span whole
+    districts), valid, in the ego frame."""
+    x, y, _ = pose
+    shapes = [
+        shapely.clip_by_rect(
+            shapely.make_valid(nusc_map.extract_polygon(token)),
+            x - radius_m,
+            y - radius_m,
+            x + radius_m,
+            y + radius_m,
+        )
+        for token in tokens
+    ]
     union = shapely.union_all(shapes) if shapes else shapely.Polygon()
     return shapely.transform(union, lambda xy: to_ego(xy, pose))
 
@@ -169,10 +182,9 @@ def scene_geometry(
     ]
     lanes = _lanes(nusc_map, records, pose)
     route_ego = None if route is None else np.asarray(route, dtype=np.float64).reshape(-1, 2)
-    window = shapely.box(-radius_m, -radius_m, radius_m, radius_m)
     return SceneGeometry(
-        drivable=shapely.intersection(_polygons(nusc_map, drivable_tokens, pose), window),
+        drivable=_polygons(nusc_map, drivable_tokens, pose, radius_m),
         centreline=reference_centreline(nusc_map, lanes, route_ego),
         lanes=tuple(Lane(poly, line[:, :2]) for poly, line in lanes.values() if poly is not None),
-        intersections=_polygons(nusc_map, crossing, pose),
+        intersections=_polygons(nusc_map, crossing, pose, radius_m),
     )

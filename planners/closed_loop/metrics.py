@@ -102,7 +102,7 @@ def time_to_collision(
     batch, _, depth, slots = hits.shape
     has, first = _first_events(hits.reshape(batch, steps * depth, slots))
     step = first // depth  # [B, N] ego step of the first contact
-    rear = np.take_along_axis(states[:, :, None, :], step[:, :, None, None], axis=1)[:, 0]  # [B, N, S]
+    rear = np.take_along_axis(states, step[..., None], axis=1)  # [B, N, S] ego at each first contact
     agent_xy = _at(agents.reshape(batch, steps * depth, slots, 5), first)[..., :2]
     angle = relative_angle(rear[..., [State.X, State.Y]], rear[..., State.HEADING], agent_xy)
     ahead = angle < math.radians(config.ahead_angle_deg)
