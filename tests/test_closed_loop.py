@@ -116,6 +116,21 @@ def test_running_into_something_ahead_is_at_fault(agent: tuple[np.ndarray, ...],
         assert result["pdms"] == 0.0 and result["ep"] == 0.0
 
 
+def test_side_swipe_is_at_fault_only_when_straddling_lanes_or_off_road() -> None:
+    # Ego at 10 m/s along y = 0; a car keeps level with its rear axle (x = 10 t, so 90 deg off the
+    # heading: neither ahead nor behind, clear of the front bumper at x + 3.336) and drifts in,
+    # y = 3.5 - t: its right side (y - 0.95) meets the ego's left side (0.925) at t = 1.63 s.
+    # A lateral contact is the ego's fault only while it straddles lanes or leaves the road.
+    from planners.closed_loop import no_at_fault_collision
+
+    states = _states(np.zeros(31))
+    boxes = np.stack([10.0 * KEY_TIMES, 3.5 - KEY_TIMES, np.full(7, 1.9), np.full(7, 4.5), np.zeros(7)], -1)
+    tracks = interpolate_agents(boxes[None, :, None], np.ones((1, 7, 1), dtype=bool), np.array([[CAR]]))
+    in_lane, straddling = np.zeros((1, 31), dtype=bool), np.ones((1, 31), dtype=bool)
+    assert no_at_fault_collision(states, tracks, in_lane, DEFAULT_CONFIG)[0] == 1.0
+    assert no_at_fault_collision(states, tracks, straddling, DEFAULT_CONFIG)[0] == 0.0
+
+
 def test_stopped_lead_vehicle_constant_velocity_scores_below_braking() -> None:
     # A car stands at x = 25. Constant velocity crashes; braking at 10/3.5 m/s^2 stops the ego's
     # front at 17.5 + 3.336 = 20.8 < 22.75, before its rear. The IDM reference also stops behind
