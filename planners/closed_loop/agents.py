@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from planners.closed_loop.geometry import wrap_angle
-from vla_autoprune.data.schema import CATEGORIES
+from vla_autoprune.data.schema import CATEGORIES, KEYFRAME_DT_S
 
 #: nuScenes classes that nuPlan counts as agents (AGENT_TYPES: vehicle, pedestrian, bicycle);
 #: the rest (animals, barriers, cones, debris, bicycle racks) are static objects.
@@ -39,14 +39,15 @@ def interpolate_agents(
     boxes: np.ndarray,
     valid: np.ndarray,
     labels: np.ndarray,
-    keyframe_dt_s: float = 0.5,
+    keyframe_dt_s: float = KEYFRAME_DT_S,
     dt_s: float = 0.1,
 ) -> AgentTracks:
     """Keyframe boxes (slot n = the same agent at every keyframe) -> boxes every ``dt_s``.
 
     Position, size and yaw (the short way round) are linear between the bracketing keyframes
     where the agent exists; speed is that interval's displacement over its duration (the
-    annotations carry no velocity), 0 for static objects and for agents seen once.
+    annotations carry no velocity), at a keyframe the interval to the next one (the previous
+    one at the last), 0 for static objects and for agents seen once.
 
     :param boxes: float [B, K, N, 5] at t = 0, keyframe_dt, ..., (K - 1) keyframe_dt.
     :param valid: bool [B, K, N]; ``labels``: int [B, N] index into CATEGORIES (-1 = padding).

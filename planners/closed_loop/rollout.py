@@ -13,9 +13,10 @@ import numpy as np
 
 from planners.closed_loop.config import EgoGeometry, State, TrackerConfig
 from planners.closed_loop.geometry import point_at_station, project_to_polyline, unit, wrap_angle
+from vla_autoprune.data.schema import KEYFRAME_DT_S
 
 #: Planned waypoints' spacing (2 Hz keyframes).
-PLAN_DT_S = 0.5
+PLAN_DT_S = KEYFRAME_DT_S
 
 
 def reference_path(plan: np.ndarray, dt_s: float, plan_dt_s: float = PLAN_DT_S) -> np.ndarray:
