@@ -328,16 +328,18 @@ class _Engine:
         rank = torch.full((owner.shape[0], n + 1), -1, dtype=torch.long, device=owner.device)
         rank.scatter_(1, torch.where(merged, slots.src, n), merged.long().cumsum(1) - 1)
         rank[:, n] = -1
-        held = owner[:, : self.num_visual]
+        held = owner[:, : self.record.num_visual]
         return torch.where(held >= 0, rank.gather(1, held.clamp(min=0)), -1)
 
     def _track_members(self, state: _Forward, slots: _Slots, vs: torch.Tensor, merge: Merge) -> None:
         """Record which original visual tokens the new merged tokens hold (members may be merged ones)."""
         if merge.members is None:
             return
+        # Owners are indexed by the decoder's *original* visual tokens (``record.num_visual``), which
+        # outnumber ``self.num_visual`` when a pre-decoder selection shortened the inputs.
         b, n = vs.shape[0], self.real.shape[1]
         if state.owner is None:
-            state.owner = torch.full((b, self.num_visual + 1), -1, dtype=torch.long, device=vs.device)
+            state.owner = torch.full((b, self.record.num_visual + 1), -1, dtype=torch.long, device=vs.device)
         vsrc = slots.src.gather(1, vs)  # [B, Kv]
         was_merged = slots.merged.gather(1, vs)
         joined = merge.members >= 0
@@ -352,9 +354,9 @@ class _Engine:
         state.owner = torch.where((state.owner >= 0) & (moved >= 0), moved, state.owner)
         # original tokens that joined
         origin = self.visual_origin.gather(1, vsrc)
-        column = torch.where(joined & ~was_merged, origin, self.num_visual)
+        column = torch.where(joined & ~was_merged, origin, self.record.num_visual)
         state.owner.scatter_(1, column, torch.where(joined & ~was_merged, target, -1))
-        state.owner[:, self.num_visual] = -1
+        state.owner[:, self.record.num_visual] = -1
 
     def _positions(self, state: _Forward, slots: _Slots, hidden: torch.Tensor) -> dict[str, Any]:
         """position_ids and (cos, sin) for the slots of a prefill."""
