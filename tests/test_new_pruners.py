@@ -21,6 +21,7 @@ from test_engine import (
     make_inputs,
     masked_reference,
     one_thread,  # noqa: F401 (autouse fixture, applies here too)
+    sample,
 )
 
 from vla_autoprune.errors import ConfigError
@@ -154,6 +155,31 @@ def test_prune2drive_counts_per_camera_follow_the_view_ratios() -> None:
         assert record.camera_tokens is not None
         expected = camera_quotas(budget, [PER_CAMERA, PER_CAMERA], ratios)
         assert record.camera_tokens.tolist() == [[expected] * LAYERS] * 2, ratios
+
+
+@pytest.mark.parametrize("name", ["visionzip", "vispruner", "divprune", "dart"])
+def test_per_camera_shares_hold_for_every_new_pruner(name: str) -> None:
+    _, record, _ = run(name, make_inputs(batch=2, text_lengths=(5, 3)), budget=8, per_camera=[3, 1])
+    assert record.camera_tokens is not None and record.visual_tokens is not None
+    for b in range(2):
+        for layer in range(LAYERS):
+            total = int(record.visual_tokens[b, layer])
+            if total < NUM_VISUAL:
+                expected = camera_quotas(total, [PER_CAMERA, PER_CAMERA], [3, 1])
+                assert record.camera_tokens[b, layer].tolist() == expected, (b, layer)
+    assert int(record.visual_tokens[:, -1].max()) < NUM_VISUAL
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_a_samples_choice_does_not_depend_on_its_batch(name: str) -> None:
+    inputs = make_inputs(batch=3, text_lengths=(5, 2, 4))
+    _, batched, _ = run(name, inputs, budget=5)
+    for b in range(3):
+        _, alone, _ = run(name, sample(inputs, b), budget=5)
+        for layer in range(LAYERS):
+            mine, kept = alone.kept_visual[layer], batched.kept_visual[layer]
+            assert mine is not None and kept is not None
+            assert mine[0].tolist() == [v for v in kept[b].tolist() if v >= 0], (b, layer)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -70,15 +70,15 @@ def max_min_subset(x: torch.Tensor, k: int, first: int | None = None) -> torch.T
         # distance to the nearest other row (the 2nd smallest: the smallest is the row itself)
         nearest = dist.topk(2, dim=0, largest=False).values[1] if m > 1 else dist[0]
         first = int(nearest.argmax())
-    picks = [first]
+    picks = torch.empty(k, dtype=torch.long, device=x.device)
+    picks[0] = first
     closest = dist[first].clone()  # [M]: min distance of each row to the chosen ones
-    closest[first] = -math.inf
-    for _ in range(k - 1):
-        nxt = int(closest.argmax())
-        picks.append(nxt)
-        closest = torch.minimum(closest, dist[nxt])
-        closest[picks] = -math.inf
-    return torch.tensor(picks, dtype=torch.long, device=x.device)
+    closest[first] = -math.inf  # chosen rows stay at -inf: min(-inf, d) = -inf
+    for i in range(1, k):
+        nxt = closest.argmax()  # a 0-d tensor: no host sync per pick
+        picks[i] = nxt
+        closest = torch.minimum(closest, dist[nxt]).index_fill_(0, nxt.view(1), -math.inf)
+    return picks
 
 
 def select_per_group(
@@ -119,7 +119,7 @@ class PreDecoderPruner(Pruner):
 
     def count(self, num_visual: int) -> int:
         """``n``: visual tokens kept, ``floor(budget)`` in ``[1, V]``."""
-        return min(max(1, math.floor(self.target(num_visual) + 1e-9)), num_visual)
+        return min(max(1, math.floor(self.target(num_visual))), num_visual)
 
     def preselect(self, inputs: DecoderInputs, num_layers: int) -> torch.Tensor | None:
         """int64 ``[B, n]`` visual indices kept (None when keeping all)."""

@@ -129,5 +129,5 @@ class VisionZipPruner(PreDecoderPruner):
             1, kept.unsqueeze(-1).expand(-1, -1, inputs.inputs_embeds.shape[-1])
         )
         for (b, token), value in plan[1].items():
-            values[b, int(torch.nonzero(kept[b] == token))] = value
+            values[b, torch.searchsorted(kept[b], token)] = value  # kept rows are ascending
         return values
