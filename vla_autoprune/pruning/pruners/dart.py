@@ -2,7 +2,9 @@
 
 Based on Wen et al., "Stop Looking for Important Tokens in Multimodal Language Models:
 Duplication Matters More" (https://arxiv.org/abs/2502.11494), official code ZichenWen1/DART
-(``get_retained_image_token`` in its patched ``modeling_llama.py``).
+(``get_retained_image_token`` in its patched ``modeling_llama.py``; that repository could not be
+read here, so this follows the paper and its defaults as the repository's run scripts and ports
+reproduce them: ``pruned_layer=2``, ``pivot_image_token=4``, ``pivot_text_token=4``).
 
 The rule, after layer ``K - 1`` ran (paper default ``K = 2``), for ``n`` visual tokens kept:
 
@@ -21,8 +23,9 @@ kept total drifts from the target by up to a pivot's share; here the ``n - pivot
 shared out exactly (the first pivots, in sequence order, take one more) so the budget holds;
 pivots are visited in sequence order (the official code iterates a Python set); the "query"
 tokens are the layout's text tokens (every real token after the visual block); the hidden states
-are compared as the layer hands them on (some ports apply the final norm first, which leaves the
-cosine ranking unchanged only up to the norm's per-channel weights).
+are compared as the layer hands them on (a port applies the final norm first, whose per-channel
+weights can change the cosine ranking). Scoring MACs: ``k_proj`` over every token is recorded;
+the cosine similarities (``V`` per pivot) are not.
 """
 
 from __future__ import annotations

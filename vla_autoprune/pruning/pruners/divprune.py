@@ -1,16 +1,17 @@
 """DivPrune: keep a max-min diverse subset of the visual tokens, before the decoder.
 
 Based on Alvar et al., "DivPrune: Diversity-based Visual Token Pruning for Large Multimodal
-Models" (CVPR 2025, https://arxiv.org/abs/2503.02175), official code vbdi/divprune (the
-``DivPrune`` function applied to the projected image features in ``llava_arch.py``).
+Models" (CVPR 2025, https://arxiv.org/abs/2503.02175), official code vbdi/divprune
+``LLaVA/llava/model/llava_arch.py`` lines 152-172 (``DivPrune``), applied at lines 374-381 to the
+decoder-input embeddings of the image span, whose kept indices are then sorted.
 
 The rule: cosine distance ``1 - cos`` between the visual token embeddings (here: the decoder-input
 embeddings at the layout's visual positions, i.e. after the projector, as the official code);
 the first token is the one whose nearest neighbour is farthest; each next one maximises its
 minimum distance to the tokens already chosen (greedy max-min diversity). ``n = floor(budget)``
-tokens are kept, so every decoder layer sees ``n`` (the same accounting as every pruner).
-Survivors are renumbered contiguously (the official code rebuilds the prompt), the default
-``position_ids``.
+tokens are kept (the official knob is a ratio of the image tokens), so every decoder layer sees
+``n`` (the same accounting as every pruner). Survivors are renumbered contiguously (LLaVA-1.5
+passes no position ids, so the shortened prompt is numbered afresh), the default ``position_ids``.
 
 Departures: a chosen token is never chosen again (the official greedy step could re-pick one when
 every remaining distance is 0, e.g. duplicated embeddings); ties go to the lower index; several

@@ -2,13 +2,13 @@
 
 Based on Yang et al., "VisionZip: Longer is Better but Not Necessary in Vision Language Models"
 (CVPR 2025, https://arxiv.org/abs/2412.04467), official code dvlab-research/VisionZip
-(``visionzip/clip_encoder.py``, the CLIP encoder forward it patches).
+``visionzip/clip_encoder.py`` lines 41-85 (the CLIP encoder forward it patches).
 
 The rule, for ``n = floor(budget)`` tokens entering the decoder (every layer sees them):
 
 1. dominant: the top ``n - c`` tokens by the vision tower's [CLS] attention
-   (``DecoderInputs.vision_saliency``), ``c = int(n * contextual_ratio)``; the paper's 54 + 10 of
-   64 sets ``contextual_ratio = 10 / 64``;
+   (``DecoderInputs.vision_saliency``; the official code sums the penultimate layer's heads),
+   ``c = int(n * contextual_ratio)``; the paper's 54 + 10 of 64 sets ``contextual_ratio = 10 / 64``;
 2. contextual: of the other ``M`` tokens (in sequence order), every ``max(1, M // c)``-th is a
    target (the first ``c``); each remaining token joins the target it is most cosine-similar to,
    and a contextual token is its target plus the mean of the tokens that joined it.

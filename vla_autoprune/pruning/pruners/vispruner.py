@@ -2,7 +2,8 @@
 
 Based on Zhang et al., "Beyond Text-Visual Attention: Exploiting Visual Cues for Effective Token
 Pruning in VLMs" (ICCV 2025), official code
-Theia-4869/VisPruner ``llava/model/llava_arch.py`` (``encode_images``).
+Theia-4869/VisPruner ``llava/model/llava_arch.py`` lines 141-186 (``encode_images``); the default
+``important_ratio = 0.5`` is its eval scripts' (``llava/eval/model_vqa_loader.py`` line 152).
 
 The rule, for ``n = floor(budget)`` kept tokens (every decoder layer sees them):
 
@@ -37,7 +38,7 @@ from vla_autoprune.pruning.registry import register_pruner
 
 # Residual tokens removed per matching round (the official loop's ``min(8, R - T_div)``).
 DUPLICATES_PER_ROUND = 8
-# Share of the kept tokens chosen by [CLS] attention (``important_ratio``, a run argument upstream).
+# Share of the kept tokens chosen by [CLS] attention (``--important_ratio``, default 0.5 upstream).
 IMPORTANT_RATIO = 0.5
 
 
