@@ -662,6 +662,16 @@ def _preselect(
     kept = kept.sort(dim=1).values
     if bool((kept[:, 1:] == kept[:, :-1]).any()) or int(kept.min()) < 0 or int(kept.max()) >= v:
         raise ValueError(f"{pruner.name}.preselect returned repeated or out-of-range visual indices")
+    merged = pruner.premerge(inputs, kept)
+    if merged is not None:  # e.g. VisionZip's contextual tokens: written over their kept slots
+        if merged.shape != (*kept.shape, inputs.inputs_embeds.shape[-1]):
+            raise ValueError(
+                f"{pruner.name}.premerge returned shape {tuple(merged.shape)}; expected [B, n0, D]"
+            )
+        at = inputs.layout.visual_positions().gather(1, kept).unsqueeze(-1).expand_as(merged)
+        inputs = inputs.with_(
+            inputs_embeds=inputs.inputs_embeds.scatter(1, at, merged.to(inputs.inputs_embeds.dtype))
+        )
     return _shorten(inputs, kept, pruner.position_ids == "contiguous"), kept
 
 

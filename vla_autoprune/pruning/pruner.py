@@ -8,7 +8,8 @@ only answers small questions, in the spirit of kvpress' presses:
 - :meth:`Pruner.score`: how important each visual token is at a pruning layer (default: text ->
   visual attention averaged over heads and text rows);
 - optionally :meth:`Pruner.preselect` (drop tokens before the decoder, from the vision tower's
-  saliency), :meth:`Pruner.split` and :meth:`Pruner.merge` (recycle dropped tokens by merging).
+  saliency or the visual embeddings), :meth:`Pruner.premerge` (replace the embeddings of the
+  pre-selected tokens, e.g. by merged ones), :meth:`Pruner.split` and :meth:`Pruner.merge` (recycle dropped tokens by merging).
 
 ``budget`` is the mean number of visual tokens processed per decoder layer, over all layers and
 counting layer 0 ("actual" accounting, :mod:`vla_autoprune.pruning.budget`), so every pruner can
@@ -228,6 +229,14 @@ class Pruner(abc.ABC):
 
     def preselect(self, inputs: DecoderInputs, num_layers: int) -> torch.Tensor | None:
         """Visual tokens to keep before the decoder: int64 ``[B, n0]`` indices into ``0..V-1``, or None."""
+        return None
+
+    def premerge(self, inputs: DecoderInputs, kept: torch.Tensor) -> torch.Tensor | None:
+        """New embeddings for the pre-selected visual tokens, or None to keep their own.
+
+        ``kept`` is :meth:`preselect`'s answer sorted ascending, int64 ``[B, n0]``; the result is
+        float ``[B, n0, D]`` in that order (VisionZip writes its merged contextual tokens here).
+        """
         return None
 
     @abc.abstractmethod

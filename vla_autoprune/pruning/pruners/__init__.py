@@ -5,20 +5,31 @@ extension point.
 """
 
 from vla_autoprune.pruning.pruners.autoprune import AutoPrunePruner
+from vla_autoprune.pruning.pruners.dart import DARTPruner
+from vla_autoprune.pruning.pruners.divprune import DivPrunePruner, PreDecoderPruner
 from vla_autoprune.pruning.pruners.fastervlm import FasterVLMPruner, MissingSaliencyError
 from vla_autoprune.pruning.pruners.fastv import FastVPruner
 from vla_autoprune.pruning.pruners.none import NoPruner
 from vla_autoprune.pruning.pruners.pdrop import PDropPruner
+from vla_autoprune.pruning.pruners.prune2drive import Prune2DrivePruner
 from vla_autoprune.pruning.pruners.random import RandomPruner
 from vla_autoprune.pruning.pruners.sparsevlm import SparseVLMPruner
+from vla_autoprune.pruning.pruners.visionzip import VisionZipPruner
+from vla_autoprune.pruning.pruners.vispruner import VisPrunerPruner
 
 __all__ = [
     "AutoPrunePruner",
+    "DARTPruner",
+    "DivPrunePruner",
     "FastVPruner",
     "FasterVLMPruner",
     "MissingSaliencyError",
     "NoPruner",
     "PDropPruner",
+    "PreDecoderPruner",
+    "Prune2DrivePruner",
     "RandomPruner",
     "SparseVLMPruner",
+    "VisPrunerPruner",
+    "VisionZipPruner",
 ]
