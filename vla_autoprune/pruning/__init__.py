@@ -16,13 +16,18 @@ from vla_autoprune.pruning.engine import PruningRecord, prune
 from vla_autoprune.pruning.pruner import LayerView, Merge, Pruner
 from vla_autoprune.pruning.pruners import (
     AutoPrunePruner,
+    DARTPruner,
+    DivPrunePruner,
     FasterVLMPruner,
     FastVPruner,
     MissingSaliencyError,
     NoPruner,
     PDropPruner,
+    Prune2DrivePruner,
     RandomPruner,
     SparseVLMPruner,
+    VisionZipPruner,
+    VisPrunerPruner,
 )
 from vla_autoprune.pruning.registry import PRUNERS, UnknownPrunerError, build_pruner, register_pruner
 from vla_autoprune.pruning.run import run_pruned
@@ -31,6 +36,11 @@ __all__ = [
     "PRUNERS",
     "AutoPrunePruner",
     "BudgetError",
+    "DARTPruner",
+    "DivPrunePruner",
+    "Prune2DrivePruner",
+    "VisPrunerPruner",
+    "VisionZipPruner",
     "FastVPruner",
     "FasterVLMPruner",
     "LayerView",
