@@ -93,9 +93,8 @@ def test_layout_points_at_each_cameras_vision_tokens(
     rows, cols = layout.patch_grid
     assert (rows, cols) == (3, 5)  # 36 x 64 resized to 24 x 40, 4 px patches merged 2 x 2
     encoded = model.image_processor(images=list(batch["images"].flatten(0, 1)), return_tensors="pt")
-    features = model.image_features(encoded["pixel_values"], encoded["image_grid_thw"]).view(
-        b, c, rows * cols, -1
-    )
+    features = model.image_features(encoded["pixel_values"], encoded["image_grid_thw"])[0]
+    features = features.view(b, c, rows * cols, -1)
     positions = layout.visual_positions()
     assert inputs.position_ids is not None
     for i in range(b):

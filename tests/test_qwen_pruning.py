@@ -16,9 +16,10 @@ import torch
 from test_llava_pruning import masked_keys, visible_keys
 
 from vla_autoprune import compat
-from vla_autoprune.errors import UserError
+from vla_autoprune.compat_qwen import last_full_attention
 from vla_autoprune.models import QwenVLDrivingAdapter
 from vla_autoprune.models.base import DecoderInputs
+from vla_autoprune.models.qwen_saliency import received_attention
 from vla_autoprune.pruning import PRUNERS, PruningRecord, build_pruner, prune
 
 Batch = Callable[[int], dict[str, Any]]
@@ -157,7 +158,10 @@ def test_contiguous_numbers_survivors_like_text_on_all_three_axes(
         assert torch.allclose(seen[layer], rotary(inputs.inputs_embeds[:, :k], ids)[0])
 
 
-def test_rope_deltas_continue_a_pruned_prefill(model: QwenVLDrivingAdapter, camera_batch: Batch) -> None:
+@pytest.mark.parametrize("name", ["fastv", "fastervlm"])  # pruned in the decoder / before it (shorter)
+def test_rope_deltas_continue_a_pruned_prefill(
+    model: QwenVLDrivingAdapter, camera_batch: Batch, name: str
+) -> None:
     """A decode step without position ids (cache length + rope_deltas) == one with explicit ``last + 1``.
 
     One row (no padding): transformers' own no-ids path with a 2-D mask numbers the whole mask.
@@ -169,7 +173,8 @@ def test_rope_deltas_continue_a_pruned_prefill(model: QwenVLDrivingAdapter, came
     outs = []
     for position_ids in (inputs.position_ids[..., -1:] + 1, None):
         model.qwen.model.rope_deltas = None
-        with prune(model.decoder, build_pruner("fastv", budget=0.5 * v), inputs) as record, torch.no_grad():
+        pruner = build_pruner(name, budget=0.5 * v, position_ids="original")
+        with prune(model.decoder, pruner, inputs) as record, torch.no_grad():
             model.generate_kwargs(record.inputs)  # sets rope_deltas for these inputs
             out = model.qwen(
                 inputs_embeds=record.inputs.inputs_embeds,
@@ -179,11 +184,10 @@ def test_rope_deltas_continue_a_pruned_prefill(model: QwenVLDrivingAdapter, came
             lengths = [out.cache.get_seq_length(i) for i in range(4)]
             step = model.qwen(inputs_embeds=nxt, cache=out.cache, position_ids=position_ids)
             outs.append(step.logits[:, -1])
-    assert lengths[0] > lengths[-1]  # the cache holds the pruned prefill
+    assert lengths[-1] < inputs.attention_mask.shape[1]  # the cache holds the pruned prefill
     assert torch.allclose(outs[0], outs[1], atol=ATOL)
-    # and rope_deltas is what the M-RoPE ids imply: the next id is max id + 1 at cache length N
-    n = inputs.attention_mask.shape[1]
-    assert int(model.qwen.model.rope_deltas) + n == int(inputs.position_ids.max()) + 1
+    # and rope_deltas is what the M-RoPE ids imply: the next id is max id + 1 at layer 0's cache length
+    assert int(model.qwen.model.rope_deltas) + lengths[0] == int(inputs.position_ids.max()) + 1
 
 
 def test_batch_equals_one_by_one_with_per_sample_autoprune_schedules(
@@ -208,10 +212,69 @@ def test_batch_equals_one_by_one_with_per_sample_autoprune_schedules(
         assert torch.allclose(alone[0], batched[i], atol=ATOL)
 
 
-def test_pre_decoder_pruners_need_a_saliency_qwen_does_not_give(
+def test_vision_saliency_is_each_merged_tokens_received_attention(
     model: QwenVLDrivingAdapter, camera_batch: Batch
 ) -> None:
-    inputs = model.prepare(camera_batch(1))
-    with pytest.raises(UserError, match="saliency"):
-        with prune(model.decoder, build_pruner("fastervlm", budget=8.0), inputs):
-            pass
+    """Per image it sums to 1 (a distribution over its tokens), in the merger's output order."""
+    batch = camera_batch(2)
+    inputs = model.prepare(batch)
+    saliency = inputs.vision_saliency
+    assert saliency is not None and saliency.shape == (2, inputs.layout.num_visual)
+    per_camera = saliency.view(2, 6, -1).sum(-1)
+    assert torch.allclose(per_camera, torch.ones_like(per_camera), atol=1e-5)
+    # The window permutation, found independently: where each merger output row lands in the output.
+    visual = model.qwen.model.visual
+    encoded = model.image_processor(images=list(batch["images"].flatten(0, 1)), return_tensors="pt")
+    window_rows: list[torch.Tensor] = []  # the merger's output, still in window order
+    handle = visual.merger.register_forward_hook(lambda _m, _a, out: window_rows.append(out.detach()))
+    try:
+        natural = model.image_features(encoded["pixel_values"], encoded["image_grid_thw"])[0]
+    finally:
+        handle.remove()
+    distance = torch.cdist(natural, window_rows[0], compute_mode="donot_use_mm_for_euclid_dist")
+    order = distance.argmin(dim=1)
+    assert bool((distance.min(dim=1).values < 1e-6).all()) and len(set(order.tolist())) == len(order)
+    assert not torch.equal(order, torch.arange(len(order)))  # the tiny tower does permute (2 x 2 windows)
+    attention = last_full_attention(visual)
+    captured: dict[str, Any] = {}
+    hook = attention.register_forward_pre_hook(
+        lambda _m, args, kwargs: captured.update(hidden=args[0], **kwargs), with_kwargs=True
+    )
+    try:
+        model.image_features(encoded["pixel_values"], encoded["image_grid_thw"])
+    finally:
+        hook.remove()
+    per_patch = received_attention(
+        attention, captured["hidden"], captured["cu_seqlens"], captured["position_embeddings"]
+    )
+    per_window_token = per_patch.view(-1, 4).sum(1)
+    assert torch.allclose(saliency.flatten(), per_window_token[order], atol=1e-6)
+
+
+def test_fastervlm_keeps_the_most_salient_tokens_and_decodes_like_masking(
+    model: QwenVLDrivingAdapter, camera_batch: Batch
+) -> None:
+    inputs = model.prepare(camera_batch(2))
+    assert inputs.vision_saliency is not None
+    count = 20
+    pruner = build_pruner("fastervlm", budget=float(count), position_ids="original")
+    with prune(model.decoder, pruner, inputs) as record:
+        with step_logits_qwen(model) as logits:
+            texts = model.generate_waypoints(record.inputs).texts
+    assert record.preselected is not None and record.preselected.shape == (2, count)
+    top = inputs.vision_saliency.topk(count, dim=1).indices.sort(dim=1).values
+    assert torch.equal(record.preselected, top)
+    short = record.inputs.position_ids
+    assert short is not None and short.shape == (3, 2, record.inputs.attention_mask.shape[1])
+    with masked_keys(model.decoder, visible_keys(inputs, record), inputs.attention_mask.bool()):
+        with step_logits_qwen(model) as masked:
+            masked_texts = model.generate_waypoints(inputs).texts
+    assert torch.allclose(torch.stack(logits), torch.stack(masked), atol=ATOL)
+    assert texts == masked_texts
+    # contiguous: the shortened prompt is numbered 0.. over its real tokens on all three axes
+    with prune(model.decoder, build_pruner("fastervlm", budget=float(count)), inputs) as record:
+        ids = record.inputs.position_ids
+        real = record.inputs.attention_mask
+    assert ids is not None
+    expected = ((real.cumsum(1) - 1).clamp(min=0)).expand(3, -1, -1)
+    assert torch.equal(ids, expected)

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.vision_utils import get_vision_window_index
 
 from vla_autoprune.errors import ModelLoadError
 
@@ -148,3 +149,27 @@ def rope_deltas_of(position_ids: torch.Tensor, attention_mask: torch.Tensor) -> 
     real = attention_mask.bool()
     top = position_ids.masked_fill(~real.unsqueeze(0), -1).amax(dim=(0, 2))
     return (top + 1 - real.sum(dim=1)).unsqueeze(1)
+
+
+def last_full_attention(visual: nn.Module) -> nn.Module:
+    """The attention module of the vision tower's last full-attention block (the others are windowed)."""
+    config: Any = visual.config
+    blocks: Any = visual.get_submodule("blocks")
+    full = [int(i) for i in getattr(config, "fullatt_block_indexes", ()) if int(i) < len(blocks)]
+    if not full:
+        raise ModelLoadError(
+            f"{type(visual).__name__} has no full-attention block (fullatt_block_indexes="
+            f"{getattr(config, 'fullatt_block_indexes', None)}), so there is no per-image attention to rank tokens by"
+        )
+    return blocks[max(full)].attn
+
+
+def vision_window_index(config: Any, grid_thw: torch.Tensor) -> torch.Tensor:
+    """int64 ``[I * P]``: the vision tower's window order of the merged tokens (``hidden[j] = natural[idx[j]]``)."""
+    index, _ = get_vision_window_index(
+        grid_thw.cpu(),
+        spatial_merge_size=int(config.spatial_merge_size),
+        window_size=int(config.window_size),
+        patch_size=int(config.patch_size),
+    )
+    return index

@@ -37,6 +37,7 @@ from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.models.chat_adapter import DEFAULT_MAX_NEW_TOKENS, ChatDrivingAdapter, batch_instructions
 from vla_autoprune.models.layout import build_layout
 from vla_autoprune.models.model_folder import check_model_folder
+from vla_autoprune.models.qwen_saliency import qwen_vision_saliency
 
 DEFAULT_SYSTEM = "You are a helpful driving assistant."
 DEFAULT_PROMPT_TEMPLATE = (
@@ -142,7 +143,7 @@ class QwenVLDrivingAdapter(ChatDrivingAdapter):
         attention_mask = tokens["attention_mask"].to(self.device).long()
         config: Any = self.qwen.config
         layout = build_layout(input_ids == config.image_token_id, attention_mask, c, grid)
-        features = self.image_features(encoded["pixel_values"], grid_thw)
+        features, saliency = self.image_features(encoded["pixel_values"], grid_thw)
         embeds = self.qwen.get_input_embeddings()(input_ids)
         embeds = embeds.masked_scatter(layout.visual_mask.unsqueeze(-1), features.to(embeds.dtype))
         position_ids, rope_deltas = compat_qwen.mrope_positions(
@@ -154,15 +155,22 @@ class QwenVLDrivingAdapter(ChatDrivingAdapter):
             attention_mask=attention_mask,
             position_ids=position_ids,
             layout=layout,
+            vision_saliency=saliency.reshape(b, layout.num_visual),
             sample_ids=tuple(batch["sample_token"]) if "sample_token" in batch else None,
         )
 
-    def image_features(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
-        """Merged patch features ``[I * P, D]`` of ``I`` images (``P`` tokens each), in image order."""
-        out = self.qwen.model.get_image_features(
-            pixel_values.to(self.device, self.qwen.dtype), grid_thw.to(self.device)
-        )
-        return torch.cat(list(out.pooler_output), dim=0)
+    def image_features(
+        self, pixel_values: torch.Tensor, grid_thw: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Merged patch features ``[I * P, D]`` of ``I`` images (``P`` tokens each), in image order,
+        and their vision saliency float32 ``[I, P]`` (:mod:`~vla_autoprune.models.qwen_saliency`)."""
+        with qwen_vision_saliency(self.qwen.model.visual, grid_thw) as saliency:
+            out = self.qwen.model.get_image_features(
+                pixel_values.to(self.device, self.qwen.dtype), grid_thw.to(self.device)
+            )
+        if saliency.value is None:
+            raise RuntimeError("the vision tower ran without reaching its last full-attention block")
+        return torch.cat(list(out.pooler_output), dim=0), saliency.value
 
     # ------------------------------------------------------------------ decode
 
