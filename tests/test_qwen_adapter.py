@@ -152,3 +152,30 @@ def test_qwen3_and_damaged_folders_give_one_line_errors(qwen_folder: Path, tmp_p
     with pytest.raises(ModelLoadError) as err:
         QwenVLDrivingAdapter.from_pretrained(broken)
     assert "\n" not in str(err.value)
+
+
+def test_a_model_config_of_ones_own_sets_the_prompt(
+    qwen_folder: Path, camera_batch: Batch, tmp_path: Path
+) -> None:
+    """The README's recipe: a yaml in conf/model that extends qwen2_5_vl with a multi-line template."""
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf)
+    (conf / "model" / "impromptu.yaml").write_text(
+        "defaults:\n  - qwen2_5_vl\n  - _self_\n"
+        f"name_or_path: {qwen_folder}\n"
+        "prompt_template: |\n  <|im_start|>user\n  {images}{instruction}<|im_end|>\n  <|im_start|>assistant\n"
+    )
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("evaluate", overrides=["model=impromptu"])
+    model = instantiate(cfg.model)(device="cpu", dtype=torch.float32)
+    assert (
+        model.prompt_template == "<|im_start|>user\n{images}{instruction}<|im_end|>\n<|im_start|>assistant\n"
+    )
+    default = load(qwen_folder).prepare(camera_batch(1))
+    custom = model.prepare(camera_batch(1))
+    system = "<|im_start|>system\nYou are a helpful driving assistant.<|im_end|>\n"
+    system_line = len(model.tokenizer(system)["input_ids"])  # the part the custom template leaves out
+    assert default.inputs_embeds.shape[1] - custom.inputs_embeds.shape[1] == system_line
+    assert custom.layout.num_visual == default.layout.num_visual
+    with pytest.raises(ModelLoadError, match="instruction"):
+        QwenVLDrivingAdapter.from_pretrained(qwen_folder, prompt_template="{images} only")
