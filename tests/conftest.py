@@ -234,3 +234,55 @@ def build_tiny_qwen(folder: Path, seed: int = 0) -> Path:
 def qwen_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Qwen2.5-VL model + image processor + tokenizer, saved. Treat it as read-only."""
     return build_tiny_qwen(tmp_path_factory.mktemp("tiny_qwen2_5_vl"))
+
+
+#: The answer the "answering" tiny Qwen is trained to give, whatever it sees.
+QWEN_ANSWER = [[1.0, 0.0], [2.0, 0.1], [3.0, 0.2], [4.0, 0.3], [5.0, 0.4], [6.0, 0.5]]
+
+
+@pytest.fixture(scope="session")
+def qwen_answering_folder(
+    qwen_folder: Path, camera_batch: Callable[[int], dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The tiny Qwen2.5-VL, fitted (teacher forcing, 200 Adam steps) to answer :data:`QWEN_ANSWER`
+    as text then ``<|im_end|>`` to the prompts of ``camera_batch(3)``, so the well-formed path runs."""
+    import torch
+
+    from vla_autoprune.models import QwenVLDrivingAdapter, format_waypoints
+
+    model = QwenVLDrivingAdapter.from_pretrained(qwen_folder)
+    tokenizer = model.tokenizer
+    answer = tokenizer(format_waypoints(torch.tensor(QWEN_ANSWER)) + "<|im_end|>", return_tensors="pt")
+    answer_ids = answer["input_ids"]  # [1, A]
+    with torch.no_grad():
+        inputs = model.prepare(camera_batch(3))
+    b, a = inputs.inputs_embeds.shape[0], answer_ids.shape[1]
+    assert inputs.position_ids is not None
+    positions = torch.cat(
+        [inputs.position_ids, inputs.position_ids[..., -1:] + 1 + torch.arange(a).view(1, 1, a)], dim=-1
+    )
+    mask = torch.cat([inputs.attention_mask, torch.ones(b, a, dtype=torch.long)], dim=1)
+    ids = answer_ids.expand(b, -1)
+    # The input embeddings stay frozen: the prepared prompt embeddings must stay what the model sees.
+    embeddings = model.qwen.get_input_embeddings().weight
+    language = model.qwen.model.language_model
+    params = [
+        p for p in [*language.layers.parameters(), *language.norm.parameters(), model.qwen.lm_head.weight]
+    ]
+    optimizer = torch.optim.Adam([p for p in params if p is not embeddings], lr=1e-2)
+    model.qwen.train()
+    n = inputs.inputs_embeds.shape[1]
+    answer_embeds = model.qwen.get_input_embeddings()(ids).detach()
+    embeds = torch.cat([inputs.inputs_embeds, answer_embeds], dim=1)
+    for _ in range(200):  # teacher-forced loss < 0.01 by then
+        logits = model.qwen(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
+        loss = torch.nn.functional.cross_entropy(logits[:, n - 1 : -1].flatten(0, 1), ids.flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.qwen.eval()
+    folder = tmp_path_factory.mktemp("tiny_qwen2_5_vl_answering")
+    model.qwen.save_pretrained(folder)
+    model.image_processor.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
