@@ -131,10 +131,12 @@ def test_load_describe_and_hydra_know_qwen_folders(qwen_folder: Path, camera_bat
     assert shape.num_visual(6) == layout.num_visual
     # nuScenes' native 1600 x 900 is shrunk to the 1024-pixel cap: 24 x 40 px -> 3 x 5 tokens
     assert describe(qwen_folder).visual_per_camera == 15
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("evaluate", overrides=["model=qwen2_5_vl", f"model.name_or_path={qwen_folder}"])
-    factory = instantiate(cfg.model)
-    assert isinstance(factory(device="cpu", dtype=torch.float32), QwenVLDrivingAdapter)
+    for entry in ("evaluate", "visualize"):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(entry, overrides=["model=qwen2_5_vl", f"model.name_or_path={qwen_folder}"])
+        planner = instantiate(cfg.planner)
+        planner.setup()
+        assert isinstance(planner.model, QwenVLDrivingAdapter), entry
 
 
 def test_qwen3_and_damaged_folders_give_one_line_errors(qwen_folder: Path, tmp_path: Path) -> None:
