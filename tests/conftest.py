@@ -145,3 +145,144 @@ def camera_batch() -> Callable[[int], dict[str, Any]]:
         }
 
     return make
+
+
+# ---------------------------------------------------------------------- tiny Qwen2.5-VL (models helper)
+
+#: 4 px patches merged 2 x 2; 36 x 64 cameras are resized to 24 x 40 (max 1024 px): 3 x 5 tokens each.
+QWEN_PATCH_SIZE = 4
+QWEN_MERGE_SIZE = 2
+QWEN_MAX_PIXELS = 1024
+
+
+def _qwen_tokenizer() -> Any:
+    """A byte-level BPE tokenizer (no merges: one token per byte) plus the Qwen chat special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from vla_autoprune.compat_qwen import SPECIAL_TOKENS
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<|endoftext|>", eos_token="<|im_end|>", padding_side="left"
+    )
+    fast.add_special_tokens({"additional_special_tokens": [*SPECIAL_TOKENS, "<|video_pad|>"]})
+    return fast
+
+
+def build_tiny_qwen(folder: Path, seed: int = 0) -> Path:
+    """Save a tiny random ``Qwen2_5_VLForConditionalGeneration`` (2-block vision tower, 4 text layers,
+    M-RoPE sections [2, 3, 3]) with its image processor and tokenizer into ``folder``."""
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    tokenizer = _qwen_tokenizer()
+    ids = tokenizer.convert_tokens_to_ids
+    config = Qwen2_5_VLConfig(
+        vision_config={
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "patch_size": QWEN_PATCH_SIZE,
+            "spatial_merge_size": QWEN_MERGE_SIZE,
+            "temporal_patch_size": 2,
+            "window_size": 16,
+            "out_hidden_size": 64,
+            "fullatt_block_indexes": [1],
+        },
+        text_config={
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": 4096,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.pad_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        },
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.pad_token_id
+    model.save_pretrained(folder)
+    Qwen2VLImageProcessorPil(
+        patch_size=QWEN_PATCH_SIZE,
+        merge_size=QWEN_MERGE_SIZE,
+        temporal_patch_size=2,
+        min_pixels=64,
+        max_pixels=QWEN_MAX_PIXELS,
+    ).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def qwen_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen2.5-VL model + image processor + tokenizer, saved. Treat it as read-only."""
+    return build_tiny_qwen(tmp_path_factory.mktemp("tiny_qwen2_5_vl"))
+
+
+#: The answer the "answering" tiny Qwen is trained to give, whatever it sees.
+QWEN_ANSWER = [[1.0, 0.0], [2.0, 0.1], [3.0, 0.2], [4.0, 0.3], [5.0, 0.4], [6.0, 0.5]]
+
+
+@pytest.fixture(scope="session")
+def qwen_answering_folder(
+    qwen_folder: Path, camera_batch: Callable[[int], dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The tiny Qwen2.5-VL, fitted (teacher forcing, 200 Adam steps) to answer :data:`QWEN_ANSWER`
+    as text then ``<|im_end|>`` to the prompts of ``camera_batch(3)``, so the well-formed path runs."""
+    import torch
+
+    from vla_autoprune.models import QwenVLDrivingAdapter, format_waypoints
+
+    model = QwenVLDrivingAdapter.from_pretrained(qwen_folder)
+    tokenizer = model.tokenizer
+    answer = tokenizer(format_waypoints(torch.tensor(QWEN_ANSWER)) + "<|im_end|>", return_tensors="pt")
+    answer_ids = answer["input_ids"]  # [1, A]
+    with torch.no_grad():
+        inputs = model.prepare(camera_batch(3))
+    b, a = inputs.inputs_embeds.shape[0], answer_ids.shape[1]
+    assert inputs.position_ids is not None
+    positions = torch.cat(
+        [inputs.position_ids, inputs.position_ids[..., -1:] + 1 + torch.arange(a).view(1, 1, a)], dim=-1
+    )
+    mask = torch.cat([inputs.attention_mask, torch.ones(b, a, dtype=torch.long)], dim=1)
+    ids = answer_ids.expand(b, -1)
+    # The input embeddings stay frozen: the prepared prompt embeddings must stay what the model sees.
+    embeddings = model.qwen.get_input_embeddings().weight
+    language = model.qwen.model.language_model
+    params = [
+        p for p in [*language.layers.parameters(), *language.norm.parameters(), model.qwen.lm_head.weight]
+    ]
+    optimizer = torch.optim.Adam([p for p in params if p is not embeddings], lr=1e-2)
+    model.qwen.train()
+    n = inputs.inputs_embeds.shape[1]
+    answer_embeds = model.qwen.get_input_embeddings()(ids).detach()
+    embeds = torch.cat([inputs.inputs_embeds, answer_embeds], dim=1)
+    for _ in range(200):  # teacher-forced loss < 0.01 by then
+        logits = model.qwen(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
+        loss = torch.nn.functional.cross_entropy(logits[:, n - 1 : -1].flatten(0, 1), ids.flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.qwen.eval()
+    folder = tmp_path_factory.mktemp("tiny_qwen2_5_vl_answering")
+    model.qwen.save_pretrained(folder)
+    model.image_processor.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -1,15 +1,18 @@
-"""Driving models: the DrivingVLA, the LLaVA adapter, and ``load``."""
+"""Driving models: the DrivingVLA, the LLaVA and Qwen2.5-VL adapters, and ``load``."""
 
 from vla_autoprune.models.base import DecoderInputs, DrivingModel
+from vla_autoprune.models.chat_adapter import ChatDrivingAdapter
 from vla_autoprune.models.driving_vla import DrivingVLA, DrivingVLAConfig
 from vla_autoprune.models.layout import TokenLayout, build_layout
 from vla_autoprune.models.llava_adapter import LlavaDrivingAdapter, WaypointGeneration
 from vla_autoprune.models.loading import BUNDLED_MODELS, UnknownModelError, UnsupportedModelError, load
 from vla_autoprune.models.prompt import PromptTokenizer
+from vla_autoprune.models.qwen_adapter import QwenVLDrivingAdapter
 from vla_autoprune.models.waypoint_text import ParseStats, format_waypoints, parse_waypoints
 
 __all__ = [
     "BUNDLED_MODELS",
+    "ChatDrivingAdapter",
     "DecoderInputs",
     "DrivingModel",
     "DrivingVLA",
@@ -17,6 +20,7 @@ __all__ = [
     "LlavaDrivingAdapter",
     "ParseStats",
     "PromptTokenizer",
+    "QwenVLDrivingAdapter",
     "TokenLayout",
     "UnknownModelError",
     "UnsupportedModelError",

@@ -30,7 +30,8 @@ class DecoderInputs:
     Attributes:
         inputs_embeds: float ``[B, N, D]`` decoder input embeddings.
         attention_mask: int64 ``[B, N]`` (1 = real token, 0 = padding).
-        position_ids: int64 ``[B, N]`` or None (then the decoder numbers positions itself).
+        position_ids: int64 ``[B, N]``, M-RoPE ``[3, B, N]`` (temporal, height, width; Qwen-VL),
+            or None (then the decoder numbers positions itself).
         layout: which positions are visual / text tokens.
         vision_saliency: float ``[B, V]`` or None: per-visual-token saliency from the vision
             tower ([CLS] / pooling-head attention), used by pre-decoder pruners.

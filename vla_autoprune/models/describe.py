@@ -11,12 +11,17 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import LlavaConfig, PreTrainedConfig
+from transformers import LlavaConfig, PreTrainedConfig, Qwen2_5_VLConfig
 
+from vla_autoprune import compat_qwen
 from vla_autoprune.errors import DataNotFoundError, ModelLoadError
 from vla_autoprune.models.driving_vla import DrivingVLAConfig, patch_grid, sub_config
 from vla_autoprune.models.llava_adapter import LLAVA_MODEL_TYPE
 from vla_autoprune.models.loading import resolve_model_path
+
+#: ``(W, H)`` of nuScenes camera images (and of the synthetic data's default): what a Qwen-VL
+#: processor resizes when the run keeps images at native size.
+NUSCENES_IMAGE_SIZE = (1600, 900)
 
 #: Vision towers whose hidden states start with a [CLS] token before the patch tokens.
 _CLS_TOWERS = {"clip_vision_model": True, "siglip_vision_model": False}
@@ -41,10 +46,12 @@ class ModelShape:
         return self.visual_per_camera * num_cameras
 
 
-def describe(name_or_path: str | Path) -> ModelShape:
+def describe(name_or_path: str | Path, image_size: tuple[int, int] | None = None) -> ModelShape:
     """Decoder depth and visual tokens per camera of a bundled model name or a saved model folder.
 
-    Reads only ``config.json`` (DrivingVLA or LLaVA folders); raises a one-line
+    Reads only ``config.json`` (DrivingVLA or LLaVA folders); Qwen2.5-VL folders also need
+    ``preprocessor_config.json`` and the camera ``image_size`` ``(W, H)`` (default: nuScenes'
+    native 1600 x 900), since their processor resizes each image dynamically. Raises a one-line
     :class:`~vla_autoprune.errors.UserError` for a missing or unreadable config.
     """
     folder = resolve_model_path(name_or_path)
@@ -66,10 +73,16 @@ def describe(name_or_path: str | Path) -> ModelShape:
     elif model_type == LLAVA_MODEL_TYPE:
         config = LlavaConfig.from_pretrained(folder)
         per_camera = _llava_tokens_per_image(config, config_file)
+    elif model_type == compat_qwen.QWEN2_5_VL_MODEL_TYPE:
+        config = Qwen2_5_VLConfig.from_pretrained(folder)
+        size = NUSCENES_IMAGE_SIZE if image_size is None else (int(image_size[0]), int(image_size[1]))
+        rows, cols = compat_qwen.merged_grid_from_preprocessor(folder, size)
+        per_camera = rows * cols
     else:
+        compat_qwen.refuse_qwen3(model_type, folder)
         raise ModelLoadError(
             f"{config_file} has model_type={model_type!r}; supported: "
-            f"{[DrivingVLAConfig.model_type, LLAVA_MODEL_TYPE]}"
+            f"{[DrivingVLAConfig.model_type, LLAVA_MODEL_TYPE, compat_qwen.QWEN2_5_VL_MODEL_TYPE]}"
         )
     num_layers = int(sub_config(config, "text_config").num_hidden_layers)
     return ModelShape(model_type=str(model_type), num_layers=num_layers, visual_per_camera=per_camera)

@@ -17,8 +17,6 @@ and parses the answer strictly (:mod:`vla_autoprune.models.waypoint_text`).
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,56 +24,47 @@ import torch
 from torch import nn
 from transformers import LlavaForConditionalGeneration
 
-from vla_autoprune.data.schema import COMMANDS, EGO_STATE_FIELDS
 from vla_autoprune.errors import ModelLoadError
-from vla_autoprune.models.base import DecoderInputs, DrivingModel
+from vla_autoprune.models.base import DecoderInputs
+from vla_autoprune.models.chat_adapter import (
+    DEFAULT_MAX_NEW_TOKENS,
+    PROMPT_TASK,
+    ChatDrivingAdapter,
+    WaypointGeneration,
+    batch_instructions,
+    instruction_text,
+)
 from vla_autoprune.models.driving_vla import patch_grid, sub_config, vision_saliency_hook
 from vla_autoprune.models.layout import build_layout
 from vla_autoprune.models.model_folder import check_model_folder, load_processor
-from vla_autoprune.models.prompt import COMMAND_PHRASES
-from vla_autoprune.models.waypoint_text import ParseStats, parse_waypoint_batch
 
-logger = logging.getLogger(__name__)
+__all__ = [
+    "DEFAULT_MAX_NEW_TOKENS",
+    "PROMPT_TASK",
+    "LlavaDrivingAdapter",
+    "WaypointGeneration",
+    "llava_prompt",
+]
 
 LLAVA_MODEL_TYPE = "llava"
-
-#: Enough tokens for six pairs like "(-12.34, 5.67)" even with a character-level tokenizer
-#: (6 * 16 characters + separators ~ 110); generation stops earlier at EOS.
-DEFAULT_MAX_NEW_TOKENS = 128
-
-PROMPT_TASK = (
-    "Predict the next 6 waypoints (x forward, y left, metres, 0.5 s apart) as [(x1, y1), ..., (x6, y6)]."
-)
 
 
 class NotALlavaFolderError(ModelLoadError):
     """The folder does not hold a saved ``LlavaForConditionalGeneration`` (+ processor)."""
 
 
-@dataclass(frozen=True)
-class WaypointGeneration:
-    """Result of one greedy generation: ``waypoints`` float32 ``[B, 6, 2]`` (NaN where
-    malformed), ``ok`` bool ``[B]`` and the generated ``texts``."""
-
-    waypoints: torch.Tensor
-    ok: torch.Tensor
-    texts: list[str]
-
-
 def llava_prompt(cameras: list[str], command: int, speed: float) -> str:
     """LLaVA-1.5 prompt text for one sample (one ``<image>`` placeholder per camera)."""
+    return _conversation(cameras, instruction_text(command, speed))
+
+
+def _conversation(cameras: list[str], instruction: str) -> str:
     images = "".join(f"{camera}: <image>\n" for camera in cameras)
-    phrase = COMMAND_PHRASES[COMMANDS[command]]
-    return f"USER: {images}Command: {phrase}. Speed: {speed:.1f} m/s. {PROMPT_TASK}\nASSISTANT:"
+    return f"USER: {images}{instruction}\nASSISTANT:"
 
 
-class LlavaDrivingAdapter(DrivingModel):
-    """Wraps an unmodified ``LlavaForConditionalGeneration`` and its processor as a driving model.
-
-    ``decode`` counts malformed answers in :attr:`parse_stats` (its one deliberate side effect:
-    the :class:`DrivingModel` contract returns only waypoints); use :meth:`generate_waypoints`
-    for the per-sample flags and texts.
-    """
+class LlavaDrivingAdapter(ChatDrivingAdapter):
+    """Wraps an unmodified ``LlavaForConditionalGeneration`` and its processor as a driving model."""
 
     def __init__(
         self,
@@ -83,7 +72,7 @@ class LlavaDrivingAdapter(DrivingModel):
         processor: Any,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     ) -> None:
-        super().__init__()
+        super().__init__(max_new_tokens)
         strategy = llava.config.vision_feature_select_strategy
         if strategy != "default" and not hasattr(llava.model.vision_tower, "head"):
             raise ModelLoadError(
@@ -92,8 +81,6 @@ class LlavaDrivingAdapter(DrivingModel):
             )
         self.llava = llava
         self.processor = processor
-        self.max_new_tokens = max_new_tokens
-        self.parse_stats = ParseStats()
 
     @classmethod
     def from_pretrained(
@@ -122,9 +109,9 @@ class LlavaDrivingAdapter(DrivingModel):
         return self.llava
 
     @property
-    def device(self) -> torch.device:
-        """Device of the wrapped model."""
-        return self.llava.device
+    def tokenizer(self) -> Any:
+        """The processor's tokenizer."""
+        return self.processor.tokenizer
 
     # ------------------------------------------------------------------ prepare
 
@@ -132,12 +119,7 @@ class LlavaDrivingAdapter(DrivingModel):
         """Tokenize the prompts, encode the ``C`` camera images and merge them into ``inputs_embeds``."""
         images = batch["images"]
         b, c = images.shape[:2]
-        cameras = list(batch["cameras"])
-        speeds = batch["ego_state"][:, EGO_STATE_FIELDS.index("speed")].float().cpu()
-        prompts = [
-            llava_prompt(cameras, int(cmd), float(speed))
-            for cmd, speed in zip(batch["command"].cpu(), speeds, strict=True)
-        ]
+        prompts = [_conversation(list(batch["cameras"]), text) for text in batch_instructions(batch)]
         encoded = self.processor(
             text=prompts,
             images=list(images.flatten(0, 1).cpu()),
@@ -189,34 +171,3 @@ class LlavaDrivingAdapter(DrivingModel):
         num_layers = sub_config(self.llava.config, "vision_config").num_hidden_layers
         index = layer - 1 if layer >= 0 else num_layers + 1 + layer - 1
         return index if index >= 0 else None
-
-    # ------------------------------------------------------------------ decode
-
-    @torch.no_grad()
-    def generate_waypoints(self, inputs: DecoderInputs) -> WaypointGeneration:
-        """Greedy ``generate()`` on ``inputs``; parse each answer strictly."""
-        tokenizer = self.processor.tokenizer
-        kwargs: dict[str, Any] = {}
-        if inputs.position_ids is not None:
-            kwargs["position_ids"] = inputs.position_ids
-        new_tokens = self.llava.generate(
-            inputs_embeds=inputs.inputs_embeds,
-            attention_mask=inputs.attention_mask,
-            max_new_tokens=self.max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            pad_token_id=tokenizer.pad_token_id,
-            **kwargs,
-        )
-        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        waypoints, ok = parse_waypoint_batch(texts)
-        bad = [t for t, good in zip(texts, ok.tolist(), strict=True) if not good]
-        if bad:
-            logger.warning("%d/%d malformed waypoint answers, e.g. %r", len(bad), len(texts), bad[0][:80])
-        return WaypointGeneration(waypoints=waypoints, ok=ok, texts=texts)
-
-    def decode(self, inputs: DecoderInputs) -> torch.Tensor:
-        """Waypoints float32 ``[B, 6, 2]``; NaN rows for malformed answers, counted in ``parse_stats``."""
-        result = self.generate_waypoints(inputs)
-        self.parse_stats.update(result.ok)
-        return result.waypoints

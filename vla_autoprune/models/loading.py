@@ -9,17 +9,25 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vla_autoprune import compat_qwen
 from vla_autoprune.errors import DataNotFoundError, ModelLoadError
 from vla_autoprune.models.base import DrivingModel
 from vla_autoprune.models.driving_vla import DrivingVLA, DrivingVLAConfig
 from vla_autoprune.models.llava_adapter import LLAVA_MODEL_TYPE, LlavaDrivingAdapter
 from vla_autoprune.models.model_folder import RESAVE, check_weights, read_config
+from vla_autoprune.models.qwen_adapter import QwenVLDrivingAdapter
 
 logger = logging.getLogger(__name__)
 
 #: Models shipped in ``vla_autoprune/assets/<name>``.
 BUNDLED_MODELS: tuple[str, ...] = ("tiny-drive-vla",)
 DEFAULT_MODEL = "tiny-drive-vla"
+#: ``config.json`` model types :func:`load` has a driving model for.
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = (
+    DrivingVLAConfig.model_type,
+    LLAVA_MODEL_TYPE,
+    compat_qwen.QWEN2_5_VL_MODEL_TYPE,
+)
 
 
 #: The fix for a damaged file of a bundled model.
@@ -52,9 +60,10 @@ def load(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> DrivingModel:
-    """Load a driving model in eval mode: a bundled name or a saved DrivingVLA / LLaVA folder.
+    """Load a driving model in eval mode: a bundled name or a saved DrivingVLA / LLaVA / Qwen2.5-VL folder.
 
-    The folder's ``config.json`` ``model_type`` picks the class (``driving_vla`` or ``llava``).
+    The folder's ``config.json`` ``model_type`` picks the class (``driving_vla``, ``llava`` or
+    ``qwen2_5_vl``).
     A missing or broken ``config.json`` or a truncated ``model.safetensors`` raises a one-line
     :class:`~vla_autoprune.errors.ModelLoadError` naming the file, before transformers reads it.
     """
@@ -70,7 +79,10 @@ def load(
         return model
     if model_type == LLAVA_MODEL_TYPE:
         return LlavaDrivingAdapter.from_pretrained(folder, device=device, dtype=dtype)
+    if model_type == compat_qwen.QWEN2_5_VL_MODEL_TYPE:
+        return QwenVLDrivingAdapter.from_pretrained(folder, device=device, dtype=dtype)
+    compat_qwen.refuse_qwen3(model_type, folder)
     raise UnsupportedModelError(
         f"{folder / 'config.json'} has model_type={model_type!r}; load() supports "
-        f"{[DrivingVLAConfig.model_type, LLAVA_MODEL_TYPE]}: pass a DrivingVLA or LLaVA folder"
+        f"{list(SUPPORTED_MODEL_TYPES)}: pass a DrivingVLA, LLaVA or Qwen2.5-VL folder"
     )

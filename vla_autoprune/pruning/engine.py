@@ -186,6 +186,38 @@ def contiguous_positions(position_ids: torch.Tensor, attention_mask: torch.Tenso
     return _first_real_position(position_ids, real) + (real.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
+def sequence_positions(position_ids: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
+    """int64 ``[B or 1, N]``: one sequence id per token, for layers the model gives no position ids.
+
+    Qwen-VL layers get ``position_ids=None`` (their M-RoPE ids ``[3, B, N]`` are already folded
+    into cos/sin); their temporal row is the sequence id (text tokens have t = h = w). Else the
+    inputs' ``[B, N]`` ids, or ``0..N-1``.
+    """
+    if position_ids is None:
+        return torch.arange(n, device=device).unsqueeze(0)
+    return position_ids[0] if position_ids.dim() == 3 else position_ids
+
+
+def _gather_positions(position_ids: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Ids ``[B, N]`` (or M-RoPE ``[3, B, N]``) gathered at sequence positions ``index`` ``[B, K]``."""
+    if position_ids.dim() == 3:
+        return position_ids.gather(2, index.unsqueeze(0).expand(position_ids.shape[0], -1, -1))
+    return position_ids.expand(index.shape[0], -1).gather(1, index)
+
+
+def _renumber(position_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """:func:`contiguous_positions`; for M-RoPE ids ``[3, B, N]`` the same id on all three axes.
+
+    ``contiguous`` under M-RoPE numbers every survivor as a text token is numbered (t = h = w =
+    ``p0`` + real survivors before it), so image tokens lose their 2-D (h, w) layout; use
+    ``original`` to keep it.
+    """
+    if position_ids.dim() == 3:
+        flat = contiguous_positions(position_ids[0], attention_mask)
+        return flat.unsqueeze(0).expand(position_ids.shape[0], -1, -1)
+    return contiguous_positions(position_ids, attention_mask)
+
+
 def _true_indices(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Positions of True per row, in order: (int64 ``[B, M]``, valid bool ``[B, M]``), M = max count."""
     counts = mask.sum(dim=1)
@@ -280,7 +312,7 @@ class _Engine:
         cos, sin = kwargs[compat.KW_POS_EMB]
         pos = kwargs.get(compat.KW_POS_IDS)
         if pos is None:
-            pos = torch.arange(n, device=hidden.device).unsqueeze(0)
+            pos = sequence_positions(self.inputs.position_ids, n, hidden.device)
         src = torch.arange(n, device=hidden.device).expand(b, n)
         flags = torch.zeros(b, n, dtype=torch.bool, device=hidden.device)
         self.state = _Forward(
@@ -634,9 +666,9 @@ def _shorten(inputs: DecoderInputs, kept: torch.Tensor, contiguous: bool = False
     short_layout = layout.select(index, kept)
     saliency = inputs.vision_saliency
     attention_mask = inputs.attention_mask.gather(1, index)
-    short_positions = position_ids.expand(b, n).gather(1, index)
+    short_positions = _gather_positions(position_ids, index)
     if contiguous:
-        short_positions = contiguous_positions(short_positions, attention_mask)
+        short_positions = _renumber(short_positions, attention_mask)
     return inputs.with_(
         inputs_embeds=_gather_rows(inputs.inputs_embeds, index),
         # An explicit 2D mask, even all ones: gapped position ids without one read as packed sequences.

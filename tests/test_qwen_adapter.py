@@ -1,0 +1,221 @@
+"""The Qwen2.5-VL adapter on a tiny random model saved to disk: loading, prompt, layout, M-RoPE, parsing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from vla_autoprune import compat_qwen
+from vla_autoprune.errors import ModelLoadError
+from vla_autoprune.models import QwenVLDrivingAdapter, load
+from vla_autoprune.models.chat_adapter import batch_instructions
+from vla_autoprune.models.describe import describe
+from vla_autoprune.models.qwen_adapter import camera_lines
+
+Batch = Callable[[int], dict[str, Any]]
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+@pytest.fixture(scope="module")
+def model(qwen_folder: Path) -> QwenVLDrivingAdapter:
+    model = QwenVLDrivingAdapter.from_pretrained(qwen_folder)
+    model.max_new_tokens = 6
+    return model
+
+
+def native_logits(model: QwenVLDrivingAdapter, batch: dict[str, Any]) -> torch.Tensor:
+    """Logits of transformers' own path: input_ids + pixel_values, M-RoPE computed by the model."""
+    encoded = model.image_processor(images=list(batch["images"].flatten(0, 1)), return_tensors="pt")
+    grid = compat_qwen.merged_grid(encoded["image_grid_thw"], model.merge_size)
+    lines = camera_lines(list(batch["cameras"]), grid[0] * grid[1])
+    prompts = [model.prompt_template.format(images=lines, instruction=t) for t in batch_instructions(batch)]
+    tokens = model.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
+    image_id = model.qwen.config.image_token_id
+    with torch.no_grad():
+        return model.qwen(
+            input_ids=tokens["input_ids"],
+            attention_mask=tokens["attention_mask"],
+            pixel_values=encoded["pixel_values"],
+            image_grid_thw=encoded["image_grid_thw"],
+            mm_token_type_ids=(tokens["input_ids"] == image_id).int(),
+        ).logits
+
+
+def adapter_logits(model: QwenVLDrivingAdapter, batch: dict[str, Any]) -> torch.Tensor:
+    inputs = model.prepare(batch)
+    with torch.no_grad():
+        return model.qwen(
+            inputs_embeds=inputs.inputs_embeds,
+            attention_mask=inputs.attention_mask,
+            position_ids=inputs.position_ids,
+        ).logits
+
+
+def test_prepare_matches_the_models_own_forward(model: QwenVLDrivingAdapter, camera_batch: Batch) -> None:
+    batch = camera_batch(2)
+    inputs = model.prepare(batch)
+    assert not inputs.attention_mask.all()  # left padding is exercised
+    assert inputs.position_ids is not None and inputs.position_ids.shape[0] == 3
+    assert torch.allclose(adapter_logits(model, batch), native_logits(model, batch), atol=1e-5)
+
+
+def test_from_pretrained_round_trip_gives_identical_outputs(
+    model: QwenVLDrivingAdapter, camera_batch: Batch, tmp_path: Path
+) -> None:
+    model.qwen.save_pretrained(tmp_path)
+    model.image_processor.save_pretrained(tmp_path)
+    model.tokenizer.save_pretrained(tmp_path)
+    again = QwenVLDrivingAdapter.from_pretrained(tmp_path)
+    again.max_new_tokens = model.max_new_tokens
+    batch = camera_batch(2)
+    assert torch.equal(adapter_logits(model, batch), adapter_logits(again, batch))
+    assert (
+        model.generate_waypoints(model.prepare(batch)).texts
+        == again.generate_waypoints(again.prepare(batch)).texts
+    )
+
+
+def test_layout_points_at_each_cameras_vision_tokens(
+    model: QwenVLDrivingAdapter, camera_batch: Batch
+) -> None:
+    batch = camera_batch(2)
+    inputs = model.prepare(batch)
+    layout = inputs.layout
+    b, c = batch["images"].shape[:2]
+    rows, cols = layout.patch_grid
+    assert (rows, cols) == (3, 5)  # 36 x 64 resized to 24 x 40, 4 px patches merged 2 x 2
+    encoded = model.image_processor(images=list(batch["images"].flatten(0, 1)), return_tensors="pt")
+    features = model.image_features(encoded["pixel_values"], encoded["image_grid_thw"])[0]
+    features = features.view(b, c, rows * cols, -1)
+    positions = layout.visual_positions()
+    assert inputs.position_ids is not None
+    for i in range(b):
+        for cam in range(c):
+            sel = layout.camera_index[i] == cam
+            got = inputs.inputs_embeds[i, positions[i, sel]]
+            assert torch.equal(got, features[i, cam, layout.patch_index[i, sel]])
+            # the M-RoPE (h, w) offsets of each token are its patch's row and column
+            t, h, w = inputs.position_ids[:, i, positions[i, sel]]
+            assert torch.equal(h - t, layout.patch_index[i, sel] // cols)
+            assert torch.equal(w - t, layout.patch_index[i, sel] % cols)
+
+
+def test_prompt_names_every_camera_before_its_image(model: QwenVLDrivingAdapter, camera_batch: Batch) -> None:
+    batch = camera_batch(1)
+    lines = camera_lines(list(batch["cameras"]), 2)
+    for camera, line in zip(batch["cameras"], lines.splitlines(), strict=True):
+        assert line == f"{camera}: <|vision_start|><|image_pad|><|image_pad|><|vision_end|>"
+    assert "Command: turn left. Speed: 5.3 m/s." in batch_instructions(batch)[0]
+
+
+def test_malformed_answers_are_counted_not_raised(model: QwenVLDrivingAdapter, camera_batch: Batch) -> None:
+    model.parse_stats.total = model.parse_stats.malformed = 0
+    waypoints = model.plan(camera_batch(2))  # a random model answers bytes, never six pairs
+    assert waypoints.shape == (2, 6, 2) and bool(waypoints.isnan().all())
+    assert (model.parse_stats.total, model.parse_stats.malformed) == (2, 2)
+
+
+def test_load_describe_and_hydra_know_qwen_folders(qwen_folder: Path, camera_batch: Batch) -> None:
+    assert isinstance(load(qwen_folder), QwenVLDrivingAdapter)
+    shape = describe(qwen_folder, image_size=(64, 36))
+    layout = load(qwen_folder).prepare(camera_batch(1)).layout
+    assert shape.model_type == "qwen2_5_vl" and shape.num_layers == 4
+    assert shape.num_visual(6) == layout.num_visual
+    # nuScenes' native 1600 x 900 is shrunk to the 1024-pixel cap: 24 x 40 px -> 3 x 5 tokens
+    assert describe(qwen_folder).visual_per_camera == 15
+    for entry in ("evaluate", "visualize"):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(entry, overrides=["model=qwen2_5_vl", f"model.name_or_path={qwen_folder}"])
+        planner = instantiate(cfg.planner)
+        planner.setup()
+        assert isinstance(planner.model, QwenVLDrivingAdapter), entry
+
+
+def test_qwen3_and_damaged_folders_give_one_line_errors(qwen_folder: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "qwen3"
+    shutil.copytree(qwen_folder, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "qwen3_vl"}))
+    for call in (load, describe, QwenVLDrivingAdapter.from_pretrained):
+        with pytest.raises(compat_qwen.Qwen3VLUnsupportedError, match="deepstack"):
+            call(folder)
+    broken = tmp_path / "no_tokenizer"
+    shutil.copytree(qwen_folder, broken)
+    (broken / "tokenizer.json").unlink()
+    (broken / "tokenizer_config.json").unlink()
+    with pytest.raises(ModelLoadError) as err:
+        QwenVLDrivingAdapter.from_pretrained(broken)
+    assert "\n" not in str(err.value)
+
+
+def test_a_model_config_of_ones_own_sets_the_prompt(
+    qwen_folder: Path, camera_batch: Batch, tmp_path: Path
+) -> None:
+    """The README's recipe: a yaml in conf/model that extends qwen2_5_vl with a multi-line template."""
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf)
+    (conf / "model" / "impromptu.yaml").write_text(
+        "defaults:\n  - qwen2_5_vl\n  - _self_\n"
+        f"name_or_path: {qwen_folder}\n"
+        "prompt_template: |\n  <|im_start|>user\n  {images}{instruction}<|im_end|>\n  <|im_start|>assistant\n"
+    )
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("evaluate", overrides=["model=impromptu"])
+    model = instantiate(cfg.model)(device="cpu", dtype=torch.float32)
+    assert (
+        model.prompt_template == "<|im_start|>user\n{images}{instruction}<|im_end|>\n<|im_start|>assistant\n"
+    )
+    default = load(qwen_folder).prepare(camera_batch(1))
+    custom = model.prepare(camera_batch(1))
+    system = "<|im_start|>system\nYou are a helpful driving assistant.<|im_end|>\n"
+    system_line = len(model.tokenizer(system)["input_ids"])  # the part the custom template leaves out
+    assert default.inputs_embeds.shape[1] - custom.inputs_embeds.shape[1] == system_line
+    assert custom.layout.num_visual == default.layout.num_visual
+    with pytest.raises(ModelLoadError, match="instruction"):
+        QwenVLDrivingAdapter.from_pretrained(qwen_folder, prompt_template="{images} only")
+
+
+def test_well_formed_answers_parse(qwen_answering_folder: Path, camera_batch: Batch) -> None:
+    from conftest import QWEN_ANSWER
+
+    model = QwenVLDrivingAdapter.from_pretrained(qwen_answering_folder)
+    model.parse_stats.total = model.parse_stats.malformed = 0
+    waypoints = model.plan(camera_batch(3))  # the prompts it was fitted on
+    assert (model.parse_stats.total, model.parse_stats.malformed) == (3, 0)
+    assert torch.allclose(waypoints, torch.tensor(QWEN_ANSWER).expand(3, -1, -1))
+
+
+@pytest.mark.xfail(
+    raises=ValueError,
+    strict=True,
+    reason="pipeline bug: planners/metrics.py rejects the NaN waypoints of malformed answers "
+    "instead of counting them; remove this mark once the pipeline excludes and counts them",
+)
+def test_evaluate_runs_a_qwen_folder_end_to_end(
+    qwen_folder: Path, synthetic_root: Path, tmp_path: Path
+) -> None:
+    from vla_autoprune.pipeline.app import evaluate
+
+    overrides = [
+        f"data.dataset.dataroot={synthetic_root}",
+        "device=cpu",
+        "batch_size=3",
+        "limit=3",
+        "model=qwen2_5_vl",
+        f"model.name_or_path={qwen_folder}",
+        "model.max_new_tokens=4",  # a random model: every answer is malformed
+        "pruner=fastv",
+        "budget=48",
+    ]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("evaluate", overrides=overrides)
+    summary = evaluate(cfg, tmp_path / "run")
+    assert summary  # then: three samples, all counted as malformed

@@ -1,0 +1,211 @@
+"""A Qwen2.5-VL driving VLA (e.g. Impromptu-VLA): an unmodified ``Qwen2_5_VLForConditionalGeneration``
+asked for waypoints in text.
+
+Prompt (Qwen chat format; each camera image is ``<|vision_start|>`` + its ``<|image_pad|>`` tokens
++ ``<|vision_end|>``, one pad per merged patch as ``image_grid_thw`` says)::
+
+    <|im_start|>system
+    You are a helpful driving assistant.<|im_end|>
+    <|im_start|>user
+    CAM_FRONT: <|vision_start|><|image_pad|>...<|vision_end|>
+    ...
+    Command: go straight. Speed: 5.3 m/s. Predict the next 6 waypoints ... as [(x1, y1), ..., (x6, y6)].<|im_end|>
+    <|im_start|>assistant
+
+``prompt_template`` changes it: ``{images}`` (the camera lines above) and ``{instruction}`` (the
+command line) are filled in.
+
+The adapter loads the image processor and the tokenizer (not ``AutoProcessor``: it needs
+torchvision for the video processor) and expands the image tokens itself. :meth:`prepare` merges
+the vision tower's merged patch features into ``inputs_embeds`` and computes the M-RoPE position
+ids ``[3, B, N]`` with the model's own ``get_rope_index``; :meth:`generate_waypoints` passes them
+to ``generate()``, which continues them (and keeps ``rope_deltas`` in step) while decoding.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoImageProcessor, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+from vla_autoprune import compat_qwen
+from vla_autoprune.errors import ModelLoadError
+from vla_autoprune.models.base import DecoderInputs
+from vla_autoprune.models.chat_adapter import DEFAULT_MAX_NEW_TOKENS, ChatDrivingAdapter, batch_instructions
+from vla_autoprune.models.layout import build_layout
+from vla_autoprune.models.model_folder import check_model_folder
+from vla_autoprune.models.qwen_saliency import qwen_vision_saliency
+
+DEFAULT_SYSTEM = "You are a helpful driving assistant."
+DEFAULT_PROMPT_TEMPLATE = (
+    f"{compat_qwen.IM_START}system\n{DEFAULT_SYSTEM}{compat_qwen.IM_END}\n"
+    f"{compat_qwen.IM_START}user\n{{images}}{{instruction}}{compat_qwen.IM_END}\n"
+    f"{compat_qwen.IM_START}assistant\n"
+)
+
+
+class NotAQwenFolderError(ModelLoadError):
+    """The folder does not hold a saved ``Qwen2_5_VLForConditionalGeneration``."""
+
+
+def camera_lines(cameras: list[str], tokens_per_image: int) -> str:
+    """One line per camera: its name, then its expanded image tokens."""
+    image = compat_qwen.VISION_START + compat_qwen.IMAGE_PAD * tokens_per_image + compat_qwen.VISION_END
+    return "".join(f"{camera}: {image}\n" for camera in cameras)
+
+
+class QwenVLDrivingAdapter(ChatDrivingAdapter):
+    """Wraps an unmodified ``Qwen2_5_VLForConditionalGeneration``, its image processor and tokenizer."""
+
+    def __init__(
+        self,
+        qwen: Qwen2_5_VLForConditionalGeneration,
+        image_processor: Any,
+        tokenizer: Any,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+    ) -> None:
+        super().__init__(max_new_tokens)
+        missing = [f for f in ("{images}", "{instruction}") if f not in prompt_template]
+        if missing:
+            raise ModelLoadError(f"prompt_template lacks {missing}; keep both {{images}} and {{instruction}}")
+        self.qwen = qwen
+        self.image_processor = image_processor
+        self._tokenizer = tokenizer
+        self.prompt_template = prompt_template
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        prompt_template: str | None = None,
+    ) -> QwenVLDrivingAdapter:
+        """Load the model, image processor and tokenizer saved together in a folder.
+
+        Raises a one-line :class:`~vla_autoprune.errors.ModelLoadError` for a missing or broken
+        ``config.json``, truncated weights, a missing processor or tokenizer, or another family.
+        """
+        folder = Path(name_or_path).expanduser()
+        model_type = check_model_folder(folder).get("model_type")
+        compat_qwen.refuse_qwen3(model_type, folder)
+        if model_type != compat_qwen.QWEN2_5_VL_MODEL_TYPE:
+            raise NotAQwenFolderError(
+                f"{folder} holds model_type={model_type!r}, not {compat_qwen.QWEN2_5_VL_MODEL_TYPE!r}; "
+                "load it with vla_autoprune.models.load()"
+            )
+        image_processor, tokenizer = _load_processor(folder)
+        qwen = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, dtype=dtype)
+        module: nn.Module = qwen  # PreTrainedModel.to's wrapper confuses type checkers
+        module.to(device).eval()
+        template = DEFAULT_PROMPT_TEMPLATE if prompt_template is None else prompt_template
+        return cls(qwen, image_processor, tokenizer, max_new_tokens, template)
+
+    @property
+    def decoder(self) -> nn.Module:
+        """The unmodified ``Qwen2_5_VLForConditionalGeneration`` (its LM layers: ``model.language_model.layers``)."""
+        return self.qwen
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer saved with the model."""
+        return self._tokenizer
+
+    @property
+    def merge_size(self) -> int:
+        """Side of the patch blocks the vision tower merges into one decoder token."""
+        config: Any = self.qwen.config
+        return int(config.vision_config.spatial_merge_size)
+
+    # ------------------------------------------------------------------ prepare
+
+    def prepare(self, batch: dict[str, Any]) -> DecoderInputs:
+        """Tokenize the prompts, encode the ``C`` camera images, merge them into ``inputs_embeds``.
+
+        ``position_ids`` are the M-RoPE ids int64 ``[3, B, N]``.
+        """
+        images = batch["images"]
+        b, c = images.shape[:2]
+        encoded = self.image_processor(images=list(images.flatten(0, 1).cpu()), return_tensors="pt")
+        grid_thw = encoded["image_grid_thw"]
+        grid = compat_qwen.merged_grid(grid_thw, self.merge_size)
+        lines = camera_lines(list(batch["cameras"]), grid[0] * grid[1])
+        prompts = [
+            self.prompt_template.format(images=lines, instruction=text) for text in batch_instructions(batch)
+        ]
+        tokens = self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
+        input_ids = tokens["input_ids"].to(self.device)
+        attention_mask = tokens["attention_mask"].to(self.device).long()
+        config: Any = self.qwen.config
+        layout = build_layout(input_ids == config.image_token_id, attention_mask, c, grid)
+        features, saliency = self.image_features(encoded["pixel_values"], grid_thw)
+        embeds = self.qwen.get_input_embeddings()(input_ids)
+        embeds = embeds.masked_scatter(layout.visual_mask.unsqueeze(-1), features.to(embeds.dtype))
+        position_ids, rope_deltas = compat_qwen.mrope_positions(
+            self.qwen, input_ids, grid_thw.to(self.device), attention_mask
+        )
+        compat_qwen.set_rope_deltas(self.qwen, rope_deltas)
+        return DecoderInputs(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            layout=layout,
+            vision_saliency=saliency.reshape(b, layout.num_visual),
+            sample_ids=tuple(batch["sample_token"]) if "sample_token" in batch else None,
+        )
+
+    def image_features(
+        self, pixel_values: torch.Tensor, grid_thw: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Merged patch features ``[I * P, D]`` of ``I`` images (``P`` tokens each), in image order,
+        and their vision saliency float32 ``[I, P]`` (:mod:`~vla_autoprune.models.qwen_saliency`)."""
+        with qwen_vision_saliency(self.qwen.model.visual, grid_thw) as saliency:
+            out = self.qwen.model.get_image_features(
+                pixel_values.to(self.device, self.qwen.dtype), grid_thw.to(self.device)
+            )
+        if saliency.value is None:
+            raise RuntimeError("the vision tower ran without reaching its last full-attention block")
+        return torch.cat(list(out.pooler_output), dim=0), saliency.value
+
+    # ------------------------------------------------------------------ decode
+
+    def generate_kwargs(self, inputs: DecoderInputs) -> dict[str, Any]:
+        """The M-RoPE ids of ``inputs``; ``rope_deltas`` set to match them (a pruned prompt included).
+
+        ``generate()`` continues explicit ids as ``last + 1`` (the prompt ends in text, so its last
+        id is its largest); the stored ``rope_deltas`` give the same ids to a decode step run
+        without them (cache length of layer 0 + delta).
+        """
+        position_ids = inputs.position_ids
+        if position_ids is None or position_ids.dim() != 3:
+            raise ModelLoadError(
+                "Qwen-VL inputs need M-RoPE position_ids [3, B, N]; build them with prepare()"
+            )
+        compat_qwen.set_rope_deltas(
+            self.qwen, compat_qwen.rope_deltas_of(position_ids, inputs.attention_mask)
+        )
+        return {"position_ids": position_ids}
+
+
+def _load_processor(folder: Path) -> tuple[Any, Any]:
+    """The image processor and tokenizer saved in ``folder``, or a one-line ``ModelLoadError``."""
+    try:
+        image_processor = AutoImageProcessor.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ModelLoadError(
+            f"{folder} has no loadable image processor / tokenizer ({reason}); save them next to the model "
+            "with image_processor.save_pretrained(folder) and tokenizer.save_pretrained(folder)"
+        ) from err
+    missing = [t for t in compat_qwen.SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
+    if missing:
+        raise ModelLoadError(
+            f"the tokenizer in {folder} lacks the Qwen special tokens {missing}; save the model's own"
+        )
+    return image_processor, tokenizer
