@@ -13,6 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from planners.constant_velocity import ConstantVelocityPlanner
 from planners.metrics import l2_at
+from vla_autoprune.data.schema import CAMERAS
+from vla_autoprune.models.describe import describe
 from vla_autoprune.pipeline.app import evaluate
 from vla_autoprune.pipeline.loop import RECORDS_FILE, run_split, shard_indices
 from vla_autoprune.pipeline.merge import find_runs, merge_runs
@@ -137,7 +139,9 @@ def _group_options() -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize(("group", "option"), _group_options())
-def test_default_config_composes_every_group(synthetic_root: Path, group: str, option: str) -> None:
+def test_default_config_composes_every_group(
+    synthetic_root: Path, group: str, option: str, request: pytest.FixtureRequest
+) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
 
@@ -147,6 +151,8 @@ def test_default_config_composes_every_group(synthetic_root: Path, group: str, o
     from vla_autoprune.pruning import Pruner
 
     extra = _TINY.get((group, option), []) + _TINY.get((group, "*"), [])
+    if (group, option) == ("model", "qwen2_5_vl"):  # no bundled Qwen: a tiny one saved by conftest
+        extra.append(f"model.name_or_path={request.getfixturevalue('qwen_folder')}")
     overrides = [f"{group}={option}", f"data.dataset.dataroot={synthetic_root}", "device=cpu", *extra]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("evaluate", overrides=overrides, return_hydra_config=True)
@@ -164,7 +170,8 @@ def test_default_config_composes_every_group(synthetic_root: Path, group: str, o
         assert tuple(built(batch).shape) == (1, 6, 2)
     elif group == "pruner":
         assert isinstance(built, Pruner)
-        built.check_budget(8, 216)  # the bundled model's layout: legal at budget 64
+        shape = describe("tiny-drive-vla")  # the bundled model's depth and visual tokens
+        built.check_budget(shape.num_layers, shape.num_visual(len(CAMERAS)))
     elif group == "hydra/launcher":
         assert type(built).__name__.endswith("Launcher")
     elif group == "hydra/sweeper":

@@ -97,7 +97,8 @@ def check_budget_before_loading(cfg: DictConfig, planner: Planner) -> None:
     model = model_name(cfg)
     if pruner is None or model is None:
         return
-    shape = describe(model)
+    size = OmegaConf.select(cfg, "data.dataset.image_size", default=None)
+    shape = describe(model, image_size=tuple(size) if size is not None else None)  # type: ignore[arg-type]
     cameras = OmegaConf.select(cfg, "data.dataset.cameras", default=None) or CAMERAS
     pruner.check_budget(shape.num_layers, shape.num_visual(len(cameras)))
 
