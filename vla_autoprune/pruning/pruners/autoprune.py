@@ -118,8 +118,11 @@ class AutoPrunePruner(Pruner):
             return torch.full((view.batch_size, view.num_layers), view.num_visual, dtype=torch.long)
         ref = self.reference_layer()
         if view.layer_idx < ref:
-            # Only entry 0 (stage 0's v0) is used before the reference layer; it does not depend on k.
-            return self._retention(torch.zeros(view.batch_size, device=view.hidden.device), view)
+            # Only entry 0 (stage 0's v0) is used before the reference layer. It does not depend on
+            # k, so no curve is solved here; the other entries hold v0 until layer 1 replaces them.
+            target = self.target(view.num_visual)
+            v0 = stage0_count(target, view.num_layers, view.num_visual, first_layer=1)
+            return torch.full((view.batch_size, view.num_layers), v0, dtype=torch.long)
         if view.layer_idx > ref and view.schedule is not None:
             return view.schedule
         mi = ap.mutual_information(view.attention(), self.head_reduce, text_valid=view.text_valid)
