@@ -229,6 +229,40 @@ def test_hooks_removed_after_exit_and_after_exception() -> None:
     with pytest.raises(RuntimeError, match="boom"), prune(model, build_pruner("fastv", budget=8), inputs):
         raise RuntimeError("boom")
     assert _hook_count(model) == 0
+    # The capture hooks on each layer's input_layernorm and k_proj are gone as well.
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+@dataclass
+class ReuseCheckPruner(FixedPruner):
+    """Scores from the layer's captured projections, checked against a full recomputation."""
+
+    checked: list[int] | None = None
+
+    def score(self, view: LayerView) -> torch.Tensor:
+        assert view.projected is not None and self.checked is not None
+        recomputed = text_visual_attention(
+            view.layer,
+            view.hidden,
+            view.position_embeddings,
+            view.attention_mask,
+            view.text_slots,
+            view.visual_slots,
+        )
+        assert torch.equal(view.attention(), recomputed)  # bit for bit
+        self.checked.append(view.layer_idx)
+        return view.text_attention()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_scoring_reuses_the_layers_own_projections_bit_for_bit(family: str) -> None:
+    model = build_decoder(family)
+    inputs = make_inputs(batch=2, text_lengths=(5, 3))
+    counts = torch.tensor([[12, 7, 5, 5], [10, 10, 4, 4]])
+    pruner = ReuseCheckPruner(counts=counts, checked=[])
+    with torch.no_grad(), prune(model, pruner, inputs) as record:
+        forward(model, record.inputs)
+    assert pruner.checked == [0, 1, 2]
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -189,6 +189,18 @@ def _true_indices(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return order, valid
 
 
+def _projected(
+    captured: dict[str, torch.Tensor], hidden: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The layer's captured ``(normed, key_proj)``, if both were seen on ``hidden``'s ``[B, K]`` tokens."""
+    normed, key_proj = captured.get("normed"), captured.get("key_proj")
+    if normed is None or key_proj is None:
+        return None
+    if normed.shape != hidden.shape or key_proj.shape[:2] != hidden.shape[:2]:
+        return None
+    return normed, key_proj
+
+
 def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``x`` [B, N, ...] gathered along dim 1 at ``index`` [B, K]."""
     shape = (*index.shape, *x.shape[2:])
@@ -224,6 +236,7 @@ class _Engine:
         self.camera_ratios = pruner.camera_ratios(num_cameras(inputs))
         self.state: _Forward | None = None
         self.prefill = False
+        self.captured: dict[str, torch.Tensor] = {}  # this layer's normed input and k_proj output
 
     # -- installation ----------------------------------------------------------------------------
 
@@ -234,7 +247,16 @@ class _Engine:
         for i, layer in enumerate(self.layers):
             handles.append(layer.register_forward_pre_hook(partial(self._pre, i), with_kwargs=True))
             handles.append(layer.register_forward_hook(partial(self._post, i), with_kwargs=True))
+            # Scoring reuses the layer's own normed input and key projection instead of recomputing.
+            for name, path in (("normed", "input_layernorm"), ("key_proj", "self_attn.k_proj")):
+                hook = partial(self._capture, name)
+                handles.append(layer.get_submodule(path).register_forward_hook(hook))
         return handles
+
+    def _capture(self, name: str, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        """Keep a prefill layer's ``input_layernorm`` / ``k_proj`` output until its forward hook."""
+        if self.prefill and isinstance(output, torch.Tensor):
+            self.captured[name] = output
 
     # -- pre-hook ----------------------------------------------------------------------------------
 
@@ -244,6 +266,7 @@ class _Engine:
         hidden = compat.layer_hidden(args, kwargs)
         cache = compat.layer_cache(kwargs)
         self.prefill = compat.cache_length(cache, i) == 0
+        self.captured = {}
         if not self.prefill:
             return self._decode_step(i, args, hidden, kwargs, cache)
         if i == 0:
@@ -401,6 +424,7 @@ class _Engine:
         self, i: int, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
     ) -> Any:
         state = self.state
+        captured, self.captured = self.captured, {}
         if not self.prefill or state is None:
             return None
         hidden_out = compat.output_hidden(output)
@@ -408,7 +432,9 @@ class _Engine:
             if state.slots.identity:
                 return None
             return compat.with_output_hidden(output, self._restore(state.slots, hidden_out))
-        view = self._view(i, module, compat.layer_hidden(args, kwargs), hidden_out, kwargs, state)
+        hidden = compat.layer_hidden(args, kwargs)
+        view = self._view(i, module, hidden, hidden_out, kwargs, state)
+        view.projected = _projected(captured, hidden)
         schedule = self.pruner.schedule(view)
         if schedule.shape != (view.batch_size, self.num_layers):
             raise ValueError(

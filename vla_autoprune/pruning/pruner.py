@@ -61,6 +61,8 @@ class LayerView:
         tokens: int64 ``[B]``, real tokens entering this layer (the keys a score row sees), or None.
         scoring_macs: int64 ``[B]``, the record's running count of scoring MACs (added to in
             place by :meth:`attention_at` and :meth:`add_scoring_macs`), or None.
+        projected: ``(normed, key_proj)``: this layer's own ``input_layernorm`` output ``[B, K, D]``
+            and ``k_proj`` output ``[B, K, Hkv * hd]`` from its forward (scoring reuses them), or None.
     """
 
     layer_idx: int
@@ -83,6 +85,7 @@ class LayerView:
     next_layer: nn.Module | None = None
     tokens: torch.Tensor | None = None
     scoring_macs: torch.Tensor | None = None
+    projected: tuple[torch.Tensor, torch.Tensor] | None = None
     _attention: torch.Tensor | None = field(default=None, repr=False)
 
     @property
@@ -112,10 +115,17 @@ class LayerView:
         By default this layer's projections on its input; PDrop passes ``layer=view.next_layer``
         and ``hidden=view.output``. Counts its MACs (``rows_valid`` bool ``[B, R]``) as scoring work.
         """
+        own = layer is None and hidden is None  # this layer on its input: reuse its projections
         layer = self.layer if layer is None else layer
         hidden = self.hidden if hidden is None else hidden
         attn = text_visual_attention(
-            layer, hidden, self.position_embeddings, self.attention_mask, rows, self.visual_slots
+            layer,
+            hidden,
+            self.position_embeddings,
+            self.attention_mask,
+            rows,
+            self.visual_slots,
+            self.projected if own else None,
         )
         if self.tokens is not None:
             self.add_scoring_macs(attention_macs(layer, rows_valid.sum(dim=1), self.tokens))
