@@ -120,13 +120,17 @@ class _Slots:
 
     ``src`` int64 ``[B, K]``: index into the run inputs' sequence (merged tokens: their
     representative's); ``valid`` bool ``[B, K]`` (False for fillers); ``merged`` bool ``[B, K]``;
-    ``identity``: nothing has been dropped (the slots are the input sequence itself).
+    ``identity``: nothing has been dropped (the slots are the input sequence itself). Known on the
+    host, so the hooks need no sync for them: ``visual_width``, the visual slots per row (every row
+    has as many), and ``ragged``, whether some slot is a filler.
     """
 
     src: torch.Tensor
     valid: torch.Tensor
     merged: torch.Tensor
     identity: bool
+    visual_width: int
+    ragged: bool = False
 
     @property
     def length(self) -> int:
@@ -180,10 +184,14 @@ def contiguous_positions(position_ids: torch.Tensor, attention_mask: torch.Tenso
     return _first_real_position(position_ids, real) + (real.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
-def _true_indices(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions of True per row, in order: (int64 ``[B, M]``, valid bool ``[B, M]``), M = max count."""
+def _true_indices(mask: torch.Tensor, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of True per row, in order: (int64 ``[B, M]``, valid bool ``[B, M]``).
+
+    ``M`` is ``width`` when the caller knows the largest count (no host sync), else the max count.
+    """
     counts = mask.sum(dim=1)
-    width = int(counts.max()) if mask.numel() else 0
+    if width is None:
+        width = int(counts.max()) if mask.numel() else 0
     order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :width]
     valid = torch.arange(width, device=mask.device) < counts.unsqueeze(1)
     return order, valid
@@ -229,9 +237,11 @@ class _Engine:
         self.text = layout.text_mask.bool()
         self.real = inputs.attention_mask.bool()
         self.num_visual = layout.num_visual
-        # Index of each position among the visual tokens, mapped to the given inputs' visual indices.
-        rank = (self.visual.long().cumsum(dim=1) - 1).clamp(min=0)
-        self.visual_origin = visual_origin.gather(1, rank.clamp(max=visual_origin.shape[1] - 1))
+        # Fixed per forward, computed once (and the text width synced here, not in the hooks).
+        self.visual_rank = self.visual.long().cumsum(dim=1) - 1  # index among the visual tokens
+        rank = self.visual_rank.clamp(min=0, max=visual_origin.shape[1] - 1)
+        self.visual_origin = visual_origin.gather(1, rank)  # ... mapped to the given inputs' indices
+        self.text_width = int(self.text.sum(dim=1).max()) if self.text.numel() else 0  # never dropped
         self.camera = layout.camera_index
         self.camera_ratios = pruner.camera_ratios(num_cameras(inputs))
         self.state: _Forward | None = None
@@ -301,7 +311,7 @@ class _Engine:
         src = torch.arange(n, device=hidden.device).expand(b, n)
         flags = torch.zeros(b, n, dtype=torch.bool, device=hidden.device)
         self.state = _Forward(
-            slots=_Slots(src=src, valid=~flags, merged=flags, identity=True),
+            slots=_Slots(src=src, valid=~flags, merged=flags, identity=True, visual_width=self.num_visual),
             layer_slots=[None] * self.num_layers,
             cos=cos.expand(b, -1, -1),
             sin=sin.expand(b, -1, -1),
@@ -315,7 +325,7 @@ class _Engine:
         rec.visual_tokens = zeros(b, self.num_layers)
         rec.merged_tokens = zeros(b, self.num_layers)
         rec.tokens = zeros(b, self.num_layers)
-        rec.seq_len = zeros(self.num_layers)
+        rec.seq_len = torch.zeros(self.num_layers, dtype=torch.long)  # host: filled from host ints
         rec.scoring_flops = zeros(b)
         rec.kept_visual = [None] * self.num_layers
         rec.schedule = None
@@ -331,9 +341,8 @@ class _Engine:
         rec.tokens[:, i] = (self.real.gather(1, slots.src) & slots.valid).sum(1)
         rec.seq_len[i] = slots.length
         original = visual & ~slots.merged
-        origin = self.visual_origin.gather(1, slots.src).masked_fill(~original, -1)
-        idx, ok = _true_indices(original)
-        rec.kept_visual[i] = origin.gather(1, idx).masked_fill(~ok, -1)
+        # [B, K], -1 where no original visual token sits; packed to [B, Kv] in _finish (no sync here)
+        rec.kept_visual[i] = self.visual_origin.gather(1, slots.src).masked_fill(~original, -1)
 
     def _positions(self, state: _Forward, slots: _Slots, hidden: torch.Tensor) -> dict[str, Any]:
         """position_ids and (cos, sin) for the slots of a prefill."""
@@ -353,7 +362,7 @@ class _Engine:
     ) -> dict[str, Any]:
         slots = state.slots
         new = {**kwargs, **self._positions(state, slots, hidden)}
-        if state.mask_template is None and bool(slots.valid.all()):
+        if state.mask_template is None and not slots.ragged:
             new[compat.KW_MASK] = None  # still plain causal over the kept order: SDPA's fast path
             return new
         k = slots.length
@@ -380,7 +389,7 @@ class _Engine:
             raise RuntimeError(f"decoder layer {i}: its cache is shorter than its pruned prefill")
         new: dict[str, Any] = dict(kwargs)
         mask = compat.check_mask(kwargs.get(compat.KW_MASK), i)
-        if mask is not None or not bool(slots.valid.all()):
+        if mask is not None or slots.ragged:
             new[compat.KW_MASK] = self._decode_mask(mask, state, slots, b, q, n + past_new)
         if self.rotary is not None:
             counted = slots.valid & self.real.gather(1, slots.src)
@@ -446,11 +455,14 @@ class _Engine:
         alive = view.alive()
         # At least one visual token survives: scoring and the visual block need one.
         hand_on = torch.minimum(schedule[:, i].to(alive.device).clamp(min=1), alive)
-        if bool((hand_on >= alive).all()):
+        if bool((hand_on >= alive).all()):  # host sync 1: does this layer prune at all?
             return None
         kept, clusters = self.pruner.split(view, hand_on)
+        # host sync 2: the block's shape (merging needs one more, for the merged counts)
+        merges, most, fewest = torch.stack([(clusters > 0).any(), kept.max(), kept.min()]).tolist()
         scores = self.pruner.score(view)
-        state.slots, new_hidden = self._drop(view, state.slots, scores, kept, clusters)
+        counts = (bool(merges), int(most), int(fewest))
+        state.slots, new_hidden = self._drop(view, state.slots, scores, kept, clusters, counts)
         return compat.with_output_hidden(output, new_hidden)
 
     def _view(
@@ -463,10 +475,9 @@ class _Engine:
         state: _Forward,
     ) -> LayerView:
         src = state.slots.src
-        visual_slots, visual_ok = _true_indices(self.visual.gather(1, src))
-        if not bool(visual_ok.all()):
-            raise RuntimeError("rows carry different numbers of visual slots; the layout is inconsistent")
-        text_slots, text_ok = _true_indices(self.text.gather(1, src) & state.slots.valid)
+        # Every row has visual_width visual slots (_check_layout, and each drop keeps rows equal).
+        visual_slots, _ = _true_indices(self.visual.gather(1, src), state.slots.visual_width)
+        text_slots, text_ok = _true_indices(self.text.gather(1, src) & state.slots.valid, self.text_width)
         cos, sin = kwargs[compat.KW_POS_EMB]
         b = hidden.shape[0]
         return LayerView(
@@ -480,7 +491,7 @@ class _Engine:
             attention_mask=kwargs.get(compat.KW_MASK),
             visual_slots=visual_slots,
             visual_valid=state.slots.valid.gather(1, visual_slots),
-            visual_index=(self.visual.long().cumsum(1) - 1).gather(1, src.gather(1, visual_slots)),
+            visual_index=self.visual_rank.gather(1, src.gather(1, visual_slots)),
             text_slots=text_slots,
             text_valid=text_ok,
             inputs=self.inputs,
@@ -499,13 +510,15 @@ class _Engine:
         scores: torch.Tensor,
         kept: torch.Tensor,
         clusters: torch.Tensor,
+        counts: tuple[bool, int, int],
     ) -> tuple[_Slots, torch.Tensor]:
         """New slots and hidden states after keeping ``kept`` [B] top-scored visual tokens per row.
 
         Kept visual tokens (and a row's fillers) stay where they were, merged tokens go right after
-        the last visual slot; non-visual tokens keep their order.
+        the last visual slot; non-visual tokens keep their order. ``counts``: whether any row
+        merges, and the largest and smallest ``kept`` (host values).
         """
-        block = self._visual_block(view, slots, scores, kept, clusters)
+        block, ragged = self._visual_block(view, slots, scores, kept, clusters, counts)
         b, k = slots.src.shape
         visual = self.visual.gather(1, slots.src)
         # Sort keys: 2 * slot index; merged tokens 2 * (last visual slot) + 1; old visual slots last.
@@ -522,6 +535,8 @@ class _Engine:
             valid=arrange(slots.valid, block.valid),
             merged=arrange(slots.merged, block.merged),
             identity=False,
+            visual_width=int(block.keys.shape[1]),
+            ragged=ragged,
         )
         return new_slots, arrange(view.output, block.hidden)
 
@@ -532,8 +547,13 @@ class _Engine:
         scores: torch.Tensor,
         kept: torch.Tensor,
         clusters: torch.Tensor,
-    ) -> _Block:
-        """The visual tokens handed on: each row's top slots (kept, then fillers), then merged ones."""
+        counts: tuple[bool, int, int],
+    ) -> tuple[_Block, bool]:
+        """The visual tokens handed on: each row's top slots (kept, then fillers), then merged ones.
+
+        Also whether the block is ragged (some row carries fillers). ``counts`` as in :meth:`_drop`.
+        """
+        merges, most, fewest = counts
         vs, vv = view.visual_slots, view.visual_valid
         b, kv = vs.shape
         # Rank: valid before fillers, then each camera's share (per_camera), then by score.
@@ -544,11 +564,17 @@ class _Engine:
         order = rank_order(scores, vv, preferred)
         rank = torch.empty_like(order).scatter_(1, order, torch.arange(kv, device=vs.device).expand(b, kv))
         is_kept = rank < kept.unsqueeze(1)
-        merge = (
-            self.pruner.merge(view, scores, vv & ~is_kept, clusters) if bool((clusters > 0).any()) else None
-        )
-        r = merge.valid.sum(1) if merge is not None else torch.zeros_like(kept)
-        width = int((kept + r).max())
+        merge = self.pruner.merge(view, scores, vv & ~is_kept, clusters) if merges else None
+        if merge is None:
+            r = torch.zeros_like(kept)
+            width, ragged = most, fewest < most
+        else:
+            r = merge.valid.sum(1)
+            # a row's block: kept + r real entries, the first r merged ones, each valid or a filler
+            first_r = torch.arange(merge.valid.shape[1], device=r.device) < r.unsqueeze(1)
+            holes = (first_r & ~merge.valid).any()
+            most, fewest, gap = torch.stack([(kept + r).max(), (kept + r).min(), holes]).tolist()
+            width, ragged = int(most), fewest < most or bool(gap)
         real = (width - r).unsqueeze(1)  # real (kept + filler) entries per row
         chosen = torch.where(rank < real, torch.arange(kv, device=vs.device), _NO_SLOT)
         pos = chosen.sort(dim=1).values[:, :width]  # index into the visual slots, in sequence order
@@ -568,7 +594,7 @@ class _Engine:
             merged_hidden = _gather_rows(merge.hidden.to(block.hidden.dtype), m)
             block.hidden = torch.where(is_real.unsqueeze(-1), block.hidden, merged_hidden)
             block.valid = block.valid | (~is_real & merge.valid.gather(1, m))
-        return block
+        return block, ragged
 
     def _restore(self, slots: _Slots, hidden: torch.Tensor) -> torch.Tensor:
         """Scatter the last layer's output back to the input length (dropped positions stay zero)."""
@@ -690,6 +716,12 @@ def prune(decoder: nn.Module, pruner: Pruner, inputs: DecoderInputs) -> Iterator
     _finish(record, compat.decoder_config(decoder), inputs.layout.camera_index)
 
 
+def _pack_kept(origin: torch.Tensor) -> torch.Tensor:
+    """int64 ``[B, K]`` (-1 where no original visual token) -> ``[B, Kv]``: the rest in order, -1 padded."""
+    idx, ok = _true_indices(origin >= 0)
+    return origin.gather(1, idx).masked_fill(~ok, -1)
+
+
 def _finish(record: PruningRecord, config: Any, camera_index: torch.Tensor) -> None:
     """Move the counts to the host, add FLOPs and per-camera counts (once, after the block)."""
     if record.tokens is None or record.seq_len is None:
@@ -699,7 +731,7 @@ def _finish(record: PruningRecord, config: Any, camera_index: torch.Tensor) -> N
         value = getattr(record, name)
         if value is not None:
             setattr(record, name, value.cpu())
-    record.kept_visual = [None if k is None else k.cpu() for k in record.kept_visual]
+    record.kept_visual = [None if k is None else _pack_kept(k.cpu()) for k in record.kept_visual]
     record.stats = {key: value.detach().cpu() for key, value in record.stats.items()}
     assert record.tokens is not None
     record.flops = decoder_flops_from_config(record.tokens, config)
