@@ -54,7 +54,7 @@ from vla_autoprune import compat
 from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.pruning.cameras import camera_choice, camera_counts, rank_order
 from vla_autoprune.pruning.flops import decoder_flops_from_config
-from vla_autoprune.pruning.pruner import LayerView, Pruner
+from vla_autoprune.pruning.pruner import LayerView, Pruner, SlotIndex
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,8 @@ class _Slots:
     representative's); ``valid`` bool ``[B, K]`` (False for fillers); ``merged`` bool ``[B, K]``;
     ``identity``: nothing has been dropped (the slots are the input sequence itself). Known on the
     host, so the hooks need no sync for them: ``visual_width``, the visual slots per row (every row
-    has as many), and ``ragged``, whether some slot is a filler.
+    has as many), ``alive``, each row's valid visual tokens, and ``ragged``, whether some slot is
+    a filler.
     """
 
     src: torch.Tensor
@@ -130,7 +131,11 @@ class _Slots:
     merged: torch.Tensor
     identity: bool
     visual_width: int
+    alive: torch.Tensor  # int64 [B] on the host: valid visual tokens per row
     ragged: bool = False
+    # What every layer that runs on these slots gets (computed at the first, reused until a drop).
+    counted_at: int | None = None  # the layer whose record counts are these slots'
+    layer_kwargs: dict[str, Any] | None = None  # position ids, (cos, sin) and mask
 
     @property
     def length(self) -> int:
@@ -149,6 +154,7 @@ class _Forward:
     first_position: torch.Tensor  # [B, 1]: position id of each row's first real token
     mask_template: torch.Tensor | None  # layer 0's mask: None (SDPA causal) or its encoding
     schedule: torch.Tensor | None = None
+    schedule_host: torch.Tensor | None = None  # the same, on the host (copied once per change)
     scratch: dict[str, Any] = field(default_factory=dict)
 
 
@@ -311,7 +317,14 @@ class _Engine:
         src = torch.arange(n, device=hidden.device).expand(b, n)
         flags = torch.zeros(b, n, dtype=torch.bool, device=hidden.device)
         self.state = _Forward(
-            slots=_Slots(src=src, valid=~flags, merged=flags, identity=True, visual_width=self.num_visual),
+            slots=_Slots(
+                src=src,
+                valid=~flags,
+                merged=flags,
+                identity=True,
+                visual_width=self.num_visual,
+                alive=torch.full((b,), self.num_visual, dtype=torch.long),
+            ),
             layer_slots=[None] * self.num_layers,
             cos=cos.expand(b, -1, -1),
             sin=sin.expand(b, -1, -1),
@@ -335,11 +348,18 @@ class _Engine:
         rec = self.record
         assert rec.visual_tokens is not None and rec.tokens is not None
         assert rec.merged_tokens is not None and rec.seq_len is not None
+        rec.seq_len[i] = slots.length
+        j = slots.counted_at
+        if j is not None:  # the same slots as layer j: the same counts
+            for counts in (rec.visual_tokens, rec.merged_tokens, rec.tokens):
+                counts[:, i] = counts[:, j]
+            rec.kept_visual[i] = rec.kept_visual[j]
+            return
+        slots.counted_at = i
         visual = self.visual.gather(1, slots.src) & slots.valid
         rec.visual_tokens[:, i] = visual.sum(1)
         rec.merged_tokens[:, i] = (visual & slots.merged).sum(1)
         rec.tokens[:, i] = (self.real.gather(1, slots.src) & slots.valid).sum(1)
-        rec.seq_len[i] = slots.length
         original = visual & ~slots.merged
         # [B, K], -1 where no original visual token sits; packed to [B, Kv] in _finish (no sync here)
         rec.kept_visual[i] = self.visual_origin.gather(1, slots.src).masked_fill(~original, -1)
@@ -361,7 +381,14 @@ class _Engine:
         self, state: _Forward, hidden: torch.Tensor, kwargs: dict[str, Any]
     ) -> dict[str, Any]:
         slots = state.slots
-        new = {**kwargs, **self._positions(state, slots, hidden)}
+        if slots.layer_kwargs is None:
+            slots.layer_kwargs = self._layer_kwargs(state, hidden)
+        return {**kwargs, **slots.layer_kwargs}
+
+    def _layer_kwargs(self, state: _Forward, hidden: torch.Tensor) -> dict[str, Any]:
+        """Position ids, (cos, sin) and mask for the current slots (fixed until the next drop)."""
+        slots = state.slots
+        new = self._positions(state, slots, hidden)
         if state.mask_template is None and not slots.ragged:
             new[compat.KW_MASK] = None  # still plain causal over the kept order: SDPA's fast path
             return new
@@ -450,19 +477,22 @@ class _Engine:
                 f"{self.pruner.name}.schedule returned shape {tuple(schedule.shape)}, "
                 f"expected [B={view.batch_size}, L={self.num_layers}]"
             )
-        state.schedule = schedule
-        self.record.schedule = schedule.detach()
-        alive = view.alive()
+        if schedule is not state.schedule:  # a new answer: one copy to the host (once per forward)
+            state.schedule, state.schedule_host = schedule, schedule.detach().cpu()
+            self.record.schedule = schedule.detach()
+        assert state.schedule_host is not None
+        alive = state.slots.alive
         # At least one visual token survives: scoring and the visual block need one.
-        hand_on = torch.minimum(schedule[:, i].to(alive.device).clamp(min=1), alive)
-        if bool((hand_on >= alive).all()):  # host sync 1: does this layer prune at all?
+        hand_on = torch.minimum(state.schedule_host[:, i].clamp(min=1), alive)
+        if bool((hand_on >= alive).all()):  # on the host: a layer that keeps all costs no sync
             return None
-        kept, clusters = self.pruner.split(view, hand_on)
-        # host sync 2: the block's shape (merging needs one more, for the merged counts)
-        merges, most, fewest = torch.stack([(clusters > 0).any(), kept.max(), kept.min()]).tolist()
+        kept, clusters = self.pruner.split(view, hand_on.to(view.hidden.device))
+        # the one host sync of a pruning layer: the block's shape (merging needs one more)
+        merges, *kept_host = torch.cat([(clusters > 0).any().long().view(1), kept]).tolist()
         scores = self.pruner.score(view)
-        counts = (bool(merges), int(most), int(fewest))
-        state.slots, new_hidden = self._drop(view, state.slots, scores, kept, clusters, counts)
+        state.slots, new_hidden = self._drop(
+            view, state.slots, scores, kept, clusters, bool(merges), kept_host
+        )
         return compat.with_output_hidden(output, new_hidden)
 
     def _view(
@@ -474,10 +504,6 @@ class _Engine:
         kwargs: dict[str, Any],
         state: _Forward,
     ) -> LayerView:
-        src = state.slots.src
-        # Every row has visual_width visual slots (_check_layout, and each drop keeps rows equal).
-        visual_slots, _ = _true_indices(self.visual.gather(1, src), state.slots.visual_width)
-        text_slots, text_ok = _true_indices(self.text.gather(1, src) & state.slots.valid, self.text_width)
         cos, sin = kwargs[compat.KW_POS_EMB]
         b = hidden.shape[0]
         return LayerView(
@@ -489,11 +515,7 @@ class _Engine:
             output=hidden_out,
             position_embeddings=(cos.expand(b, -1, -1), sin.expand(b, -1, -1)),
             attention_mask=kwargs.get(compat.KW_MASK),
-            visual_slots=visual_slots,
-            visual_valid=state.slots.valid.gather(1, visual_slots),
-            visual_index=self.visual_rank.gather(1, src.gather(1, visual_slots)),
-            text_slots=text_slots,
-            text_valid=text_ok,
+            slot_index=partial(self._slot_index, state.slots),
             inputs=self.inputs,
             schedule=state.schedule,
             scratch=state.scratch,
@@ -503,6 +525,20 @@ class _Engine:
             scoring_macs=self.record.scoring_flops,
         )
 
+    def _slot_index(self, slots: _Slots) -> SlotIndex:
+        """Where the visual and text tokens sit among ``slots`` (computed only when a pruner asks)."""
+        src = slots.src
+        # Every row has visual_width visual slots (_check_layout, and each drop keeps rows equal).
+        visual_slots, _ = _true_indices(self.visual.gather(1, src), slots.visual_width)
+        text_slots, text_ok = _true_indices(self.text.gather(1, src) & slots.valid, self.text_width)
+        return SlotIndex(
+            visual_slots=visual_slots,
+            visual_valid=slots.valid.gather(1, visual_slots),
+            visual_index=self.visual_rank.gather(1, src.gather(1, visual_slots)),
+            text_slots=text_slots,
+            text_valid=text_ok,
+        )
+
     def _drop(
         self,
         view: LayerView,
@@ -510,15 +546,16 @@ class _Engine:
         scores: torch.Tensor,
         kept: torch.Tensor,
         clusters: torch.Tensor,
-        counts: tuple[bool, int, int],
+        merges: bool,
+        kept_host: list[int],
     ) -> tuple[_Slots, torch.Tensor]:
         """New slots and hidden states after keeping ``kept`` [B] top-scored visual tokens per row.
 
         Kept visual tokens (and a row's fillers) stay where they were, merged tokens go right after
-        the last visual slot; non-visual tokens keep their order. ``counts``: whether any row
-        merges, and the largest and smallest ``kept`` (host values).
+        the last visual slot; non-visual tokens keep their order. ``merges``: whether any row
+        merges; ``kept_host``: ``kept`` on the host.
         """
-        block, ragged = self._visual_block(view, slots, scores, kept, clusters, counts)
+        block, alive = self._visual_block(view, slots, scores, kept, clusters, merges, kept_host)
         b, k = slots.src.shape
         visual = self.visual.gather(1, slots.src)
         # Sort keys: 2 * slot index; merged tokens 2 * (last visual slot) + 1; old visual slots last.
@@ -536,7 +573,8 @@ class _Engine:
             merged=arrange(slots.merged, block.merged),
             identity=False,
             visual_width=int(block.keys.shape[1]),
-            ragged=ragged,
+            alive=torch.tensor(alive, dtype=torch.long),
+            ragged=min(alive) < block.keys.shape[1],
         )
         return new_slots, arrange(view.output, block.hidden)
 
@@ -547,13 +585,14 @@ class _Engine:
         scores: torch.Tensor,
         kept: torch.Tensor,
         clusters: torch.Tensor,
-        counts: tuple[bool, int, int],
-    ) -> tuple[_Block, bool]:
+        merges: bool,
+        kept_host: list[int],
+    ) -> tuple[_Block, list[int]]:
         """The visual tokens handed on: each row's top slots (kept, then fillers), then merged ones.
 
-        Also whether the block is ragged (some row carries fillers). ``counts`` as in :meth:`_drop`.
+        Also each row's valid tokens in the block, on the host (``merges``, ``kept_host``: as in
+        :meth:`_drop`).
         """
-        merges, most, fewest = counts
         vs, vv = view.visual_slots, view.visual_valid
         b, kv = vs.shape
         # Rank: valid before fillers, then each camera's share (per_camera), then by score.
@@ -567,14 +606,13 @@ class _Engine:
         merge = self.pruner.merge(view, scores, vv & ~is_kept, clusters) if merges else None
         if merge is None:
             r = torch.zeros_like(kept)
-            width, ragged = most, fewest < most
+            width, alive = max(kept_host), kept_host
         else:
             r = merge.valid.sum(1)
             # a row's block: kept + r real entries, the first r merged ones, each valid or a filler
             first_r = torch.arange(merge.valid.shape[1], device=r.device) < r.unsqueeze(1)
-            holes = (first_r & ~merge.valid).any()
-            most, fewest, gap = torch.stack([(kept + r).max(), (kept + r).min(), holes]).tolist()
-            width, ragged = int(most), fewest < most or bool(gap)
+            entries, alive = torch.stack([kept + r, kept + (first_r & merge.valid).sum(1)]).tolist()
+            width = max(entries)
         real = (width - r).unsqueeze(1)  # real (kept + filler) entries per row
         chosen = torch.where(rank < real, torch.arange(kv, device=vs.device), _NO_SLOT)
         pos = chosen.sort(dim=1).values[:, :width]  # index into the visual slots, in sequence order
@@ -594,7 +632,7 @@ class _Engine:
             merged_hidden = _gather_rows(merge.hidden.to(block.hidden.dtype), m)
             block.hidden = torch.where(is_real.unsqueeze(-1), block.hidden, merged_hidden)
             block.valid = block.valid | (~is_real & merge.valid.gather(1, m))
-        return block, ragged
+        return block, alive
 
     def _restore(self, slots: _Slots, hidden: torch.Tensor) -> torch.Tensor:
         """Scatter the last layer's output back to the input length (dropped positions stay zero)."""
