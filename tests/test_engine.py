@@ -6,7 +6,7 @@ The builders at the top are shared with test_pruners.py and test_budgets.py.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -18,6 +18,8 @@ from vla_autoprune import compat
 from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.models.layout import TokenLayout
 from vla_autoprune.pruning import LayerView, Pruner, build_pruner, prune
+from vla_autoprune.pruning.pruners.autoprune import AutoPrunePruner
+from vla_autoprune.pruning.recycling import split_handed_on
 from vla_autoprune.pruning.scores import text_visual_attention
 
 HIDDEN = 64  # tiny decoders: fast on 2 shared CPU cores
@@ -534,3 +536,29 @@ def test_wrong_inputs_and_unknown_pruner_errors() -> None:
         ValueError, match="known pruners: autoprune, fastervlm, fastv, none, pdrop, random, sparsevlm"
     ):
         build_pruner("fastvv", budget=8)
+
+
+@dataclass
+class SplitCheckPruner(AutoPrunePruner):
+    """AutoPrune whose table lookup is checked against splitting what the layer really processed."""
+
+    checked: list[int] = field(default_factory=list)
+
+    def split(self, view: LayerView, hand_on: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        kept, merged = super().split(view, hand_on)
+        stage0 = view.layer_idx == 0 and self.stage0 != "none"
+        direct = split_handed_on(view.alive(), hand_on, self.recycle and not stage0)
+        assert torch.equal(kept, direct[0]) and torch.equal(merged, direct[1])
+        self.checked.append(view.layer_idx)
+        return kept, merged
+
+
+@pytest.mark.parametrize("stage0", ["reference", "none", "before"])
+@pytest.mark.parametrize("budget", [5.5, 8.0, 12.0])
+def test_autoprune_split_table_equals_splitting_each_layer(stage0: str, budget: float) -> None:
+    model = build_decoder(layers=8)
+    inputs = make_inputs(batch=3, text_lengths=(5, 1, 3))
+    pruner = SplitCheckPruner(budget=budget, stage0=stage0)  # type: ignore[arg-type]
+    with prune(model, pruner, inputs) as record:
+        forward(model, record.inputs)
+    assert len(pruner.checked) >= 3
