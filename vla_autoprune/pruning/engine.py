@@ -36,6 +36,12 @@ be read as packed sequences). With ``position_ids="contiguous"`` the shorter inp
 decoder on ``record.inputs``.
 
 Everything in the record is counted in the hooks from the tensors the layers received.
+
+Cost (issue 14): scoring reuses the layer's own ``input_layernorm`` and ``k_proj`` outputs
+(captured by hooks on those submodules); positions, masks and record counts are built once per set
+of slots and reused until the next drop. Host syncs: none in a layer that hands everything on (the
+schedule and each row's live count are on the host), one in a layer that prunes (the kept width),
+one more when it merges, and one copy of each new schedule to the host.
 """
 
 from __future__ import annotations
