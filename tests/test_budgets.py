@@ -27,6 +27,7 @@ CONFIGS: list[tuple[str, dict[str, Any]]] = [
     ("random", {}),
     ("fastv", {}),
     ("pdrop", {}),
+    ("pdrop", {"early_start": False}),
     ("sparsevlm", {}),
     ("sparsevlm", {"recycle": False}),
     ("fastervlm", {}),
@@ -97,8 +98,10 @@ def test_unreachable_budget_is_a_one_line_error_naming_the_range(name: str, kwar
 def test_reachable_ranges_by_hand() -> None:
     # Layer 0 sees all 16 tokens, layers 1..3 at least one: (16 + 3) / 4.
     assert build_pruner("fastv").reachable(4, 16) == (19 / 4, 16.0)
-    # PDrop's first reduced stage starts at layer 2 of 8: (2 * 16 + 6) / 8.
-    assert build_pruner("pdrop").reachable(8, 16) == (38 / 8, 16.0)
+    # PDrop's first reduced stage starts at layer 2 of 8: (2 * 16 + 6) / 8; moved earlier when the
+    # budget needs it (early_start, the default), down to layer 1: (16 + 7) / 8.
+    assert build_pruner("pdrop", early_start=False).reachable(8, 16) == (38 / 8, 16.0)
+    assert build_pruner("pdrop").reachable(8, 16) == (23 / 8, 16.0)
     assert build_pruner("fastervlm").reachable(4, 16) == (1.0, 16.0)
     assert build_pruner("autoprune", stage0="before").reachable(4, 16) == (1.0, 16.0)
     assert build_pruner("none").reachable(4, 16) == (16.0, 16.0)
@@ -166,3 +169,31 @@ def test_stage0_keeps_the_most_the_budget_allows_and_meets_it_exactly(
     v0 = stage0_count(budget, 8, NUM_VISUAL, first_layer=v0_layer)
     assert record.visual_tokens[:, v0_layer].tolist() == [v0, v0]
     assert record.visual_tokens.sum(dim=1).tolist() == [token_layers(budget, 8)] * 2
+
+
+def test_pdrop_first_stage_moves_earlier_only_when_the_budget_needs_it() -> None:
+    # 12 layers, V = 600 (6 x 100): stages at 3, 6, 9. Budget V/4 = 150 leaves 1800 - 12 token
+    # layers: 3 * 599 > 1788, so the first stage moves to layer 2 (2 * 599 <= 1788); V/9 to layer 1.
+    assert build_pruner("pdrop", budget=300).stage_starts(12, 600) == [3, 6, 9]
+    assert build_pruner("pdrop", budget=150).stage_starts(12, 600) == [2, 6, 9]
+    assert build_pruner("pdrop", budget=600 / 9).stage_starts(12, 600) == [1, 6, 9]
+    for budget in (300, 150, 600 / 9):
+        pruner = build_pruner("pdrop", budget=budget)
+        starts = pruner.stage_starts(12, 600)
+        counts = pruner.counts(12, 600)
+        processed = [600] * 12
+        for start, count in zip(starts, counts, strict=True):
+            processed[start:] = [count] * (12 - start)
+        assert token_layers(budget, 12) - 12 < sum(processed) <= token_layers(budget, 12)
+
+
+def test_pdrop_budget_error_names_the_first_stage_and_the_reachable_range() -> None:
+    with pytest.raises(BudgetError) as err:
+        build_pruner("pdrop", budget=150, early_start=False).check_budget(12, 600)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "choose a budget in [150.8, 600]" in message  # layers 0..2 see 600: (3 * 600 + 9) / 12
+    assert "first stage starts at layer 3" in message and "early_start=true" in message
+    assert "reaching down to 50.92" in message
+    with pytest.raises(BudgetError, match=r"choose a budget in \[50\.92, 600\].*down to 1"):
+        build_pruner("pdrop", budget=40).check_budget(12, 600)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -19,6 +19,8 @@ from vla_autoprune import compat
 from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.models.layout import TokenLayout
 from vla_autoprune.pruning import PRUNERS, LayerView, Pruner, build_pruner, prune
+from vla_autoprune.pruning.pruners.autoprune import AutoPrunePruner
+from vla_autoprune.pruning.recycling import split_handed_on
 from vla_autoprune.pruning.scores import text_visual_attention
 
 HIDDEN = 64  # tiny decoders: fast on 2 shared CPU cores
@@ -230,6 +232,40 @@ def test_hooks_removed_after_exit_and_after_exception() -> None:
     with pytest.raises(RuntimeError, match="boom"), prune(model, build_pruner("fastv", budget=8), inputs):
         raise RuntimeError("boom")
     assert _hook_count(model) == 0
+    # The capture hooks on each layer's input_layernorm and k_proj are gone as well.
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+@dataclass
+class ReuseCheckPruner(FixedPruner):
+    """Scores from the layer's captured projections, checked against a full recomputation."""
+
+    checked: list[int] | None = None
+
+    def score(self, view: LayerView) -> torch.Tensor:
+        assert view.projected is not None and self.checked is not None
+        recomputed = text_visual_attention(
+            view.layer,
+            view.hidden,
+            view.position_embeddings,
+            view.attention_mask,
+            view.text_slots,
+            view.visual_slots,
+        )
+        assert torch.equal(view.attention(), recomputed)  # bit for bit
+        self.checked.append(view.layer_idx)
+        return view.text_attention()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_scoring_reuses_the_layers_own_projections_bit_for_bit(family: str) -> None:
+    model = build_decoder(family)
+    inputs = make_inputs(batch=2, text_lengths=(5, 3))
+    counts = torch.tensor([[12, 7, 5, 5], [10, 10, 4, 4]])
+    pruner = ReuseCheckPruner(counts=counts, checked=[])
+    with torch.no_grad(), prune(model, pruner, inputs) as record:
+        forward(model, record.inputs)
+    assert pruner.checked == [0, 1, 2]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -499,3 +535,29 @@ def test_wrong_inputs_and_unknown_pruner_errors() -> None:
         forward(model, other)
     with pytest.raises(ValueError, match=re.escape("known pruners: " + ", ".join(sorted(PRUNERS)))):
         build_pruner("fastvv", budget=8)
+
+
+@dataclass
+class SplitCheckPruner(AutoPrunePruner):
+    """AutoPrune whose table lookup is checked against splitting what the layer really processed."""
+
+    checked: list[int] = field(default_factory=list)
+
+    def split(self, view: LayerView, hand_on: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        kept, merged = super().split(view, hand_on)
+        stage0 = view.layer_idx == 0 and self.stage0 != "none"
+        direct = split_handed_on(view.alive(), hand_on, self.recycle and not stage0)
+        assert torch.equal(kept, direct[0]) and torch.equal(merged, direct[1])
+        self.checked.append(view.layer_idx)
+        return kept, merged
+
+
+@pytest.mark.parametrize("stage0", ["reference", "none", "before"])
+@pytest.mark.parametrize("budget", [5.5, 8.0, 12.0])
+def test_autoprune_split_table_equals_splitting_each_layer(stage0: str, budget: float) -> None:
+    model = build_decoder(layers=8)
+    inputs = make_inputs(batch=3, text_lengths=(5, 1, 3))
+    pruner = SplitCheckPruner(budget=budget, stage0=stage0)  # type: ignore[arg-type]
+    with prune(model, pruner, inputs) as record:
+        forward(model, record.inputs)
+    assert len(pruner.checked) >= 3

@@ -36,6 +36,12 @@ be read as packed sequences). With ``position_ids="contiguous"`` the shorter inp
 decoder on ``record.inputs``.
 
 Everything in the record is counted in the hooks from the tensors the layers received.
+
+Cost (issue 14): scoring reuses the layer's own ``input_layernorm`` and ``k_proj`` outputs
+(captured by hooks on those submodules); positions, masks and record counts are built once per set
+of slots and reused until the next drop. Host syncs: none in a layer that hands everything on (the
+schedule and each row's live count are on the host), one in a layer that prunes (the kept width),
+one more when it merges, and one copy of each new schedule to the host.
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ from vla_autoprune import compat
 from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.pruning.cameras import camera_choice, camera_counts, rank_order
 from vla_autoprune.pruning.flops import decoder_flops_from_config
-from vla_autoprune.pruning.pruner import LayerView, Merge, Pruner
+from vla_autoprune.pruning.pruner import LayerView, Merge, Pruner, SlotIndex
 
 logger = logging.getLogger(__name__)
 
@@ -124,13 +130,22 @@ class _Slots:
 
     ``src`` int64 ``[B, K]``: index into the run inputs' sequence (merged tokens: their
     representative's); ``valid`` bool ``[B, K]`` (False for fillers); ``merged`` bool ``[B, K]``;
-    ``identity``: nothing has been dropped (the slots are the input sequence itself).
+    ``identity``: nothing has been dropped (the slots are the input sequence itself). Known on the
+    host, so the hooks need no sync for them: ``visual_width``, the visual slots per row (every row
+    has as many), ``alive``, each row's valid visual tokens, and ``ragged``, whether some slot is
+    a filler.
     """
 
     src: torch.Tensor
     valid: torch.Tensor
     merged: torch.Tensor
     identity: bool
+    visual_width: int
+    alive: torch.Tensor  # int64 [B] on the host: valid visual tokens per row
+    ragged: bool = False
+    # What every layer that runs on these slots gets (computed at the first, reused until a drop).
+    counted_at: int | None = None  # the layer whose record counts are these slots'
+    layer_kwargs: dict[str, Any] | None = None  # position ids, (cos, sin) and mask
 
     @property
     def length(self) -> int:
@@ -149,6 +164,7 @@ class _Forward:
     first_position: torch.Tensor  # [B, 1]: position id of each row's first real token
     mask_template: torch.Tensor | None  # layer 0's mask: None (SDPA causal) or its encoding
     schedule: torch.Tensor | None = None
+    schedule_host: torch.Tensor | None = None  # the same, on the host (copied once per change)
     scratch: dict[str, Any] = field(default_factory=dict)
     # [B, V + 1]: src of the merged slot holding each original visual token (-1: none; last: spare)
     owner: torch.Tensor | None = None
@@ -218,13 +234,29 @@ def _renumber(position_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch
     return contiguous_positions(position_ids, attention_mask)
 
 
-def _true_indices(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions of True per row, in order: (int64 ``[B, M]``, valid bool ``[B, M]``), M = max count."""
+def _true_indices(mask: torch.Tensor, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of True per row, in order: (int64 ``[B, M]``, valid bool ``[B, M]``).
+
+    ``M`` is ``width`` when the caller knows the largest count (no host sync), else the max count.
+    """
     counts = mask.sum(dim=1)
-    width = int(counts.max()) if mask.numel() else 0
+    if width is None:
+        width = int(counts.max()) if mask.numel() else 0
     order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :width]
     valid = torch.arange(width, device=mask.device) < counts.unsqueeze(1)
     return order, valid
+
+
+def _projected(
+    captured: dict[str, torch.Tensor], hidden: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The layer's captured ``(normed, key_proj)``, if both were seen on ``hidden``'s ``[B, K]`` tokens."""
+    normed, key_proj = captured.get("normed"), captured.get("key_proj")
+    if normed is None or key_proj is None:
+        return None
+    if normed.shape != hidden.shape or key_proj.shape[:2] != hidden.shape[:2]:
+        return None
+    return normed, key_proj
 
 
 def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -255,13 +287,16 @@ class _Engine:
         self.text = layout.text_mask.bool()
         self.real = inputs.attention_mask.bool()
         self.num_visual = layout.num_visual
-        # Index of each position among the visual tokens, mapped to the given inputs' visual indices.
-        rank = (self.visual.long().cumsum(dim=1) - 1).clamp(min=0)
-        self.visual_origin = visual_origin.gather(1, rank.clamp(max=visual_origin.shape[1] - 1))
+        # Fixed per forward, computed once (and the text width synced here, not in the hooks).
+        self.visual_rank = self.visual.long().cumsum(dim=1) - 1  # index among the visual tokens
+        rank = self.visual_rank.clamp(min=0, max=visual_origin.shape[1] - 1)
+        self.visual_origin = visual_origin.gather(1, rank)  # ... mapped to the given inputs' indices
+        self.text_width = int(self.text.sum(dim=1).max()) if self.text.numel() else 0  # never dropped
         self.camera = layout.camera_index
         self.camera_ratios = pruner.camera_ratios(num_cameras(inputs))
         self.state: _Forward | None = None
         self.prefill = False
+        self.captured: dict[str, torch.Tensor] = {}  # this layer's normed input and k_proj output
 
     # -- installation ----------------------------------------------------------------------------
 
@@ -272,7 +307,16 @@ class _Engine:
         for i, layer in enumerate(self.layers):
             handles.append(layer.register_forward_pre_hook(partial(self._pre, i), with_kwargs=True))
             handles.append(layer.register_forward_hook(partial(self._post, i), with_kwargs=True))
+            # Scoring reuses the layer's own normed input and key projection instead of recomputing.
+            for name, path in (("normed", "input_layernorm"), ("key_proj", "self_attn.k_proj")):
+                hook = partial(self._capture, name)
+                handles.append(layer.get_submodule(path).register_forward_hook(hook))
         return handles
+
+    def _capture(self, name: str, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        """Keep a prefill layer's ``input_layernorm`` / ``k_proj`` output until its forward hook."""
+        if self.prefill and isinstance(output, torch.Tensor):
+            self.captured[name] = output
 
     # -- pre-hook ----------------------------------------------------------------------------------
 
@@ -282,6 +326,7 @@ class _Engine:
         hidden = compat.layer_hidden(args, kwargs)
         cache = compat.layer_cache(kwargs)
         self.prefill = compat.cache_length(cache, i) == 0
+        self.captured = {}
         if not self.prefill:
             return self._decode_step(i, args, hidden, kwargs, cache)
         if i == 0:
@@ -316,7 +361,14 @@ class _Engine:
         src = torch.arange(n, device=hidden.device).expand(b, n)
         flags = torch.zeros(b, n, dtype=torch.bool, device=hidden.device)
         self.state = _Forward(
-            slots=_Slots(src=src, valid=~flags, merged=flags, identity=True),
+            slots=_Slots(
+                src=src,
+                valid=~flags,
+                merged=flags,
+                identity=True,
+                visual_width=self.num_visual,
+                alive=torch.full((b,), self.num_visual, dtype=torch.long),
+            ),
             layer_slots=[None] * self.num_layers,
             cos=cos.expand(b, -1, -1),
             sin=sin.expand(b, -1, -1),
@@ -330,7 +382,7 @@ class _Engine:
         rec.visual_tokens = zeros(b, self.num_layers)
         rec.merged_tokens = zeros(b, self.num_layers)
         rec.tokens = zeros(b, self.num_layers)
-        rec.seq_len = zeros(self.num_layers)
+        rec.seq_len = torch.zeros(self.num_layers, dtype=torch.long)  # host: filled from host ints
         rec.scoring_flops = zeros(b)
         rec.kept_visual = [None] * self.num_layers
         rec.merged_into = [None] * self.num_layers
@@ -341,15 +393,22 @@ class _Engine:
         rec = self.record
         assert rec.visual_tokens is not None and rec.tokens is not None
         assert rec.merged_tokens is not None and rec.seq_len is not None
+        rec.seq_len[i] = slots.length
+        j = slots.counted_at
+        if j is not None:  # the same slots as layer j: the same counts
+            for counts in (rec.visual_tokens, rec.merged_tokens, rec.tokens):
+                counts[:, i] = counts[:, j]
+            rec.kept_visual[i] = rec.kept_visual[j]
+            rec.merged_into[i] = rec.merged_into[j]
+            return
+        slots.counted_at = i
         visual = self.visual.gather(1, slots.src) & slots.valid
         rec.visual_tokens[:, i] = visual.sum(1)
         rec.merged_tokens[:, i] = (visual & slots.merged).sum(1)
         rec.tokens[:, i] = (self.real.gather(1, slots.src) & slots.valid).sum(1)
-        rec.seq_len[i] = slots.length
         original = visual & ~slots.merged
-        origin = self.visual_origin.gather(1, slots.src).masked_fill(~original, -1)
-        idx, ok = _true_indices(original)
-        rec.kept_visual[i] = origin.gather(1, idx).masked_fill(~ok, -1)
+        # [B, K], -1 where no original visual token sits; packed to [B, Kv] in _finish (no sync here)
+        rec.kept_visual[i] = self.visual_origin.gather(1, slots.src).masked_fill(~original, -1)
         state = self.state
         if state is not None and state.owner is not None:
             rec.merged_into[i] = self._merged_into(state.owner, slots, visual & slots.merged)
@@ -407,8 +466,15 @@ class _Engine:
         self, state: _Forward, hidden: torch.Tensor, kwargs: dict[str, Any]
     ) -> dict[str, Any]:
         slots = state.slots
-        new = {**kwargs, **self._positions(state, slots, hidden)}
-        if state.mask_template is None and bool(slots.valid.all()):
+        if slots.layer_kwargs is None:
+            slots.layer_kwargs = self._layer_kwargs(state, hidden)
+        return {**kwargs, **slots.layer_kwargs}
+
+    def _layer_kwargs(self, state: _Forward, hidden: torch.Tensor) -> dict[str, Any]:
+        """Position ids, (cos, sin) and mask for the current slots (fixed until the next drop)."""
+        slots = state.slots
+        new = self._positions(state, slots, hidden)
+        if state.mask_template is None and not slots.ragged:
             new[compat.KW_MASK] = None  # still plain causal over the kept order: SDPA's fast path
             return new
         k = slots.length
@@ -435,7 +501,7 @@ class _Engine:
             raise RuntimeError(f"decoder layer {i}: its cache is shorter than its pruned prefill")
         new: dict[str, Any] = dict(kwargs)
         mask = compat.check_mask(kwargs.get(compat.KW_MASK), i)
-        if mask is not None or not bool(slots.valid.all()):
+        if mask is not None or slots.ragged:
             new[compat.KW_MASK] = self._decode_mask(mask, state, slots, b, q, n + past_new)
         if self.rotary is not None:
             counted = slots.valid & self.real.gather(1, slots.src)
@@ -479,6 +545,7 @@ class _Engine:
         self, i: int, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
     ) -> Any:
         state = self.state
+        captured, self.captured = self.captured, {}
         if not self.prefill or state is None:
             return None
         hidden_out = compat.output_hidden(output)
@@ -486,23 +553,31 @@ class _Engine:
             if state.slots.identity:
                 return None
             return compat.with_output_hidden(output, self._restore(state.slots, hidden_out))
-        view = self._view(i, module, compat.layer_hidden(args, kwargs), hidden_out, kwargs, state)
+        hidden = compat.layer_hidden(args, kwargs)
+        view = self._view(i, module, hidden, hidden_out, kwargs, state)
+        view.projected = _projected(captured, hidden)
         schedule = self.pruner.schedule(view)
         if schedule.shape != (view.batch_size, self.num_layers):
             raise ValueError(
                 f"{self.pruner.name}.schedule returned shape {tuple(schedule.shape)}, "
                 f"expected [B={view.batch_size}, L={self.num_layers}]"
             )
-        state.schedule = schedule
-        self.record.schedule = schedule.detach()
-        alive = view.alive()
+        if schedule is not state.schedule:  # a new answer: one copy to the host (once per forward)
+            state.schedule, state.schedule_host = schedule, schedule.detach().cpu()
+            self.record.schedule = schedule.detach()
+        assert state.schedule_host is not None
+        alive = state.slots.alive
         # At least one visual token survives: scoring and the visual block need one.
-        hand_on = torch.minimum(schedule[:, i].to(alive.device).clamp(min=1), alive)
-        if bool((hand_on >= alive).all()):
+        hand_on = torch.minimum(state.schedule_host[:, i].clamp(min=1), alive)
+        if bool((hand_on >= alive).all()):  # on the host: a layer that keeps all costs no sync
             return None
-        kept, clusters = self.pruner.split(view, hand_on)
+        kept, clusters = self.pruner.split(view, hand_on.to(view.hidden.device))
+        # the one host sync of a pruning layer: the block's shape (merging needs one more)
+        merges, *kept_host = torch.cat([(clusters > 0).any().long().view(1), kept]).tolist()
         scores = self.pruner.score(view)
-        state.slots, new_hidden = self._drop(view, state.slots, scores, kept, clusters)
+        state.slots, new_hidden = self._drop(
+            view, state.slots, scores, kept, clusters, bool(merges), kept_host
+        )
         return compat.with_output_hidden(output, new_hidden)
 
     def _view(
@@ -514,11 +589,6 @@ class _Engine:
         kwargs: dict[str, Any],
         state: _Forward,
     ) -> LayerView:
-        src = state.slots.src
-        visual_slots, visual_ok = _true_indices(self.visual.gather(1, src))
-        if not bool(visual_ok.all()):
-            raise RuntimeError("rows carry different numbers of visual slots; the layout is inconsistent")
-        text_slots, text_ok = _true_indices(self.text.gather(1, src) & state.slots.valid)
         cos, sin = kwargs[compat.KW_POS_EMB]
         b = hidden.shape[0]
         return LayerView(
@@ -530,11 +600,7 @@ class _Engine:
             output=hidden_out,
             position_embeddings=(cos.expand(b, -1, -1), sin.expand(b, -1, -1)),
             attention_mask=kwargs.get(compat.KW_MASK),
-            visual_slots=visual_slots,
-            visual_valid=state.slots.valid.gather(1, visual_slots),
-            visual_index=(self.visual.long().cumsum(1) - 1).gather(1, src.gather(1, visual_slots)),
-            text_slots=text_slots,
-            text_valid=text_ok,
+            slot_index=partial(self._slot_index, state.slots),
             inputs=self.inputs,
             schedule=state.schedule,
             scratch=state.scratch,
@@ -544,6 +610,20 @@ class _Engine:
             scoring_macs=self.record.scoring_flops,
         )
 
+    def _slot_index(self, slots: _Slots) -> SlotIndex:
+        """Where the visual and text tokens sit among ``slots`` (computed only when a pruner asks)."""
+        src = slots.src
+        # Every row has visual_width visual slots (_check_layout, and each drop keeps rows equal).
+        visual_slots, _ = _true_indices(self.visual.gather(1, src), slots.visual_width)
+        text_slots, text_ok = _true_indices(self.text.gather(1, src) & slots.valid, self.text_width)
+        return SlotIndex(
+            visual_slots=visual_slots,
+            visual_valid=slots.valid.gather(1, visual_slots),
+            visual_index=self.visual_rank.gather(1, src.gather(1, visual_slots)),
+            text_slots=text_slots,
+            text_valid=text_ok,
+        )
+
     def _drop(
         self,
         view: LayerView,
@@ -551,13 +631,16 @@ class _Engine:
         scores: torch.Tensor,
         kept: torch.Tensor,
         clusters: torch.Tensor,
+        merges: bool,
+        kept_host: list[int],
     ) -> tuple[_Slots, torch.Tensor]:
         """New slots and hidden states after keeping ``kept`` [B] top-scored visual tokens per row.
 
         Kept visual tokens (and a row's fillers) stay where they were, merged tokens go right after
-        the last visual slot; non-visual tokens keep their order.
+        the last visual slot; non-visual tokens keep their order. ``merges``: whether any row
+        merges; ``kept_host``: ``kept`` on the host.
         """
-        block = self._visual_block(view, slots, scores, kept, clusters)
+        block, alive = self._visual_block(view, slots, scores, kept, clusters, merges, kept_host)
         b, k = slots.src.shape
         visual = self.visual.gather(1, slots.src)
         # Sort keys: 2 * slot index; merged tokens 2 * (last visual slot) + 1; old visual slots last.
@@ -574,6 +657,9 @@ class _Engine:
             valid=arrange(slots.valid, block.valid),
             merged=arrange(slots.merged, block.merged),
             identity=False,
+            visual_width=int(block.keys.shape[1]),
+            alive=torch.tensor(alive, dtype=torch.long),
+            ragged=min(alive) < block.keys.shape[1],
         )
         return new_slots, arrange(view.output, block.hidden)
 
@@ -584,8 +670,14 @@ class _Engine:
         scores: torch.Tensor,
         kept: torch.Tensor,
         clusters: torch.Tensor,
-    ) -> _Block:
-        """The visual tokens handed on: each row's top slots (kept, then fillers), then merged ones."""
+        merges: bool,
+        kept_host: list[int],
+    ) -> tuple[_Block, list[int]]:
+        """The visual tokens handed on: each row's top slots (kept, then fillers), then merged ones.
+
+        Also each row's valid tokens in the block, on the host (``merges``, ``kept_host``: as in
+        :meth:`_drop`).
+        """
         vs, vv = view.visual_slots, view.visual_valid
         b, kv = vs.shape
         # Rank: valid before fillers, then each camera's share (per_camera), then by score.
@@ -596,11 +688,16 @@ class _Engine:
         order = rank_order(scores, vv, preferred)
         rank = torch.empty_like(order).scatter_(1, order, torch.arange(kv, device=vs.device).expand(b, kv))
         is_kept = rank < kept.unsqueeze(1)
-        merge = (
-            self.pruner.merge(view, scores, vv & ~is_kept, clusters) if bool((clusters > 0).any()) else None
-        )
-        r = merge.valid.sum(1) if merge is not None else torch.zeros_like(kept)
-        width = int((kept + r).max())
+        merge = self.pruner.merge(view, scores, vv & ~is_kept, clusters) if merges else None
+        if merge is None:
+            r = torch.zeros_like(kept)
+            width, alive = max(kept_host), kept_host
+        else:
+            r = merge.valid.sum(1)
+            # a row's block: kept + r real entries, the first r merged ones, each valid or a filler
+            first_r = torch.arange(merge.valid.shape[1], device=r.device) < r.unsqueeze(1)
+            entries, alive = torch.stack([kept + r, kept + (first_r & merge.valid).sum(1)]).tolist()
+            width = max(entries)
         real = (width - r).unsqueeze(1)  # real (kept + filler) entries per row
         chosen = torch.where(rank < real, torch.arange(kv, device=vs.device), _NO_SLOT)
         pos = chosen.sort(dim=1).values[:, :width]  # index into the visual slots, in sequence order
@@ -622,7 +719,7 @@ class _Engine:
             merged_hidden = _gather_rows(merge.hidden.to(block.hidden.dtype), m)
             block.hidden = torch.where(is_real.unsqueeze(-1), block.hidden, merged_hidden)
             block.valid = block.valid | (~is_real & merge.valid.gather(1, m))
-        return block
+        return block, alive
 
     def _restore(self, slots: _Slots, hidden: torch.Tensor) -> torch.Tensor:
         """Scatter the last layer's output back to the input length (dropped positions stay zero)."""
@@ -754,6 +851,12 @@ def prune(decoder: nn.Module, pruner: Pruner, inputs: DecoderInputs) -> Iterator
     _finish(record, compat.decoder_config(decoder), inputs.layout.camera_index)
 
 
+def _pack_kept(origin: torch.Tensor) -> torch.Tensor:
+    """int64 ``[B, K]`` (-1 where no original visual token) -> ``[B, Kv]``: the rest in order, -1 padded."""
+    idx, ok = _true_indices(origin >= 0)
+    return origin.gather(1, idx).masked_fill(~ok, -1)
+
+
 def _finish(record: PruningRecord, config: Any, camera_index: torch.Tensor) -> None:
     """Move the counts to the host, add FLOPs and per-camera counts (once, after the block)."""
     if record.tokens is None or record.seq_len is None:
@@ -763,7 +866,7 @@ def _finish(record: PruningRecord, config: Any, camera_index: torch.Tensor) -> N
         value = getattr(record, name)
         if value is not None:
             setattr(record, name, value.cpu())
-    record.kept_visual = [None if k is None else k.cpu() for k in record.kept_visual]
+    record.kept_visual = [None if k is None else _pack_kept(k.cpu()) for k in record.kept_visual]
     record.merged_into = [None if m is None else m.cpu() for m in record.merged_into]
     record.stats = {key: value.detach().cpu() for key, value in record.stats.items()}
     assert record.tokens is not None

@@ -20,7 +20,7 @@ be held to the same number. A pruner is made available by name with
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -35,8 +35,22 @@ from vla_autoprune.pruning.scores import attention_macs, text_visual_attention
 
 
 @dataclass
+class SlotIndex:
+    """Where the visual and text tokens sit among a layer's ``K`` slots (see :class:`LayerView`)."""
+
+    visual_slots: torch.Tensor
+    visual_valid: torch.Tensor
+    visual_index: torch.Tensor
+    text_slots: torch.Tensor
+    text_valid: torch.Tensor
+
+
+@dataclass
 class LayerView:
     """What a pruner sees after a decoder layer ran during a prefill (one batch, ``K`` slots).
+
+    The slot fields (``visual_slots`` .. ``text_valid``) are computed on first use: a layer whose
+    schedule keeps every token never pays for them.
 
     Attributes:
         layer_idx: index ``l`` of the layer that just ran.
@@ -47,6 +61,7 @@ class LayerView:
         output: float ``[B, K, D]``, the layer's output hidden states.
         position_embeddings: ``(cos, sin)`` ``[B, K, rd]`` the layer was given.
         attention_mask: the 4D mask the layer was given, or None (plain causal).
+        slot_index: the :class:`SlotIndex` of the fields below, or a function that computes it.
         visual_slots: int64 ``[B, Kv]``, sequence indices of the visual slots, ascending (camera
             markers may sit between them).
         visual_valid: bool ``[B, Kv]``; False for ragged-batch fillers (already dropped tokens).
@@ -62,6 +77,8 @@ class LayerView:
         tokens: int64 ``[B]``, real tokens entering this layer (the keys a score row sees), or None.
         scoring_macs: int64 ``[B]``, the record's running count of scoring MACs (added to in
             place by :meth:`attention_at` and :meth:`add_scoring_macs`), or None.
+        projected: ``(normed, key_proj)``: this layer's own ``input_layernorm`` output ``[B, K, D]``
+            and ``k_proj`` output ``[B, K, Hkv * hd]`` from its forward (scoring reuses them), or None.
     """
 
     layer_idx: int
@@ -72,11 +89,7 @@ class LayerView:
     output: torch.Tensor
     position_embeddings: tuple[torch.Tensor, torch.Tensor]
     attention_mask: torch.Tensor | None
-    visual_slots: torch.Tensor
-    visual_valid: torch.Tensor
-    visual_index: torch.Tensor
-    text_slots: torch.Tensor
-    text_valid: torch.Tensor
+    slot_index: SlotIndex | Callable[[], SlotIndex]
     inputs: DecoderInputs
     schedule: torch.Tensor | None
     scratch: dict[str, Any]
@@ -84,12 +97,43 @@ class LayerView:
     next_layer: nn.Module | None = None
     tokens: torch.Tensor | None = None
     scoring_macs: torch.Tensor | None = None
+    projected: tuple[torch.Tensor, torch.Tensor] | None = None
     _attention: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def batch_size(self) -> int:
         """``B``."""
         return int(self.hidden.shape[0])
+
+    def _slots(self) -> SlotIndex:
+        if not isinstance(self.slot_index, SlotIndex):
+            self.slot_index = self.slot_index()
+        return self.slot_index
+
+    @property
+    def visual_slots(self) -> torch.Tensor:
+        """int64 ``[B, Kv]`` (class docstring)."""
+        return self._slots().visual_slots
+
+    @property
+    def visual_valid(self) -> torch.Tensor:
+        """bool ``[B, Kv]`` (class docstring)."""
+        return self._slots().visual_valid
+
+    @property
+    def visual_index(self) -> torch.Tensor:
+        """int64 ``[B, Kv]`` (class docstring)."""
+        return self._slots().visual_index
+
+    @property
+    def text_slots(self) -> torch.Tensor:
+        """int64 ``[B, T]`` (class docstring)."""
+        return self._slots().text_slots
+
+    @property
+    def text_valid(self) -> torch.Tensor:
+        """bool ``[B, T]`` (class docstring)."""
+        return self._slots().text_valid
 
     def alive(self) -> torch.Tensor:
         """int64 ``[B]``: valid visual tokens entering this layer."""
@@ -113,10 +157,17 @@ class LayerView:
         By default this layer's projections on its input; PDrop passes ``layer=view.next_layer``
         and ``hidden=view.output``. Counts its MACs (``rows_valid`` bool ``[B, R]``) as scoring work.
         """
+        own = layer is None and hidden is None  # this layer on its input: reuse its projections
         layer = self.layer if layer is None else layer
         hidden = self.hidden if hidden is None else hidden
         attn = text_visual_attention(
-            layer, hidden, self.position_embeddings, self.attention_mask, rows, self.visual_slots
+            layer,
+            hidden,
+            self.position_embeddings,
+            self.attention_mask,
+            rows,
+            self.visual_slots,
+            self.projected if own else None,
         )
         if self.tokens is not None:
             self.add_scoring_macs(attention_macs(layer, rows_valid.sum(dim=1), self.tokens))

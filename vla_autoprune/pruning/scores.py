@@ -9,8 +9,11 @@ then keeps the visual columns. Probabilities are NOT renormalised over the visua
 of attention that goes to vision is part of AutoPrune's signal. This equals eager attention's
 ``output_attentions`` rows (tested to ~1e-6).
 
-This recomputation is extra work beyond the decoder's own; :func:`attention_macs` counts it so
-the record can report it apart from the decoder FLOPs.
+When the layer's own ``input_layernorm`` output and ``k_proj`` output are at hand (the engine
+captures them with hooks while the layer runs), they are used as they are instead of being
+recomputed: the same tensors, so the same probabilities bit for bit. This recomputation is extra
+work beyond the decoder's own; :func:`attention_macs` counts it so the record can report it apart
+from the decoder FLOPs (as if nothing were reused, which keeps the count independent of hooks).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ def text_visual_attention(
     attention_mask: torch.Tensor | None,
     text_rows: torch.Tensor,
     visual_cols: torch.Tensor,
+    projected: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Attention probabilities of text queries over visual keys at one layer.
 
@@ -65,13 +69,18 @@ def text_visual_attention(
             plain causal attention.
         text_rows: int64 ``[B, T]``, sequence indices of the text queries (pad with any valid row).
         visual_cols: int64 ``[B, V]``, sequence indices of the visual keys.
+        projected: ``(normed, key_proj)``, the layer's own ``input_layernorm(hidden)`` ``[B, N, D]``
+            and ``k_proj`` output ``[B, N, Hkv * hd]`` from its forward; None recomputes them.
 
     Returns:
         float32 ``[B, H, T, V]``: softmax over all ``N`` columns, restricted to the visual columns.
     """
     b, n, _ = hidden.shape
     cos, sin = (x.expand(b, -1, -1) for x in position_embeddings)
-    q, k = compat.queries_keys(layer, hidden, cos, sin, text_rows)
+    if projected is None:
+        q, k = compat.queries_keys(layer, hidden, cos, sin, text_rows)
+    else:
+        q, k = _queries_keys(layer, *projected, cos, sin, text_rows)
     logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * compat.attention_scaling(layer)
     # Each row may also see itself: a padding row (fully masked) then gives zeros, not NaN; real
     # rows always see themselves already.
@@ -80,3 +89,41 @@ def text_visual_attention(
     probs = logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1)  # [B, H, T, N]
     cols = visual_cols.view(b, 1, 1, -1).expand(-1, probs.shape[1], probs.shape[2], -1)
     return probs.gather(-1, cols)
+
+
+def _heads(x: torch.Tensor, head_dim: int, norm: nn.Module | None) -> torch.Tensor:
+    """``[B, N, H*hd] -> [B, H, N, hd]``, with the family's per-head norm if any (as compat does)."""
+    b, n, _ = x.shape
+    x = x.view(b, n, -1, head_dim)  # [B, N, H, hd]
+    if norm is not None:
+        x = norm(x)
+    return x.transpose(1, 2)
+
+
+def _queries_keys(
+    layer: nn.Module,
+    normed: torch.Tensor,
+    key_proj: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    query_rows: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`compat.queries_keys` from the layer's own normed input and ``k_proj`` output.
+
+    ``normed`` ``[B, N, D]``, ``key_proj`` ``[B, N, Hkv * hd]``, ``cos``/``sin`` ``[B, N, rd]``,
+    ``query_rows`` int64 ``[B, T]`` -> ``q`` ``[B, H, T, hd]``, ``k`` ``[B, H, N, hd]``.
+    """
+    attn: Any = layer.self_attn
+    rows = query_rows.unsqueeze(-1)
+    normed_rows = normed.gather(1, rows.expand(-1, -1, normed.shape[-1]))
+    head_dim = int(attn.head_dim)
+    q = _heads(attn.q_proj(normed_rows), head_dim, getattr(attn, "q_norm", None))
+    k = _heads(key_proj, head_dim, getattr(attn, "k_norm", None))
+    q = compat.apply_rotary(
+        q,
+        cos.gather(1, rows.expand(-1, -1, cos.shape[-1])),
+        sin.gather(1, rows.expand(-1, -1, sin.shape[-1])),
+    )
+    k = compat.apply_rotary(k, cos, sin)
+    groups = q.shape[1] // k.shape[1]
+    return q, k.repeat_interleave(groups, dim=1)  # GQA: KV head j serves query heads j*g .. j*g+g-1

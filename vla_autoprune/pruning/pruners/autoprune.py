@@ -36,6 +36,8 @@ from vla_autoprune.pruning.registry import register_pruner
 
 # The reference's weight of the layer-0 text attention in the stage-0 ranking.
 STAGE0_TEXT_WEIGHT = 0.3
+# Scratch key: (kept, merged) int64 [B, L] per layer, split once when the schedule is solved.
+_SPLIT_TABLE = "autoprune_split"
 
 
 @register_pruner
@@ -118,15 +120,23 @@ class AutoPrunePruner(Pruner):
             return torch.full((view.batch_size, view.num_layers), view.num_visual, dtype=torch.long)
         ref = self.reference_layer()
         if view.layer_idx < ref:
-            # Only entry 0 (stage 0's v0) is used before the reference layer; it does not depend on k.
-            return self._retention(torch.zeros(view.batch_size, device=view.hidden.device), view)
+            # Only entry 0 (stage 0's v0) is used before the reference layer. It does not depend on
+            # k, so no curve is solved here; the other entries hold v0 until layer 1 replaces them.
+            target = self.target(view.num_visual)
+            v0 = stage0_count(target, view.num_layers, view.num_visual, first_layer=1)
+            return torch.full((view.batch_size, view.num_layers), v0, dtype=torch.long)
         if view.layer_idx > ref and view.schedule is not None:
             return view.schedule
         mi = ap.mutual_information(view.attention(), self.head_reduce, text_valid=view.text_valid)
         k = ap.slope(mi, self.k0, self.gamma)
         view.stats["mi"] = mi.detach()
         view.stats["k"] = k.detach()
-        return self._retention(k, view)
+        schedule = self._retention(k, view)
+        # Every later layer processes what the previous one handed on (the schedule is monotone,
+        # so the engine hands on exactly schedule[:, l]): split all layers now, in one call.
+        processed = torch.cat([torch.full_like(schedule[:, :1], view.num_visual), schedule[:, :-1]], dim=1)
+        view.scratch[_SPLIT_TABLE] = split_handed_on(processed, schedule, self.recycle)
+        return schedule
 
     def score(self, view: LayerView) -> torch.Tensor:
         """Text attention; at the in-decoder stage 0 (layer 0) the reference's saliency mix."""
@@ -148,7 +158,11 @@ class AutoPrunePruner(Pruner):
         Stage 0 (after layer 0) keeps without recycling, as the reference does.
         """
         stage0 = view.layer_idx == 0 and self.stage0 != "none"
-        return split_handed_on(view.alive(), hand_on, self.recycle and not stage0)
+        table = view.scratch.get(_SPLIT_TABLE)
+        if table is None or stage0:
+            return split_handed_on(view.alive(), hand_on, self.recycle and not stage0)
+        kept, merged = table
+        return kept[:, view.layer_idx].to(hand_on.device), merged[:, view.layer_idx].to(hand_on.device)
 
     def merge(
         self, view: LayerView, scores: torch.Tensor, dropped: torch.Tensor, clusters: torch.Tensor

@@ -23,16 +23,21 @@ variants (``mode``):
 - ``matched`` (budget-matched): ``lambda`` is solved so that the stage counts meet the budget (or
   taken from ``ratio`` when no budget is given), and the score is the attention of the **last text
   row** (the last real token; in the bundled prompt the last action query) at layer ``l`` itself.
+  The first stage starts at ``stages[0] * L`` (L/4), so every layer before it sees all ``V``
+  tokens; a budget below what that allows moves the first stage earlier (``early_start``), as
+  FastV lowers its ``K``, down to layer 1; the later stages stay where they are.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from vla_autoprune.errors import ConfigError
+from vla_autoprune.pruning.budget import check_reachable, min_budget, token_layers
 from vla_autoprune.pruning.options import (
     Mode,
     PositionIds,
@@ -42,7 +47,7 @@ from vla_autoprune.pruning.options import (
 )
 from vla_autoprune.pruning.pruner import LayerView
 from vla_autoprune.pruning.registry import register_pruner
-from vla_autoprune.pruning.stages import StagedPruner
+from vla_autoprune.pruning.stages import StagedPruner, fit_stages, stage_schedule
 
 # Stage boundaries as fractions of depth: layers 8, 16, 24 of LLaVA-1.5's 32 (the paper's setup).
 PDROP_STAGES = (0.25, 0.5, 0.75)
@@ -66,6 +71,8 @@ class PDropPruner(StagedPruner):
         ratio: fixed ``lambda`` in (0, 1]: in ``faithful`` mode (None: the paper's 0.5), or in
             ``matched`` mode when no budget is given; with a budget ``lambda`` is solved.
         mode: ``matched`` (budget-matched, the default) or ``faithful`` (the official rule).
+        early_start: ``matched`` mode with a budget: when the budget cannot be met with the first
+            stage at ``stages[0] * L``, start it at the latest layer that can (down to layer 1).
     """
 
     name = "pdrop"
@@ -73,6 +80,7 @@ class PDropPruner(StagedPruner):
     stages: Sequence[float] = PDROP_STAGES
     ratio: float | None = None
     mode: Mode = "matched"
+    early_start: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -88,14 +96,62 @@ class PDropPruner(StagedPruner):
         """``pdrop[matched]`` or ``pdrop[faithful]``."""
         return variant_label(self.name, self.mode)
 
+    def _moves_first_stage(self) -> bool:
+        return self.mode == "matched" and self.early_start
+
+    def stage_starts(self, num_layers: int, num_visual: int) -> list[int]:
+        """First layer of each reduced stage; the first one earlier when the budget needs it."""
+        starts = self.starts(num_layers)
+        if not self._moves_first_stage() or self.budget is None:
+            return starts
+        # layers before the first stage see V, the others at least one token: (s V + L - s) <= B L
+        room = token_layers(self.budget, num_layers) - num_layers
+        latest = max(1, room // max(num_visual - 1, 1))
+        return [min(starts[0], latest), *starts[1:]]
+
+    def reachable(self, num_layers: int, num_visual: int) -> tuple[float, float]:
+        """From layer ``stages[0] * L`` on, or from layer 1 on when the first stage may move earlier."""
+        if self._moves_first_stage():
+            return min_budget(num_layers, num_visual, 1), float(num_visual)
+        return super().reachable(num_layers, num_visual)
+
+    def check_budget(self, num_layers: int, num_visual: int) -> None:
+        """Out of reach: one line naming where the first stage starts and the reachable budgets."""
+        if self.budget is None:
+            return
+        first = self.starts(num_layers)[0]
+        if self._moves_first_stage():
+            where = f"; its first stage starts at layer {first} (stages[0]={self.stages[0]:g} x L) or earlier, down to 1"
+        else:
+            lowest = min_budget(num_layers, num_visual, 1)
+            where = (
+                f"; its first stage starts at layer {first} (stages[0]={self.stages[0]:g} x L), so "
+                f"layers 0..{first - 1} see all {num_visual} tokens (early_start=true lets it start "
+                f"earlier, reaching down to {lowest:.4g})"
+            )
+        check_reachable(
+            self.budget, self.reachable(num_layers, num_visual), num_layers, num_visual, self.name, where
+        )
+
     def counts(self, num_layers: int, num_visual: int) -> list[int]:
         """Visual tokens each reduced stage sees."""
-        ratio = self.ratio if self.ratio is not None or self.mode != "faithful" else PDROP_RATIO
-        return self.stage_counts(num_layers, num_visual, ratio)
+        if self.mode == "faithful" or self.ratio is not None or self.budget is None:
+            ratio = self.ratio if self.ratio is not None or self.mode != "faithful" else PDROP_RATIO
+            return self.stage_counts(num_layers, num_visual, ratio)
+        starts = self.stage_starts(num_layers, num_visual)
+
+        def geometric(lam: float) -> list[int]:
+            return [max(1, math.floor(num_visual * lam ** (s + 1))) for s in range(len(starts))]
+
+        return fit_stages(self.target(num_visual), num_layers, num_visual, starts, geometric)
 
     def schedule(self, view: LayerView) -> torch.Tensor:
         """Static pyramid, computed once per forward."""
-        return self.static_schedule(view, self.counts(view.num_layers, view.num_visual))
+        if view.schedule is not None:
+            return view.schedule
+        starts = self.stage_starts(view.num_layers, view.num_visual)
+        counts = self.counts(view.num_layers, view.num_visual)
+        return stage_schedule(view.batch_size, view.num_layers, view.num_visual, starts, counts)
 
     def score(self, view: LayerView) -> torch.Tensor:
         """float ``[B, Kv]``: one query row's attention, mean over heads (module docstring)."""

@@ -1,0 +1,78 @@
+"""Engine overhead: time outside the decoder layers' own work, as a share of the pruned prefill.
+
+Overhead = pruned prefill - ideal (the same per-layer token counts through the plain stack): the
+scoring, MI, schedule solve, top-k, gather, merging, mask building and Python of the engine. One
+pruned prefill is profiled with ``torch.profiler``; the top entries by self time are kept.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from benchmarks.common import Subject, ideal_run, interleaved, make_pruner, pruned_run
+
+PROFILE_TOP = 15
+
+
+def measure(
+    subject: Subject, rounds: int, names: tuple[str, ...], fraction: float
+) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """Rows (pruner, pruned ms, ideal ms, overhead share) and each pruner's profiler top entries."""
+    rows, profiles = [], {}
+    for name in names:
+        pruner, budget = make_pruner(name, fraction, subject.num_layers, subject.num_visual)
+        record = pruned_run(subject, pruner)
+        assert record.seq_len is not None
+        seq_len = [int(n) for n in record.seq_len]
+        times = interleaved(
+            {
+                "pruned": partial(pruned_run, subject, pruner),
+                "ideal": partial(ideal_run, subject, seq_len),
+            },
+            rounds,
+            subject.device,
+        )
+        share = (times["pruned"] - times["ideal"]) / times["pruned"]
+        rows.append(
+            {
+                "pruner": pruner.label,
+                "budget": budget,
+                "pruned_ms": round(1000 * times["pruned"], 3),
+                "ideal_ms": round(1000 * times["ideal"], 3),
+                "overhead_ms": round(1000 * (times["pruned"] - times["ideal"]), 3),
+                "overhead_share": round(share, 4),
+            }
+        )
+        profiles[pruner.label] = profile_top(subject, pruner)
+    return rows, profiles
+
+
+def profile_top(subject: Subject, pruner: Any) -> list[dict[str, Any]]:
+    """Top profiler entries (self time) of one pruned prefill."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if subject.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        pruned_run(subject, pruner)
+    cuda = subject.device.type == "cuda"
+    events = sorted(
+        prof.key_averages(),
+        key=lambda e: e.self_device_time_total if cuda else e.self_cpu_time_total,
+        reverse=True,
+    )
+    total = sum(e.self_device_time_total if cuda else e.self_cpu_time_total for e in prof.key_averages()) or 1
+    top = []
+    for event in events[:PROFILE_TOP]:
+        self_us = event.self_device_time_total if cuda else event.self_cpu_time_total
+        top.append(
+            {
+                "op": event.key,
+                "calls": event.count,
+                "self_us": round(float(self_us), 1),
+                "share": round(self_us / total, 4),
+            }
+        )
+    torch.cuda.empty_cache() if cuda else None
+    return top

@@ -1,0 +1,181 @@
+"""Run every benchmark and write ``results/*.json`` and ``RESULTS.md``.
+
+    python -m benchmarks.run                 # CPU set (scaled-down LLaVA shape), single-threaded
+    python -m benchmarks.run --quick         # smoke test: tiny shapes, one round (< 2 min on 2 cores)
+    python -m benchmarks.run --device cuda   # GPU set: LLaVA-1.5-7B shape in bf16, CUDA events
+
+Timing on the CPU is process CPU time with one thread (the only stable measure on a shared box);
+every ratio comes from medians of rounds interleaved in this one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from benchmarks import flops_check, memory, overhead, prefill, scaling
+from benchmarks.common import BUDGET_FRACTIONS, Shape, bundled_subject, shaped_subject, write_result
+from benchmarks.report import write_report
+
+logger = logging.getLogger("benchmarks")
+
+BENCHMARKS = ("prefill", "overhead", "memory", "flops", "scaling")
+LLAVA_7B = Shape("llava-1.5-7b", 32, 4096, 32, 11008, 1, 576, 60, note="LLaVA-1.5-7B shape, random weights")
+
+
+@dataclass
+class Plan:
+    """Sizes and repetitions of one run."""
+
+    llava: Shape
+    flops_shape: Shape
+    scaling_shape: Shape
+    per_camera: tuple[int, ...]
+    batches: tuple[int, ...] = (1, 8)
+    rounds: int = 5
+    rounds_large: int = 3  # rounds at batch 8 on the scaled LLaVA shape
+    dtype: torch.dtype = torch.float32
+    fractions: dict[str, float] = field(default_factory=lambda: dict(BUDGET_FRACTIONS))
+
+
+def plan_for(quick: bool, device: torch.device) -> Plan:
+    """The quick (smoke), CPU or GPU plan."""
+    if quick:
+        tiny = Shape("llava-shaped-tiny", 4, 128, 4, 344, 1, 64, 12, prefix=8, note="smoke-test size")
+        scale = Shape("scaling-tiny", 2, 64, 2, 172, 6, 16, 12, prefix=8, note="smoke-test size")
+        return Plan(tiny, tiny, scale, (16, 36), batches=(1, 2), rounds=1, rounds_large=1)
+    cpu_llava = Shape(
+        "llava-shaped-cpu",
+        8,
+        256,
+        8,
+        688,
+        1,
+        576,
+        60,
+        note="LLaVA-1.5 prompt (576 + 60), decoder scaled to 8 x 256 for CPU",
+    )
+    cpu_scale = Shape("scaling-cpu", 4, 256, 4, 688, 6, 64, 60, note="6 cameras, decoder 4 x 256 for CPU")
+    if device.type == "cuda":
+        return Plan(
+            LLAVA_7B,
+            cpu_llava,
+            Shape("scaling-7b", 32, 4096, 32, 11008, 6, 64, 60, note="LLaVA-1.5-7B decoder, 6 cameras"),
+            (64, 144, 256, 576),
+            rounds=10,
+            rounds_large=10,
+            dtype=torch.bfloat16,
+        )
+    return Plan(cpu_llava, cpu_llava, cpu_scale, (64, 144, 256, 576))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, one round: a smoke test")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--report", type=Path, default=Path(__file__).parent / "RESULTS.md")
+    parser.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma list of {BENCHMARKS}")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible; run on a GPU machine or drop --device")
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    only = set(args.only.split(","))
+    unknown = only - set(BENCHMARKS)
+    if unknown:
+        parser.error(f"--only: unknown benchmarks {sorted(unknown)}; choose from {BENCHMARKS}")
+    plan = plan_for(args.quick, device)
+    mode = {"quick": args.quick, "dtype": str(plan.dtype)}
+    start = time.perf_counter()
+    if "prefill" in only:
+        run_prefill(plan, device, args.out, mode)
+    if "overhead" in only:
+        run_overhead(plan, device, args.out, mode)
+    if "memory" in only:
+        subject = shaped_subject(plan.llava, 1, device, plan.dtype)
+        write_result(
+            args.out,
+            "memory",
+            device,
+            mode | {"shape": plan.llava.describe(), "batch": 1},
+            memory.measure(subject, plan.rounds),
+        )
+        logger.info("memory done (%.0f s)", time.perf_counter() - start)
+    if "flops" in only:
+        subject = shaped_subject(plan.flops_shape, 1, device, torch.float32, attn="eager")
+        rows = flops_check.measure(subject)
+        write_result(
+            args.out,
+            "flops",
+            device,
+            mode | {"shape": plan.flops_shape.describe(), "batch": 1, "attention": "eager"},
+            rows,
+            llava_7b_reduction=flops_check.llava_reduction(LLAVA_7B),
+        )
+        logger.info("flops done (%.0f s)", time.perf_counter() - start)
+    if "scaling" in only:
+        rows, fits = scaling.measure(plan.scaling_shape, plan.per_camera, 1, plan.rounds, device, plan.dtype)
+        config = mode | {
+            "shape": plan.scaling_shape.describe(),
+            "per_camera": plan.per_camera,
+            "batch": 1,
+            "budget": "V/4",
+        }
+        write_result(args.out, "scaling", device, config, rows, fits=fits)
+        logger.info("scaling done (%.0f s)", time.perf_counter() - start)
+    write_report(args.out, args.report)
+    logger.info("wrote %s and %s in %.0f s", args.out, args.report, time.perf_counter() - start)
+
+
+def run_prefill(plan: Plan, device: torch.device, out: Path, mode: dict) -> None:
+    for batch in plan.batches:
+        subject = bundled_subject(batch, device)
+        rows = prefill.measure(subject, plan.rounds, budgets=plan.fractions)
+        write_result(
+            out,
+            f"prefill_bundled_b{batch}",
+            device,
+            mode | subject.config | {"batch": batch, "rounds": plan.rounds},
+            rows,
+        )
+        logger.info("prefill bundled b%d done", batch)
+    for batch in plan.batches:
+        subject = shaped_subject(plan.llava, batch, device, plan.dtype)
+        rounds = plan.rounds if batch == 1 else plan.rounds_large
+        rows = prefill.measure(subject, rounds, budgets=plan.fractions)
+        write_result(
+            out,
+            f"prefill_{plan.llava.name}_b{batch}",
+            device,
+            mode | {"shape": plan.llava.describe(), "batch": batch, "rounds": rounds},
+            rows,
+        )
+        logger.info("prefill %s b%d done", plan.llava.name, batch)
+
+
+def run_overhead(plan: Plan, device: torch.device, out: Path, mode: dict) -> None:
+    fraction = plan.fractions["V/4"]
+    big = max(plan.batches)
+    subjects = (
+        (f"bundled_b{big}", bundled_subject(big, device)),
+        (f"{plan.llava.name}_b1", shaped_subject(plan.llava, 1, device, plan.dtype)),
+    )
+    for name, subject in subjects:
+        rows, profiles = overhead.measure(subject, plan.rounds, ("fastv", "autoprune"), fraction)
+        config = mode | subject.config | {"batch": subject.batch, "budget": "V/4", "rounds": plan.rounds}
+        write_result(out, f"overhead_{name}", device, config, rows, profiles=profiles)
+        logger.info("overhead %s done", name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Smoke test: ``python -m benchmarks.run --quick`` runs and writes its results (nothing about speed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPECTED = {
+    "prefill_bundled_b1",
+    "prefill_bundled_b2",
+    "prefill_llava-shaped-tiny_b1",
+    "prefill_llava-shaped-tiny_b2",
+    "overhead_bundled_b2",
+    "overhead_llava-shaped-tiny_b1",
+    "memory",
+    "flops",
+    "scaling",
+}
+
+
+@pytest.mark.slow
+def test_quick_benchmarks_write_results_and_report(tmp_path: Path) -> None:
+    out, report = tmp_path / "results", tmp_path / "RESULTS.md"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(out), "--report", str(report)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
+    assert set(results) == EXPECTED
+    for name, result in results.items():
+        machine = result["machine"]
+        assert machine["torch"] and machine["transformers"] and machine["device"] == "cpu", name
+        assert result["config"]["quick"] is True and result["rows"], name
+    prefill = results["prefill_bundled_b1"]["rows"]
+    pruners = {r["pruner"].split("[")[0] for r in prefill}
+    assert {"none", "fastv", "pdrop", "sparsevlm", "fastervlm", "random", "autoprune"} <= pruners
+    assert all(r["time_over_ideal"] > 0 for r in prefill if "time_over_ideal" in r)
+    # The analytic FLOPs match torch.utils.flop_counter on the same forwards (a count, not a timing).
+    assert all(r["within_1pct"] for r in results["flops"]["rows"])
+    assert results["overhead_bundled_b2"]["profiles"]["autoprune"], "profiler top entries missing"
+    text = report.read_text()
+    assert "python -m benchmarks.run --device cuda" in text and "## prefill_bundled_b1" in text
