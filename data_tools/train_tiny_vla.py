@@ -32,11 +32,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from data_tools.embedded import SYNTHETIC_VERSION, ensure_synthetic
 from planners.metrics import l2_at
 from vla_autoprune.data.collate import collate
 from vla_autoprune.data.nuscenes_dataset import NuScenesDrivingDataset
 from vla_autoprune.data.schema import CAMERAS, COMMANDS, KEYFRAME_DT_S, NUM_FUTURE_STEPS
-from vla_autoprune.data.synthetic import SYNTHETIC_VERSION, ensure_synthetic
 from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.models.driving_vla import DrivingVLA, DrivingVLAConfig, sub_config
 

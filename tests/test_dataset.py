@@ -214,14 +214,16 @@ def test_images_equal_jpeg_on_disk(val_ds, train_ds, nusc):
         path = nusc.get_sample_data_path(nusc.get("sample", token)["data"][channel])
         rgb = cv2.imread(path, cv2.IMREAD_COLOR)[:, :, ::-1]  # independent decoder, BGR -> RGB
         assert torch.equal(item["images"][c], torch.from_numpy(rgb.transpose(2, 0, 1).copy()))
-    # Resized: the on-disk JPEG resized to (W, H), intrinsics scaled by the same factors.
+    # Resized to half size: decoded at that size in the DCT domain (never as a full frame), exactly
+    # what an independent decoder's reduced mode gives; intrinsics scaled by the same factors.
     token = train_ds.sample_tokens[0]
     item = train_ds[0]
     for c, channel in enumerate(CAMERAS):
         sd = nusc.get("sample_data", nusc.get("sample", token)["data"][channel])
         image = Image.open(nusc.get_sample_data_path(sd["token"])).convert("RGB")
-        resized = np.asarray(image.resize(RESIZE, Image.Resampling.BILINEAR))
-        assert torch.equal(item["images"][c], torch.from_numpy(resized.transpose(2, 0, 1).copy()))
+        half = cv2.imread(nusc.get_sample_data_path(sd["token"]), cv2.IMREAD_REDUCED_COLOR_2)[:, :, ::-1]
+        assert half.shape[:2] == (RESIZE[1], RESIZE[0])
+        assert torch.equal(item["images"][c], torch.from_numpy(half.transpose(2, 0, 1).copy()))
         k = np.asarray(nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])["camera_intrinsic"])
         sx, sy = RESIZE[0] / image.width, RESIZE[1] / image.height
         expected = k * np.array([[sx], [sy], [1.0]])  # rows: fx, cx scale with W; fy, cy with H
