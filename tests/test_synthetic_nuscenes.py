@@ -275,17 +275,18 @@ def test_splits_partition_the_scenes(nusc: NuScenes, dataroot: Path) -> None:
 
 
 def test_same_seed_is_byte_identical_and_another_seed_differs(tmp_path: Path) -> None:
-    def tables(folder: str, seed: int) -> Path:
-        return (
-            generate(tmp_path / folder, scenes=2, samples_per_scene=3, image_size=(48, 27), seed=seed)
-            / VERSION
-        )
+    """Every file (tables, side file, JPEGs, lidar sweeps, maps) is a function of the arguments."""
 
-    first, again, other = tables("a", 3), tables("b", 3), tables("c", 4)
-    for table in sorted(p.name for p in first.glob("*.json")):
-        assert (first / table).read_bytes() == (again / table).read_bytes(), table
-    assert (first / "ego_pose.json").read_bytes() != (other / "ego_pose.json").read_bytes()
-    assert (first / "sample.json").read_bytes() != (other / "sample.json").read_bytes()
+    def files(folder: str, seed: int) -> dict[str, bytes]:
+        root = generate(tmp_path / folder, scenes=2, samples_per_scene=3, image_size=(48, 27), seed=seed)
+        return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file()}
+
+    first, again, other = files("a", 3), files("b", 3), files("c", 4)
+    assert sum(name.endswith(".jpg") for name in first) == 2 * 3 * len(CAMERAS)
+    assert f"{VERSION}/scenarios.json" in first
+    assert first == again
+    assert first[f"{VERSION}/ego_pose.json"] != other[f"{VERSION}/ego_pose.json"]
+    assert first[f"{VERSION}/sample.json"] != other[f"{VERSION}/sample.json"]
 
 
 def test_cli_refuses_a_non_empty_dataroot(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

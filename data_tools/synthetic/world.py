@@ -46,9 +46,10 @@ ROAD_END_MARGIN_M = 5.0
 IN_LANE_OFFSET_M = 1.9
 MERGING_OFFSET_M = 3.1
 MERGING_RATE = 0.2  # m/s
-#: A pedestrian is an obstacle when this close (m, laterally) to the ego lane centre, or on the
-#: carriageway (up to ``CURB_REACH_M`` past the curb) and walking towards the ego lane.
-PEDESTRIAN_CONFLICT_M = 2.6
+#: A pedestrian is an obstacle when on the carriageway (or within ``CURB_REACH_M`` past the curb)
+#: and either this close (m, laterally) to the ego lane centre (half the ego's width + half a
+#: pedestrian + 0.6 m) or walking towards the ego lane; never on the sidewalk.
+PEDESTRIAN_CONFLICT_M = 1.9
 CURB_REACH_M = 0.6
 #: At amber the ego stops when it can with at most this deceleration (m/s^2), else it goes on.
 AMBER_STOP_DECEL = 3.5
@@ -175,7 +176,7 @@ def _obstacles(plan: ScenePlan, motions: list[_Motion], times: np.ndarray) -> tu
             half = spec.wlh[1] / 2.0
         elif spec.category.startswith("human"):
             on_road = np.abs(m.d) < plan.road.half_width + CURB_REACH_M
-            relevant = (gap < PEDESTRIAN_CONFLICT_M) | (on_road & (towards > 0.0))
+            relevant = on_road & ((gap < PEDESTRIAN_CONFLICT_M) | (towards > 0.0))
             half = spec.wlh[0] / 2.0
         else:
             continue
