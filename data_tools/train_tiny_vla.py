@@ -268,7 +268,7 @@ def blind_features(data: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def blind_fit(train: dict[str, Any]) -> torch.Tensor:
-    """Least-squares weights ``[6, 12]`` of the waypoints on speed x command (train samples with a
+    """Least-squares weights ``[6, 12]`` (float64) of the waypoints on speed x command (train samples with a
     full future): everything the model sees except the cameras, the honest yardstick of what the
     cameras add."""
     complete = train["gt_mask"].all(1)
@@ -410,6 +410,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
         "total_seconds": round(time.monotonic() - started, 1),
         "loss_curve": {stage: [round(x, 4) for x in curve] for stage, curve in losses.items()},
         "val_stp3": metrics,
+        "blind_fit_weights": blind.tolist(),
         "torch_version": torch.__version__,
     }
     (args.out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
