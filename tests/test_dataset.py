@@ -196,6 +196,7 @@ def test_item_keys_shapes_dtypes(val_ds, train_ds):
             "past_mask": ((NUM_PAST_STEPS,), torch.bool),
             "gt_trajectory": ((NUM_FUTURE_STEPS, 2), torch.float32),
             "gt_mask": ((NUM_FUTURE_STEPS,), torch.bool),
+            "complexity": ((), torch.float32),
         }
         for key, (shape, dtype) in expected.items():
             assert tuple(item[key].shape) == shape, key
@@ -205,6 +206,7 @@ def test_item_keys_shapes_dtypes(val_ds, train_ds):
         assert item["future_boxes"].dtype == torch.float32 and item["future_labels"].dtype == torch.int64
         assert item["cameras"] == CAMERAS
         assert isinstance(item["sample_token"], str) and isinstance(item["scene_token"], str)
+        assert item["scenario"] in ("traffic_light", "pedestrian") and float(item["complexity"]) >= 0
 
 
 def test_images_equal_jpeg_on_disk(val_ds, train_ds, nusc):
@@ -387,6 +389,30 @@ def test_collate_pads_boxes(val_ds):
     assert batch["sample_token"] == [a["sample_token"], b["sample_token"]]
     assert batch["cameras"] == CAMERAS
     assert batch["command"].dtype == torch.int64 and batch["command"].shape == (2,)
+    assert batch["scenario"] == [a["scenario"], b["scenario"]]
+    assert batch["complexity"].dtype == torch.float32 and batch["complexity"].tolist() == [
+        float(a["complexity"]),
+        float(b["complexity"]),
+    ]
+
+
+def test_decoding_at_any_size_matches_a_full_decode_resized(synthetic_root, nusc):
+    """A size that is no power-of-two fraction: DCT-domain decode at >= the size, then a resize;
+    close to decoding the whole frame and resizing it, with intrinsics scaled to the exact size."""
+    size = (50, 30)
+    ds = NuScenesDrivingDataset(synthetic_root, VERSION, "val", nusc=nusc, image_size=size)
+    item = ds[0]
+    assert item["images"].shape[-2:] == (size[1], size[0])
+    sample = nusc.get("sample", ds.sample_tokens[0])
+    for c, channel in enumerate(CAMERAS):
+        sd = nusc.get("sample_data", sample["data"][channel])
+        full = Image.open(nusc.get_sample_data_path(sd["token"])).convert("RGB")
+        reference = np.asarray(full.resize(size, Image.Resampling.BILINEAR, reducing_gap=None)).astype(int)
+        got = item["images"][c].permute(1, 2, 0).numpy().astype(int)
+        assert np.abs(got - reference).mean() < 6.0, channel
+        k = np.asarray(nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])["camera_intrinsic"])
+        expected = k * np.array([[size[0] / sd["width"]], [size[1] / sd["height"]], [1.0]])
+        np.testing.assert_allclose(item["intrinsics"][c].numpy(), expected, rtol=1e-6)
 
 
 def test_dataloader_batches(val_ds):
