@@ -42,6 +42,7 @@ from data_tools.synthetic.scene_writer import SceneCounts, SensorSetup, write_sc
 from data_tools.synthetic.tables import NuScenesTables, write_json
 from data_tools.synthetic.world import simulate
 from vla_autoprune.data.schema import CATEGORIES
+from vla_autoprune.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +56,8 @@ MIN_IMAGE_SIDE = 16
 MAP_MASK_PX = 16
 
 
-class GeneratorArgumentError(ValueError):
-    """An argument of :func:`generate` is out of range."""
+class GeneratorArgumentError(ConfigError):
+    """An argument of :func:`generate` is out of range (a one-line :class:`ConfigError`)."""
 
 
 class DatarootNotEmptyError(GeneratorArgumentError):

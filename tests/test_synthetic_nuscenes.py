@@ -27,6 +27,7 @@ from data_tools.synthetic_nuscenes import (
     main,
 )
 from vla_autoprune.data.schema import CAMERAS, CATEGORIES
+from vla_autoprune.errors import ConfigError
 
 VERSION = "v1.0-synthetic"
 #: One scene of each family in train (a scene's family cycles with its index), two in val.
@@ -304,9 +305,34 @@ def test_cli_refuses_a_non_empty_dataroot(tmp_path: Path, caplog: pytest.LogCapt
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"scenes": 0}, {"samples_per_scene": 1}, {"image_size": (8, 8)}, {"val_fraction": 1.0}],
+    [
+        {"scenes": 0},
+        {"scenes": {"val": 0}},
+        {"scenes": {"val": -2, "train": 3}},
+        {"scenes": {"holdout": 3}},
+        {"samples_per_scene": 1},
+        {"image_size": (8, 8)},
+        {"val_fraction": 1.0},
+    ],
 )
-def test_bad_arguments_raise_value_errors(tmp_path: Path, kwargs: dict) -> None:
-    with pytest.raises(GeneratorArgumentError, match="got"):
+def test_bad_arguments_raise_one_line_config_errors(tmp_path: Path, kwargs: dict) -> None:
+    with pytest.raises(GeneratorArgumentError, match="got|use") as info:
         generate(tmp_path, **kwargs)
+    assert isinstance(info.value, ConfigError) and "\n" not in str(info.value)
     assert not any(tmp_path.iterdir())
+
+
+def test_cli_per_split_scene_counts(tmp_path: Path) -> None:
+    argv = [
+        "--dataroot",
+        str(tmp_path),
+        "--val-scenes",
+        "2",
+        "--test-scenes",
+        "1",
+        "--samples-per-scene",
+        "2",
+    ]
+    assert main([*argv, "--image-size", "32x18"]) == 0
+    splits = json.loads((tmp_path / VERSION / "splits.json").read_text())
+    assert splits == {"val": ["scene-val-0001", "scene-val-0002"], "test": ["scene-test-0001"]}
