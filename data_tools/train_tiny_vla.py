@@ -43,6 +43,7 @@ from vla_autoprune.models.driving_vla import (
     DrivingVLAConfig,
     sub_config,
 )
+from vla_autoprune.pruning import Pruner, build_pruner, run_pruned
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,8 @@ class TrainArgs:
     #: (measured: val L2@3s of the auxiliary head 1.25 m from the front camera, 1.42 m from all six).
     aux_cameras: tuple[str, ...] = ("CAM_FRONT",)
     log_every: int = 100
+    #: Only re-measure the model already in ``out`` (see :func:`evaluate_folder`).
+    evaluate_only: bool = False
     config_overrides: dict[str, Any] = field(default_factory=lambda: dict(BUNDLED_CONFIG))
 
 
@@ -221,12 +224,18 @@ def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
 
 
 @torch.no_grad()
-def predict(model: DrivingVLA, data: dict[str, torch.Tensor], zero_visual: bool = False) -> torch.Tensor:
-    """Waypoints ``[N, 6, 2]`` for every cached sample; ``zero_visual`` zeroes all visual tokens."""
+def predict(
+    model: DrivingVLA, data: dict[str, Any], zero_visual: bool = False, pruner: Pruner | None = None
+) -> torch.Tensor:
+    """Waypoints ``[N, 6, 2]`` for every cached sample; ``zero_visual`` zeroes all visual tokens,
+    ``pruner`` prunes them inside the decoder."""
     model.eval()
     preds = []
     for start in range(0, len(data["command"]), EVAL_BATCH):
         index = torch.arange(start, min(start + EVAL_BATCH, len(data["command"])))
+        if pruner is not None:
+            preds.append(run_pruned(model, batch_at(data, index), pruner)[0])
+            continue
         inputs = model.prepare(batch_at(data, index))
         if zero_visual:
             visual = inputs.layout.visual_mask.unsqueeze(-1)
@@ -251,9 +260,12 @@ def evaluate(
 ) -> dict[str, dict[str, float]]:
     """stp3 L2 and collision of the model, the model with zeroed visual tokens, constant velocity
     and (given its ``[B, 12]`` weights) the blind speed x command fit."""
+    ninth = round(model.num_patches * len(CAMERAS) / 9)
+    random_ninth = build_pruner("random", budget=ninth)
     out = {
         "model": planner_metrics(predict(model, data), data),
         "model_visual_zeroed": planner_metrics(predict(model, data, zero_visual=True), data),
+        f"model_random_b{ninth}": planner_metrics(predict(model, data, pruner=random_ninth), data),
         "constant_velocity": planner_metrics(constant_velocity(data["ego_state"]), data),
     }
     if blind is not None:
@@ -418,6 +430,28 @@ def train(args: TrainArgs) -> dict[str, Any]:
     return record
 
 
+def evaluate_folder(args: TrainArgs) -> dict[str, Any]:
+    """Re-measure a trained folder (``args.out``) on the val splits its ``training.json`` names and
+    rewrite ``training.json`` / ``TRAINING.md`` with the numbers (the weights are not touched)."""
+    torch.set_num_threads(args.threads)
+    record = json.loads((args.out / "training.json").read_text())
+    a = record["args"]
+    model = DrivingVLA.from_pretrained(args.out)
+    blind = torch.tensor(record["blind_fit_weights"], dtype=torch.float64)
+    metrics = {}
+    for seed in (a["data_seed"], SECOND_SEED):
+        own = seed == a["data_seed"]
+        scenes = {"train": a["train_scenes"], "val": a["val_scenes"]} if own else {"val": a["val_scenes"]}
+        root = ensure_synthetic(
+            scenes=scenes, samples_per_scene=a["samples_per_scene"], image_size=a["image_size"], seed=seed
+        )
+        metrics[f"seed{seed}_val"] = evaluate(model, load_split(root, "val", model), blind)
+    record["val_stp3"] = metrics
+    (args.out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    (args.out / "TRAINING.md").write_text(training_markdown(record))
+    return record
+
+
 def _metric_rows(metrics: dict[str, dict[str, float]]) -> str:
     keys = ("l2_1s", "l2_2s", "l2_3s", "col_1s", "col_2s", "col_3s")
     return "\n".join(
@@ -473,7 +507,9 @@ Validation, stp3 convention (L2 in m, collision rate in % of future steps):
 {tables}
 
 `model_visual_zeroed` is the same model with every visual token's embedding set to zero: the gap
-to `model` measures how much the model relies on its visual tokens. `constant_velocity` keeps the
+to `model` measures how much the model relies on its visual tokens. `model_random_bN` prunes the
+visual tokens at random down to a budget of N (about V/9 of the V visual tokens) inside the
+decoder (`build_pruner("random", budget=N)`): without pruning-robustness training it hurts. `constant_velocity` keeps the
 current speed along +x. `blind_speed_x_command` is a least-squares fit (on train) of the waypoints
 on speed x command, i.e. everything the model sees except the cameras: the honest yardstick of
 what the cameras add beyond the prompt.
@@ -497,6 +533,9 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
     parser.add_argument("--image-size", type=_size, default=defaults.image_size, help="W x H, e.g. 192x192")
     parser.add_argument("--dataroot", type=Path, default=None, help="dataset folder (default: the cache)")
     parser.add_argument("--threads", type=int, default=defaults.threads)
+    parser.add_argument(
+        "--evaluate-only", action="store_true", help="re-measure the trained --out folder, do not train"
+    )
     ns = parser.parse_args(argv)
     return TrainArgs(**{k: v for k, v in vars(ns).items()})
 
@@ -512,7 +551,11 @@ def _size(text: str) -> tuple[int, int]:
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI entry point."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    train(parse_args(argv))
+    args = parse_args(argv)
+    if args.evaluate_only:
+        evaluate_folder(args)
+    else:
+        train(args)
 
 
 if __name__ == "__main__":

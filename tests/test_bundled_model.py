@@ -105,6 +105,8 @@ def test_bundled_folder_is_complete_small_and_recorded(record: dict[str, Any]) -
     assert torch.tensor(record["blind_fit_weights"]).shape == (6, 12)
     for split, metrics in record["val_stp3"].items():  # the full held-out splits
         assert not _acceptance(metrics), (split, _acceptance(metrics), metrics)
+        random_ninth = metrics[f"model_random_b{round(MIN_VISUAL_TOKENS / 9)}"]["l2_3s"]
+        assert random_ninth >= MIN_RANDOM_WORSENING * metrics["model"]["l2_3s"], (split, metrics)
 
 
 def test_bundled_architecture(model: DrivingVLA) -> None:
