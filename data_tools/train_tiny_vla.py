@@ -244,6 +244,14 @@ def predict(
     return torch.cat(preds)
 
 
+def ninth_budget(model: DrivingVLA) -> int:
+    """The reachable budget nearest V/9 (V visual tokens): layer 0 always sees all V, so the mean
+    over L layers cannot go below V / L; the smallest whole budget above that when V/9 is lower."""
+    visual = model.num_patches * len(CAMERAS)
+    layers = sub_config(model.config, "text_config").num_hidden_layers
+    return max(round(visual / 9), math.floor(visual / layers) + 1)
+
+
 def planner_metrics(pred: torch.Tensor, data: dict[str, Any]) -> dict[str, float]:
     """``l2_1s .. l2_3s`` and ``col_1s .. col_3s`` (stp3) of the plans ``pred [N, 6, 2]``."""
     gt, mask = data["gt_trajectory"], data["gt_mask"]
@@ -260,7 +268,7 @@ def evaluate(
 ) -> dict[str, dict[str, float]]:
     """stp3 L2 and collision of the model, the model with zeroed visual tokens, constant velocity
     and (given its ``[B, 12]`` weights) the blind speed x command fit."""
-    ninth = round(model.num_patches * len(CAMERAS) / 9)
+    ninth = ninth_budget(model)
     random_ninth = build_pruner("random", budget=ninth)
     out = {
         "model": planner_metrics(predict(model, data), data),
