@@ -1,13 +1,16 @@
 """Generate a synthetic driving dataset in the real nuScenes v1.0 on-disk format.
 
 Each scene is a procedural road (straight or bending left/right, 2-3 lanes) with traffic, pedestrians
-and an ego that follows its lane and the vehicle ahead (see :mod:`data_tools.synthetic.world`). The
-output loads with the unmodified devkit::
+and one scenario family (traffic light, crossing pedestrian, braking lead, stopped vehicle, cut-in,
+easy; see :mod:`data_tools.synthetic.events`); the ego follows its lane and reacts to what its cameras
+show (see :mod:`data_tools.synthetic.world`). Train, val and test scenes come from separate random
+streams, so they never share a scene. The output loads with the unmodified devkit::
 
     NuScenes(version="v1.0-synthetic", dataroot=DIR)
     NuScenesMap(dataroot=DIR, map_name=<log location>)
 
-Layout: ``DIR/<version>/*.json`` (the 13 schema tables and ``splits.json``), ``DIR/samples/<CHANNEL>/``
+Layout: ``DIR/<version>/*.json`` (the 13 schema tables, ``splits.json`` and ``scenarios.json``: each
+sample's scenario family and complexity, which the devkit ignores), ``DIR/samples/<CHANNEL>/``
 (six camera JPEGs and a ``LIDAR_TOP`` ``.pcd.bin`` per keyframe), ``DIR/maps/<token>.png`` (a small
 placeholder semantic-prior mask: the vector map below is the map of record) and
 ``DIR/maps/expansion/<location>.json`` (map expansion v1.3). The tables are written last, into a
@@ -15,8 +18,8 @@ temporary folder renamed into place, so an interrupted run never looks complete.
 
 CLI::
 
-    python -m data_tools.synthetic_nuscenes --dataroot DIR [--scenes N] [--samples-per-scene M]
-        [--image-size WxH] [--seed S] [--overwrite]
+    python -m data_tools.synthetic_nuscenes --dataroot DIR [--scenes N | --train-scenes N
+        --val-scenes N --test-scenes N] [--samples-per-scene M] [--image-size WxH] [--seed S] [--overwrite]
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,26 +37,27 @@ from tqdm import tqdm
 
 from data_tools.synthetic.cameras import camera_rig, lidar_sensor
 from data_tools.synthetic.map_expansion import MapBuilder
-from data_tools.synthetic.scenario import ScenePlan, canvas_size, plan_scene
+from data_tools.synthetic.scenario import LOCATIONS, SPLIT_IDS, ScenePlan, canvas_size, plan_scene
 from data_tools.synthetic.scene_writer import SceneCounts, SensorSetup, write_scene
 from data_tools.synthetic.tables import NuScenesTables, write_json
 from data_tools.synthetic.world import simulate
 from vla_autoprune.data.schema import CATEGORIES
+from vla_autoprune.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_VERSION = "v1.0-synthetic"
 SPLITS_FILE = "splits.json"
+#: Side file next to the tables: per sample its scenario family and complexity (devkit ignores it).
+SCENARIOS_FILE = "scenarios.json"
 #: Smallest accepted image side (pixels); below this the agents vanish into a few pixels.
 MIN_IMAGE_SIDE = 16
 #: Side (pixels) of the placeholder semantic-prior PNG each map record points to.
 MAP_MASK_PX = 16
-#: RNG stream id for the train/val split (scene content uses streams [seed, scene_index]).
-SPLIT_STREAM = 2**31 - 1
 
 
-class GeneratorArgumentError(ValueError):
-    """An argument of :func:`generate` is out of range."""
+class GeneratorArgumentError(ConfigError):
+    """An argument of :func:`generate` is out of range (a one-line :class:`ConfigError`)."""
 
 
 class DatarootNotEmptyError(GeneratorArgumentError):
@@ -61,7 +66,7 @@ class DatarootNotEmptyError(GeneratorArgumentError):
 
 @dataclass(frozen=True)
 class _Args:
-    scenes: int
+    scenes: dict[str, int]
     samples_per_scene: int
     image_size: tuple[int, int]
     val_fraction: float
@@ -70,7 +75,7 @@ class _Args:
 def generate(
     dataroot: str | Path,
     *,
-    scenes: int = 8,
+    scenes: int | Mapping[str, int] = 8,
     samples_per_scene: int = 16,
     image_size: tuple[int, int] = (1600, 900),
     seed: int = 0,
@@ -81,13 +86,14 @@ def generate(
     """Write a synthetic nuScenes-format dataset into ``dataroot`` and return it.
 
     :param dataroot: output folder; must be empty or missing unless ``overwrite``.
-    :param scenes: number of scenes (>= 1).
+    :param scenes: scenes per split (``{"train": 96, "val": 32}``; splits ``train``/``val``/``test``),
+        or a total that :func:`scene_counts` divides into train and val by ``val_fraction``.
     :param samples_per_scene: keyframes per scene (>= 2), 2 Hz.
     :param image_size: camera image size ``(W, H)`` in pixels; intrinsics scale with it.
-    :param seed: seeds scene content and tokens; the same arguments give byte-identical tables.
+    :param seed: seeds scene content and tokens; the same arguments give byte-identical files.
     :param overwrite: replace this generator's outputs (``samples/``, ``maps/``, ``<version>/``).
     :param version: name of the table folder (``NuScenes(version=...)``).
-    :param val_fraction: share of scenes listed under ``val`` in ``splits.json`` (0 < f < 1).
+    :param val_fraction: share of an int ``scenes`` in val (0 < f < 1).
     :raises GeneratorArgumentError: bad arguments; ``DatarootNotEmptyError`` for a non-empty folder.
     """
     args = _validate(scenes, samples_per_scene, image_size, val_fraction, version)
@@ -97,7 +103,7 @@ def generate(
     for sensor in rig.all:
         (root / "samples" / sensor.channel).mkdir(parents=True, exist_ok=True)
     tables = NuScenesTables(seed, CATEGORIES, rig.all)
-    plans = [plan_scene(seed, i, args.samples_per_scene) for i in range(args.scenes)]
+    plans = plan_scenes(seed, args.scenes, args.samples_per_scene)
     logs: dict[str, list[str]] = {}
     total = SceneCounts()
     for plan in tqdm(plans, desc="scenes", unit="scene", disable=None):
@@ -106,8 +112,11 @@ def generate(
         total.samples += counts.samples
         total.annotations += counts.annotations
         total.images += counts.images
+        total.sample_info.update(counts.sample_info)
     _write_maps(root, tables, plans, logs)
-    _write_tables(root, version, tables, split_scenes([p.name for p in plans], args.val_fraction, seed))
+    splits = {split: [p.name for p in plans if p.split == split] for split in args.scenes}
+    families = {p.name: p.family for p in plans}
+    _write_tables(root, version, tables, splits, {"scenes": families, "samples": total.sample_info})
     size_mb = sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) / 2**20
     logger.info(
         "Wrote %d scenes, %d samples, %d annotations, %d images (%.1f MiB) to %s",
@@ -116,24 +125,48 @@ def generate(
     return root
 
 
-def split_scenes(names: list[str], val_fraction: float, seed: int) -> dict[str, list[str]]:
-    """``{"train": [...], "val": [...]}``: about ``val_fraction`` of the scenes in val, chosen with
-    the seed, and at least one scene in each split when there are two or more scenes."""
-    count = len(names)
+def scene_counts(scenes: int | Mapping[str, int], val_fraction: float = 0.25) -> dict[str, int]:
+    """Scenes per split, in ``train, val, test`` order, zero counts dropped.
+
+    An int ``n`` means ``n`` scenes in all: about ``val_fraction`` of them (at least one when
+    ``n >= 2``) in val, the rest in train.
+    """
+    if isinstance(scenes, Mapping):
+        unknown = sorted(set(scenes) - set(SPLIT_IDS))
+        if unknown:
+            raise GeneratorArgumentError(f"unknown split(s) {unknown} in scenes; use {sorted(SPLIT_IDS)}")
+        return {split: int(scenes[split]) for split in SPLIT_IDS if int(scenes.get(split, 0)) != 0}
+    count = int(scenes)
     n_val = 0 if count < 2 else min(count - 1, max(1, round(val_fraction * count)))
-    rng = np.random.default_rng([seed, SPLIT_STREAM])
-    val = set(rng.choice(count, size=n_val, replace=False).tolist())
-    return {
-        "train": [n for i, n in enumerate(names) if i not in val],
-        "val": [n for i, n in enumerate(names) if i in val],
-    }
+    return {split: n for split, n in (("train", count - n_val), ("val", n_val)) if n}
+
+
+def plan_scenes(seed: int, counts: Mapping[str, int], samples_per_scene: int) -> list[ScenePlan]:
+    """Every scene of every split, each placed on its own slot of its location's map canvas."""
+    plans: list[ScenePlan] = []
+    slots = dict.fromkeys(LOCATIONS, 0)
+    for split, count in counts.items():
+        for index in range(count):
+            draft = plan_scene(seed, split, index, samples_per_scene)
+            plans.append(plan_scene(seed, split, index, samples_per_scene, slots[draft.location]))
+            slots[draft.location] += 1
+    return plans
 
 
 def _validate(
-    scenes: int, samples: int, image_size: tuple[int, int], val_fraction: float, version: str
+    scenes: int | Mapping[str, int],
+    samples: int,
+    image_size: tuple[int, int],
+    val_fraction: float,
+    version: str,
 ) -> _Args:
-    if int(scenes) < 1:
-        raise GeneratorArgumentError(f"scenes must be >= 1, got {scenes}; pass --scenes 1 or more")
+    if not 0.0 < float(val_fraction) < 1.0:
+        raise GeneratorArgumentError(f"val_fraction must be in (0, 1), got {val_fraction}; try 0.25")
+    counts = scene_counts(scenes, val_fraction)
+    if any(n < 0 for n in counts.values()) or sum(counts.values()) < 1:
+        raise GeneratorArgumentError(
+            f"scenes must be >= 1 in all (none negative), got {scenes}; pass --scenes 1 or more"
+        )
     if int(samples) < 2:
         raise GeneratorArgumentError(
             f"samples_per_scene must be >= 2, got {samples}; pass --samples-per-scene 2 or more"
@@ -143,13 +176,11 @@ def _validate(
             f"image_size must be (W, H) with both >= {MIN_IMAGE_SIDE}, got {image_size}; "
             "pass e.g. --image-size 1600x900"
         )
-    if not 0.0 < float(val_fraction) < 1.0:
-        raise GeneratorArgumentError(f"val_fraction must be in (0, 1), got {val_fraction}; try 0.25")
     if not version or Path(version).name != version:
         raise GeneratorArgumentError(
             f"version must be a plain folder name, got {version!r}; try {DEFAULT_VERSION}"
         )
-    return _Args(int(scenes), int(samples), (int(image_size[0]), int(image_size[1])), float(val_fraction))
+    return _Args(counts, int(samples), (int(image_size[0]), int(image_size[1])), float(val_fraction))
 
 
 def _prepare_dataroot(root: Path, version: str, overwrite: bool) -> None:
@@ -185,17 +216,21 @@ def _write_maps(
         here = [p for p in plans if p.location == location]
         for plan in here:
             builder.add_road(plan.name, plan.road)
+            builder.add_scenario(plan)
         canvas = canvas_size(len(here), plans[0].num_samples)
         write_json(root / "maps" / "expansion" / f"{location}.json", builder.to_json(canvas))
 
 
-def _write_tables(root: Path, version: str, tables: NuScenesTables, splits: dict[str, list[str]]) -> None:
-    """Write the tables and splits into a hidden folder, then rename it to ``<version>``."""
+def _write_tables(
+    root: Path, version: str, tables: NuScenesTables, splits: dict[str, list[str]], scenarios: dict
+) -> None:
+    """Write the tables, splits and side file into a hidden folder, then rename it to ``<version>``."""
     partial = root / _partial_name(version)
     if partial.exists():
         shutil.rmtree(partial)
     tables.write(partial)
     write_json(partial / SPLITS_FILE, splits)
+    write_json(partial / SCENARIOS_FILE, scenarios)
     partial.rename(root / version)
 
 
@@ -214,7 +249,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Generate a synthetic dataset in the nuScenes v1.0 format.",
     )
     parser.add_argument("--dataroot", required=True, type=Path, help="output folder")
-    parser.add_argument("--scenes", type=int, default=8)
+    parser.add_argument("--scenes", type=int, default=8, help="scenes in all, split into train/val")
+    for split in SPLIT_IDS:
+        parser.add_argument(
+            f"--{split}-scenes", type=int, default=None, help=f"scenes in {split} (overrides --scenes)"
+        )
     parser.add_argument("--samples-per-scene", type=int, default=16)
     parser.add_argument("--image-size", type=_image_size, default=(1600, 900), help="WxH, default 1600x900")
     parser.add_argument("--seed", type=int, default=0)
@@ -229,9 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        per_split = {split: getattr(args, f"{split}_scenes") for split in SPLIT_IDS}
+        chosen = {split: n for split, n in per_split.items() if n is not None}
         generate(
             args.dataroot,
-            scenes=args.scenes,
+            scenes=chosen or args.scenes,
             samples_per_scene=args.samples_per_scene,
             image_size=args.image_size,
             seed=args.seed,

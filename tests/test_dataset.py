@@ -196,6 +196,7 @@ def test_item_keys_shapes_dtypes(val_ds, train_ds):
             "past_mask": ((NUM_PAST_STEPS,), torch.bool),
             "gt_trajectory": ((NUM_FUTURE_STEPS, 2), torch.float32),
             "gt_mask": ((NUM_FUTURE_STEPS,), torch.bool),
+            "complexity": ((), torch.float32),
         }
         for key, (shape, dtype) in expected.items():
             assert tuple(item[key].shape) == shape, key
@@ -205,6 +206,7 @@ def test_item_keys_shapes_dtypes(val_ds, train_ds):
         assert item["future_boxes"].dtype == torch.float32 and item["future_labels"].dtype == torch.int64
         assert item["cameras"] == CAMERAS
         assert isinstance(item["sample_token"], str) and isinstance(item["scene_token"], str)
+        assert item["scenario"] in ("traffic_light", "pedestrian") and float(item["complexity"]) >= 0
 
 
 def test_images_equal_jpeg_on_disk(val_ds, train_ds, nusc):
@@ -214,14 +216,16 @@ def test_images_equal_jpeg_on_disk(val_ds, train_ds, nusc):
         path = nusc.get_sample_data_path(nusc.get("sample", token)["data"][channel])
         rgb = cv2.imread(path, cv2.IMREAD_COLOR)[:, :, ::-1]  # independent decoder, BGR -> RGB
         assert torch.equal(item["images"][c], torch.from_numpy(rgb.transpose(2, 0, 1).copy()))
-    # Resized: the on-disk JPEG resized to (W, H), intrinsics scaled by the same factors.
+    # Resized to half size: decoded at that size in the DCT domain (never as a full frame), exactly
+    # what an independent decoder's reduced mode gives; intrinsics scaled by the same factors.
     token = train_ds.sample_tokens[0]
     item = train_ds[0]
     for c, channel in enumerate(CAMERAS):
         sd = nusc.get("sample_data", nusc.get("sample", token)["data"][channel])
         image = Image.open(nusc.get_sample_data_path(sd["token"])).convert("RGB")
-        resized = np.asarray(image.resize(RESIZE, Image.Resampling.BILINEAR))
-        assert torch.equal(item["images"][c], torch.from_numpy(resized.transpose(2, 0, 1).copy()))
+        half = cv2.imread(nusc.get_sample_data_path(sd["token"]), cv2.IMREAD_REDUCED_COLOR_2)[:, :, ::-1]
+        assert half.shape[:2] == (RESIZE[1], RESIZE[0])
+        assert torch.equal(item["images"][c], torch.from_numpy(half.transpose(2, 0, 1).copy()))
         k = np.asarray(nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])["camera_intrinsic"])
         sx, sy = RESIZE[0] / image.width, RESIZE[1] / image.height
         expected = k * np.array([[sx], [sy], [1.0]])  # rows: fx, cx scale with W; fy, cy with H
@@ -385,6 +389,30 @@ def test_collate_pads_boxes(val_ds):
     assert batch["sample_token"] == [a["sample_token"], b["sample_token"]]
     assert batch["cameras"] == CAMERAS
     assert batch["command"].dtype == torch.int64 and batch["command"].shape == (2,)
+    assert batch["scenario"] == [a["scenario"], b["scenario"]]
+    assert batch["complexity"].dtype == torch.float32 and batch["complexity"].tolist() == [
+        float(a["complexity"]),
+        float(b["complexity"]),
+    ]
+
+
+def test_decoding_at_any_size_matches_a_full_decode_resized(synthetic_root, nusc):
+    """A size that is no power-of-two fraction: DCT-domain decode at >= the size, then a resize;
+    close to decoding the whole frame and resizing it, with intrinsics scaled to the exact size."""
+    size = (50, 30)
+    ds = NuScenesDrivingDataset(synthetic_root, VERSION, "val", nusc=nusc, image_size=size)
+    item = ds[0]
+    assert item["images"].shape[-2:] == (size[1], size[0])
+    sample = nusc.get("sample", ds.sample_tokens[0])
+    for c, channel in enumerate(CAMERAS):
+        sd = nusc.get("sample_data", sample["data"][channel])
+        full = Image.open(nusc.get_sample_data_path(sd["token"])).convert("RGB")
+        reference = np.asarray(full.resize(size, Image.Resampling.BILINEAR, reducing_gap=None)).astype(int)
+        got = item["images"][c].permute(1, 2, 0).numpy().astype(int)
+        assert np.abs(got - reference).mean() < 6.0, channel
+        k = np.asarray(nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])["camera_intrinsic"])
+        expected = k * np.array([[size[0] / sd["width"]], [size[1] / sd["height"]], [1.0]])
+        np.testing.assert_allclose(item["intrinsics"][c].numpy(), expected, rtol=1e-6)
 
 
 def test_dataloader_batches(val_ds):

@@ -27,9 +27,12 @@ from data_tools.synthetic_nuscenes import (
     main,
 )
 from vla_autoprune.data.schema import CAMERAS, CATEGORIES
+from vla_autoprune.errors import ConfigError
 
 VERSION = "v1.0-synthetic"
-SCENES, SAMPLES, SIZE = 4, 10, (192, 108)
+#: One scene of each family in train (a scene's family cycles with its index), two in val.
+SPLIT_SCENES = {"train": 6, "val": 2}
+SCENES, SAMPLES, SIZE = sum(SPLIT_SCENES.values()), 10, (192, 108)
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 #: Planning-metric ego footprint (METRICS.md): 4.084 m x 1.85 m, centred 0.5 m ahead of the pose.
 EGO_LENGTH, EGO_WIDTH, EGO_CENTER_AHEAD = 4.084, 1.85, 0.5
@@ -40,7 +43,7 @@ COMMAND_STEPS, COMMAND_OFFSET_M = 6, 2.0
 @pytest.fixture(scope="module")
 def dataroot(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
-    return generate(root, scenes=SCENES, samples_per_scene=SAMPLES, image_size=SIZE, seed=0)
+    return generate(root, scenes=SPLIT_SCENES, samples_per_scene=SAMPLES, image_size=SIZE, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -140,10 +143,16 @@ def _matches_class_colour(pixel_rgb: np.ndarray, category: str) -> bool:
     return AMBIENT - 0.1 <= shade <= 1.1 and residual < 30
 
 
-def test_annotation_boxes_project_onto_their_rendered_colour(nusc: NuScenes) -> None:
-    """The devkit's own box projection lands on pixels painted in the agent's class colour."""
+def test_annotation_boxes_project_onto_their_rendered_colour(nusc: NuScenes, dataroot: Path) -> None:
+    """The devkit's own box projection lands on pixels painted in the agent's class colour.
+
+    Traffic-light scenes are left out: their (unannotated) poles may stand in front of a box.
+    """
+    families = json.loads((dataroot / VERSION / "scenarios.json").read_text())["samples"]
     checked = 0
     for sample in nusc.sample:
+        if families[sample["token"]]["scenario"] == "traffic_light":
+            continue
         for channel in CAMERAS:
             sd_token = sample["data"][channel]
             path, boxes, intrinsic = nusc.get_sample_data(sd_token, box_vis_level=BoxVisibility.NONE)
@@ -159,7 +168,9 @@ def test_annotation_boxes_project_onto_their_rendered_colour(nusc: NuScenes) -> 
                 or np.ptp(view_points(nearest.corners(), intrinsic, normalize=True)[:2], axis=1).min() < 6
             ):
                 continue  # partly out of view, or only a few pixels
-            u, v = view_points(nearest.center[:, None], intrinsic, normalize=True)[:2, 0].round().astype(int)
+            # A quarter of the height up the box's axis: on the body, below a vehicle's brake lights.
+            low = (nearest.center + nearest.corners()[:, [2, 3, 6, 7]].mean(axis=1)) / 2.0
+            u, v = view_points(low[:, None], intrinsic, normalize=True)[:2, 0].round().astype(int)
             rgb = cv2.imread(path)[v - 1 : v + 2, u - 1 : u + 2, ::-1].reshape(-1, 3)
             assert _matches_class_colour(np.median(rgb, axis=0), nearest.name), (path, nearest.name)
             checked += 1
@@ -215,24 +226,31 @@ def _commands(nusc: NuScenes) -> set[str]:
     return out
 
 
-def test_scenes_hold_all_commands_and_a_lead_vehicle_slowdown(nusc: NuScenes) -> None:
+def test_scenes_hold_all_commands_and_slow_for_the_vehicle_ahead(nusc: NuScenes, dataroot: Path) -> None:
+    """Every command occurs; in the braking-lead and stopped-vehicle scenes the ego loses >= 3 m/s
+    while a vehicle stands or brakes in its lane ahead (the family comes from the side file)."""
     assert _commands(nusc) == {"left", "straight", "right"}
-    slowdowns = 0
+    families = json.loads((dataroot / VERSION / "scenarios.json").read_text())["scenes"]
+    checked = 0
     for scene in nusc.scene:
+        if families[scene["name"]] not in ("lead_brake", "stopped_vehicle"):
+            continue
         samples = _scene_samples(nusc, scene)
         poses = [_ego_pose(nusc, s) for s in samples]
-        speed = [np.linalg.norm(b[0] - a[0]) / 0.5 for a, b in zip(poses, poses[1:], strict=False)]
-        drop = int(np.argmax(np.array(speed[:-1]) - np.array(speed[1:])))
-        if speed[drop] - min(speed[drop:]) < 3.0:  # m/s
-            continue
-        xy, yaw = poses[drop]
-        ahead = [
-            _to_ego(nusc.get("sample_annotation", a)["translation"][:2], xy, yaw)
-            for a in samples[drop]["anns"]
-        ]
-        if any(0.0 < p[0] < 40.0 and abs(p[1]) < 1.5 for p in ahead):
-            slowdowns += 1
-    assert slowdowns >= 1
+        speed = np.array([np.linalg.norm(b[0] - a[0]) / 0.5 for a, b in zip(poses, poses[1:], strict=False)])
+        assert speed[0] - speed.min() >= 3.0, (scene["name"], speed)
+        nmap = NuScenesMap(str(dataroot), nusc.get("log", scene["log_token"])["location"])
+        for (xy, yaw), sample in zip(poses[:-1], samples, strict=False):
+            ego_lane = nmap.get_closest_lane(xy[0], xy[1], radius=2.0)
+            in_lane_ahead = []
+            for token in sample["anns"]:
+                ann = nusc.get("sample_annotation", token)
+                x, y = ann["translation"][:2]
+                if ann["category_name"].startswith("vehicle.") and _to_ego((x, y), xy, yaw)[0] > 0.0:
+                    in_lane_ahead.append(nmap.get_closest_lane(x, y, radius=2.0) == ego_lane)
+            assert any(in_lane_ahead), scene["name"]
+        checked += 1
+    assert checked >= 2
 
 
 def test_ego_never_overlaps_an_agent(nusc: NuScenes) -> None:
@@ -258,17 +276,18 @@ def test_splits_partition_the_scenes(nusc: NuScenes, dataroot: Path) -> None:
 
 
 def test_same_seed_is_byte_identical_and_another_seed_differs(tmp_path: Path) -> None:
-    def tables(folder: str, seed: int) -> Path:
-        return (
-            generate(tmp_path / folder, scenes=2, samples_per_scene=3, image_size=(48, 27), seed=seed)
-            / VERSION
-        )
+    """Every file (tables, side file, JPEGs, lidar sweeps, maps) is a function of the arguments."""
 
-    first, again, other = tables("a", 3), tables("b", 3), tables("c", 4)
-    for table in sorted(p.name for p in first.glob("*.json")):
-        assert (first / table).read_bytes() == (again / table).read_bytes(), table
-    assert (first / "ego_pose.json").read_bytes() != (other / "ego_pose.json").read_bytes()
-    assert (first / "sample.json").read_bytes() != (other / "sample.json").read_bytes()
+    def files(folder: str, seed: int) -> dict[str, bytes]:
+        root = generate(tmp_path / folder, scenes=2, samples_per_scene=3, image_size=(48, 27), seed=seed)
+        return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file()}
+
+    first, again, other = files("a", 3), files("b", 3), files("c", 4)
+    assert sum(name.endswith(".jpg") for name in first) == 2 * 3 * len(CAMERAS)
+    assert f"{VERSION}/scenarios.json" in first
+    assert first == again
+    assert first[f"{VERSION}/ego_pose.json"] != other[f"{VERSION}/ego_pose.json"]
+    assert first[f"{VERSION}/sample.json"] != other[f"{VERSION}/sample.json"]
 
 
 def test_cli_refuses_a_non_empty_dataroot(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -286,9 +305,34 @@ def test_cli_refuses_a_non_empty_dataroot(tmp_path: Path, caplog: pytest.LogCapt
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"scenes": 0}, {"samples_per_scene": 1}, {"image_size": (8, 8)}, {"val_fraction": 1.0}],
+    [
+        {"scenes": 0},
+        {"scenes": {"val": 0}},
+        {"scenes": {"val": -2, "train": 3}},
+        {"scenes": {"holdout": 3}},
+        {"samples_per_scene": 1},
+        {"image_size": (8, 8)},
+        {"val_fraction": 1.0},
+    ],
 )
-def test_bad_arguments_raise_value_errors(tmp_path: Path, kwargs: dict) -> None:
-    with pytest.raises(GeneratorArgumentError, match="got"):
+def test_bad_arguments_raise_one_line_config_errors(tmp_path: Path, kwargs: dict) -> None:
+    with pytest.raises(GeneratorArgumentError, match="got|use") as info:
         generate(tmp_path, **kwargs)
+    assert isinstance(info.value, ConfigError) and "\n" not in str(info.value)
     assert not any(tmp_path.iterdir())
+
+
+def test_cli_per_split_scene_counts(tmp_path: Path) -> None:
+    argv = [
+        "--dataroot",
+        str(tmp_path),
+        "--val-scenes",
+        "2",
+        "--test-scenes",
+        "1",
+        "--samples-per-scene",
+        "2",
+    ]
+    assert main([*argv, "--image-size", "32x18"]) == 0
+    splits = json.loads((tmp_path / VERSION / "splits.json").read_text())
+    assert splits == {"val": ["scene-val-0001", "scene-val-0002"], "test": ["scene-test-0001"]}

@@ -112,13 +112,17 @@ class WorldBox:
     :param center: ``[3]`` box centre (m).
     :param wlh: ``[3]`` width, length, height (m); length runs along the heading.
     :param yaw: heading (rad, counter-clockwise from global +x).
-    :param category: nuScenes category name.
+    :param category: nuScenes category name (``prop`` for unannotated scenery: lights, poles).
+    :param rgb: colour override (props); None uses the category's colour.
+    :param emissive: drawn at full colour, without shading (lit lamps).
     """
 
     center: np.ndarray
     wlh: np.ndarray
     yaw: float
     category: str
+    rgb: tuple[int, int, int] | None = None
+    emissive: bool = False
 
     def corners(self) -> np.ndarray:
         """The 8 corners ``[8, 3]``, see :func:`box_corners`."""

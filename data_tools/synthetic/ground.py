@@ -25,6 +25,12 @@ EDGE_LINE_INSET_M = 0.3
 #: Dashed lane lines: 3 m dashes every 9 m (the common 10 ft / 30 ft US pattern).
 DASH_M, DASH_PERIOD_M = 3.0, 9.0
 
+#: Stop line width (m, 30-60 cm in most codes); zebra crosswalk: stripe and gap widths (m) across
+#: the road, and its length (m) along it.
+STOP_LINE_WIDTH_M = 0.4
+ZEBRA_STRIPE_M, ZEBRA_GAP_M = 0.5, 0.6
+CROSSWALK_LENGTH_M = 3.0
+
 #: RGB colours of the ground materials.
 ASPHALT_RGB = (72, 72, 78)
 SIDEWALK_RGB = (160, 158, 150)
@@ -41,12 +47,25 @@ class GroundLayer:
     centers: np.ndarray
 
 
-def ground_layers(road: Road) -> tuple[GroundLayer, ...]:
-    """Asphalt, sidewalks, white markings and yellow markings of ``road``, in drawing order."""
+def ground_layers(
+    road: Road,
+    cross: Road | None = None,
+    stop_line_s: float | None = None,
+    crosswalk_s: float | None = None,
+) -> tuple[GroundLayer, ...]:
+    """Asphalt, sidewalks, white markings and yellow markings of ``road``, in drawing order; with a
+    crossing road's asphalt over the sidewalks, a stop line across the lanes driving towards +s
+    and zebra stripes of a crosswalk starting at centre-line ``crosswalk_s``."""
     stations = np.linspace(0.0, road.length, max(2, int(np.ceil(road.length / GROUND_STEP_M)) + 1))
     half, walk = road.half_width, road.sidewalk_width
     asphalt = [_strip(road, stations, -half, half)]
     sidewalks = [_strip(road, stations, half, half + walk), _strip(road, stations, -half - walk, -half)]
+    crossing = []
+    if cross is not None:
+        cross_stations = np.linspace(
+            0.0, cross.length, max(2, int(np.ceil(cross.length / GROUND_STEP_M)) + 1)
+        )
+        crossing.append(_strip(cross, cross_stations, -cross.half_width, cross.half_width))
     white = [
         _line(road, stations, half - EDGE_LINE_INSET_M, LINE_WIDTH_M),
         _line(road, stations, -half + EDGE_LINE_INSET_M, LINE_WIDTH_M),
@@ -58,11 +77,22 @@ def ground_layers(road: Road) -> tuple[GroundLayer, ...]:
             white.append(_dashed_line(road, boundaries[i]))
         else:
             yellow.append(_line(road, stations, boundaries[i], YELLOW_LINE_WIDTH_M))
+    if stop_line_s is not None:
+        forward = [i for i, f in enumerate(road.lane_forward) if f]
+        lo, hi = boundaries[min(forward)], boundaries[max(forward) + 1]
+        white.append(_strip(road, np.array([stop_line_s - STOP_LINE_WIDTH_M, stop_line_s]), lo, hi))
+    if crosswalk_s is not None:
+        starts = np.arange(
+            -half + ZEBRA_GAP_M / 2.0, half - ZEBRA_STRIPE_M / 2.0, ZEBRA_STRIPE_M + ZEBRA_GAP_M
+        )
+        span = np.array([crosswalk_s, crosswalk_s + CROSSWALK_LENGTH_M])
+        white.extend(_strip(road, span, d, d + ZEBRA_STRIPE_M) for d in starts)
     return tuple(
         _layer(rgb, quads)
         for rgb, quads in (
             (ASPHALT_RGB, asphalt),
             (SIDEWALK_RGB, sidewalks),
+            (ASPHALT_RGB, crossing),
             (WHITE_PAINT_RGB, white),
             (YELLOW_PAINT_RGB, yellow),
         )

@@ -2,8 +2,11 @@
 
 Each scene's road becomes: a drivable area and a road segment (the carriageway polygon), one road
 block per travel direction, one lane per lane (polygon, edge lines, divider segments and an exact
-arc-line centre line in ``arcline_path_3``), road/lane dividers and two walkways. All geometry is
-sampled from the same :class:`Road` the renderer paints, so the map matches the images.
+arc-line centre line in ``arcline_path_3``), road/lane dividers and two walkways. A signalised
+intersection adds its crossing road, the crosswalk (``ped_crossing``), the ``stop_line`` and the
+``traffic_light``; a marked mid-block crossing adds its ``ped_crossing`` and a ``PED_CROSSING`` stop
+line. All geometry is sampled from the same :class:`Road` the renderer paints, so the map matches
+the images.
 """
 
 from __future__ import annotations
@@ -12,8 +15,12 @@ import math
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
+from data_tools.synthetic.ground import CROSSWALK_LENGTH_M, STOP_LINE_WIDTH_M
+from data_tools.synthetic.props import MAST_HEAD_Z
 from data_tools.synthetic.road import Road
+from data_tools.synthetic.scenario import ScenePlan
 from data_tools.synthetic.tables import ROTATION_DIGITS, TokenFactory, rounded
 
 #: Oldest map format NuScenesMap accepts.
@@ -100,6 +107,100 @@ class MapBuilder:
                 f"walkway{side}",
                 polygon_token=self._polygon(scene, f"walk{side}", near, far),
             )
+
+    def add_scenario(self, plan: ScenePlan) -> None:
+        """The crossing road, crosswalk, stop line and traffic light of ``plan`` (if it has them)."""
+        scene, road = plan.name, plan.road
+        if plan.cross is not None:
+            self.add_road(f"{scene}-cross", plan.cross)
+        crossing: list[str] = []
+        if plan.crosswalk_s is not None:
+            s0 = plan.crosswalk_s
+            poly = self._quad(
+                scene, "crosswalk", road, (s0, s0 + CROSSWALK_LENGTH_M), (-road.half_width, road.half_width)
+            )
+            segment = self._token_for(scene, "road_segment", "segment")
+            crossing.append(
+                self._record(
+                    "ped_crossing", scene, "crosswalk", polygon_token=poly, road_segment_token=segment
+                )
+            )
+        forward = [i for i, f in enumerate(road.lane_forward) if f]
+        block = self._token_for(scene, "road_block", f"block{min(forward)}")
+        bounds = road.boundary_offsets
+        lanes_d = (float(bounds[min(forward)]), float(bounds[max(forward) + 1]))
+        lights: list[str] = []
+        if plan.signal is not None:
+            stop = plan.signal.stop_line_s
+            line = self._line(
+                scene, "traffic_light", self._nodes(scene, "traffic_light", road, plan.signal.mast_s, lanes_d)
+            )
+            xy, heading = road.pose_at(plan.signal.mast_s, plan.ego_offset)
+            lights.append(
+                self._record(
+                    "traffic_light",
+                    scene,
+                    "light",
+                    line_token=line,
+                    traffic_light_type="VERTICAL",
+                    from_road_block_token=block,
+                    items=[
+                        {
+                            "color": colour,
+                            "shape": "CIRCLE",
+                            "rel_pos": {"tx": 0.0, "ty": 0.0, "tz": z, "rx": 0.0, "ry": 0.0, "rz": 0.0},
+                            "to_road_block_tokens": [],
+                        }
+                        for colour, z in (("RED", 0.37), ("YELLOW", 0.0), ("GREEN", -0.37))
+                    ],
+                    pose={
+                        "tx": rounded([xy[0]])[0],
+                        "ty": rounded([xy[1]])[0],
+                        "tz": MAST_HEAD_Z,
+                        "rx": 0.0,
+                        "ry": 0.0,
+                        "rz": rounded([float(heading) + math.pi], ROTATION_DIGITS)[0],
+                    },
+                )
+            )
+            poly = self._quad(scene, "stop_line", road, (stop - STOP_LINE_WIDTH_M, stop), lanes_d)
+            self._record(
+                "stop_line",
+                scene,
+                "stop_line",
+                polygon_token=poly,
+                stop_line_type="TRAFFIC_LIGHT",
+                ped_crossing_tokens=[],
+                traffic_light_tokens=lights,
+                road_block_tokens=[block],
+            )
+        elif crossing and plan.crosswalk_s is not None:
+            stop = plan.crosswalk_s - 1.0
+            poly = self._quad(scene, "stop_line", road, (stop - STOP_LINE_WIDTH_M, stop), lanes_d)
+            self._record(
+                "stop_line",
+                scene,
+                "stop_line",
+                polygon_token=poly,
+                stop_line_type="PED_CROSSING",
+                ped_crossing_tokens=crossing,
+                traffic_light_tokens=[],
+                road_block_tokens=[block],
+            )
+
+    def _nodes(self, scene: str, name: str, road: Road, s: ArrayLike, d: ArrayLike) -> list[str]:
+        """Nodes at road coordinates ``(s, d)`` (broadcast together); returns their tokens in order."""
+        xy, _ = road.pose_at(*np.broadcast_arrays(np.asarray(s, dtype=float), np.asarray(d, dtype=float)))
+        tokens = [self._token_for(scene, "node", name, i) for i in range(len(xy))]
+        for token, (x, y) in zip(tokens, xy, strict=True):
+            self.layers["node"].append({"token": token, "x": rounded([x])[0], "y": rounded([y])[0]})
+        return tokens
+
+    def _quad(self, scene: str, name: str, road: Road, s: tuple[float, float], d: tuple[float, float]) -> str:
+        """A polygon covering ``s[0] <= s <= s[1]``, ``d[0] <= d <= d[1]``; returns its token."""
+        right = self._nodes(scene, f"{name}-right", road, s, d[0])
+        left = self._nodes(scene, f"{name}-left", road, s, d[1])
+        return self._polygon(scene, name, right, left)
 
     def _token_for(self, *parts: object) -> str:
         return self._token("map", self._location, *parts)

@@ -31,11 +31,12 @@ SKY_ZENITH_RGB = (90, 140, 215)
 SKY_HORIZON_RGB = (195, 215, 238)
 GRASS_RGB = (96, 128, 72)
 #: Agent colours (RGB), one per category, saturated so they stand out from the grey/green ground.
+#: Cars are blue so that red brake lights stand out on them.
 CLASS_RGB: dict[str, tuple[int, int, int]] = {
-    "vehicle.car": (220, 40, 40),
+    "vehicle.car": (70, 120, 235),
     "vehicle.truck": (245, 140, 20),
     "vehicle.bus.rigid": (20, 180, 180),
-    "human.pedestrian.adult": (40, 90, 245),
+    "human.pedestrian.adult": (255, 225, 40),
     "human.pedestrian.child": (160, 60, 230),
     "movable_object.trafficcone": (250, 60, 200),
 }
@@ -67,17 +68,22 @@ class SceneRenderer:
         self._cameras = cameras
         self._backgrounds = [_background(cam) for cam in cameras]
 
-    def render(self, ego_to_global: np.ndarray, boxes: list[WorldBox]) -> RenderResult:
-        """Draw every camera for an ego at ``ego_to_global [4, 4]``."""
+    def render(
+        self, ego_to_global: np.ndarray, boxes: list[WorldBox], props: tuple[WorldBox, ...] = ()
+    ) -> RenderResult:
+        """Draw every camera for an ego at ``ego_to_global [4, 4]``: the annotated ``boxes`` (counted
+        in the pixel statistics) and unannotated ``props`` (lights, poles), depth-sorted together."""
         if len(boxes) >= np.iinfo(np.uint8).max:
             raise ValueError(f"{len(boxes)} boxes in one frame; the id buffer holds at most 254")
         ego_xy = ego_to_global[:2, 3]
         near_layers = [
             (layer, np.linalg.norm(layer.centers - ego_xy, axis=1) < RENDER_RANGE_M) for layer in self._layers
         ]
+        boxes = [*boxes, *props]
         near_boxes = [
             i for i, b in enumerate(boxes) if np.linalg.norm(b.center[:2] - ego_xy) < RENDER_RANGE_M
         ]
+        annotated = len(boxes) - len(props)
         images = []
         visible = np.zeros(len(boxes), dtype=np.int64)
         silhouette = np.zeros(len(boxes), dtype=np.float64)
@@ -87,10 +93,10 @@ class SceneRenderer:
             for layer, mask in near_layers:
                 _draw_ground(image, layer, layer.quads[mask], cam, cam_to_global)
             ids = np.zeros(image.shape[:2], dtype=np.uint8)
-            silhouette += _draw_boxes(image, ids, boxes, near_boxes, cam, cam_to_global)
+            silhouette += _draw_boxes(image, ids, boxes, near_boxes, cam, cam_to_global, annotated)
             visible += np.bincount(ids[ids > 0], minlength=len(boxes) + 1)[1:]
             images.append(image)
-        return RenderResult(images, visible, silhouette)
+        return RenderResult(images, visible[:annotated], silhouette[:annotated])
 
 
 def _bgr(rgb: tuple[int, int, int] | np.ndarray) -> tuple[int, int, int]:
@@ -149,22 +155,28 @@ def _draw_boxes(
     candidates: list[int],
     cam: Sensor,
     cam_to_global: np.ndarray,
+    annotated: int,
 ) -> np.ndarray:
-    """Paint boxes far to near into ``image`` and their index + 1 into ``ids``; returns silhouette areas ``[B]``."""
+    """Paint boxes far to near into ``image``, and the index + 1 of the first ``annotated`` ones into
+    ``ids`` (props in front of a box hide it too: their id is 0); returns silhouette areas ``[B]``."""
     assert cam.intrinsic is not None
     cam_pos = cam_to_global[:3, 3]
     order = sorted(candidates, key=lambda i: -float(np.linalg.norm(boxes[i].center - cam_pos)))
     areas = np.zeros(len(boxes))
     for i in order:
-        faces = _visible_faces(boxes[i], cam_pos, cam_to_global)
+        box = boxes[i]
+        faces = _visible_faces(box, cam_pos, cam_to_global)
         outline = []
+        base = np.asarray(box.rgb if box.rgb is not None else CLASS_RGB[box.category], dtype=np.float64)
         for face_cam, shade in faces:
             poly = _pixels(face_cam, cam.intrinsic)
-            colour = _bgr(np.asarray(CLASS_RGB[boxes[i].category]) * shade)
+            colour = _bgr(base if box.emissive else base * shade)
             cv2.fillPoly(image, [poly], colour, lineType=cv2.LINE_8, shift=SUBPIXEL_BITS)
-            cv2.fillPoly(ids, [poly], (i + 1,), lineType=cv2.LINE_8, shift=SUBPIXEL_BITS)
+            cv2.fillPoly(
+                ids, [poly], (i + 1 if i < annotated else 0,), lineType=cv2.LINE_8, shift=SUBPIXEL_BITS
+            )
             outline.append(project(face_cam, cam.intrinsic))
-        if outline:
+        if outline and i < annotated:
             areas[i] = _silhouette_area(np.concatenate(outline), cam.image_size)
     return areas
 

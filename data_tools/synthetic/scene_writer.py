@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -13,7 +13,9 @@ from data_tools.synthetic.cameras import Sensor
 from data_tools.synthetic.geometry import WorldBox, rotation_z, yaw_quaternion
 from data_tools.synthetic.ground import ground_layers
 from data_tools.synthetic.lidar import LidarScanner, LidarSweep
+from data_tools.synthetic.props import brake_light_props, signal_props
 from data_tools.synthetic.render import RenderResult, SceneRenderer
+from data_tools.synthetic.scenario import SPLIT_IDS
 from data_tools.synthetic.tables import (
     ROTATION_DIGITS,
     NuScenesTables,
@@ -33,6 +35,11 @@ SCENE_TIME_GAP_US = 3_600_000_000
 KEYFRAME_US = 500_000  # 2 Hz keyframes
 JPEG_QUALITY = 90
 VEHICLE_NAME = "synthetic-ego"
+#: Scene start times of different splits never coincide: each split's scenes start this many
+#: scene slots after the previous split's.
+SPLIT_TIME_SLOTS = 100_000
+#: Categories counted by a sample's complexity: road users (vehicles and humans) within 50 m.
+COMPLEXITY_PREFIXES = ("vehicle.", "human.")
 
 
 @dataclass
@@ -42,6 +49,8 @@ class SceneCounts:
     samples: int = 0
     annotations: int = 0
     images: int = 0
+    #: Side-file rows: sample token -> {"scenario": family, "complexity": road users within 50 m}.
+    sample_info: dict[str, dict[str, object]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,7 +94,8 @@ class _SceneWriter:
         self.root, self.tables, self.trajectory, self.rig = root, tables, trajectory, rig
         plan = trajectory.plan
         self.scene = plan.name
-        self.start_us = BASE_TIMESTAMP_US + plan.index * SCENE_TIME_GAP_US
+        slot = SPLIT_IDS[plan.split] * SPLIT_TIME_SLOTS + plan.index
+        self.start_us = BASE_TIMESTAMP_US + slot * SCENE_TIME_GAP_US
         self.logfile = f"synthetic-seed{seed}-{plan.name}"
         self.log_token = self._add_log(plan.location)
         self.calib = {s.channel: tables.add_calibration(plan.name, s) for s in rig.all}
@@ -96,7 +106,9 @@ class _SceneWriter:
             for s in rig.all
         }
         self.scene_token = self._add_scene()
-        self.renderer = SceneRenderer(ground_layers(plan.road), rig.cameras)
+        stop_line = plan.signal.stop_line_s if plan.signal else None
+        layers = ground_layers(plan.road, plan.cross, stop_line, plan.crosswalk_s)
+        self.renderer = SceneRenderer(layers, rig.cameras)
         self.scanner = LidarScanner(rig.lidar)
         self.agent_anns: dict[int, list[Record]] = {}
         self.counts = SceneCounts()
@@ -110,18 +122,30 @@ class _SceneWriter:
         agents = [a for a, track in enumerate(self.trajectory.agents) if track.present[k]]
         boxes = [_box(self.trajectory, a, k) for a in agents]
         sweep = self.scanner.scan(pose, boxes)
-        rendered = self.renderer.render(pose, boxes)
+        rendered = self.renderer.render(pose, boxes, self._props(agents, k))
         files = self._write_sensor_files(timestamp, sweep, rendered)
         for sensor in self.rig.all:
             self._add_sample_data(sensor, k, files[sensor.channel], timestamp)
+        complexity = 0
         for j, a in enumerate(agents):
             if _annotated(boxes[j], pose, sweep, j):
                 ann = self._annotation(
                     a, k, sweep.lidar_hits[j], sweep.radar_hits[j], _visible_fraction(rendered, j)
                 )
                 self.agent_anns.setdefault(a, []).append(ann)
+                complexity += boxes[j].category.startswith(COMPLEXITY_PREFIXES)
+        plan = self.trajectory.plan
+        self.counts.sample_info[self.samples[k]] = {"scenario": plan.family, "complexity": complexity}
         self.counts.samples += 1
         self.counts.images += len(self.rig.cameras)
+
+    def _props(self, agents: list[int], k: int) -> tuple[WorldBox, ...]:
+        """Unannotated scenery at keyframe ``k``: the traffic light and the vehicles' brake lights."""
+        states = self.trajectory.signal_states
+        props = list(signal_props(self.trajectory.plan, states[k])) if states else []
+        for a in agents:
+            props.extend(brake_light_props(self.trajectory.agents[a], k))
+        return tuple(props)
 
     def finish(self) -> None:
         """Chain each agent's annotations in time order and add its instance record."""
@@ -168,7 +192,7 @@ class _SceneWriter:
                 "first_sample_token": self.samples[0],
                 "last_sample_token": self.samples[-1],
                 "name": self.scene,
-                "description": "Synthetic procedural road scene.",
+                "description": f"Synthetic procedural road scene, scenario {self.trajectory.plan.family}.",
             },
         )
         return token

@@ -45,14 +45,23 @@ PEDESTRIAN_COUNT, PEDESTRIAN_SPAN = (2, 7), (-20.0, 70.0)
 SIDEWALK_EDGE_CLEARANCE = 0.5
 CONE_CURB_OFFSET = (0.25, 0.45)
 CONE_COUNT = (0, 3)
-#: Lead vehicle behaviours. Cruise: a slower car (m/s) some distance (m) ahead.
-CRUISE_SPEED, CRUISE_GAP = (4.5, 8.0), (12.0, 25.0)
-#: Braking leads start at 85-100% of the ego's speed; headway gap = base + speed * time headway.
+#: Lead vehicle behaviours. Cruise: plain car following, the lead at about the ego's speed.
+CRUISE_SPEED_RATIO = (0.95, 1.05)
+#: Leads start at 85-100% of the ego's speed (cruising ones at the ratio above); headway gap =
+#: base + speed * time headway.
 BRAKE_SPEED_RATIO = (0.85, 1.0)
 BRAKE_GAP_BASE, BRAKE_HEADWAY = 8.0, (0.9, 1.4)
-BRAKE_START = (0.5, 2.0)  # s after the scene start (capped to a third of the scene)
-BRAKE_DECEL, SLOWDOWN_DECEL = (2.5, 4.5), (1.5, 3.0)  # m/s^2
-SLOWDOWN_FINAL = (2.0, 4.0)  # m/s held after a slow-down
+#: Braking starts about the scene start (s; negative: already braking), so the brake lights show
+#: at (nearly) every keyframe whose future holds the braking.
+BRAKE_START = (-1.0, 0.5)
+#: Hard braking to a stop (m/s^2): an emergency stop of a car is 6-8 m/s^2, a firm one 3-4.
+BRAKE_DECEL = (3.0, 6.0)
+#: A vehicle stopped in the ego lane (broken down, unloading): its rear this far (m) ahead.
+STOPPED_GAP = (15.0, 45.0)
+
+
+#: Lead behaviours whose lead is the scenario's conflict object.
+CONFLICT_LEADS = frozenset({"brake", "stopped"})
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,42 @@ class SpeedProfile:
 
 
 @dataclass(frozen=True)
+class KnotProfile:
+    """Speed (m/s) interpolated linearly between knots ``(time s, speed m/s)``, held outside them."""
+
+    knots: tuple[tuple[float, float], ...]
+
+    def speeds(self, times: np.ndarray) -> np.ndarray:
+        """Speed (m/s) at each of ``times [T]`` (seconds)."""
+        t, v = zip(*self.knots, strict=True)
+        return np.interp(np.asarray(times, dtype=np.float64), t, v)
+
+
+@dataclass(frozen=True)
+class LateralMove:
+    """A smooth change of lateral road offset: ``delta`` m over ``duration`` s from ``start`` s.
+
+    The offset follows a half-cosine ramp, so the lateral speed is zero at both ends (a lane change
+    or a pedestrian crossing at a steady walk both fit it well enough at 2 Hz).
+    """
+
+    start: float
+    duration: float
+    delta: float
+
+    def offset(self, times: np.ndarray) -> np.ndarray:
+        """Offset change (m) at ``times [T]``: 0 before ``start``, ``delta`` after the move."""
+        u = np.clip((np.asarray(times, dtype=np.float64) - self.start) / self.duration, 0.0, 1.0)
+        return self.delta * (1.0 - np.cos(np.pi * u)) / 2.0
+
+    def rate(self, times: np.ndarray) -> np.ndarray:
+        """Lateral speed (m/s, signed like ``delta``) at ``times [T]``."""
+        u = (np.asarray(times, dtype=np.float64) - self.start) / self.duration
+        inside = (u >= 0.0) & (u <= 1.0)
+        return np.where(inside, self.delta * np.pi / (2.0 * self.duration) * np.sin(np.pi * u), 0.0)
+
+
+@dataclass(frozen=True)
 class AgentSpec:
     """One agent: a box that moves along a curve parallel to the road centre line.
 
@@ -88,6 +133,10 @@ class AgentSpec:
     :param profile: speed over time.
     :param facing: heading relative to its travel direction (rad); non-zero for standing pedestrians.
     :param is_lead: True for the vehicle ahead of the ego in the ego lane.
+    :param lateral: a change of lateral offset over time (lane change, crossing the road), or None.
+    :param road: ``main`` (the scene's road) or ``cross`` (the crossing road of an intersection).
+    :param window: ``(from, to)`` seconds during which the agent exists (cross traffic comes and goes).
+    :param conflict: True for the agent a scenario puts in the ego's way (recorded in the side file).
     """
 
     category: str
@@ -95,9 +144,13 @@ class AgentSpec:
     offset: float
     direction: int
     start: float
-    profile: SpeedProfile
+    profile: SpeedProfile | KnotProfile
     facing: float = 0.0
     is_lead: bool = False
+    lateral: LateralMove | None = None
+    road: str = "main"
+    window: tuple[float, float] = (-math.inf, math.inf)
+    conflict: bool = False
 
 
 def spawn_agents(
@@ -108,14 +161,16 @@ def spawn_agents(
     ego_speed: float,
     lead: str,
     duration: float,
+    skip_lanes: frozenset[int] = frozenset(),
 ) -> tuple[AgentSpec, ...]:
-    """All agents of a scene: the lead (per ``lead`` behaviour), other-lane traffic, pedestrians, cones."""
+    """All agents of a scene: the lead (per ``lead`` behaviour), traffic in the other lanes but
+    ``skip_lanes``, pedestrians and cones."""
     agents: list[AgentSpec] = []
     lead_agent = _lead_vehicle(rng, road, ego_lane, ego_start_s, ego_speed, lead, duration)
     if lead_agent is not None:
         agents.append(lead_agent)
     for lane, forward in enumerate(road.lane_forward):
-        if lane != ego_lane:
+        if lane != ego_lane and lane not in skip_lanes:
             agents.extend(_lane_traffic(rng, road, lane, forward, ego_start_s))
     agents.extend(_pedestrians(rng, road, ego_start_s))
     agents.extend(_cones(rng, road, ego_start_s))
@@ -149,21 +204,22 @@ def _lead_vehicle(
     category = _vehicle_category(rng)
     wlh = draw_size(rng, category)
     if behaviour == "cruise":
-        profile = SpeedProfile(float(rng.uniform(*CRUISE_SPEED)))
-        gap = float(rng.uniform(*CRUISE_GAP))
-    else:
+        speed = ego_speed * float(rng.uniform(*CRUISE_SPEED_RATIO))
+        profile: SpeedProfile = SpeedProfile(speed)
+        gap = BRAKE_GAP_BASE + speed * float(rng.uniform(*BRAKE_HEADWAY))
+    elif behaviour == "stopped":
+        profile, gap = SpeedProfile(0.0), float(rng.uniform(*STOPPED_GAP))
+    elif behaviour == "brake":
         speed = ego_speed * float(rng.uniform(*BRAKE_SPEED_RATIO))
         gap = BRAKE_GAP_BASE + speed * float(rng.uniform(*BRAKE_HEADWAY))
-        brake_at = min(float(rng.uniform(*BRAKE_START)), duration / 3.0)
-        if behaviour == "brake":
-            profile = SpeedProfile(speed, brake_at, float(rng.uniform(*BRAKE_DECEL)), 0.0)
-        else:
-            final = float(rng.uniform(*SLOWDOWN_FINAL))
-            profile = SpeedProfile(speed, brake_at, float(rng.uniform(*SLOWDOWN_DECEL)), final)
+        brake_at = float(rng.uniform(*BRAKE_START))
+        profile = SpeedProfile(speed, brake_at, float(rng.uniform(*BRAKE_DECEL)), 0.0)
+    else:
+        raise ValueError(f"unknown lead behaviour {behaviour!r}")
     d = float(road.lane_offsets[ego_lane])
     ego_l = float(road.lane_length(ego_start_s, d))
     start = ego_l + EGO_FRONT_M + gap + wlh[1] / 2.0
-    return AgentSpec(category, wlh, d, 1, start, profile, is_lead=True)
+    return AgentSpec(category, wlh, d, 1, start, profile, is_lead=True, conflict=behaviour in CONFLICT_LEADS)
 
 
 def _lane_traffic(

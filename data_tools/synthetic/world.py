@@ -1,9 +1,12 @@
-"""Scene simulation: agents replay their speed profiles, the ego drives by what its cameras can see.
+"""Scene simulation: agents replay their motion plans, the ego drives by what its cameras can see.
 
 The ego stays on its lane centre (so a curved road means turning) and sets its speed with the
-Intelligent Driver Model (Treiber, Hennecke & Helbing 2000) on the lead vehicle in its lane, with a
-desired speed capped by the curvature of the road ahead. Both inputs are visible in the images and
-nothing hidden (the lead's future braking, the scene's label) enters the rule.
+Intelligent Driver Model (Treiber, Hennecke & Helbing 2000) on the nearest obstacle ahead in its
+lane, with a desired speed capped by the curvature of the road ahead. Obstacles are what a driver
+sees now: a vehicle in (or visibly moving into) the ego lane, a pedestrian on the carriageway who
+is in or heading into the ego's path, and the stop line while the light shows red (or amber, when
+the ego can still stop comfortably). Nothing hidden (a future braking, the scene's family) enters
+the rule.
 """
 
 from __future__ import annotations
@@ -38,17 +41,37 @@ CURVE_PREVIEW_MIN_M = 10.0
 CURVE_PREVIEW_SAMPLES = 16
 #: Agents are removed this close (m) to either road end, where the world stops.
 ROAD_END_MARGIN_M = 5.0
+#: A vehicle is the ego's obstacle when its centre is this close (m, laterally) to the ego lane
+#: centre, or within ``MERGING_OFFSET_M`` and moving towards it faster than ``MERGING_RATE``.
+IN_LANE_OFFSET_M = 1.9
+MERGING_OFFSET_M = 3.1
+MERGING_RATE = 0.2  # m/s
+#: A pedestrian is an obstacle when on the carriageway (or within ``CURB_REACH_M`` past the curb)
+#: and either this close (m, laterally) to the ego lane centre (half the ego's width + half a
+#: pedestrian + 0.6 m) or walking towards the ego lane; never on the sidewalk.
+PEDESTRIAN_CONFLICT_M = 1.9
+CURB_REACH_M = 0.6
+#: At amber the ego stops when it can with at most this deceleration (m/s^2), else it goes on.
+AMBER_STOP_DECEL = 3.5
+#: Where (m past the stop line, as a virtual obstacle's rear) the ego holds for a red light; with
+#: the IDM standstill gap it stops about a metre before the line.
+STOP_LINE_HOLD_M = IDM_MIN_GAP - 1.0
+#: Vehicles brake-light when decelerating harder than this (m/s^2) or standing still.
+BRAKE_LIGHT_DECEL = 0.5
+STANDSTILL_SPEED = 0.1
 
 
 @dataclass(frozen=True, eq=False)
 class AgentTrack:
-    """One agent at the ``K`` keyframes: global ``xy [K, 2]``, ``yaw [K]``, ``speed [K]``, ``present [K]``."""
+    """One agent at the ``K`` keyframes: global ``xy [K, 2]``, ``yaw [K]``, ``speed [K]``,
+    ``present [K]`` and ``lights [K]`` (brake / hazard lights lit; vehicles only)."""
 
     spec: AgentSpec
     xy: np.ndarray
     yaw: np.ndarray
     speed: np.ndarray
     present: np.ndarray
+    lights: np.ndarray
 
     def center(self, k: int) -> np.ndarray:
         """Box centre ``[3]`` at keyframe ``k``: boxes stand on the flat ground (z = 0)."""
@@ -57,7 +80,8 @@ class AgentTrack:
 
 @dataclass(frozen=True, eq=False)
 class SceneTrajectory:
-    """A simulated scene at its keyframes: ego ``xy [K, 2]``, ``yaw [K]``, ``speed [K]`` and agents."""
+    """A simulated scene at its keyframes: ego ``xy [K, 2]``, ``yaw [K]``, ``speed [K]``, agents,
+    and the light's state per keyframe (empty without a light)."""
 
     plan: ScenePlan
     times: np.ndarray
@@ -65,20 +89,34 @@ class SceneTrajectory:
     ego_yaw: np.ndarray
     ego_speed: np.ndarray
     agents: tuple[AgentTrack, ...]
+    signal_states: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, eq=False)
+class _Motion:
+    """An agent on the simulation grid: centre-line ``s [T]``, offset ``d [T]``, lateral rate
+    ``[T]``, speed ``[T]``, existence ``[T]``."""
+
+    s: np.ndarray
+    d: np.ndarray
+    rate: np.ndarray
+    speed: np.ndarray
+    exists: np.ndarray
 
 
 def simulate(plan: ScenePlan) -> SceneTrajectory:
     """Run the scene on a ``SIM_DT_S`` grid and sample it at the 2 Hz keyframes."""
     steps = (plan.num_samples - 1) * SUBSTEPS + 1
     times = np.arange(steps) * SIM_DT_S
-    lead = next((a for a in plan.agents if a.is_lead), None)
-    ego_l, ego_v = _drive_ego(plan, times, lead)
+    motions = [_motion(plan, spec, times) for spec in plan.agents]
+    ego_l, ego_v = _drive_ego(plan, times, motions)
     keys = slice(None, None, SUBSTEPS)
     d = plan.ego_offset
     s = plan.road.lane_s(ego_l[keys], d)
     xy, heading = plan.road.pose_at(s, d)
-    agents = tuple(_track(plan, spec, times)[1] for spec in plan.agents)
-    return SceneTrajectory(plan, times[keys], xy, wrap_angle(heading), ego_v[keys], agents)
+    agents = tuple(_track(plan, spec, m, times) for spec, m in zip(plan.agents, motions, strict=True))
+    states = tuple(plan.signal.state(float(t)) for t in times[keys]) if plan.signal else ()
+    return SceneTrajectory(plan, times[keys], xy, wrap_angle(heading), ego_v[keys], agents, states)
 
 
 def agent_lane_position(spec: AgentSpec, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -89,39 +127,99 @@ def agent_lane_position(spec: AgentSpec, times: np.ndarray) -> tuple[np.ndarray,
     return spec.start + spec.direction * travelled, speed
 
 
-def _track(plan: ScenePlan, spec: AgentSpec, times: np.ndarray) -> tuple[np.ndarray, AgentTrack]:
-    """The agent's arc length on the simulation grid and its keyframe track."""
+def _motion(plan: ScenePlan, spec: AgentSpec, times: np.ndarray) -> _Motion:
+    """Where ``spec`` is on its road at every simulation time."""
+    road = plan.road_of(spec.road)
     lane_pos, speed = agent_lane_position(spec, times)
+    s = road.lane_s(lane_pos, spec.offset)
+    d = np.full(len(times), spec.offset)
+    rate = np.zeros(len(times))
+    if spec.lateral is not None:
+        d = d + spec.lateral.offset(times)
+        rate = spec.lateral.rate(times)
+    exists = (s >= ROAD_END_MARGIN_M) & (s <= road.length - ROAD_END_MARGIN_M)
+    exists &= (times >= spec.window[0]) & (times <= spec.window[1])
+    return _Motion(s, d, rate, speed, exists)
+
+
+def _track(plan: ScenePlan, spec: AgentSpec, motion: _Motion, times: np.ndarray) -> AgentTrack:
+    """The agent's keyframe track."""
+    road = plan.road_of(spec.road)
     keys = slice(None, None, SUBSTEPS)
-    s = plan.road.lane_s(lane_pos[keys], spec.offset)
-    xy, heading = plan.road.pose_at(s, spec.offset)
+    s, d = motion.s[keys], motion.d[keys]
+    xy, heading = road.pose_at(s, d)
     turned = math.pi if spec.direction < 0 else 0.0
-    yaw = wrap_angle(heading + turned + spec.facing)
-    present = (s >= ROAD_END_MARGIN_M) & (s <= plan.road.length - ROAD_END_MARGIN_M)
-    return lane_pos, AgentTrack(spec, xy, yaw, speed[keys], present)
+    speed = motion.speed[keys]
+    # A vehicle changing lanes points along its path: atan(lateral rate / forward speed).
+    steer = (
+        np.arctan2(motion.rate[keys], np.maximum(speed, 1.0)) if spec.category.startswith("vehicle") else 0.0
+    )
+    yaw = wrap_angle(heading + turned + spec.facing + spec.direction * steer)
+    accel = np.gradient(motion.speed, times)[keys]
+    lights = spec.category.startswith("vehicle") & ((accel < -BRAKE_LIGHT_DECEL) | (speed < STANDSTILL_SPEED))
+    return AgentTrack(spec, xy, yaw, speed, motion.exists[keys], np.asarray(lights, dtype=bool))
 
 
-def _drive_ego(plan: ScenePlan, times: np.ndarray, lead: AgentSpec | None) -> tuple[np.ndarray, np.ndarray]:
+def _obstacles(plan: ScenePlan, motions: list[_Motion], times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rear arc length along the ego lane ``[A, T]`` (inf when not an obstacle) and speed ``[A, T]``
+    of every main-road agent that is in, or visibly entering, the ego's path."""
+    d_ego = plan.ego_offset
+    rears = np.full((len(motions), len(times)), math.inf)
+    speeds = np.zeros((len(motions), len(times)))
+    for i, (spec, m) in enumerate(zip(plan.agents, motions, strict=True)):
+        if spec.road != "main" or spec.direction < 0:
+            continue
+        gap = np.abs(m.d - d_ego)
+        towards = -np.sign(m.d - d_ego) * m.rate
+        if spec.category.startswith("vehicle"):
+            relevant = (gap < IN_LANE_OFFSET_M) | ((gap < MERGING_OFFSET_M) & (towards > MERGING_RATE))
+            half = spec.wlh[1] / 2.0
+        elif spec.category.startswith("human"):
+            on_road = np.abs(m.d) < plan.road.half_width + CURB_REACH_M
+            relevant = on_road & ((gap < PEDESTRIAN_CONFLICT_M) | (towards > 0.0))
+            half = spec.wlh[0] / 2.0
+        else:
+            continue
+        relevant &= m.exists
+        along = plan.road.lane_length(m.s, d_ego)
+        rears[i] = np.where(relevant, along - half, math.inf)
+        speeds[i] = m.speed if spec.category.startswith("vehicle") else 0.0
+    return rears, speeds
+
+
+def _drive_ego(plan: ScenePlan, times: np.ndarray, motions: list[_Motion]) -> tuple[np.ndarray, np.ndarray]:
     """Ego arc length along its lane ``[T]`` and speed ``[T]`` (explicit IDM integration)."""
     d = plan.ego_offset
-    lead_rear, lead_speed = np.full(len(times), math.inf), np.zeros(len(times))  # a free road
-    if lead is not None:
-        lead_pos, lead_speed = agent_lane_position(lead, times)
-        lead_rear = lead_pos - lead.wlh[1] / 2.0
+    rears, speeds = _obstacles(plan, motions, times)
+    stop_line = math.inf if plan.signal is None else float(plan.road.lane_length(plan.signal.stop_line_s, d))
     position = float(plan.road.lane_length(plan.ego_start_s, d))
     speed = plan.ego_speed
-    positions, speeds = np.empty(len(times)), np.empty(len(times))
-    for i in range(len(times)):
-        positions[i], speeds[i] = position, speed
-        gap = float(lead_rear[i]) - position - EGO_FRONT_M
-        accel = idm_acceleration(speed, _curve_speed(plan, position, speed), gap, float(lead_speed[i]))
+    stop_at_amber: bool | None = None
+    positions, speeds_out = np.empty(len(times)), np.empty(len(times))
+    for i, t in enumerate(times):
+        positions[i], speeds_out[i] = position, speed
+        front = position + EGO_FRONT_M
+        ahead = rears[:, i] > front - 0.5
+        rear = float(rears[ahead, i].min()) if ahead.any() else math.inf
+        lead_speed = float(speeds[ahead, i][rears[ahead, i].argmin()]) if ahead.any() else 0.0
+        if plan.signal is not None and front < stop_line:
+            state = plan.signal.state(float(t))
+            if state == "amber" and stop_at_amber is None:
+                stop_at_amber = speed**2 / (2.0 * max(stop_line - front, 0.1)) <= AMBER_STOP_DECEL
+            if state == "red" or (state == "amber" and stop_at_amber):
+                hold = stop_line + STOP_LINE_HOLD_M
+                if hold < rear:
+                    rear, lead_speed = hold, 0.0
+        gap = rear - front
+        accel = idm_acceleration(speed, _curve_speed(plan, position, speed), gap, lead_speed)
         new_speed = max(0.0, speed + accel * SIM_DT_S)
         position += (speed + new_speed) / 2.0 * SIM_DT_S
-        # Never closer than the safety gap, even if the explicit integration overshoots.
-        next_rear = float(lead_rear[min(i + 1, len(times) - 1)])
-        position = min(position, next_rear - EGO_FRONT_M - EGO_SAFETY_GAP)
+        # Never closer than the safety gap to a vehicle, even if the explicit integration overshoots.
+        if math.isfinite(rear):
+            position = min(position, max(position - (speed + new_speed) / 2.0 * SIM_DT_S,
+                                         rear - EGO_FRONT_M - EGO_SAFETY_GAP))  # fmt: skip
         speed = new_speed
-    return positions, speeds
+    return positions, speeds_out
 
 
 def idm_acceleration(speed: float, desired: float, gap: float, lead_speed: float) -> float:

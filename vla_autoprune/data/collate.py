@@ -11,7 +11,7 @@ from vla_autoprune.data.errors import CollateError
 from vla_autoprune.data.schema import BATCH_KEYS
 
 #: Keys gathered into plain lists rather than stacked.
-LIST_KEYS: tuple[str, ...] = ("sample_token", "scene_token")
+LIST_KEYS: tuple[str, ...] = ("sample_token", "scene_token", "scenario")
 #: Keys whose box dimension (dim 1 of an item's ``[6, N, ...]``) is padded to the batch max.
 BOX_KEYS: tuple[str, ...] = ("future_boxes", "future_labels")
 #: Label of a padding box (``schema``: -1 = padding / absent).

@@ -1,14 +1,18 @@
 """Error types of the data layer.
 
 Every error carries a one-line message that names the problem and the fix. All of them derive
-from :class:`NuScenesDataError`, so callers can catch the whole family, and from the builtin
-(:class:`ValueError` or :class:`FileNotFoundError`) that describes the kind of problem.
+from :class:`NuScenesDataError`, so callers can catch the whole family, and from the project's
+:class:`~vla_autoprune.errors.UserError` kind (``ConfigError``, ``DataError`` or
+``DataNotFoundError``, themselves :class:`ValueError` / :class:`FileNotFoundError`), so entry points
+report them as one line without a traceback.
 """
 
 from __future__ import annotations
 
+from vla_autoprune.errors import ConfigError, DataError, DataNotFoundError, UserError
 
-class NuScenesDataError(Exception):
+
+class NuScenesDataError(UserError):
     """Base class of every data-layer error (never raised directly)."""
 
     def __init__(self, message: str) -> None:
@@ -16,49 +20,49 @@ class NuScenesDataError(Exception):
         super().__init__(" ".join(message.split()))
 
 
-class DatarootNotFoundError(NuScenesDataError, FileNotFoundError):
+class DatarootNotFoundError(NuScenesDataError, DataNotFoundError):
     """The dataroot directory does not exist."""
 
 
-class VersionNotFoundError(NuScenesDataError, FileNotFoundError):
+class VersionNotFoundError(NuScenesDataError, DataNotFoundError):
     """The dataroot has no ``<version>`` table folder (wrong dataroot or version)."""
 
 
-class UnknownVersionError(NuScenesDataError, ValueError):
+class UnknownVersionError(NuScenesDataError, DataError):
     """The version is neither a nuScenes release nor a folder with a ``splits.json``."""
 
 
-class UnknownSplitError(NuScenesDataError, ValueError):
+class UnknownSplitError(NuScenesDataError, DataError):
     """The split name is not defined for this version."""
 
 
-class EmptySplitError(NuScenesDataError, ValueError):
+class EmptySplitError(NuScenesDataError, DataError):
     """The split names no scene (or no sample) present in the loaded tables."""
 
 
-class UnknownCameraError(NuScenesDataError, ValueError):
+class UnknownCameraError(NuScenesDataError, ConfigError):
     """A requested camera channel is not a camera sensor of this version."""
 
 
-class MissingCameraError(NuScenesDataError, ValueError):
+class MissingCameraError(NuScenesDataError, DataError):
     """A keyframe sample has no sample_data record for a requested channel."""
 
 
-class ImageNotFoundError(NuScenesDataError, FileNotFoundError):
+class ImageNotFoundError(NuScenesDataError, DataNotFoundError):
     """A camera sample_data record points at a JPEG that is not on disk."""
 
 
-class CorruptImageError(NuScenesDataError, ValueError):
+class CorruptImageError(NuScenesDataError, DataError):
     """A camera JPEG cannot be fully decoded (truncated, corrupt, or of the wrong size)."""
 
 
-class NuScenesFormatError(NuScenesDataError, ValueError):
+class NuScenesFormatError(NuScenesDataError, DataError):
     """The tables are inconsistent (what nuscenes-devkit would report as a bare assertion)."""
 
 
-class DatasetConfigError(NuScenesDataError, ValueError):
+class DatasetConfigError(NuScenesDataError, ConfigError):
     """A dataset constructor argument is invalid."""
 
 
-class CollateError(NuScenesDataError, ValueError):
+class CollateError(NuScenesDataError, DataError):
     """Items passed to :func:`~vla_autoprune.data.collate.collate` cannot form one batch."""

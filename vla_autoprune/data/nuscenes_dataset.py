@@ -14,11 +14,17 @@ Conventions (see ``geometry.py`` for the formulas):
   and its two neighbours (central difference; one-sided at a scene end).
 - ``command``: the VAD / UniAD rule on the last valid GT waypoint (y > 2 m left, < -2 m right).
 - ``future_boxes``: every annotation of ``CATEGORIES`` at each future keyframe, nearest first.
+- ``scenario`` / ``complexity``: from the ``<version>/scenarios.json`` side file when there is one
+  (the synthetic sets); otherwise ``unknown`` and the same complexity definition computed from the
+  sample's annotations (road users within 50 m, see ``schema.py``).
+- ``images``: decoded straight at ``image_size`` when one is given (JPEG DCT-domain downscaling,
+  then one uint8 resize), never as full-size float frames.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import numbers
 import os
@@ -50,7 +56,15 @@ from vla_autoprune.data.geometry import (
     transform_points,
     yaw_of,
 )
-from vla_autoprune.data.schema import CAMERAS, CATEGORIES, NUM_FUTURE_STEPS, NUM_PAST_STEPS
+from vla_autoprune.data.schema import (
+    CAMERAS,
+    CATEGORIES,
+    COMPLEXITY_CATEGORY_PREFIXES,
+    COMPLEXITY_RANGE_M,
+    NUM_FUTURE_STEPS,
+    NUM_PAST_STEPS,
+    UNKNOWN_SCENARIO,
+)
 from vla_autoprune.data.splits import check_version_dir, split_scene_names
 
 logger = logging.getLogger(__name__)
@@ -66,6 +80,8 @@ EGO_MOTION_WINDOW = 3
 JPEG_EOI = b"\xff\xd9"
 #: Box columns: x, y, width, length, yaw.
 BOX_DIM = 5
+#: Side file of per-sample scenario family and complexity (written by the synthetic generator).
+SCENARIOS_FILE = "scenarios.json"
 
 _CATEGORY_INDEX = {name: i for i, name in enumerate(CATEGORIES)}
 
@@ -109,6 +125,7 @@ class NuScenesDrivingDataset(Dataset):
         )
         scene_names = split_scene_names(self.nusc, split)
         self.sample_tokens = self._collect_samples(scene_names)
+        self.sample_info = _load_sample_info(self.dataroot / version / SCENARIOS_FILE)
         self._check_channels()
         logger.info(
             "NuScenesDrivingDataset %s/%s at %s: %d scenes, %d samples, cameras=%s, image_size=%s",
@@ -130,6 +147,10 @@ class NuScenesDrivingDataset(Dataset):
         gt_xy, gt_mask = self._path(future, ego_from_global, NUM_FUTURE_STEPS)
         images, intrinsics, cam2ego = self._cameras(sample, ego_from_global)
         boxes, labels = self._future_boxes(future, ego_from_global)
+        info = self.sample_info.get(sample["token"], {})
+        complexity = info.get("complexity")
+        if complexity is None:
+            complexity = self._complexity(sample, current_pose)
         return {
             "sample_token": sample["token"],
             "scene_token": sample["scene_token"],
@@ -145,6 +166,8 @@ class NuScenesDrivingDataset(Dataset):
             "gt_mask": torch.from_numpy(gt_mask),
             "future_boxes": boxes,
             "future_labels": labels,
+            "scenario": str(info.get("scenario", UNKNOWN_SCENARIO)),
+            "complexity": torch.tensor(float(complexity), dtype=torch.float32),
         }
 
     # ---- construction ----------------------------------------------------------------------
@@ -277,10 +300,12 @@ class NuScenesDrivingDataset(Dataset):
             global_from_cam_ego = pose_matrix(pose["translation"], pose["rotation"])
             cam_to_cam_ego = pose_matrix(calib["translation"], calib["rotation"])
             cam2ego.append(ego_from_global @ global_from_cam_ego @ cam_to_cam_ego)
-            image = load_rgb(self.nusc.get_sample_data_path(sd["token"]), (sd["width"], sd["height"]))
-            native_h, native_w = image.shape[:2]
-            if self.image_size:
-                image = np.asarray(Image.fromarray(image).resize(self.image_size, Image.Resampling.BILINEAR))
+            path = self.nusc.get_sample_data_path(sd["token"])
+            image = load_rgb(path, (sd["width"], sd["height"]), self.image_size)
+            native_w, native_h = sd["width"], sd["height"]
+            if not (native_w and native_h):  # a record without its size: read the file's header
+                with Image.open(path) as header:
+                    native_w, native_h = header.size
             scale = np.diag([image.shape[1] / native_w, image.shape[0] / native_h, 1.0])
             intrinsics.append(scale @ np.asarray(calib["camera_intrinsic"], dtype=np.float64))
             images.append(image.transpose(2, 0, 1))  # [H, W, 3] -> [3, H, W]
@@ -289,6 +314,15 @@ class NuScenesDrivingDataset(Dataset):
             torch.from_numpy(np.stack(intrinsics)).float(),
             torch.from_numpy(np.stack(cam2ego)).float(),
         )
+
+    def _complexity(self, sample: dict[str, Any], current_pose: np.ndarray) -> int:
+        """Road users (``COMPLEXITY_CATEGORY_PREFIXES``) annotated within ``COMPLEXITY_RANGE_M`` of the ego."""
+        count = 0
+        for token in sample["anns"]:
+            ann = self._get("sample_annotation", token)
+            near = np.hypot(*(np.asarray(ann["translation"][:2]) - current_pose[:2, 3])) <= COMPLEXITY_RANGE_M
+            count += bool(near and ann["category_name"].startswith(COMPLEXITY_CATEGORY_PREFIXES))
+        return count
 
     def _future_boxes(
         self, future: list[dict[str, Any]], ego_from_global: np.ndarray
@@ -336,10 +370,14 @@ def load_nuscenes(dataroot: str | Path, version: str, verbose: bool = False) -> 
         ) from exc
 
 
-def load_rgb(path: str | Path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
+def load_rgb(
+    path: str | Path, expected_size: tuple[int, int] | None = None, size: tuple[int, int] | None = None
+) -> np.ndarray:
     """Decode a camera JPEG to uint8 RGB ``[H, W, 3]``, refusing truncated or corrupt files.
 
     :param expected_size: ``(W, H)`` the sample_data record declares; checked when given and > 0.
+    :param size: ``(W, H)`` to decode at: the JPEG decoder downscales by a power of two in the DCT
+        domain to no less than ``size`` (PIL ``draft``), then one bilinear uint8 resize gives ``size``.
     :raises ImageNotFoundError: no file at ``path``.
     :raises CorruptImageError: the file does not decode completely or has the wrong size.
     """
@@ -351,19 +389,41 @@ def load_rgb(path: str | Path, expected_size: tuple[int, int] | None = None) -> 
     data = path.read_bytes()
     try:
         with Image.open(io.BytesIO(data)) as image:
+            fmt, native = image.format, image.size
+            if size is not None and fmt == "JPEG":
+                image.draft("RGB", size)
             image.load()  # decodes fully; raises OSError on truncation (PIL's default)
-            fmt = image.format
-            rgb = np.asarray(image.convert("RGB"))
+            decoded = image.convert("RGB")
+            if size is not None and decoded.size != (size[0], size[1]):
+                decoded = decoded.resize((size[0], size[1]), Image.Resampling.BILINEAR)
+            rgb = np.asarray(decoded)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise CorruptImageError(f"camera image {path} cannot be decoded ({exc}); replace the file.") from exc
     if fmt == "JPEG" and not data.rstrip(b"\x00").endswith(JPEG_EOI):
         raise CorruptImageError(f"camera image {path} is truncated (no JPEG end marker); replace the file.")
-    if expected_size and all(expected_size) and (rgb.shape[1], rgb.shape[0]) != tuple(expected_size):
+    if expected_size and all(expected_size) and tuple(native) != tuple(expected_size):
         raise CorruptImageError(
-            f"camera image {path} decodes to {rgb.shape[1]}x{rgb.shape[0]} but its sample_data record says "
+            f"camera image {path} decodes to {native[0]}x{native[1]} but its sample_data record says "
             f"{expected_size[0]}x{expected_size[1]}; replace the file or fix the record."
         )
     return rgb
+
+
+def _load_sample_info(path: Path) -> dict[str, dict[str, Any]]:
+    """Per-sample ``{"scenario", "complexity"}`` from a side file, or ``{}`` when there is none."""
+    if not path.is_file():
+        return {}
+    try:
+        samples = json.loads(path.read_text())["samples"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise NuScenesFormatError(
+            f"{path} is not a valid scenario side file ({exc}); regenerate or delete it."
+        ) from exc
+    if not isinstance(samples, dict):
+        raise NuScenesFormatError(
+            f"{path} holds no per-sample mapping under 'samples'; regenerate or delete it."
+        )
+    return samples
 
 
 def _check_nusc(nusc: NuScenes, dataroot: Path, version: str) -> NuScenes:

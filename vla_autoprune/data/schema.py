@@ -25,7 +25,7 @@ gt_mask        bool [B, 6]               future keyframe exists
 future_boxes   float32 [B, 6, N, 5]      (x, y, width, length, yaw) of GT agent boxes
 future_labels  int64 [B, 6, N]           index into ``CATEGORIES``; -1 = padding / absent
 scenario       list[str] (B)             scenario family (synthetic side file; ``unknown`` for real data)
-complexity     float32 [B]               scene complexity (e.g. relevant agents within 50 m)
+complexity     float32 [B]               road users (vehicle.*, human.*) annotated within 50 m
 ============== ========================= =====================================================
 
 ``ego_state`` columns are named, in order, by ``EGO_STATE_FIELDS``; every consumer indexes them
@@ -97,4 +97,13 @@ BATCH_KEYS: tuple[str, ...] = (
     "gt_mask",
     "future_boxes",
     "future_labels",
+    "scenario",
+    "complexity",
 )
+
+#: ``scenario`` of a sample whose dataset records none (real nuScenes).
+UNKNOWN_SCENARIO = "unknown"
+#: ``complexity`` counts the annotated road users (categories with these prefixes) within this
+#: many metres of the ego at the sample's keyframe (the nuScenes detection range).
+COMPLEXITY_CATEGORY_PREFIXES: tuple[str, ...] = ("vehicle.", "human.")
+COMPLEXITY_RANGE_M = 50.0
