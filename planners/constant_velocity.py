@@ -9,10 +9,10 @@ from typing import Any
 import torch
 
 from planners.base import Planner, batch_tensor
-from vla_autoprune.data.schema import KEYFRAME_DT_S, NUM_FUTURE_STEPS
+from vla_autoprune.data.schema import EGO_STATE_FIELDS, KEYFRAME_DT_S, NUM_FUTURE_STEPS
+from vla_autoprune.errors import DataError
 
-# ego_state columns (schema): speed m/s, longitudinal accel m/s^2, yaw rate rad/s.
-_SPEED, _YAW_RATE = 0, 2
+_SPEED, _YAW_RATE = EGO_STATE_FIELDS.index("speed"), EGO_STATE_FIELDS.index("yaw_rate")
 
 
 class ConstantVelocityPlanner(Planner):
@@ -31,9 +31,10 @@ class ConstantVelocityPlanner(Planner):
     def plan(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Inherited, see superclass."""
         state = batch_tensor(batch, "ego_state").to(torch.float64)
-        if state.ndim != 2 or state.shape[1] <= _YAW_RATE:
-            raise ValueError(
-                f"ego_state has shape {tuple(state.shape)}; expected [B, 3] (speed, accel, yaw rate)"
+        if state.ndim != 2 or state.shape[1] != len(EGO_STATE_FIELDS):
+            raise DataError(
+                f"ego_state has shape {tuple(state.shape)}; expected [B, {len(EGO_STATE_FIELDS)}] "
+                f"with columns {list(EGO_STATE_FIELDS)} (vla_autoprune.data.schema)"
             )
         speed = state[:, _SPEED, None]  # [B, 1]
         yaw_rate = state[:, _YAW_RATE, None] if self.use_yaw_rate else torch.zeros_like(speed)

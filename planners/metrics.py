@@ -91,6 +91,31 @@ def _mask(mask: ArrayLike, batch: int) -> np.ndarray:
     return arr.astype(bool)
 
 
+def sample_terms_at(values: np.ndarray, mask: np.ndarray, convention: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample numerator and weight of the convention's rates: rate = num.sum(0) / weight.sum().
+
+    Every rate of :func:`aggregate_at` is such a ratio of sums over samples, which is what lets a
+    bootstrap reweight samples (or whole scenes) without re-deriving the convention.
+    ``stp3``: num[b, h] = mean of values[b, :2N] and weight[b] = 1 if every step of b is valid, else 0.
+    ``uniad``: num[b, h] = mask[b, 2N - 1] * values[b, 2N - 1] and weight[b] = 1.
+
+    :param values: float or bool [B, T] per-step values (L2 errors or collision flags).
+    :param mask: bool [B, T] gt_mask.
+    :return: num float64 [B, H] (one column per horizon of ``HORIZONS_S``), weight float64 [B].
+    """
+    _check_choice(convention, CONVENTIONS, "convention")
+    if values.shape != mask.shape:
+        raise ValueError(f"values {values.shape} and mask {mask.shape} differ; pass per-step [B, 6] arrays")
+    values = np.where(mask, values, 0.0).astype(np.float64)
+    valid = mask.all(axis=1)
+    steps = [_STEPS_PER_S * seconds for seconds in HORIZONS_S]
+    if convention == "stp3":
+        num = np.stack([values[:, :n].mean(axis=1) for n in steps], axis=1)  # [B, H]
+        return np.where(valid[:, None], num, 0.0), valid.astype(np.float64)
+    num = values[:, [n - 1 for n in steps]]  # [B, H]
+    return num, np.ones(values.shape[0])
+
+
 def aggregate_at(values: np.ndarray, mask: np.ndarray, convention: str) -> dict[str, float]:
     """Per-step values -> the convention's rate at each horizon.
 
@@ -101,20 +126,10 @@ def aggregate_at(values: np.ndarray, mask: np.ndarray, convention: str) -> dict[
     :param mask: bool [B, T] gt_mask.
     :return: {"1s", "2s", "3s"} -> float (``nan`` with no valid sample / empty batch).
     """
-    _check_choice(convention, CONVENTIONS, "convention")
-    if values.shape != mask.shape:
-        raise ValueError(f"values {values.shape} and mask {mask.shape} differ; pass per-step [B, 6] arrays")
-    values, batch = np.where(mask, values, 0.0), values.shape[0]
-    valid = mask.all(axis=1)
-    out = {}
-    for seconds in HORIZONS_S:
-        steps = _STEPS_PER_S * seconds
-        if convention == "stp3":
-            rate = values[valid, :steps].mean(axis=1).mean() if valid.any() else np.nan
-        else:
-            rate = values[:, steps - 1].sum() / batch if batch else np.nan
-        out[f"{seconds}s"] = float(rate)
-    return out
+    num, weight = sample_terms_at(values, mask, convention)
+    total = weight.sum()
+    rates = num.sum(axis=0) / total if total else np.full(len(HORIZONS_S), np.nan)
+    return {f"{seconds}s": float(rate) for seconds, rate in zip(HORIZONS_S, rates, strict=True)}
 
 
 def l2_errors(pred: ArrayLike, gt: ArrayLike) -> ArrayLike:

@@ -15,6 +15,7 @@ from planners.base import Planner
 from vla_autoprune.compat import decoder_config, decoder_layers
 from vla_autoprune.devices import batch_to, resolve_device, resolve_dtype
 from vla_autoprune.models.base import DrivingModel
+from vla_autoprune.models.layout import TokenLayout
 from vla_autoprune.pruning import NoPruner, Pruner, PruningRecord, run_pruned
 from vla_autoprune.pruning.flops import decoder_flops_from_config
 
@@ -43,6 +44,8 @@ class VLAPlanner(Planner):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         self._model: DrivingModel | None = model if isinstance(model, DrivingModel) else None
+        # The last batch's record and its input layout, for the viewer's token files (vla_autoprune.viz).
+        self.last_pruning: tuple[PruningRecord, TokenLayout] | None = None
 
     @property
     def model(self) -> DrivingModel:
@@ -72,6 +75,7 @@ class VLAPlanner(Planner):
         with torch.inference_mode():
             inputs = self.model.prepare(batch_to(batch, self.device))
             waypoints, record = run_pruned(self.model, inputs, self.pruner)
+        self.last_pruning = (record, inputs.layout)
         full_tokens = inputs.attention_mask.sum(dim=1)  # [B]: every token at every layer when unpruned
         return waypoints.float().cpu(), self._stats(record, full_tokens)
 
@@ -80,9 +84,11 @@ class VLAPlanner(Planner):
         assert record.visual_tokens is not None and record.tokens is not None and record.flops is not None
         config = decoder_config(self.model.decoder)
         unpruned = decoder_flops_from_config(full_tokens[:, None].expand(-1, record.num_layers), config)
-        mi, k = record.mi, record.k
         out = []
         for b in range(record.visual_tokens.shape[0]):
+            # the pruner's stats ([B, ...] each); mi and k (AutoPrune's) are written for every pruner
+            stats: dict[str, Any] = {"mi": None, "k": None}
+            stats.update({name: value[b].tolist() for name, value in record.stats.items()})
             out.append(
                 {
                     "visual_tokens_per_layer": record.visual_tokens[b].tolist(),
@@ -93,8 +99,13 @@ class VLAPlanner(Planner):
                     "num_visual": record.num_visual,
                     "flops": int(record.flops[b]),
                     "flops_unpruned": int(unpruned[b]),
-                    "mi": float(mi[b]) if mi is not None else None,
-                    "k": float(k[b]) if k is not None else None,
+                    "pruner_label": self.pruner.label,
+                    "scoring_flops": int(record.scoring_flops[b]) if record.scoring_flops is not None else 0,
+                    "position_ids": record.position_ids,
+                    "camera_tokens_per_layer": record.camera_tokens[b].tolist()
+                    if record.camera_tokens is not None
+                    else None,
+                    **stats,
                 }
             )
         return out

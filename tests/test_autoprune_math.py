@@ -8,21 +8,21 @@ import math
 import pytest
 import torch
 
-from vla_autoprune.pruning import autoprune as ap
-from vla_autoprune.pruning.autoprune import (
-    BudgetOutOfRangeError,
+from vla_autoprune.errors import ConfigError
+from vla_autoprune.pruning import autoprune_math as ap
+from vla_autoprune.pruning.autoprune_math import (
     ScheduleError,
     default_x0,
     logistic_curve,
     mutual_information,
     reachable_budget,
-    recycle_count,
     reference_schedule,
     retention_schedule,
     slope,
-    split_handed_on,
     tokens_processed,
 )
+from vla_autoprune.pruning.budget import BudgetError
+from vla_autoprune.pruning.recycling import recycle_count, split_handed_on
 
 EPS = 1e-6
 
@@ -157,7 +157,7 @@ def test_mi_text_valid_ignores_padded_rows():
 def test_mi_rejects_bad_shapes():
     with pytest.raises(ScheduleError, match=r"\[B, H, T, V\]"):
         mutual_information(torch.rand(2, 3, 4))
-    with pytest.raises(ScheduleError, match="head_reduce"):
+    with pytest.raises(ConfigError, match="head_reduce='max' is unknown"):
         mutual_information(torch.rand(1, 1, 2, 2), head_reduce="max")  # type: ignore[arg-type]
 
 
@@ -330,12 +330,12 @@ def test_actual_schedule_runs_without_host_sync():
 def test_budget_out_of_range_is_one_line_error():
     lo, hi = reachable_budget(32, 576, "actual", "reference")
     assert lo == pytest.approx((576 + 31) / 32) and hi == 576
-    with pytest.raises(BudgetOutOfRangeError, match=r"reachable range \[18\.97, 576\]") as err:
+    with pytest.raises(BudgetError, match=r"choose a budget in \[18\.97, 576\]") as err:
         retention_schedule(torch.tensor([0.1]), 10, 32, 576)
     assert "\n" not in str(err.value)
-    with pytest.raises(BudgetOutOfRangeError):
+    with pytest.raises(BudgetError):
         retention_schedule(torch.tensor([0.1]), 577, 32, 576, stage0="before")
-    with pytest.raises(BudgetOutOfRangeError):
+    with pytest.raises(BudgetError):
         retention_schedule(torch.tensor([0.1]), 0.5, 32, 576, stage0="before")
     assert reachable_budget(4, 60, "actual", "before") == (1.0, 60.0)
     with pytest.raises(ScheduleError, match="num_layers"):

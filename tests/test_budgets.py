@@ -19,7 +19,9 @@ from test_engine import (
     one_thread,  # noqa: F401 (autouse fixture, applies here too)
 )
 
-from vla_autoprune.pruning import BudgetError, build_pruner, prune
+from vla_autoprune.errors import ConfigError
+from vla_autoprune.pruning import PRUNERS, BudgetError, build_pruner, prune
+from vla_autoprune.pruning.budget import stage0_count, token_layers
 
 CONFIGS: list[tuple[str, dict[str, Any]]] = [
     ("random", {}),
@@ -119,3 +121,48 @@ def test_mean_measured_equals_schedule_total() -> None:
     total = NUM_VISUAL + record.schedule[:, :-1].sum(1)
     assert torch.equal(record.visual_tokens.sum(1), total)
     assert bool((total <= 5.5 * 8).all()) and bool((total >= 5.5 * 8 - 8).all())
+
+
+@pytest.mark.parametrize("name", sorted(PRUNERS))
+@pytest.mark.parametrize("budget", ["abc", "64", True, float("nan"), float("inf"), 0, -3.5])
+def test_bad_budget_is_a_config_error_naming_budget_when_built(name: str, budget: object) -> None:
+    # Hydra passes `budget=abc` on as the str 'abc': refused when the pruner is built, before any data.
+    with pytest.raises(BudgetError, match=rf"^{name}: budget={budget!r} ") as err:
+        build_pruner(name, budget=budget)
+    assert isinstance(err.value, ConfigError)
+    assert "\n" not in str(err.value) and "e.g. budget=64" in str(err.value)
+
+
+def test_stage0_count_by_hand() -> None:
+    # AUTOPRUNE.md section 6: stage 0 keeps min(2.5 B, V), capped by what the budget leaves.
+    # In the decoder (after layer 0): layer 0 saw V = 16, layer 1 sees v0, layers 2..L-1 one each,
+    # so v0 <= floor(B L) - V - (L - 2). 8 layers, budget 3: 24 - 16 - 6 = 2 (2.5 B would be 7).
+    assert stage0_count(3, 8, 16, first_layer=1) == 2
+    # Before the decoder: layer 0 sees v0, layers 1..L-1 one each, so v0 <= floor(B L) - (L - 1).
+    # 8 layers, budget 1.2: floor(9.6) - 7 = 2 (2.5 B would be 3).
+    assert stage0_count(1.2, 8, 16, first_layer=0) == 2
+    # Room to spare: min(int(2.5 B), V).
+    assert stage0_count(6, 4, 16, first_layer=0) == 15
+    assert stage0_count(10, 8, 16, first_layer=1) == 16
+    # The range floors leave exactly one token: (V + L - 1) / L in the decoder, 1 before it.
+    assert stage0_count(19 / 4, 4, 16, first_layer=1) == 1
+    assert stage0_count(1, 4, 16, first_layer=0) == 1
+
+
+@pytest.mark.parametrize(
+    ("stage0", "budget", "v0_layer"),
+    [("reference", 3, 1), ("before", 1.2, 0)],
+)
+def test_stage0_keeps_the_most_the_budget_allows_and_meets_it_exactly(
+    stage0: str, budget: float, v0_layer: int
+) -> None:
+    # Where the budget caps stage 0, the cap is tight: one more survivor (the other file's L - 1 or
+    # L - 2) would either overshoot floor(B L) ("before") or leave it unreachable ("reference").
+    model = build_decoder(layers=8)
+    inputs = make_inputs(batch=2, text_lengths=(5, 3))
+    with prune(model, build_pruner("autoprune", budget=budget, stage0=stage0), inputs) as record:
+        forward(model, record.inputs)
+    assert record.visual_tokens is not None
+    v0 = stage0_count(budget, 8, NUM_VISUAL, first_layer=v0_layer)
+    assert record.visual_tokens[:, v0_layer].tolist() == [v0, v0]
+    assert record.visual_tokens.sum(dim=1).tolist() == [token_layers(budget, 8)] * 2

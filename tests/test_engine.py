@@ -76,7 +76,6 @@ def make_inputs(
     layout = TokenLayout(
         visual_mask=visual,
         text_mask=text,
-        attention_mask=mask,
         camera_index=torch.arange(num_visual).div(half, rounding_mode="floor").expand(batch, -1),
         patch_index=torch.arange(num_visual).remainder(half).expand(batch, -1),
         patch_grid=(2, half // 2),
@@ -124,7 +123,6 @@ def sample(inputs: DecoderInputs, b: int) -> DecoderInputs:
         layout=TokenLayout(
             visual_mask=layout.visual_mask[b : b + 1, keep],
             text_mask=layout.text_mask[b : b + 1, keep],
-            attention_mask=layout.attention_mask[b : b + 1, keep],
             camera_index=layout.camera_index[b : b + 1],
             patch_index=layout.patch_index[b : b + 1],
             patch_grid=layout.patch_grid,
@@ -399,6 +397,60 @@ def test_contiguous_positions_renumber_survivors_and_generate() -> None:
     assert seen[1] == seen[0]  # generate()'s prefill
     assert seen[2:] == [[n_kept], [n_kept + 1]]  # its decode steps continue the renumbered sequence
     assert tokens.shape == (1, 3)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_contiguous_preselection_equals_the_shortened_prompt_as_a_fresh_input(family: str) -> None:
+    """Pre-decoder selection with contiguous ids: positions 0..n-1, logits == the short prompt alone."""
+    model = build_decoder(family, layers=4)
+    inputs = make_inputs(batch=3, text_lengths=(5, 2, 4))
+    pruner = build_pruner("fastervlm", budget=6, position_ids="contiguous")
+    seen: list[torch.Tensor] = []
+    with prune(model, pruner, inputs) as record:
+        handle = compat.decoder_layers(model)[0].register_forward_pre_hook(
+            lambda m, a, k: seen.append(k["position_ids"]), with_kwargs=True
+        )
+        logits = forward(model, record.inputs)
+        handle.remove()
+    preselected = record.preselected
+    assert record.position_ids == "contiguous" and preselected is not None
+    real = record.inputs.attention_mask.bool()
+    for b in range(3):
+        n = int(real[b].sum())
+        assert seen[0][b, real[b]].tolist() == list(range(n))  # 0..n-1 over the kept sequence
+        # The same prompt with the dropped visual tokens deleted, run on its own (no padding, no ids).
+        drop = torch.zeros(NUM_VISUAL, dtype=torch.bool).scatter(0, preselected[b], True)
+        keep = inputs.attention_mask[b].bool().clone()
+        keep[inputs.layout.visual_mask[b]] = drop
+        with torch.no_grad():
+            fresh = model(inputs_embeds=inputs.inputs_embeds[b : b + 1, keep]).logits[0]
+        torch.testing.assert_close(logits[b, real[b]], fresh, atol=ATOL, rtol=0)
+    # Original ids keep the gaps, and the gaps change the output.
+    with prune(model, build_pruner("fastervlm", budget=6, position_ids="original"), inputs) as gapped:
+        gapped_logits = forward(model, gapped.inputs)
+    assert gapped.position_ids == "original"
+    assert float((gapped_logits[real] - logits[real]).abs().max()) > 10 * ATOL
+
+
+def test_contiguous_ids_stay_contiguous_after_pre_and_in_decoder_drops() -> None:
+    """AutoPrune with stage 0 before the decoder: every layer sees ids 0..k-1 over its k tokens."""
+    model = build_decoder(layers=6)
+    inputs = make_inputs(batch=1)
+    pruner = build_pruner("autoprune", budget=6, stage0="before", position_ids="contiguous")
+    seen: list[list[int]] = []
+    with prune(model, pruner, inputs) as record:
+        handles = [
+            layer.register_forward_pre_hook(
+                lambda m, a, k: seen.append(k["position_ids"][0].tolist()), with_kwargs=True
+            )
+            for layer in compat.decoder_layers(model)
+        ]
+        forward(model, record.inputs)
+        for handle in handles:
+            handle.remove()
+    assert record.preselected is not None and record.seq_len is not None
+    assert int(record.seq_len[-1]) < int(record.seq_len[0]) < inputs.inputs_embeds.shape[1]
+    assert seen == [list(range(int(k))) for k in record.seq_len]
 
 
 def test_output_restored_to_input_length() -> None:

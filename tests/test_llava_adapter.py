@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import math
-import string
+import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import (
-    CLIPVisionConfig,
-    LlamaConfig,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-    LlavaProcessor,
-    PreTrainedTokenizerFast,
-)
-from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from vla_autoprune.data.schema import CAMERAS
-from vla_autoprune.models import LlavaDrivingAdapter, load
+from vla_autoprune.errors import ModelLoadError
+from vla_autoprune.models import DrivingVLA, DrivingVLAConfig, LlavaDrivingAdapter, load
 from vla_autoprune.models.driving_vla import cls_attention
+from vla_autoprune.models.llava_adapter import NotALlavaFolderError
 from vla_autoprune.models.waypoint_text import (
     ParseStats,
     format_waypoints,
@@ -29,83 +23,9 @@ from vla_autoprune.models.waypoint_text import (
     parse_waypoints,
 )
 
-IMAGE_SIZE = 28  # two 14 px CLIP patches per side: 4 visual tokens per camera
-PATCH_SIZE = 14
-SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
-
-
-def _char_tokenizer() -> PreTrainedTokenizerFast:
-    """Character-level tokenizer over printable ASCII (+ LLaVA specials), built in code."""
-    chars = sorted(set(string.printable) - set("\t\r\x0b\x0c"))
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + chars)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        extra_special_tokens={"image_token": "<image>"},
-        padding_side="left",
-    )
-
-
-@pytest.fixture(scope="module")
-def llava_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random LLaVA-1.5-style model (CLIP vision + Llama) and its processor, saved to a folder."""
-    torch.manual_seed(0)
-    tokenizer = _char_tokenizer()
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=IMAGE_SIZE,
-            patch_size=PATCH_SIZE,
-        ),
-        text_config=LlamaConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            vocab_size=len(tokenizer),
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        ),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        image_seq_length=(IMAGE_SIZE // PATCH_SIZE) ** 2,
-        vision_feature_layer=-2,
-    )
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessorPil(
-            size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
-        ),
-        tokenizer=tokenizer,
-        patch_size=PATCH_SIZE,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,  # CLIP's [CLS], dropped again by the "default" strategy
-    )
-    folder = tmp_path_factory.mktemp("tiny_llava")
-    LlavaForConditionalGeneration(config).save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
-
-
-def _batch(b: int = 2) -> dict:
-    g = torch.Generator().manual_seed(1)
-    return {
-        "images": torch.randint(0, 256, (b, len(CAMERAS), 3, 36, 64), dtype=torch.uint8, generator=g),
-        "cameras": CAMERAS,
-        "command": torch.tensor([0, 1, 2, 1][:b]),
-        "ego_state": torch.tensor(
-            [[5.3, 0.1, 0.01], [12.0, -1.0, -0.2], [0.0, 0.0, 0.0], [3.0, 0.0, 0.0]][:b]
-        ),
-    }
+Batch = Callable[[int], dict[str, Any]]
+GRID = (2, 2)  # the llava_folder fixture (conftest): 28 px images, 14 px patches
+NUM_PATCHES = GRID[0] * GRID[1]
 
 
 # ---------------------------------------------------------------------- parser
@@ -162,14 +82,13 @@ def test_load_dispatches_to_llava_adapter(llava_folder: Path) -> None:
     assert isinstance(load(llava_folder), LlavaDrivingAdapter)
 
 
-def test_prepare_layout_and_image_features(llava_folder: Path) -> None:
+def test_prepare_layout_and_image_features(llava_folder: Path, camera_batch: Batch) -> None:
     model = LlavaDrivingAdapter.from_pretrained(llava_folder)
-    batch = _batch()
+    batch = camera_batch(2)
     inputs = model.prepare(batch)
     layout = inputs.layout
-    num_patches = (IMAGE_SIZE // PATCH_SIZE) ** 2
-    assert layout.patch_grid == (2, 2)
-    assert layout.num_visual == len(CAMERAS) * num_patches
+    assert layout.patch_grid == GRID
+    assert layout.num_visual == len(CAMERAS) * NUM_PATCHES
     assert (layout.visual_mask.sum(1) == layout.num_visual).all()
     # Left padding: the last position of every sample is real, and text queries follow the images.
     assert inputs.attention_mask[:, -1].all()
@@ -179,16 +98,16 @@ def test_prepare_layout_and_image_features(llava_folder: Path) -> None:
     feats = model.llava.model.get_image_features(
         pixel_values=pixels["pixel_values"], vision_feature_layer=-2, vision_feature_select_strategy="default"
     ).pooler_output
-    feats = torch.stack(list(feats)).view(2, len(CAMERAS), num_patches, -1)
-    got = inputs.inputs_embeds[layout.visual_mask].view(2, len(CAMERAS), num_patches, -1)
+    feats = torch.stack(list(feats)).view(2, len(CAMERAS), NUM_PATCHES, -1)
+    got = inputs.inputs_embeds[layout.visual_mask].view(2, len(CAMERAS), NUM_PATCHES, -1)
     assert torch.allclose(got, feats, atol=1e-6)
-    cam = layout.camera_index.view(2, len(CAMERAS), num_patches)
+    cam = layout.camera_index.view(2, len(CAMERAS), NUM_PATCHES)
     assert (cam == torch.arange(len(CAMERAS)).view(1, -1, 1)).all()
 
 
-def test_saliency_is_cls_attention_of_the_feature_layer(llava_folder: Path) -> None:
+def test_saliency_is_cls_attention_of_the_feature_layer(llava_folder: Path, camera_batch: Batch) -> None:
     model = LlavaDrivingAdapter.from_pretrained(llava_folder)
-    batch = _batch(1)
+    batch = camera_batch(1)
     inputs = model.prepare(batch)
     pixels = model.processor.image_processor(list(batch["images"][0]), return_tensors="pt")["pixel_values"]
     tower = model.llava.model.vision_tower
@@ -198,20 +117,20 @@ def test_saliency_is_cls_attention_of_the_feature_layer(llava_folder: Path) -> N
     assert torch.allclose(inputs.vision_saliency.view(len(CAMERAS), -1), expected[:, 1:], atol=1e-6)
 
 
-def test_generate_end_to_end_counts_malformed(llava_folder: Path) -> None:
+def test_generate_end_to_end_counts_malformed(llava_folder: Path, camera_batch: Batch) -> None:
     model = LlavaDrivingAdapter.from_pretrained(llava_folder)
     model.max_new_tokens = 8  # random weights never answer well; keep the run short
-    waypoints = model.plan(_batch())
+    waypoints = model.plan(camera_batch(2))
     assert waypoints.shape == (2, 6, 2) and waypoints.dtype == torch.float32
     # A random model babbles: every answer is malformed, NaN, and counted.
     assert torch.isnan(waypoints).all()
     assert (model.parse_stats.total, model.parse_stats.malformed) == (2, 2)
 
 
-def test_generate_matches_per_sample_runs(llava_folder: Path) -> None:
+def test_generate_matches_per_sample_runs(llava_folder: Path, camera_batch: Batch) -> None:
     model = LlavaDrivingAdapter.from_pretrained(llava_folder)
     model.max_new_tokens = 6
-    batch = _batch()
+    batch = camera_batch(2)
     joint = model.generate_waypoints(model.prepare(batch)).texts
     single = [
         model.generate_waypoints(
@@ -220,3 +139,47 @@ def test_generate_matches_per_sample_runs(llava_folder: Path) -> None:
         for i in range(2)
     ]
     assert joint == single
+
+
+# ---------------------------------------------------------------------- load errors
+
+
+def _damaged_copy(folder: Path, tmp_path: Path, harm: Callable[[Path], object]) -> Path:
+    copy = tmp_path / "llava"
+    shutil.copytree(folder, copy)
+    harm(copy)
+    return copy
+
+
+def _cut(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    ("harm", "file", "says"),
+    [
+        (lambda d: _cut(d / "model.safetensors"), "model.safetensors", "is truncated or corrupt"),
+        (lambda d: _cut(d / "config.json"), "config.json", "is not valid JSON"),
+        (lambda d: (d / "config.json").unlink(), "config.json", "not found"),
+        (lambda d: (d / "processor_config.json").unlink(), "", "has no loadable processor"),
+    ],
+    ids=["weights cut in half", "config cut in half", "no config", "no processor"],
+)
+def test_damaged_copy_of_a_saved_llava_is_a_one_line_model_load_error(
+    llava_folder: Path, tmp_path: Path, harm: Callable[[Path], object], file: str, says: str
+) -> None:
+    folder = _damaged_copy(llava_folder, tmp_path, harm)
+    with pytest.raises(ModelLoadError) as err:
+        load(folder)
+    message = str(err.value)
+    assert "\n" not in message
+    assert str(folder / file) in message and says in message
+    assert "save_pretrained" in message  # the fix
+
+
+def test_adapter_refuses_a_folder_that_is_not_llava(tmp_path: Path) -> None:
+    DrivingVLA(DrivingVLAConfig()).save_pretrained(tmp_path)
+    with pytest.raises(
+        NotALlavaFolderError, match=r"model_type='driving_vla', not 'llava'; load it with load\(\)"
+    ):
+        LlavaDrivingAdapter.from_pretrained(tmp_path)

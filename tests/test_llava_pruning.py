@@ -1,39 +1,152 @@
-"""Pruning a generative VLM: the engine under LlavaForConditionalGeneration's prefill and KV-cache decode."""
+"""Pruning a generative VLM: the engine under LlavaForConditionalGeneration's prefill and KV-cache decode.
+
+The reference for a pruned prefill is the unpruned sequence with, at every decoder layer, the
+visual tokens that layer did not get masked out of attention (docs/ENGINE-NOTES.md: dropping ==
+masking). Cached greedy decoding after the pruned prefill must give the same logits and tokens.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import pytest
 import torch
-from test_llava_adapter import _batch, llava_folder  # noqa: F401 - the fixture is used by name
+from torch import nn
 
+from vla_autoprune import compat
+from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.models.llava_adapter import LlavaDrivingAdapter
-from vla_autoprune.pruning import build_pruner, prune
+from vla_autoprune.pruning import PruningRecord, build_pruner, prune
+
+Batch = Callable[[int], dict[str, Any]]
+NEW_TOKENS = 6  # enough decode steps to exercise the cache after the prefill
+ATOL = 1e-5  # fp32: equivalent computations differ by ~1e-7; pruning moves logits far more
 
 
-def _texts(model: LlavaDrivingAdapter, pruner_name: str, **kwargs: float) -> tuple[list[str], object]:
-    inputs = model.prepare(_batch())
-    with prune(model.decoder, build_pruner(pruner_name, **kwargs), inputs) as record:
-        texts = model.generate_waypoints(record.inputs).texts
-    return texts, record
-
-
-def test_keep_all_generates_the_unpruned_tokens(llava_folder: Path) -> None:  # noqa: F811
+@pytest.fixture(scope="module")
+def model(llava_folder: Path) -> LlavaDrivingAdapter:
     model = LlavaDrivingAdapter.from_pretrained(llava_folder)
-    model.max_new_tokens = 8
-    reference = model.generate_waypoints(model.prepare(_batch())).texts
-    for name in ("autoprune", "fastv"):
-        num_visual = model.prepare(_batch()).layout.num_visual
-        texts, _ = _texts(model, name, budget=float(num_visual))
+    model.max_new_tokens = NEW_TOKENS
+    return model
+
+
+@contextmanager
+def step_logits(model: LlavaDrivingAdapter) -> Iterator[list[torch.Tensor]]:
+    """While active, collect the last-position logits ``[B, vocab]`` of every forward (one per new token)."""
+    logits: list[torch.Tensor] = []
+    handle = model.llava.lm_head.register_forward_hook(
+        lambda _m, _a, out: logits.append(out[:, -1].detach().float())
+    )
+    try:
+        yield logits
+    finally:
+        handle.remove()
+
+
+def generate(model: LlavaDrivingAdapter, inputs: DecoderInputs) -> tuple[list[str], torch.Tensor]:
+    """Greedy answers and their per-step logits ``[steps, B, vocab]``."""
+    with step_logits(model) as logits:
+        texts = model.generate_waypoints(inputs).texts
+    return texts, torch.stack(logits)
+
+
+def pruned_generate(
+    model: LlavaDrivingAdapter, inputs: DecoderInputs, name: str, **kwargs: Any
+) -> tuple[list[str], torch.Tensor, PruningRecord]:
+    with prune(model.decoder, build_pruner(name, **kwargs), inputs) as record:
+        texts, logits = generate(model, record.inputs)
+    return texts, logits, record
+
+
+def visible_keys(inputs: DecoderInputs, record: PruningRecord) -> list[torch.Tensor]:
+    """Per decoder layer: bool ``[B, N]``, the prompt positions that layer attended to when pruned.
+
+    Every non-visual position, plus the visual tokens the record says entered that layer.
+    """
+    layout = inputs.layout
+    visual_pos = layout.visual_positions()  # [B, V]
+    masks = []
+    for kept in record.kept_visual:
+        visible = ~layout.visual_mask.clone()
+        assert kept is not None
+        for b in range(visible.shape[0]):
+            visible[b, visual_pos[b, kept[b][kept[b] >= 0]]] = True
+        masks.append(visible)
+    return masks
+
+
+@contextmanager
+def masked_keys(decoder: nn.Module, visible: list[torch.Tensor], real: torch.Tensor) -> Iterator[None]:
+    """While active, layer ``l`` attends only to prompt positions ``visible[l]`` (and new tokens).
+
+    ``real`` bool ``[B, N]`` is the prompt's attention mask. Each layer's mask is rebuilt from
+    scratch as causal AND visible keys (OR the diagonal, so no row is empty), encoded as the model
+    encodes its own (bool for SDPA, additive for eager).
+    """
+    n = real.shape[1]
+
+    def pre(i: int, _module: nn.Module, args: tuple, kwargs: dict) -> tuple:
+        hidden = args[0]
+        b, q = hidden.shape[:2]
+        past = compat.cache_length(kwargs.get("cache"), i)
+        kv = past + q
+        rows = past + torch.arange(q)
+        causal = torch.arange(kv).view(1, -1) <= rows.view(-1, 1)  # [q, kv]
+        keys = torch.ones(b, kv, dtype=torch.bool)
+        keys[:, :n] = real & visible[i]
+        allowed = (causal & keys[:, None, None, :]) | (torch.arange(kv).view(1, -1) == rows.view(-1, 1))
+        mask = compat.bool_to_mask_like(allowed, kwargs.get("attention_mask"), hidden.dtype)
+        return args, {**kwargs, "attention_mask": mask}
+
+    handles = [
+        layer.register_forward_pre_hook(lambda m, a, k, i=i: pre(i, m, a, k), with_kwargs=True)
+        for i, layer in enumerate(compat.decoder_layers(decoder))
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def test_keep_all_generates_the_unpruned_tokens(model: LlavaDrivingAdapter, camera_batch: Batch) -> None:
+    inputs = model.prepare(camera_batch(2))
+    reference, reference_logits = generate(model, inputs)
+    for name in ("autoprune", "fastv", "pdrop"):
+        texts, logits, _ = pruned_generate(model, inputs, name, budget=float(inputs.layout.num_visual))
         assert texts == reference, name
+        assert torch.equal(logits, reference_logits), name
 
 
-def test_pruned_prefill_then_cached_decode_runs_and_records(llava_folder: Path) -> None:  # noqa: F811
-    model = LlavaDrivingAdapter.from_pretrained(llava_folder)
-    model.max_new_tokens = 8
-    num_visual = model.prepare(_batch()).layout.num_visual
-    budget = num_visual * 0.75
-    texts, record = _texts(model, "fastv", budget=budget)
-    assert len(texts) == 2
-    visual = record.visual_tokens.double().mean(dim=1)  # what the prefill actually processed
-    assert torch.all(visual <= budget + 1) and torch.all(visual < num_visual)
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("fastv", {}),  # one drop after layer K - 1
+        # several stages; the masked reference keeps every token's original position, so compare
+        # with original ids (PDrop's official default renumbers survivors contiguously)
+        ("pdrop", {"position_ids": "original"}),
+        ("autoprune", {"recycle": False}),  # its MI-driven schedule (merged tokens have no masked twin)
+    ],
+)
+def test_cached_decode_after_pruned_prefill_equals_masked_reference(
+    model: LlavaDrivingAdapter, camera_batch: Batch, name: str, kwargs: dict[str, Any]
+) -> None:
+    inputs = model.prepare(camera_batch(2))
+    assert not inputs.attention_mask.all()  # the prompts differ in length: left padding is exercised
+    num_visual = inputs.layout.num_visual
+    texts, logits, record = pruned_generate(model, inputs, name, budget=0.6 * num_visual, **kwargs)
+    assert record.visual_tokens is not None and bool((record.visual_tokens[:, -1] < num_visual).all())
+
+    with masked_keys(model.decoder, visible_keys(inputs, record), inputs.attention_mask.bool()):
+        masked_texts, masked_logits = generate(model, inputs)
+    _, unpruned_logits = generate(model, inputs)
+
+    assert logits.shape == masked_logits.shape == (NEW_TOKENS, 2, logits.shape[-1])
+    assert torch.allclose(logits, masked_logits, atol=ATOL)
+    assert texts == masked_texts
+    # The test has teeth: the pruned prefill changes every sample's logits.
+    first_step_change = (logits[0] - unpruned_logits[0]).abs().amax(dim=-1)
+    assert bool((first_step_change > 100 * ATOL).all())

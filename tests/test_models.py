@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
 from vla_autoprune.data.schema import CAMERAS
-from vla_autoprune.models import DrivingVLA, DrivingVLAConfig, UnknownModelError, load
+from vla_autoprune.errors import ConfigError, DataError, DataNotFoundError, ModelLoadError
+from vla_autoprune.models import DrivingVLA, DrivingVLAConfig, UnknownModelError, UnsupportedModelError, load
 from vla_autoprune.models.driving_vla import cls_attention
+from vla_autoprune.models.loading import resolve_model_path
 from vla_autoprune.models.prompt import PromptTokenizer, build_prompt_ids, ego_text, spell_number
 
 NUM_PATCHES = 36  # default tiny config: 96 px images, 16 px patches -> 6 x 6
@@ -41,7 +46,7 @@ def test_prompt_spells_numbers_and_differs_in_length() -> None:
     assert spell_number(-0.04, 1) == "0 . 0"  # no "-0.0"
     assert ego_text([12.25, -1.0, 0.0]) == "speed 1 2 . 2 accel - 1 . 0 yaw 0 . 0 0 <ego>"
     assert ego_text([12.25, -1.0, 0.0], ("speed",)) == "speed 1 2 . 2 <ego>"
-    with pytest.raises(ValueError, match="ego_state_fields"):
+    with pytest.raises(ConfigError, match="ego_state_fields"):
         ego_text([1.0, 0.0, 0.0], ("jerk",))
     tok = PromptTokenizer()
     ids = build_prompt_ids(tok, CAMERAS, torch.tensor([0, 1]), torch.tensor([[5.0, 0, 0], [12.0, 0, 0]]))
@@ -51,9 +56,11 @@ def test_prompt_spells_numbers_and_differs_in_length() -> None:
 
 
 def test_unknown_camera_and_small_vocab_are_rejected(model: DrivingVLA) -> None:
-    with pytest.raises(ValueError, match="unknown cameras"):
+    with pytest.raises(DataError, match="unknown cameras"):
         model.prepare(_batch(1, cameras=("CAM_FRONT", "CAM_ROOF", *CAMERAS[2:])))
-    with pytest.raises(ValueError, match="vocab_size"):
+    with pytest.raises(DataError, match=r"batch\['ego_state'\] must be \[B, 3\]"):
+        model.prepare({**_batch(1), "ego_state": torch.zeros(1, 2)})
+    with pytest.raises(ConfigError, match="vocab_size"):
         DrivingVLA(DrivingVLAConfig(text_config={"model_type": "llama", "vocab_size": 8, "hidden_size": 32}))
 
 
@@ -125,6 +132,7 @@ def test_decode_uses_only_its_inputs_dropping_equals_masking(model: DrivingVLA) 
     drop = visual & (torch.arange(visual.shape[1]) % 3 == 0)  # same count per sample
     keep = ~drop
     b = visual.shape[0]
+    assert inputs.position_ids is not None
     shorter = inputs.with_(
         inputs_embeds=inputs.inputs_embeds[keep].view(b, -1, inputs.inputs_embeds.shape[-1]),
         attention_mask=inputs.attention_mask[keep].view(b, -1),
@@ -236,5 +244,52 @@ def test_clip_vision_and_qwen2_decoder() -> None:
 
 
 def test_load_unknown_name_lists_bundled_models() -> None:
-    with pytest.raises(UnknownModelError, match=r"unknown model 'nope'.*tiny-drive-vla.*folder"):
+    with pytest.raises(UnknownModelError, match=r"unknown model 'nope'.*tiny-drive-vla.*folder") as err:
         load("nope")
+    assert isinstance(err.value, DataNotFoundError)
+
+
+def _truncate(path: Path, size: int) -> None:
+    path.write_bytes(path.read_bytes()[:size])
+
+
+#: Damage done to a copy of the bundled model folder -> (file the error must name, what it must say).
+DAMAGE: dict[str, tuple[Callable[[Path], object], str, str]] = {
+    "weights cut in half": (
+        lambda d: _truncate(d / "model.safetensors", (d / "model.safetensors").stat().st_size // 2),
+        "model.safetensors",
+        "is truncated or corrupt",
+    ),
+    "weights cut to 4 bytes": (
+        lambda d: _truncate(d / "model.safetensors", 4),
+        "model.safetensors",
+        "is truncated or corrupt",
+    ),
+    "no weights": (lambda d: (d / "model.safetensors").unlink(), "", "has no weights"),
+    "no config": (lambda d: (d / "config.json").unlink(), "config.json", "not found"),
+    "config cut short": (lambda d: _truncate(d / "config.json", 100), "config.json", "is not valid JSON"),
+    "config not an object": (lambda d: (d / "config.json").write_text("[1, 2]"), "config.json", "not a JSON"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_copy_of_the_bundled_model_is_a_one_line_model_load_error(
+    damage: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "tiny-drive-vla"
+    shutil.copytree(resolve_model_path("tiny-drive-vla"), folder)
+    load(folder)  # the intact copy loads
+    harm, file, says = DAMAGE[damage]
+    harm(folder)
+    with pytest.raises(ModelLoadError) as err:
+        load(folder)
+    message = str(err.value)
+    assert "\n" not in message
+    assert str(folder / file) in message and says in message
+    assert "save_pretrained" in message  # the fix
+
+
+def test_unsupported_model_type_names_the_supported_ones(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(UnsupportedModelError, match=r"model_type='bert'.*'driving_vla', 'llava'"):
+        load(tmp_path)

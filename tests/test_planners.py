@@ -11,10 +11,15 @@ import pytest
 import torch
 
 from planners import ConstantVelocityPlanner, GroundTruthPlanner, Planner, l2_at
+from vla_autoprune.data.schema import EGO_STATE_FIELDS
+from vla_autoprune.errors import DataError
 
 
 def ego_state(speed: float, yaw_rate: float, batch: int = 1) -> dict[str, torch.Tensor]:
-    return {"ego_state": torch.tensor([[speed, 1.5, yaw_rate]] * batch, dtype=torch.float32)}
+    """A batch holding only ``ego_state``, its columns filled by name (accel 1.5 m/s^2, ignored)."""
+    values = {"speed": speed, "accel": 1.5, "yaw_rate": yaw_rate}
+    row = [values[name] for name in EGO_STATE_FIELDS]
+    return {"ego_state": torch.tensor([row] * batch, dtype=torch.float32)}
 
 
 def test_ground_truth_planner_has_zero_l2() -> None:
@@ -57,9 +62,10 @@ def test_constant_velocity_tiny_yaw_rate_and_no_yaw_rate() -> None:
     torch.testing.assert_close(ignored, straight)
 
 
-def test_constant_velocity_rejects_bad_ego_state() -> None:
-    with pytest.raises(ValueError, match="ego_state"):
-        ConstantVelocityPlanner().plan({"ego_state": torch.zeros(2, 2)})
+@pytest.mark.parametrize("columns", [2, 4])
+def test_constant_velocity_rejects_bad_ego_state(columns: int) -> None:
+    with pytest.raises(DataError, match=r"ego_state has shape .*speed.*yaw_rate"):
+        ConstantVelocityPlanner().plan({"ego_state": torch.zeros(2, columns)})
 
 
 class _ShortPlanner(Planner):

@@ -29,7 +29,7 @@ from vla_autoprune.pruning import (
     prune,
     run_pruned,
 )
-from vla_autoprune.pruning import autoprune as ap
+from vla_autoprune.pruning import autoprune_math as ap
 from vla_autoprune.pruning.scores import text_visual_attention
 
 # Random tiny decoders have MI ~0.01-0.03 bits; a steep gamma spreads k over samples (ragged schedules).
@@ -137,10 +137,10 @@ def test_autoprune_mi_and_schedule_follow_the_math(family: str) -> None:
     attn = unpruned_attention(model, inputs, 0)
     text_valid = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
     mi = ap.mutual_information(attn, "sum", text_valid=text_valid)
-    assert record.mi is not None and record.k is not None and record.schedule is not None
-    assert torch.allclose(record.mi, mi, atol=1e-5)
-    assert torch.allclose(record.k, ap.slope(mi), atol=1e-6)
-    expected = ap.retention_schedule(record.k.double(), 6, 8, NUM_VISUAL, stage0="none")
+    assert record.schedule is not None
+    assert torch.allclose(record.stats["mi"], mi, atol=1e-5)
+    assert torch.allclose(record.stats["k"], ap.slope(mi), atol=1e-6)
+    expected = ap.retention_schedule(record.stats["k"].double(), 6, 8, NUM_VISUAL, stage0="none")
     assert torch.equal(record.schedule, expected)
     assert record.visual_tokens is not None
     assert torch.equal(record.visual_tokens[:, 1:], expected[:, :-1])  # measured == scheduled
@@ -173,8 +173,8 @@ def test_autoprune_reference_accounting_reproduces_the_reference_schedule() -> N
     pruner = AutoPrunePruner(budget=4, accounting="reference")
     with prune(model, pruner, inputs) as record:
         forward(model, record.inputs)
-    assert record.accounting == "reference" and record.k is not None and record.schedule is not None
-    expected = ap.reference_schedule(float(record.k[0]), 4, 8, NUM_VISUAL)
+    assert record.accounting == "reference" and record.schedule is not None
+    expected = ap.reference_schedule(float(record.stats["k"][0]), 4, 8, NUM_VISUAL)
     assert record.schedule[0].tolist() == expected
     assert record.visual_tokens is not None
     assert record.visual_tokens[0].tolist() == [NUM_VISUAL, *expected[:-1]]
@@ -200,7 +200,7 @@ def test_autoprune_stage0_uses_saliency_and_merges_after_kept_tokens() -> None:
 def test_recycled_tokens_sit_right_after_the_kept_visual_tokens(name: str) -> None:
     model = build_decoder(layers=4)
     inputs = make_inputs(batch=1)
-    pruner = build_pruner(name, budget=10)
+    pruner = build_pruner(name, budget=10, position_ids="original")  # ids then show where tokens sit
     seen: list[torch.Tensor] = []
     with prune(model, pruner, inputs) as record:
         handle = compat.decoder_layers(model)[3].register_forward_pre_hook(

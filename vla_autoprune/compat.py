@@ -24,6 +24,8 @@ from torch import nn
 from transformers import initialization as weight_init
 from transformers.configuration_utils import SubConfigSpec
 
+from vla_autoprune.errors import ModelLoadError
+
 __all__ = ["SubConfigSpec", "weight_init"]  # re-exported for the models (plus the functions below)
 
 # Keyword names a decoder layer receives from the model loop (transformers 5.x).
@@ -39,7 +41,7 @@ _LAYER_PATHS = ("model.layers", "layers", "model.language_model.layers", "langua
 _ROTARY_PATHS = ("model.rotary_emb", "rotary_emb", "model.language_model.rotary_emb")
 
 
-class UnsupportedDecoderError(ValueError):
+class UnsupportedDecoderError(ModelLoadError):
     """The decoder does not have the structure the pruning engine hooks into."""
 
 
@@ -120,15 +122,6 @@ def check_window(layer: nn.Module, index: int, length: int) -> None:
 def layer_hidden(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
     """The ``hidden_states`` a decoder layer is called with, float ``[B, N, D]``."""
     return args[0] if args else kwargs["hidden_states"]
-
-
-def with_layer_hidden(
-    args: tuple[Any, ...], kwargs: dict[str, Any], hidden: torch.Tensor
-) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """``(args, kwargs)`` with ``hidden_states`` replaced."""
-    if args:
-        return (hidden, *args[1:]), kwargs
-    return args, {**kwargs, "hidden_states": hidden}
 
 
 def layer_cache(kwargs: dict[str, Any]) -> Any:

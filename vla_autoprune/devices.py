@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from vla_autoprune.errors import ConfigError
+
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "bfloat16": torch.bfloat16,
@@ -18,9 +20,14 @@ def resolve_device(name: str | torch.device) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; anything else must be a device torch can use."""
     if str(name) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(
+            f"device={name!r} is not a device torch knows ({err}); use auto, cpu or cuda:N"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name} but CUDA is not available here; use device=cpu or device=auto")
+        raise ConfigError(f"device={name} but CUDA is not available here; use device=cpu or device=auto")
     return device
 
 
@@ -29,7 +36,7 @@ def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
     if isinstance(name, torch.dtype):
         return name
     if name not in DTYPES:
-        raise ValueError(f"dtype={name!r} is not supported; use one of {sorted(DTYPES)}")
+        raise ConfigError(f"dtype={name!r} is not supported; use one of {sorted(DTYPES)}")
     return DTYPES[name]
 
 

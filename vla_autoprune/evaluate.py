@@ -1,30 +1,63 @@
-"""``python -m vla_autoprune.evaluate``: evaluate a planner (by default the bundled VLA under AutoPrune).
+"""``python -m vla_autoprune.evaluate`` / ``vla-autoprune-evaluate``: evaluate a planner (by default the
+bundled VLA under AutoPrune).
 
-Hydra app; see ``conf/evaluate.yaml``. ``-m`` runs the default sweep (pruners x budgets) and writes a
-merged report into the sweep folder.
+Hydra app; see ``conf/evaluate.yaml``. A bare ``-m`` runs the default sweep (pruners x budgets,
+``none`` once); ``-m`` with a sweep of its own runs exactly that sweep. A multirun writes a merged
+report into the sweep folder.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.plugins import Plugins
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from vla_autoprune.pipeline.app import evaluate
+from vla_autoprune.pipeline.app import USER_ERRORS, evaluate
 
 logger = logging.getLogger(__name__)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
-def main(cfg: DictConfig) -> None:
-    """Hydra entry point: one job = one configuration."""
+def config_dir() -> str:
+    """The ``conf/`` folder: shipped inside the package when installed, at the repo root in a checkout."""
+    packaged = Path(__file__).resolve().with_name("conf")
+    return str(packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "conf")
+
+
+def main() -> None:
+    """Console entry point: the Hydra app, with the project's sweeper registered.
+
+    Hydra finds sweepers by scanning the ``hydra_plugins`` namespace, which an editable install
+    does not expose to that scan; registering the class makes a bare ``-m`` work in every install.
+    """
+    plugins = Plugins.instance()
+    # Imported after Hydra's plugin scan, which re-executes modules it finds already imported (the
+    # sweeper's base class would then be a stale copy).
+    from hydra_plugins.vla_autoprune_sweeper.default_sweeper import DefaultSweeper
+
+    plugins.register(DefaultSweeper)
+    run_app()
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="evaluate")
+def run_app(cfg: DictConfig) -> None:
+    """Hydra task: one job = one configuration."""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        logger.info("to resume after an interruption, rerun with hydra.sweep.dir=%s", hydra_cfg.sweep.dir)
+    else:
+        logger.info(
+            "to resume after an interruption, rerun with hydra.run.dir=%s", hydra_cfg.runtime.output_dir
+        )
     try:
-        evaluate(cfg, HydraConfig.get().runtime.output_dir)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        # Bad input is the user's to fix: one line, no traceback.
+        evaluate(cfg, hydra_cfg.runtime.output_dir, overrides=list(hydra_cfg.overrides.task))
+    except USER_ERRORS as err:
+        # Bad input is the user's to fix: one line, no traceback. Anything else is a bug and keeps its.
         logger.error("error: %s", err)
         sys.exit(2)
 

@@ -1,7 +1,9 @@
 """``python -m vla_autoprune.report DIR [DIR ...]``: merge runs / shards / sweeps into one report.
 
-Writes ``report.md``, ``report.csv`` and plots (L2@3s and collision@3s vs budget, one line per
-pruner) into ``--out`` (default: the first DIR) and logs the compact table.
+Writes ``report.md`` and ``report.csv`` (results with 95 % scene-bootstrap intervals),
+``breakdown.csv`` (by scenario family and complexity), ``autoprune_stats.csv`` (MI and k per
+scenario family) and plots (L2@3s and collision@3s vs budget with interval bands) into ``--out``
+(default: the first DIR), and logs the compact table.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from vla_autoprune.errors import UserError
 from vla_autoprune.pipeline.report_files import write_report
 
 logger = logging.getLogger(__name__)
@@ -20,11 +23,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vla_autoprune.report", description=__doc__)
     parser.add_argument("dirs", nargs="+", type=Path, help="run or sweep output folders")
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: first DIR)")
+    parser.add_argument(
+        "--bootstrap-seed", type=int, default=0, help="seed of the scene bootstrap (default: 0)"
+    )
+    parser.add_argument(
+        "--resamples", type=int, default=2000, help="bootstrap resamples per interval (default: 2000)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        write_report(args.dirs, args.out or args.dirs[0])
-    except (FileNotFoundError, ValueError) as err:
+        write_report(args.dirs, args.out or args.dirs[0], resamples=args.resamples, seed=args.bootstrap_seed)
+    except UserError as err:
         logger.error("error: %s", err)
         return 2
     return 0

@@ -34,7 +34,12 @@ class DecoderInputs:
         layout: which positions are visual / text tokens.
         vision_saliency: float ``[B, V]`` or None: per-visual-token saliency from the vision
             tower ([CLS] / pooling-head attention), used by pre-decoder pruners.
-        extras: model-specific tensors ``decode`` needs (e.g. action-query positions).
+        extras: model-specific values ``decode`` reads (DrivingVLA: ``ego_speed`` ``[B]``), or None.
+        sample_ids: one stable id per row (the batch's ``sample_token``s) or None; per-sample
+            seeded pruners (``random``) key on it, so a row's choice does not depend on its batch.
+        readout_tokens: how many readout queries (not instruction text) end every row's prompt,
+            e.g. DrivingVLA's action queries; pruners whose official query row is "the last
+            instruction token" (PDrop) skip them. 0 for chat models (LLaVA).
     """
 
     inputs_embeds: torch.Tensor
@@ -43,6 +48,8 @@ class DecoderInputs:
     layout: TokenLayout
     vision_saliency: torch.Tensor | None = None
     extras: dict[str, Any] | None = None
+    sample_ids: tuple[str, ...] | None = None
+    readout_tokens: int = 0
 
     def with_(self, **changes: Any) -> DecoderInputs:
         """A copy with some fields replaced."""

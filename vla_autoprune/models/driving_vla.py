@@ -33,11 +33,11 @@ from transformers.activations import ACT2FN
 
 from vla_autoprune.compat import SubConfigSpec
 from vla_autoprune.compat import weight_init as init
-from vla_autoprune.data.schema import COMMANDS, KEYFRAME_DT_S, NUM_FUTURE_STEPS
+from vla_autoprune.data.schema import COMMANDS, EGO_STATE_FIELDS, KEYFRAME_DT_S, NUM_FUTURE_STEPS
+from vla_autoprune.errors import ConfigError, DataError
 from vla_autoprune.models.base import DecoderInputs, DrivingModel
-from vla_autoprune.models.layout import TokenLayout
+from vla_autoprune.models.layout import build_layout
 from vla_autoprune.models.prompt import (
-    EGO_STATE_FIELDS,
     PromptIds,
     PromptTokenizer,
     build_prompt_ids,
@@ -177,7 +177,7 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
         text_size = text_config.hidden_size
         self.tokenizer = PromptTokenizer()
         if text_config.vocab_size < len(self.tokenizer):
-            raise ValueError(
+            raise ConfigError(
                 f"text_config.vocab_size={text_config.vocab_size} is smaller than the prompt vocabulary "
                 f"({len(self.tokenizer)} tokens); raise it to at least {len(self.tokenizer)}"
             )
@@ -211,24 +211,28 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
         """Encode a collated batch (``images`` uint8 ``[B, C, 3, H, W]``, ``command``, ``ego_state``).
 
         Returns left-padded decoder inputs of length ``N = max_b N_b`` with explicit position ids
-        (``cumsum(attention_mask) - 1``) and ``extras = {"num_action_queries": K, "ego_speed": [B]}``.
+        (``cumsum(attention_mask) - 1``) and ``extras = {"ego_speed": [B]}`` (the kinematic prior's
+        speed, read by :meth:`decode`).
         """
         images = batch["images"]
         if images.dim() != 5 or images.shape[2] != 3:
-            raise ValueError(
-                f"batch['images'] must be uint8 [B, C, 3, H, W], got shape {tuple(images.shape)}"
+            raise DataError(
+                f"batch['images'] must be uint8 [B, C, 3, H, W], got shape {tuple(images.shape)}; "
+                "collate samples with vla_autoprune.data"
             )
         cameras = list(batch["cameras"])
         if len(cameras) != images.shape[1]:
-            raise ValueError(
-                f"batch['cameras'] names {len(cameras)} cameras but images hold {images.shape[1]}"
+            raise DataError(
+                f"batch['cameras'] names {len(cameras)} cameras but images hold {images.shape[1]}; "
+                "give one camera name per image, in image order"
             )
         visual, saliency = self.encode_images(images)
         fields = self.config.ego_state_fields
         prompt = build_prompt_ids(self.tokenizer, cameras, batch["command"], batch["ego_state"], fields)
         ego = self.ego_projector(self.ego_features(batch["ego_state"], batch["command"]))
         ego_speed = batch["ego_state"][:, EGO_STATE_FIELDS.index("speed")].to(self.device, torch.float32)
-        return self._assemble(prompt, visual, ego, saliency, ego_speed)
+        inputs = self._assemble(prompt, visual, ego, saliency, ego_speed)
+        return inputs.with_(sample_ids=tuple(batch["sample_token"]) if "sample_token" in batch else None)
 
     def decode(self, inputs: DecoderInputs) -> torch.Tensor:
         """Run the decoder and regress waypoints float32 ``[B, 6, 2]``.
@@ -321,8 +325,9 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
     def _scaled_ego_state(self, ego_state: torch.Tensor) -> torch.Tensor:
         """The configured fields of ``ego_state`` ``[B, 3]``, each divided by its scale: ``[B, F]``."""
         if ego_state.dim() != 2 or ego_state.shape[1] != len(EGO_STATE_FIELDS):
-            raise ValueError(
-                f"batch['ego_state'] must be [B, {len(EGO_STATE_FIELDS)}], got {tuple(ego_state.shape)}"
+            raise DataError(
+                f"batch['ego_state'] must be [B, {len(EGO_STATE_FIELDS)}] with columns "
+                f"{list(EGO_STATE_FIELDS)}, got {tuple(ego_state.shape)}"
             )
         columns = [EGO_STATE_FIELDS.index(f) for f in self.config.ego_state_fields]
         scale = torch.tensor(self.config.ego_state_scale, device=self.device)[columns]
@@ -349,16 +354,15 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
         queries = self.action_queries.to(embeds.dtype).expand(b, -1, -1)
         embeds = embeds.masked_scatter((kinds == _QUERY).unsqueeze(-1), queries)
         attention_mask = (kinds != _PAD).long()
-        layout = _layout(
-            visual_mask, attention_mask, len(prompt.camera_markers), self.num_patches, self.patch_grid
-        )
+        layout = build_layout(visual_mask, attention_mask, len(prompt.camera_markers), self.patch_grid)
         return DecoderInputs(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
             position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0),
             layout=layout,
             vision_saliency=saliency,
-            extras={"num_action_queries": self.config.num_action_queries, "ego_speed": ego_speed},
+            extras={"ego_speed": ego_speed},
+            readout_tokens=self.config.num_action_queries,
         )
 
 
@@ -495,27 +499,3 @@ def _sequence_ids(
         ids_t[i, n - len(ids) :] = torch.tensor(ids)
         kinds_t[i, n - len(kinds) :] = torch.tensor(kinds)
     return ids_t, kinds_t
-
-
-def _layout(
-    visual_mask: torch.Tensor,
-    attention_mask: torch.Tensor,
-    num_cameras: int,
-    num_patches: int,
-    grid: tuple[int, int],
-) -> TokenLayout:
-    """Token layout of an assembled batch: text queries are the real tokens after the last visual one."""
-    b, n = visual_mask.shape
-    positions = torch.arange(n, device=visual_mask.device).expand(b, n)
-    last_visual = torch.where(visual_mask, positions, -1).amax(dim=1, keepdim=True)
-    text_mask = (positions > last_visual) & attention_mask.bool()
-    camera_index = torch.arange(num_cameras, device=visual_mask.device).repeat_interleave(num_patches)
-    patch_index = torch.arange(num_patches, device=visual_mask.device).repeat(num_cameras)
-    return TokenLayout(
-        visual_mask=visual_mask,
-        text_mask=text_mask,
-        attention_mask=attention_mask,
-        camera_index=camera_index.expand(b, -1).clone(),
-        patch_index=patch_index.expand(b, -1).clone(),
-        patch_grid=grid,
-    )

@@ -17,7 +17,6 @@ and parses the answer strictly (:mod:`vla_autoprune.models.waypoint_text`).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +24,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoProcessor, LlavaForConditionalGeneration
+from transformers import LlavaForConditionalGeneration
 
-from vla_autoprune.data.schema import COMMANDS
+from vla_autoprune.data.schema import COMMANDS, EGO_STATE_FIELDS
+from vla_autoprune.errors import ModelLoadError
 from vla_autoprune.models.base import DecoderInputs, DrivingModel
 from vla_autoprune.models.driving_vla import patch_grid, sub_config, vision_saliency_hook
-from vla_autoprune.models.layout import TokenLayout
+from vla_autoprune.models.layout import build_layout
+from vla_autoprune.models.model_folder import check_model_folder, load_processor
 from vla_autoprune.models.prompt import COMMAND_PHRASES
 from vla_autoprune.models.waypoint_text import ParseStats, parse_waypoint_batch
 
@@ -47,7 +48,7 @@ PROMPT_TASK = (
 )
 
 
-class NotALlavaFolderError(ValueError):
+class NotALlavaFolderError(ModelLoadError):
     """The folder does not hold a saved ``LlavaForConditionalGeneration`` (+ processor)."""
 
 
@@ -85,7 +86,7 @@ class LlavaDrivingAdapter(DrivingModel):
         super().__init__()
         strategy = llava.config.vision_feature_select_strategy
         if strategy != "default" and not hasattr(llava.model.vision_tower, "head"):
-            raise ValueError(
+            raise ModelLoadError(
                 f"vision_feature_select_strategy={strategy!r} keeps the [CLS] token, which has no patch index; "
                 "use 'default' (LLaVA-1.5)"
             )
@@ -98,20 +99,22 @@ class LlavaDrivingAdapter(DrivingModel):
     def from_pretrained(
         cls, folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
     ) -> LlavaDrivingAdapter:
-        """Load the LLaVA model and its processor saved together in ``folder``."""
+        """Load the LLaVA model and its processor saved together in ``folder``.
+
+        Raises a one-line :class:`~vla_autoprune.errors.ModelLoadError` for a missing or broken
+        ``config.json``, truncated weights, a missing processor or a non-LLaVA folder.
+        """
         folder = Path(folder)
-        config_file = folder / "config.json"
-        if not config_file.is_file():
-            raise FileNotFoundError(f"{config_file} not found; pass a folder saved with save_pretrained")
-        model_type = json.loads(config_file.read_text()).get("model_type")
+        model_type = check_model_folder(folder).get("model_type")
         if model_type != LLAVA_MODEL_TYPE:
             raise NotALlavaFolderError(
                 f"{folder} holds model_type={model_type!r}, not 'llava'; load it with load()"
             )
+        processor = load_processor(folder)
         llava = LlavaForConditionalGeneration.from_pretrained(folder, dtype=dtype)
         module: nn.Module = llava  # PreTrainedModel.to's wrapper confuses type checkers
         module.to(device).eval()
-        return cls(llava, AutoProcessor.from_pretrained(folder))
+        return cls(llava, processor)
 
     @property
     def decoder(self) -> nn.Module:
@@ -130,9 +133,10 @@ class LlavaDrivingAdapter(DrivingModel):
         images = batch["images"]
         b, c = images.shape[:2]
         cameras = list(batch["cameras"])
+        speeds = batch["ego_state"][:, EGO_STATE_FIELDS.index("speed")].float().cpu()
         prompts = [
-            llava_prompt(cameras, int(cmd), float(ego[0]))
-            for cmd, ego in zip(batch["command"].cpu(), batch["ego_state"].float().cpu(), strict=True)
+            llava_prompt(cameras, int(cmd), float(speed))
+            for cmd, speed in zip(batch["command"].cpu(), speeds, strict=True)
         ]
         encoded = self.processor(
             text=prompts,
@@ -143,19 +147,23 @@ class LlavaDrivingAdapter(DrivingModel):
         )
         input_ids = encoded["input_ids"].to(self.device)
         attention_mask = encoded["attention_mask"].to(self.device).long()
+        grid = patch_grid(sub_config(self.llava.config, "vision_config"))
+        layout = build_layout(input_ids == self.llava.config.image_token_id, attention_mask, c, grid)
         features, saliency = self._image_features(encoded["pixel_values"])
-        visual_mask = input_ids == self.llava.config.image_token_id
+        if features.shape[1] != grid[0] * grid[1]:
+            raise ModelLoadError(
+                f"the vision tower gives {features.shape[1]} features per image but its {grid} patch grid "
+                "has a different count; use vision_feature_select_strategy='default' for towers with [CLS]"
+            )
         embeds = self.llava.get_input_embeddings()(input_ids)
-        embeds = embeds.masked_scatter(visual_mask.unsqueeze(-1), features.to(embeds.dtype))
-        num_patches = features.shape[1]
-        layout = self._layout(visual_mask, attention_mask, c, num_patches)
+        embeds = embeds.masked_scatter(layout.visual_mask.unsqueeze(-1), features.to(embeds.dtype))
         return DecoderInputs(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
             position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0),
             layout=layout,
-            vision_saliency=saliency.reshape(b, c * num_patches) if saliency is not None else None,
-            extras={"prompts": prompts},
+            vision_saliency=saliency.reshape(b, layout.num_visual) if saliency is not None else None,
+            sample_ids=tuple(batch["sample_token"]) if "sample_token" in batch else None,
         )
 
     def _image_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -181,26 +189,6 @@ class LlavaDrivingAdapter(DrivingModel):
         num_layers = sub_config(self.llava.config, "vision_config").num_hidden_layers
         index = layer - 1 if layer >= 0 else num_layers + 1 + layer - 1
         return index if index >= 0 else None
-
-    def _layout(
-        self, visual_mask: torch.Tensor, attention_mask: torch.Tensor, num_cameras: int, num_patches: int
-    ) -> TokenLayout:
-        b, n = visual_mask.shape
-        grid = patch_grid(sub_config(self.llava.config, "vision_config"))
-        if grid[0] * grid[1] != num_patches:
-            raise ValueError(f"{num_patches} image tokens per camera do not fill the {grid} patch grid")
-        positions = torch.arange(n, device=visual_mask.device).expand(b, n)
-        last_visual = torch.where(visual_mask, positions, -1).amax(dim=1, keepdim=True)
-        camera_index = torch.arange(num_cameras, device=visual_mask.device).repeat_interleave(num_patches)
-        patch_index = torch.arange(num_patches, device=visual_mask.device).repeat(num_cameras)
-        return TokenLayout(
-            visual_mask=visual_mask,
-            text_mask=(positions > last_visual) & attention_mask.bool(),
-            attention_mask=attention_mask,
-            camera_index=camera_index.expand(b, -1).clone(),
-            patch_index=patch_index.expand(b, -1).clone(),
-            patch_grid=grid,
-        )
 
     # ------------------------------------------------------------------ decode
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from importlib import resources
 from pathlib import Path
@@ -10,9 +9,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vla_autoprune.errors import DataNotFoundError, ModelLoadError
 from vla_autoprune.models.base import DrivingModel
 from vla_autoprune.models.driving_vla import DrivingVLA, DrivingVLAConfig
 from vla_autoprune.models.llava_adapter import LLAVA_MODEL_TYPE, LlavaDrivingAdapter
+from vla_autoprune.models.model_folder import RESAVE, check_weights, read_config
 
 logger = logging.getLogger(__name__)
 
@@ -21,8 +22,16 @@ BUNDLED_MODELS: tuple[str, ...] = ("tiny-drive-vla",)
 DEFAULT_MODEL = "tiny-drive-vla"
 
 
-class UnknownModelError(ValueError):
-    """Neither a bundled model name nor a folder holding a saved model."""
+#: The fix for a damaged file of a bundled model.
+REINSTALL = "reinstall vla-autoprune (the bundled model's files are damaged)"
+
+
+class UnknownModelError(DataNotFoundError):
+    """Neither a bundled model name nor an existing folder."""
+
+
+class UnsupportedModelError(ModelLoadError):
+    """The folder's ``config.json`` names a ``model_type`` ``load`` has no driving model for."""
 
 
 def resolve_model_path(name_or_path: str | Path) -> Path:
@@ -46,21 +55,22 @@ def load(
     """Load a driving model in eval mode: a bundled name or a saved DrivingVLA / LLaVA folder.
 
     The folder's ``config.json`` ``model_type`` picks the class (``driving_vla`` or ``llava``).
+    A missing or broken ``config.json`` or a truncated ``model.safetensors`` raises a one-line
+    :class:`~vla_autoprune.errors.ModelLoadError` naming the file, before transformers reads it.
     """
     folder = resolve_model_path(name_or_path)
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{config_file} not found; pass a folder saved with save_pretrained")
-    model_type = json.loads(config_file.read_text()).get("model_type")
+    fix = REINSTALL if str(name_or_path) in BUNDLED_MODELS else RESAVE
+    model_type = read_config(folder, fix).get("model_type")
     logger.info("loading %s model from %s (%s, %s)", model_type, folder, device, dtype)
     if model_type == DrivingVLAConfig.model_type:
+        check_weights(folder, fix)
         model = DrivingVLA.from_pretrained(folder, dtype=dtype)
         module: nn.Module = model  # PreTrainedModel.to's wrapper confuses type checkers
         module.to(device).eval()
         return model
     if model_type == LLAVA_MODEL_TYPE:
         return LlavaDrivingAdapter.from_pretrained(folder, device=device, dtype=dtype)
-    raise UnknownModelError(
-        f"{config_file} has model_type={model_type!r}; load() supports "
-        f"{[DrivingVLAConfig.model_type, LLAVA_MODEL_TYPE]}"
+    raise UnsupportedModelError(
+        f"{folder / 'config.json'} has model_type={model_type!r}; load() supports "
+        f"{[DrivingVLAConfig.model_type, LLAVA_MODEL_TYPE]}: pass a DrivingVLA or LLaVA folder"
     )

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 
 from vla_autoprune.data.schema import CAMERAS, COMMANDS
+from vla_autoprune.data.schema import EGO_STATE_FIELDS as EGO_STATE_FIELDS  # re-export (compatibility)
+from vla_autoprune.errors import ConfigError, DataError
 
 PAD, BOS, EOS, UNK, EGO = "<pad>", "<bos>", "<eos>", "<unk>", "<ego>"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, EOS, UNK, EGO)
@@ -31,8 +33,6 @@ INSTRUCTION = "you are driving . predict the next six ego waypoints from the six
 #: Command index (``schema.COMMANDS``) -> phrase.
 COMMAND_PHRASES: dict[str, str] = {"left": "turn left", "straight": "go straight", "right": "turn right"}
 
-#: ``ego_state`` columns (data.schema) by name.
-EGO_STATE_FIELDS: tuple[str, ...] = ("speed", "accel", "yaw_rate")
 #: Per field: the prompt word and the decimals it is spelled with. 0.1 m/s and 0.1 m/s^2 resolve
 #: speed/accel well below the waypoint errors that matter; yaw rates are small (|w| < ~0.5 rad/s).
 EGO_FIELD_TEXT: dict[str, tuple[str, int]] = {
@@ -103,17 +103,17 @@ def spell_number(value: float, decimals: int) -> str:
 def command_text(command: int) -> str:
     """Prompt text of a command index into ``schema.COMMANDS``."""
     if not 0 <= command < len(COMMANDS):
-        raise ValueError(
+        raise DataError(
             f"command index {command} out of range; expected 0..{len(COMMANDS) - 1} (schema.COMMANDS)"
         )
     return f"command : {COMMAND_PHRASES[COMMANDS[command]]} ."
 
 
 def check_ego_fields(fields: Sequence[str]) -> None:
-    """Raise a one-line ``ValueError`` unless ``fields`` is a non-empty list of ``EGO_STATE_FIELDS``."""
+    """Raise a one-line ``ConfigError`` unless ``fields`` is a non-empty list of ``EGO_STATE_FIELDS``."""
     unknown = [f for f in fields if f not in EGO_STATE_FIELDS]
     if unknown or not fields:
-        raise ValueError(
+        raise ConfigError(
             f"ego_state_fields {list(fields)} invalid; pick a non-empty subset of {list(EGO_STATE_FIELDS)}"
         )
 
@@ -156,7 +156,10 @@ def build_prompt_ids(
     """
     unknown = [c for c in cameras if c not in CAMERAS]
     if unknown:
-        raise ValueError(f"unknown cameras {unknown}; DrivingVLA has markers for {list(CAMERAS)} only")
+        raise DataError(
+            f"unknown cameras {unknown} in the batch: DrivingVLA has markers for {list(CAMERAS)} only; "
+            "load the data with cameras among them"
+        )
     prefix = [tokenizer.bos_id, *tokenizer.encode(INSTRUCTION)]
     markers = [tokenizer.token_id(camera_marker(c)) for c in cameras]
     suffixes = [

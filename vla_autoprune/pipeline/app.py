@@ -1,15 +1,18 @@
 """One evaluation run, from a composed Hydra config to ``summary.json`` (used by ``vla_autoprune.evaluate``).
 
-Order matters for bad input: everything that can be checked cheaply (device, dataroot, split,
-shard, pruner name and budget) is checked before the first sample is evaluated, so a bad config is a
-one-line error that costs nothing.
+Order matters for bad input: everything that can be checked cheaply (missing values, device, dtype,
+shard, the pruner's fields and its budget against the model's config, the run folder's identity)
+is checked before the dataset and the model load, so a bad config is a one-line error that costs
+nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +23,22 @@ from omegaconf import DictConfig, OmegaConf
 
 from planners.base import Planner
 from vla_autoprune.data import collate
+from vla_autoprune.data.errors import NuScenesDataError
+from vla_autoprune.data.schema import CAMERAS
 from vla_autoprune.devices import resolve_device, resolve_dtype
-from vla_autoprune.pipeline.loop import run_split, shard_indices
-from vla_autoprune.pipeline.merge import RUN_FILE, samples_digest
-from vla_autoprune.pipeline.results import atomic_write_json
+from vla_autoprune.errors import ConfigError, UserError
+from vla_autoprune.models.describe import describe
+from vla_autoprune.models.loading import BUNDLED_MODELS
+from vla_autoprune.pipeline.identity import (
+    RUN_FILE,
+    check_resume,
+    data_digest,
+    dataset_selection,
+    variant,
+)
+from vla_autoprune.pipeline.loop import RECORDS_FILE, run_split, shard_indices
+from vla_autoprune.pipeline.merge import samples_digest
+from vla_autoprune.pipeline.results import atomic_write_json, read_records
 from vla_autoprune.pipeline.summary import summarize
 from vla_autoprune.pipeline.table import SHORT_COLUMNS, table_rows, to_markdown
 
@@ -31,30 +46,84 @@ logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
 
+#: Bad input a user can fix, reported as one line: the project's :class:`UserError`, and the data
+#: layer's own error family (until ``vla_autoprune.data.errors`` derives from ``UserError`` too).
+USER_ERRORS: tuple[type[Exception], ...] = (UserError, NuScenesDataError)
+
 
 def build(node: Any) -> Any:
-    """``hydra.utils.instantiate``, re-raising a component's own bad-input error (one line) unwrapped."""
+    """``hydra.utils.instantiate``, re-raising a component's own bad-input error (:data:`USER_ERRORS`) unwrapped."""
     try:
         return instantiate(node)
     except InstantiationException as err:
-        if isinstance(err.__cause__, (ValueError, FileNotFoundError, KeyError)):
-            raise err.__cause__ from None
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, USER_ERRORS):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
         raise
 
 
-def run_meta(cfg: DictConfig, planner: Planner, device: torch.device, out_dir: Path) -> dict[str, Any]:
-    """What this run is (written to run.json; configurations are told apart by it)."""
+def check_config(cfg: DictConfig) -> None:
+    """One-line :class:`ConfigError` for values that are missing or out of range (no I/O)."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        example = " (the nuScenes folder, e.g. /data/nuscenes)" if "data.dataset.dataroot" in missing else ""
+        raise ConfigError(
+            f"{', '.join(missing)} must be set; add {' '.join(f'{k}=...' for k in missing)} to the command"
+            + example
+        )
+    shard, num_shards = cfg.data.shard, cfg.data.num_shards
+    if not (isinstance(num_shards, int) and isinstance(shard, int) and 0 <= shard < num_shards):
+        raise ConfigError(
+            f"data.shard={shard} of data.num_shards={num_shards}: need integers with 0 <= shard < num_shards"
+        )
+    for key, value in (("limit", cfg.limit), ("batch_size", cfg.batch_size)):
+        if value is not None and not (isinstance(value, int) and value > 0):
+            raise ConfigError(f"{key}={value!r} must be a positive integer (limit may be null: every sample)")
+
+
+def model_name(cfg: DictConfig) -> str | None:
+    """The model the planner loads (bundled name, or an absolute folder path); None for model-free planners."""
+    name = OmegaConf.select(cfg, "planner.model.name_or_path", default=None)
+    if name is None:
+        return None
+    return str(name) if str(name) in BUNDLED_MODELS else str(Path(str(name)).expanduser().resolve())
+
+
+def check_budget_before_loading(cfg: DictConfig, planner: Planner) -> None:
+    """The pruner's budget against the model's depth and visual tokens, from its config.json alone."""
     pruner = getattr(planner, "pruner", None)
-    pruner_name = pruner.name if pruner is not None else "none"
+    model = model_name(cfg)
+    if pruner is None or model is None:
+        return
+    shape = describe(model)
+    cameras = OmegaConf.select(cfg, "data.dataset.cameras", default=None) or CAMERAS
+    pruner.check_budget(shape.num_layers, shape.num_visual(len(cameras)))
+
+
+def run_meta(
+    cfg: DictConfig, planner: Planner, device: torch.device, out_dir: Path, overrides: Sequence[str] = ()
+) -> dict[str, Any]:
+    """What this run is (written to run.json; configurations are told apart by it, see ``identity``)."""
+    pruner = getattr(planner, "pruner", None)
+    selection = dataset_selection(OmegaConf.to_container(cfg.data.dataset, resolve=True))  # type: ignore[arg-type]
     return {
         "planner": planner.name,
-        "pruner": pruner_name,
-        "budget": cfg.budget if pruner_name != "none" else None,
+        "pruner": pruner.name if pruner is not None else "none",
+        # What tables show: the registry name plus its variant, e.g. ``pdrop[faithful]``.
+        "pruner_label": pruner.label if pruner is not None else "none",
+        "position_ids": getattr(pruner, "position_ids", None),
+        "budget": getattr(pruner, "budget", None),
+        "pruner_config": dataclasses.asdict(pruner) if dataclasses.is_dataclass(pruner) else None,  # type: ignore[arg-type]
         "accounting": getattr(pruner, "accounting", "actual"),
-        "model": OmegaConf.select(cfg, "model.name_or_path"),
-        "data": OmegaConf.to_container(cfg.data.dataset, resolve=True),
+        "model": model_name(cfg),
+        "data": selection,
+        "data_digest": data_digest(selection, cfg.data.shard, cfg.data.num_shards, cfg.limit),
+        "variant": variant(overrides),
         "dtype": cfg.dtype,
         "limit": cfg.limit,
+        "seed": cfg.seed,
         "shard": cfg.data.shard,
         "num_shards": cfg.data.num_shards,
         "device": str(device),
@@ -62,33 +131,41 @@ def run_meta(cfg: DictConfig, planner: Planner, device: torch.device, out_dir: P
     }
 
 
-def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
-    """Run one configuration end to end; returns the summary (also written to ``out_dir``)."""
+def evaluate(cfg: DictConfig, out_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Run one configuration end to end; returns the summary (also written to ``out_dir``).
+
+    Args:
+        cfg: the composed ``evaluate`` config.
+        out_dir: the run folder; with ``cfg.resume`` a folder holding this same run is continued.
+        overrides: the job's task overrides (``HydraConfig.get().overrides.task``), for ``variant``.
+    """
     out_dir = Path(out_dir)
     started = time.perf_counter()
+    check_config(cfg)
     device = resolve_device(cfg.device)
-    resolve_dtype(cfg.dtype)  # a bad dtype fails here, before the dataset and model load
+    resolve_dtype(cfg.dtype)
+    planner: Planner = build(cfg.planner)  # builds the pruner; weights load later, in setup()
+    check_budget_before_loading(cfg, planner)
+    meta = run_meta(cfg, planner, device, out_dir, overrides)
+    previous = _previous_meta(out_dir, cfg.resume)
+    if previous is not None:
+        check_resume(previous, meta, out_dir)
     torch.manual_seed(cfg.seed)
     dataset = build(cfg.data.dataset)
     indices = shard_indices(len(dataset), cfg.data.shard, cfg.data.num_shards, cfg.limit)
     if not indices:
-        raise ValueError(
-            f"shard {cfg.data.shard} of {cfg.data.num_shards} (limit={cfg.limit}) selects no sample"
+        raise ConfigError(
+            f"data.shard={cfg.data.shard} of {cfg.data.num_shards} (limit={cfg.limit}) selects no sample of "
+            f"{len(dataset)}; use fewer shards"
         )
-    planner: Planner = build(cfg.planner)
-    planner.setup()
-    planner.validate(collate([dataset[indices[0]]]))
-    meta = run_meta(cfg, planner, device, out_dir)
+    todo = _not_yet_recorded(out_dir, indices) if cfg.resume else list(indices)
+    if todo:
+        planner.setup()
+        planner.validate(collate([dataset[todo[0]]]))
+    past_time = float((previous or {}).get("wall_time_s") or 0.0)
+    if previous is not None and "wall_time_s" in previous:
+        meta["wall_time_s"] = previous["wall_time_s"]
     out_dir.mkdir(parents=True, exist_ok=True)
-    previous = out_dir / RUN_FILE
-    if previous.exists() and cfg.resume:
-        old = json.loads(previous.read_text())
-        if {k: old.get(k) for k in ("planner", "pruner", "budget")} != {
-            k: meta[k] for k in ("planner", "pruner", "budget")
-        }:
-            raise ValueError(
-                f"{out_dir} holds a run of another configuration; pick a new output dir or resume=false"
-            )
     atomic_write_json(out_dir / RUN_FILE, meta)
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
     records = run_split(
@@ -100,10 +177,30 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         num_workers=cfg.num_workers,
         resume=cfg.resume,
     )
-    meta["wall_time_s"] = time.perf_counter() - started
+    # Time spent evaluating, summed over the sessions that finished; a rerun with nothing left to do
+    # keeps the recorded time rather than replacing it with the time of the skip.
+    meta["wall_time_s"] = past_time + (time.perf_counter() - started if todo else 0.0)
     atomic_write_json(out_dir / RUN_FILE, meta)
     summary = summarize(records, meta)
     summary["samples_digest"] = samples_digest(records)
     atomic_write_json(out_dir / SUMMARY_FILE, summary)
     logger.info("%s\n%s", out_dir / SUMMARY_FILE, to_markdown(table_rows([summary]), SHORT_COLUMNS))
     return summary
+
+
+def _previous_meta(out_dir: Path, resume: bool) -> dict[str, Any] | None:
+    """run.json of the run this job continues (None: a fresh folder, or ``resume=false``)."""
+    path = out_dir / RUN_FILE
+    if not resume or not path.is_file():
+        return None
+    try:
+        previous: dict[str, Any] = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path} is not valid JSON ({err}); rerun with resume=false") from None
+    return previous
+
+
+def _not_yet_recorded(out_dir: Path, indices: Sequence[int]) -> list[int]:
+    """``indices`` without a record in ``out_dir/records.jsonl`` yet."""
+    done = {r["index"] for r in read_records(out_dir / RECORDS_FILE)}
+    return [i for i in indices if i not in done]

@@ -9,6 +9,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from vla_autoprune.errors import UserError
 from vla_autoprune.pipeline.report_files import write_report
 
 logger = logging.getLogger(__name__)
@@ -24,5 +25,5 @@ class ReportCallback(Callback):
             return
         try:
             write_report([sweep_dir], sweep_dir)
-        except (FileNotFoundError, ValueError) as err:
+        except UserError as err:
             logger.error("could not write the sweep report: %s", err)

@@ -1,7 +1,9 @@
 """The evaluation loop: batches of a split -> planner -> per-sample metric records on disk.
 
 One loop serves every planner; the only planner-specific part is what
-:meth:`planners.base.Planner.plan_with_stats` returns per sample (tokens, FLOPs, MI, ...).
+:meth:`planners.base.Planner.plan_with_stats` returns per sample (tokens, FLOPs, MI, ...). A VLA
+planner's kept visual tokens go to ``kept/`` (see :mod:`vla_autoprune.viz.persistence`), each
+batch's chunk written before its records, so every recorded sample can be drawn.
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ from tqdm.auto import tqdm
 
 from planners.base import Planner
 from planners.metrics import collision_flags, l2_errors
+from planners.vla import VLAPlanner
 from vla_autoprune.data import collate
 from vla_autoprune.pipeline.results import RecordWriter, read_records
 from vla_autoprune.pipeline.summary import COLLISION_KEYS
+from vla_autoprune.viz.collect import chunk_from_record, image_region
+from vla_autoprune.viz.persistence import KEPT_DIR, write_chunk
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +46,8 @@ def shard_indices(num_samples: int, shard: int, num_shards: int, limit: int | No
 def sample_records(
     batch: dict[str, Any], indices: Sequence[int], pred: torch.Tensor, stats: Sequence[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """Per-sample JSON records of one batch: predictions, per-step L2 and collision flags, stats."""
+    """Per-sample JSON records of one batch: predictions, per-step L2 and collision flags, the
+    scenario family and complexity (``"unknown"`` / ``None`` when the batch lacks them), stats."""
     pred_np = pred.detach().float().cpu().numpy()
     gt = batch["gt_trajectory"].numpy()
     mask = batch["gt_mask"].numpy().astype(bool)
@@ -50,6 +56,9 @@ def sample_records(
         key: np.asarray(collision_flags(pred_np, gt, batch["future_boxes"], batch["future_labels"], key))
         for key in COLLISION_KEYS
     }
+    scenarios = batch.get("scenario")
+    complexity = batch.get("complexity")
+    complexity_np = None if complexity is None else np.asarray(complexity, dtype=np.float64)
     records = []
     for b, index in enumerate(indices):
         record = {
@@ -61,6 +70,13 @@ def sample_records(
             "gt_mask": mask[b].tolist(),
             "l2": errors[b].tolist(),
             "collision": {key: flags[key][b].tolist() for key in COLLISION_KEYS},
+            # breakdown keys of the report; absent from a batch (real data without them): unknown
+            "scenario": str(scenarios[b]) if scenarios is not None else "unknown",
+            "complexity": (
+                float(complexity_np[b])
+                if complexity_np is not None and np.isfinite(complexity_np[b])
+                else None
+            ),
         }
         record.update(stats[b])
         records.append(record)
@@ -80,16 +96,20 @@ def run_split(
     """Evaluate ``planner`` on ``dataset[indices]``, appending records to ``out_dir/records.jsonl``.
 
     With ``resume`` the samples already recorded there are skipped, so a killed run continues where
-    it stopped; without it an existing records file is kept aside (renamed), never deleted.
+    it stopped; without it an existing records file and ``kept/`` folder are kept aside (renamed),
+    never deleted. A VLA planner's kept tokens go to ``out_dir/kept/`` (one chunk per batch).
 
     Returns:
         all records of ``indices`` (old and new), sorted by dataset index.
     """
     path = Path(out_dir) / RECORDS_FILE
-    if path.exists() and not resume:
-        backup = path.with_name(f"{RECORDS_FILE}.{time.strftime('%Y%m%d-%H%M%S')}.bak")
-        path.rename(backup)
-        logger.info("resume=false: kept the previous records as %s", backup)
+    if not resume:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for old in (path, path.with_name(KEPT_DIR)):
+            if old.exists():
+                backup = old.with_name(f"{old.name}.{stamp}.bak")
+                old.rename(backup)
+                logger.info("resume=false: kept the previous %s as %s", old.name, backup)
     wanted = set(indices)
     done = {r["index"]: r for r in read_records(path) if r["index"] in wanted}
     todo = [i for i in indices if i not in done]
@@ -108,6 +128,11 @@ def run_split(
             batch_indices = todo[cursor : cursor + len(batch["sample_token"])]
             cursor += len(batch_indices)
             pred, stats = planner.plan_with_stats(batch)
+            if isinstance(planner, VLAPlanner) and planner.last_pruning is not None:
+                record, layout = planner.last_pruning
+                size = (int(batch["images"].shape[-1]), int(batch["images"].shape[-2]))
+                region = image_region(planner.model, size)
+                write_chunk(out_dir, chunk_from_record(record, layout, batch, batch_indices, region))
             new = sample_records(batch, batch_indices, pred, stats)
             writer.write(new)
             done.update((r["index"], r) for r in new)

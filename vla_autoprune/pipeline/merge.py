@@ -1,9 +1,9 @@
 """Combine run folders (shards of one evaluation, runs of a sweep) into one summary per configuration.
 
 Every run folder holds ``run.json`` (what was run) and ``records.jsonl`` (per-sample results).
-Runs that differ only in their shard are one configuration: their records are concatenated
-(deduplicated by dataset index) and summarised again, so a sharded evaluation reports exactly what
-one unsharded run would.
+Runs that differ only in their shard are one configuration (:func:`config_key`, defined in
+:mod:`vla_autoprune.pipeline.identity`): their records are concatenated (deduplicated by dataset
+index) and summarised again, so a sharded evaluation reports exactly what one unsharded run would.
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from vla_autoprune.errors import DataNotFoundError
+from vla_autoprune.pipeline.identity import PER_JOB_KEYS, RUN_FILE, config_key
 from vla_autoprune.pipeline.loop import RECORDS_FILE
 from vla_autoprune.pipeline.results import read_records
 from vla_autoprune.pipeline.summary import summarize
 
 logger = logging.getLogger(__name__)
 
-RUN_FILE = "run.json"
-#: run.json keys that do not distinguish configurations (they differ between shards / reruns).
-_PER_JOB_KEYS = ("shard", "num_shards", "wall_time_s", "output_dir", "device")
+__all__ = ["RUN_FILE", "config_key", "find_runs", "merge_runs", "samples_digest"]
 
 
 def find_runs(roots: Iterable[str | Path]) -> list[Path]:
@@ -32,15 +32,9 @@ def find_runs(roots: Iterable[str | Path]) -> list[Path]:
     for root in roots:
         root = Path(root)
         if not root.exists():
-            raise FileNotFoundError(f"{root} does not exist; pass a run or sweep output folder")
+            raise DataNotFoundError(f"{root} does not exist; pass a run or sweep output folder")
         runs.update(p.parent for p in root.rglob(RUN_FILE))
     return sorted(runs)
-
-
-def config_key(meta: dict[str, Any]) -> str:
-    """A stable identity of a configuration: its run.json without the per-job keys."""
-    identity = {k: v for k, v in meta.items() if k not in _PER_JOB_KEYS}
-    return json.dumps(identity, sort_keys=True)
 
 
 def samples_digest(records: Iterable[dict[str, Any]]) -> str:
@@ -63,7 +57,7 @@ def merge_runs(runs: Iterable[Path]) -> list[dict[str, Any]]:
         group["devices"].add(str(meta.get("device")))
     summaries = []
     for group in groups.values():
-        meta = {k: v for k, v in group["meta"].items() if k not in _PER_JOB_KEYS}
+        meta = {k: v for k, v in group["meta"].items() if k not in PER_JOB_KEYS}
         meta["wall_time_s"] = group["wall"]
         meta["device"] = ",".join(sorted(group["devices"]))
         records = list(group["records"].values())

@@ -1,78 +1,211 @@
-"""Write a sweep's report files: Markdown and CSV tables, and budget plots."""
+"""Write a sweep's report files: Markdown and CSV tables with bootstrap intervals, and budget plots."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vla_autoprune.pipeline.merge import find_runs, merge_runs
-from vla_autoprune.pipeline.results import atomic_write_json, atomic_write_text
-from vla_autoprune.pipeline.table import SHORT_COLUMNS, table_rows, to_csv, to_markdown
+from matplotlib.figure import Figure
+
+from vla_autoprune.errors import DataNotFoundError
+from vla_autoprune.pipeline.ci_tables import Bootstrap, Run, breakdown_rows, main_rows, stat_rows
+from vla_autoprune.pipeline.loop import RECORDS_FILE
+from vla_autoprune.pipeline.merge import RUN_FILE, config_key, find_runs, merge_runs
+from vla_autoprune.pipeline.results import atomic_write_json, atomic_write_text, read_records
+from vla_autoprune.pipeline.table import SHORT_COLUMNS, to_csv, to_markdown
 
 logger = logging.getLogger(__name__)
 
+#: Columns of report.md's main table (report.csv has every column).
+MAIN_COLUMNS: tuple[str, ...] = (
+    "run",
+    "planner",
+    "pruner",
+    "budget",
+    "positions",
+    "variant",
+    "samples",
+    "scenes",
+    "tokens/layer",
+    "L2@3s stp3",
+    "L2@3s stp3 diff",
+    "Col@3s stp3",
+    "Col@3s stp3 diff",
+    "L2@3s uniad",
+    "Col@3s uniad",
+    "FLOPs reduction",
+    "L2 retention stp3 %",
+    "L2@3s retention stp3 %",
+)
+BREAKDOWN_COLUMNS: tuple[str, ...] = (
+    "run",
+    "pruner",
+    "budget",
+    "variant",
+    "group",
+    "samples",
+    "scenes",
+    "L2@3s stp3",
+    "Col@3s stp3",
+    "L2@3s retention stp3 %",
+)
+STAT_COLUMNS: tuple[str, ...] = ("run", "pruner", "budget", "variant", "scenario", "samples", "mi", "k")
 
-def plot_vs_budget(rows: Sequence[dict[str, Any]], column: str, path: Path) -> None:
-    """One line per (planner, pruner): ``column`` against budget, saved as a PNG."""
-    import matplotlib
 
-    matplotlib.use("Agg")  # files only; never needs a display
-    import matplotlib.pyplot as plt
+def load_runs(dirs: Sequence[Path]) -> list[Run]:
+    """One :class:`Run` per configuration under ``dirs`` (shards merged as :func:`merge.merge_runs` does)."""
+    missing = [str(d) for d in dirs if not Path(d).exists()]
+    if missing:
+        raise DataNotFoundError(f"{', '.join(missing)} does not exist; pass a run or sweep output folder")
+    groups: dict[str, list[Path]] = {}
+    for run in find_runs(dirs):
+        meta = json.loads((run / RUN_FILE).read_text())
+        groups.setdefault(config_key(meta), []).append(run)
+    if not groups:
+        raise DataNotFoundError(
+            f"no {RUN_FILE} under {', '.join(map(str, dirs))}; pass an evaluate output folder"
+        )
+    runs = []
+    for folders in groups.values():
+        (summary,) = merge_runs(folders)
+        records = {r["index"]: r for folder in folders for r in read_records(folder / RECORDS_FILE)}
+        runs.append(Run.of(summary, list(records.values())))
+    return runs
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    series: dict[str, list[tuple[float, float]]] = {}
+
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float, else None (missing, None or nan cells)."""
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def plot_vs_budget(rows: Sequence[dict[str, Any]], column: str, path: Path) -> Figure:
+    """``column`` against budget, one line with its interval band per (planner, pruner, variant);
+    unpruned runs (no budget) are a dashed line with a grey band. Saved as a PNG; returns the figure.
+
+    Draws on a bare :class:`~matplotlib.figure.Figure`, so the global backend is never switched."""
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.add_subplot()
+    series: dict[str, list[tuple[float, float, float, float]]] = {}
     for row in rows:
-        value, budget = row.get(column), row.get("budget")
-        if value is None or (isinstance(value, float) and math.isnan(value)):
+        value, budget = _number(row.get(column)), row.get("budget")
+        if value is None:
             continue
-        label = f"{row['planner']}/{row['pruner']}"
+        low, high = _number(row.get(f"{column} lo")), _number(row.get(f"{column} hi"))
+        if low is None or high is None:
+            low = high = value
+        label = "/".join(str(row[k]) for k in ("planner", "pruner", "variant") if row.get(k))
         if budget is None:  # unpruned (or camera-blind) reference: the same at every budget
-            ax.axhline(float(value), linestyle="--", color="gray", linewidth=1)
-            ax.annotate(label, (0, float(value)), xycoords=("axes fraction", "data"), fontsize="small")
+            ax.axhline(value, linestyle="--", color="gray", linewidth=1)
+            ax.axhspan(low, high, color="gray", alpha=0.15, linewidth=0)
+            ax.annotate(label, (0, value), xycoords=("axes fraction", "data"), fontsize="small")
             continue
-        series.setdefault(label, []).append((float(budget), float(value)))
+        series.setdefault(label, []).append((float(budget), value, low, high))
     for label, points in sorted(series.items()):
-        xs, ys = zip(*sorted(points), strict=True)
-        ax.plot(xs, ys, marker="o", label=label)
+        xs, ys, lows, highs = zip(*sorted(points), strict=True)
+        (line,) = ax.plot(xs, ys, marker="o", label=label)
+        ax.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.15, linewidth=0)
+        # Interval bars, so a lone budget shows its CI too. vlines, not errorbar: a percentile
+        # interval need not contain the point estimate (skewed replicates on few scenes).
+        ax.vlines(xs, lows, highs, color=line.get_color(), linewidth=1.5)
     ax.set_xlabel("budget (mean visual tokens per decoder layer)")
-    ax.set_ylabel(column)
+    ax.set_ylabel(f"{column} (95 % CI band)")
     ax.grid(alpha=0.3)
     if series:
         ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
-def write_report(dirs: Sequence[Path], out: Path) -> list[dict[str, Any]]:
-    """Merge every run under ``dirs`` and write report.md/.csv/summaries.json and plots into ``out``."""
-    runs = find_runs(dirs)
-    if not runs:
-        raise FileNotFoundError(
-            f"no run.json under {', '.join(map(str, dirs))}; pass an evaluate output folder"
-        )
-    summaries = merge_runs(runs)
-    rows = table_rows(summaries)
-    out.mkdir(parents=True, exist_ok=True)
-    header = (
+def plot_stats_by_scenario(rows: Sequence[dict[str, Any]], key: str, path: Path) -> Figure | None:
+    """Mean ``key`` (e.g. AutoPrune's ``mi``) per scenario family with interval bars, one marker
+    series per run; None (nothing written) when no row has it."""
+    rows = [r for r in rows if r.get("scenario") != "all" and _number(r.get(key)) is not None]
+    if not rows:
+        return None
+    families = sorted({str(r["scenario"]) for r in rows})
+    runs = sorted({r["run"] for r in rows})
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.add_subplot()
+    for i, run in enumerate(runs):
+        mine = [r for r in rows if r["run"] == run]
+        xs = [families.index(str(r["scenario"])) + (i - (len(runs) - 1) / 2) * 0.1 for r in mine]
+        ys = [float(r[key]) for r in mine]
+        lows = [_number(r.get(f"{key} lo")) for r in mine]
+        highs = [_number(r.get(f"{key} hi")) for r in mine]
+        errs = [
+            [0.0 if lo is None else max(y - lo, 0.0) for y, lo in zip(ys, lows, strict=True)],
+            [0.0 if hi is None else max(hi - y, 0.0) for y, hi in zip(ys, highs, strict=True)],
+        ]
+        label = f"run {run}: {mine[0]['pruner']} b{mine[0]['budget']} {mine[0].get('variant') or ''}".strip()
+        ax.errorbar(xs, ys, yerr=errs, fmt="o", capsize=3, label=label)
+    ax.set_xticks(range(len(families)), families, rotation=30, ha="right")
+    ax.set_ylabel(f"mean {key} (95 % CI)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return fig
+
+
+def _header(boot: Bootstrap, runs: Sequence[Run]) -> str:
+    sizes = sorted({len(r.records) for r in runs})
+    return (
         "# vla-autoprune report\n\n"
         "L2 in metres; collision rates as fractions. `stp3` = ST-P3/VAD convention (average over "
         "horizon), `uniad` = UniAD convention (at the horizon); `box` = exact box overlap, not "
-        "comparable with published tables. Retention = L2 avg of `none` / L2 avg of the run, same samples.\n\n"
+        "comparable with published tables. `diff` = run - `none`; retention = `none` / run (%), "
+        "L2 `avg` over 1-3 s or at 3 s; both paired with the `none` run of the same planner, model and "
+        "samples. `samples` = evaluated samples of each row "
+        f"({', '.join(map(str, sizes))} per run).\n\n"
+        f"Brackets: 95 % percentile intervals from {boot.resamples} scene-bootstrap resamples "
+        f"(seed {boot.seed}): scenes drawn with replacement, all their samples taken; the same "
+        "draws for a run and its `none`. Every horizon and convention, with intervals, is in "
+        "report.csv.\n\n"
     )
-    atomic_write_text(out / "report.md", header + to_markdown(rows))
-    atomic_write_text(out / "report.csv", to_csv(rows))
-    atomic_write_json(out / "summaries.json", summaries)
+
+
+def _sections(runs: Sequence[Run], boot: Bootstrap) -> tuple[str, dict[str, list[dict[str, Any]]]]:
+    """report.md's body and the CSV tables (name -> rows)."""
+    rows = main_rows(runs, boot)
+    breakdown = breakdown_rows(runs, boot)
+    stats = stat_rows(runs, boot)
+    text = "## Results\n\n" + to_markdown(rows, MAIN_COLUMNS)
+    for by, title in (("scenario", "scenario family"), ("complexity", "complexity tertile")):
+        part = [r for r in breakdown if r["by"] == by]
+        text += f"\n## By {title} (`run` = row of the results table)\n\n" + to_markdown(
+            part, BREAKDOWN_COLUMNS
+        )
+    text += (
+        "\n## AutoPrune's mutual information (mi) and slope k per scenario family\n\n"
+        "Mean of the per-sample values, with intervals.\n\n" + to_markdown(stats, STAT_COLUMNS)
+    )
+    return text, {"report.csv": rows, "breakdown.csv": breakdown, "autoprune_stats.csv": stats}
+
+
+def write_report(
+    dirs: Sequence[Path], out: Path, *, resamples: int = 2000, seed: int = 0
+) -> list[dict[str, Any]]:
+    """Merge every run under ``dirs`` and write report.md, report.csv, breakdown.csv,
+    autoprune_stats.csv, summaries.json and the budget plots into ``out``; returns the main rows."""
+    boot = Bootstrap(resamples=resamples, seed=seed)
+    runs = load_runs(dirs)
+    body, tables = _sections(runs, boot)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "report.md", _header(boot, runs) + body)
+    for name, table in tables.items():
+        atomic_write_text(out / name, to_csv(table))
+    atomic_write_json(out / "summaries.json", [r.summary for r in runs])
+    rows = tables["report.csv"]
     plot_vs_budget(rows, "L2@3s stp3", out / "l2_3s_vs_budget.png")
     plot_vs_budget(rows, "Col@3s stp3", out / "collision_3s_vs_budget.png")
+    for key in ("mi", "k"):
+        plot_stats_by_scenario(tables["autoprune_stats.csv"], key, out / f"autoprune_{key}_by_scenario.png")
     logger.info(
-        "Report of %d runs (%d configurations) in %s\n%s",
-        len(runs),
-        len(summaries),
-        out,
-        to_markdown(rows, SHORT_COLUMNS),
+        "Report of %d configurations in %s\n%s", len(runs), out, to_markdown(rows, ("run", *SHORT_COLUMNS))
     )
     return rows

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from vla_autoprune.errors import DataError
+
 logger = logging.getLogger(__name__)
 
 
@@ -64,7 +66,7 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
                 with path.open("r+b") as f:
                     f.truncate(good_bytes)
                 break
-            raise ValueError(
+            raise DataError(
                 f"{path}: line {i + 1} is not valid JSON; restore the file or rerun with resume=false"
             ) from err
         good_bytes += len(line) + 1

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from planners.metrics import CONVENTIONS, aggregate_at
+from planners.metrics import CONVENTIONS, aggregate_at, sample_terms_at
 
 #: Collision conventions stored per sample; ``box`` is aggregated the ``stp3`` way (not comparable
 #: with published tables, which use the grids).
@@ -50,6 +50,40 @@ def planning_metrics(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, d
     return out
 
 
+#: The reported figures: (table column prefix, record key, record sub-key, aggregation convention).
+FIGURES: tuple[tuple[str, str, str, str], ...] = (
+    ("L2", "l2", "stp3", "stp3"),
+    ("L2", "l2", "uniad", "uniad"),
+    ("Col", "collision", "stp3", "stp3"),
+    ("Col", "collision", "uniad", "uniad"),
+    ("Col", "collision", "box", "stp3"),
+)
+
+
+def metric_terms(records: Sequence[dict[str, Any]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-sample terms of every figure, in the order of ``records``: ``"L2 stp3"`` -> (num, den).
+
+    ``num`` float64 [S, 3] (1/2/3 s) and ``den`` float64 [S]: the figure at each horizon is
+    ``num.sum(0) / den.sum()`` (see :func:`planners.metrics.sample_terms_at`), which is what the
+    bootstrap reweights.
+    """
+    mask = _stack(records, "gt_mask").astype(bool)
+    terms = {}
+    for prefix, key, sub, convention in FIGURES:
+        values = _stack(records, key) if key == "l2" else _stack(records, key, sub)
+        terms[f"{prefix} {sub}"] = sample_terms_at(values.astype(np.float64), mask, convention)
+    return terms
+
+
+def stat_values(records: Sequence[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """A per-sample statistic (``mi``, ``k``, ...) as mean terms: values float64 [S] (0 where
+    absent) and present float64 [S] (1/0), so that ``mean = values.sum() / present.sum()``."""
+    raw = [r.get(key) for r in records]
+    values = np.array([np.nan if v is None else float(v) for v in raw], dtype=np.float64)
+    present = np.isfinite(values)
+    return np.where(present, values, 0.0), present.astype(np.float64)
+
+
 def summarize(records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
     """The ``summary.json`` document of one run.
 
@@ -60,6 +94,7 @@ def summarize(records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> dict[s
     records = sorted(records, key=lambda r: r["index"])
     summary: dict[str, Any] = dict(meta)
     summary["num_samples"] = len(records)
+    summary["num_scenes"] = len({r["scene_token"] for r in records})
     if not records:
         return summary
     summary.update(planning_metrics(records))

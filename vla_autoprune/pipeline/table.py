@@ -25,31 +25,65 @@ def retention(reference: float, value: float) -> float:
     return 100.0 * reference / value
 
 
-def _baseline(summary: dict[str, Any], summaries: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """The unpruned run of the same planner on the same samples, if the sweep has one."""
-    for other in summaries:
-        if (
-            other.get("pruner") == "none"
-            and other.get("planner") == summary.get("planner")
-            and other.get("samples_digest") == summary.get("samples_digest")
-        ):
-            return other
-    return None
+#: run.json / summary keys that must be equal for a run to be compared with a ``none`` run.
+_PAIRING_KEYS = ("planner", "samples_digest", "model", "data", "dtype")
+
+
+def find_baseline(summary: dict[str, Any], summaries: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The unpruned run of the same planner, model, data and samples, if the sweep has one.
+
+    Among several (e.g. ``none`` runs with different variants) the one with the same ``variant``
+    wins, else the first in table order; a ``none`` of another model or data is never used.
+    """
+    candidates = [
+        other
+        for other in sort_summaries(summaries)
+        if other.get("pruner") == "none" and all(other.get(k) == summary.get(k) for k in _PAIRING_KEYS)
+    ]
+    same_variant = [c for c in candidates if c.get("variant") == summary.get("variant")]
+    best = same_variant or candidates
+    return best[0] if best else None
+
+
+def sort_summaries(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Table order: planner, then its ``none`` reference first, then pruner, budget, variant."""
+    return sorted(
+        summaries,
+        key=lambda s: (
+            str(s.get("planner", "")),
+            s.get("pruner") != "none",
+            str(s.get("pruner", "")),
+            s.get("budget") or 0,
+            str(s.get("variant") or ""),
+        ),
+    )
+
+
+def _key_columns(summary: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "planner": summary.get("planner"),
+        "pruner": summary.get("pruner_label") or summary.get("pruner"),
+        "budget": summary.get("budget"),
+        "positions": summary.get("position_ids"),
+        "variant": summary.get("variant") or "",
+        "samples": summary.get("num_samples"),
+        "scenes": summary.get("num_scenes"),
+    }
+
+
+def drop_empty_variant(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Remove the ``variant`` column unless some row has a non-empty one."""
+    if any(r.get("variant") for r in rows):
+        return rows
+    return [{k: v for k, v in r.items() if k != "variant"} for r in rows]
 
 
 def table_rows(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One flat row per summary, sorted by planner, pruner, budget."""
+    """One flat row per summary, in :func:`sort_summaries` order (point estimates only)."""
     rows = []
-    for s in sorted(
-        summaries, key=lambda s: (s.get("planner", ""), s.get("pruner", ""), s.get("budget") or 0)
-    ):
-        row: dict[str, Any] = {
-            "planner": s.get("planner"),
-            "pruner": s.get("pruner"),
-            "budget": s.get("budget"),
-            "samples": s.get("num_samples"),
-            "tokens/layer": s.get("mean_visual_tokens_per_layer"),
-        }
+    for s in sort_summaries(summaries):
+        row = _key_columns(s)
+        row["tokens/layer"] = s.get("mean_visual_tokens_per_layer")
         for conv in ("stp3", "uniad"):
             for h in HORIZONS:
                 row[f"L2@{h} {conv}"] = s.get("l2", {}).get(conv, {}).get(h, math.nan)
@@ -58,17 +92,23 @@ def table_rows(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             for h in HORIZONS:
                 row[f"Col@{h} {conv}"] = s.get("collision", {}).get(conv, {}).get(h, math.nan)
         row["FLOPs reduction"] = s.get("flops_reduction")
-        base = _baseline(s, summaries)
+        base = find_baseline(s, summaries)
+        has_l2 = base is not None and "l2" in base and "l2" in s
         row["L2 retention stp3 %"] = (
-            retention(_avg(base["l2"]["stp3"]), _avg(s["l2"]["stp3"])) if base and "l2" in s else math.nan
+            retention(_avg(base["l2"]["stp3"]), _avg(s["l2"]["stp3"])) if base and has_l2 else math.nan
         )
+        row["L2@3s retention stp3 %"] = (
+            retention(base["l2"]["stp3"]["3s"], s["l2"]["stp3"]["3s"]) if base and has_l2 else math.nan
+        )
+        row["mutual information"] = s.get("mutual_information")
+        row["slope k"] = s.get("slope_k")
         row["accounting"] = s.get("accounting")
         rows.append(row)
-    return rows
+    return drop_empty_variant(rows)
 
 
 def _fmt(value: Any) -> str:
-    if value is None:
+    if value is None or value == "":
         return "-"
     if isinstance(value, float):
         if math.isnan(value):
@@ -77,13 +117,27 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _cell(row: dict[str, Any], column: str) -> str:
+    """``value``, or ``value [low, high]`` when the row has the column's ``lo``/``hi`` bounds."""
+    text = _fmt(row.get(column))
+    if f"{column} lo" in row and text != "-":
+        low, high = _fmt(row[f"{column} lo"]), _fmt(row.get(f"{column} hi"))
+        if low != "-":
+            text += f" [{low}, {high}]"
+    return text
+
+
 def to_markdown(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """A GitHub-flavoured Markdown table of ``rows`` (all columns unless ``columns`` is given)."""
+    """A GitHub-flavoured Markdown table of ``rows`` (all columns unless ``columns`` is given).
+
+    A column ``c`` with companions ``c lo`` / ``c hi`` is shown as ``value [lo, hi]``; columns
+    missing from every row are left out.
+    """
     if not rows:
         return "(no results)\n"
-    cols = list(columns or rows[0].keys())
+    cols = [c for c in (columns or rows[0].keys()) if any(c in r for r in rows)]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(_cell(r, c) for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -92,7 +146,8 @@ def to_csv(rows: Sequence[dict[str, Any]]) -> str:
     if not rows:
         return ""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
@@ -103,7 +158,10 @@ SHORT_COLUMNS: tuple[str, ...] = (
     "planner",
     "pruner",
     "budget",
+    "positions",
+    "variant",
     "samples",
+    "scenes",
     "tokens/layer",
     "L2@1s stp3",
     "L2@2s stp3",

@@ -2,14 +2,18 @@
 
 ``with prune(model.decoder, build_pruner("autoprune", budget=64), inputs) as record: ...`` or
 ``run_pruned(model, batch, pruner)``; see :mod:`vla_autoprune.pruning.engine`.
+
+Layout: :mod:`.pruner` (the extension point), :mod:`.budget` (budget arithmetic and its error),
+:mod:`.options` (option types), :mod:`.stages` (staged schedules), :mod:`.recycling` (merging
+dropped tokens back), :mod:`.cameras` (per-camera shares), :mod:`.autoprune_math` (AutoPrune's MI and schedule), :mod:`.pruners` (one
+file each), :mod:`.registry` (pruners by name), :mod:`.engine` (the hooks).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from vla_autoprune.pruning.base import BudgetError, LayerView, Merge, Pruner
+from vla_autoprune.pruning.budget import BudgetError
 from vla_autoprune.pruning.engine import PruningRecord, prune
+from vla_autoprune.pruning.pruner import LayerView, Merge, Pruner
 from vla_autoprune.pruning.pruners import (
     AutoPrunePruner,
     FasterVLMPruner,
@@ -20,33 +24,8 @@ from vla_autoprune.pruning.pruners import (
     RandomPruner,
     SparseVLMPruner,
 )
+from vla_autoprune.pruning.registry import PRUNERS, UnknownPrunerError, build_pruner, register_pruner
 from vla_autoprune.pruning.run import run_pruned
-
-PRUNERS: dict[str, type[Pruner]] = {
-    cls.name: cls
-    for cls in (
-        NoPruner,
-        RandomPruner,
-        FastVPruner,
-        PDropPruner,
-        SparseVLMPruner,
-        FasterVLMPruner,
-        AutoPrunePruner,
-    )
-}
-
-
-class UnknownPrunerError(ValueError):
-    """No pruner is registered under the requested name."""
-
-
-def build_pruner(name: str, **kwargs: Any) -> Pruner:
-    """A pruner by registry name with its hyperparameters, e.g. ``build_pruner("fastv", budget=64)``."""
-    cls = PRUNERS.get(name)
-    if cls is None:
-        raise UnknownPrunerError(f"unknown pruner {name!r}; known pruners: {', '.join(sorted(PRUNERS))}")
-    return cls(**kwargs)
-
 
 __all__ = [
     "PRUNERS",
@@ -66,5 +45,6 @@ __all__ = [
     "UnknownPrunerError",
     "build_pruner",
     "prune",
+    "register_pruner",
     "run_pruned",
 ]

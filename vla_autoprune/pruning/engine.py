@@ -31,7 +31,9 @@ the kept tokens plus the new ones, and mask fillers.
 
 Pre-decoder pruning (:meth:`Pruner.preselect`) builds shorter inputs (``record.inputs``) with
 explicit position ids and an explicit 2D attention mask (gapped position ids without a mask would
-be read as packed sequences). Run the decoder on ``record.inputs``.
+be read as packed sequences). With ``position_ids="contiguous"`` the shorter inputs are numbered
+``0..n-1`` over their real tokens, exactly as if the shortened prompt were a fresh input. Run the
+decoder on ``record.inputs``.
 
 Everything in the record is counted in the hooks from the tensors the layers received.
 """
@@ -50,9 +52,9 @@ from torch import nn
 
 from vla_autoprune import compat
 from vla_autoprune.models.base import DecoderInputs
-from vla_autoprune.models.layout import TokenLayout
-from vla_autoprune.pruning.base import LayerView, Pruner
+from vla_autoprune.pruning.cameras import camera_choice, camera_counts, rank_order
 from vla_autoprune.pruning.flops import decoder_flops_from_config
+from vla_autoprune.pruning.pruner import LayerView, Merge, Pruner
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +71,7 @@ class PruningRecord:
         num_layers: ``L``.
         num_visual: ``V``, visual tokens of the inputs given to :func:`prune`.
         accounting: the budget accounting the pruner used (``actual`` or ``reference``).
+        position_ids: ``original`` or ``contiguous``, the position ids survivors were given.
         preselected: int64 ``[B, n0]`` visual indices kept before the decoder, or None.
         visual_tokens: int64 ``[B, L]``, valid visual tokens (merged ones included) entering each layer.
         merged_tokens: int64 ``[B, L]``, how many of those were made by merging.
@@ -76,44 +79,43 @@ class PruningRecord:
         seq_len: int64 ``[L]``, sequence length each layer ran on (padding and fillers included).
         kept_visual: per layer, int64 ``[B, Kv]`` indices (into the given inputs' ``V`` visual
             tokens, ascending, -1 padded) of the original visual tokens entering the layer.
+        merged_into: per layer, int64 ``[B, V]``: the merged token (numbered ``0..`` in sequence
+            order among the layer's merged tokens) that holds original visual token ``v``, -1 for
+            none; filled when the pruner's merges name their members (:class:`Merge` ``members``).
         schedule: int64 ``[B, L]``, the pruner's last schedule (counts handed on), or None.
-        stats: numbers the pruner reported (AutoPrune: ``mi`` and ``k``, each ``[B]``).
+        stats: per-sample numbers the pruner reported, name -> ``[B]`` (AutoPrune: ``mi``, the
+            mutual information, and ``k``, the logistic slope).
         flops: int64 ``[B]``, decoder-layer MACs per sample from ``tokens`` (flops.py, the
             ``gqa`` count; the paper's "FLOPs").
-        batch_flops: int, decoder-layer MACs of the batch as run (``B`` rows of ``seq_len``,
-            padding and fillers included).
+        scoring_flops: int64 ``[B]``, MACs of the extra work spent choosing tokens (re-scored
+            attention rows, rater selection), kept apart from ``flops``.
+        camera_tokens: int64 ``[B, L, C]``, original visual tokens of each camera entering each
+            layer (merged tokens not counted).
     """
 
     inputs: DecoderInputs
     num_layers: int
     num_visual: int
     accounting: str
+    position_ids: str = "original"
     preselected: torch.Tensor | None = None
     visual_tokens: torch.Tensor | None = None
     merged_tokens: torch.Tensor | None = None
     tokens: torch.Tensor | None = None
     seq_len: torch.Tensor | None = None
     kept_visual: list[torch.Tensor | None] = field(default_factory=list)
+    merged_into: list[torch.Tensor | None] = field(default_factory=list)
     schedule: torch.Tensor | None = None
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
     flops: torch.Tensor | None = None
-    batch_flops: int | None = None
+    scoring_flops: torch.Tensor | None = None
+    camera_tokens: torch.Tensor | None = None
 
     def mean_visual_tokens(self) -> torch.Tensor:
         """float ``[B]``: visual tokens per layer, averaged over the ``L`` layers (the budget measure)."""
         if self.visual_tokens is None:
             raise RuntimeError("nothing recorded yet: run the decoder inside the prune() block")
         return self.visual_tokens.double().mean(dim=1)
-
-    @property
-    def mi(self) -> torch.Tensor | None:
-        """AutoPrune's mutual information per sample ``[B]`` (None for other pruners)."""
-        return self.stats.get("mi")
-
-    @property
-    def k(self) -> torch.Tensor | None:
-        """AutoPrune's logistic slope per sample ``[B]`` (None for other pruners)."""
-        return self.stats.get("k")
 
 
 @dataclass
@@ -144,9 +146,12 @@ class _Forward:
     cos: torch.Tensor  # [B, N, rd]
     sin: torch.Tensor  # [B, N, rd]
     position_ids: torch.Tensor  # [B, N]
+    first_position: torch.Tensor  # [B, 1]: position id of each row's first real token
     mask_template: torch.Tensor | None  # layer 0's mask: None (SDPA causal) or its encoding
     schedule: torch.Tensor | None = None
     scratch: dict[str, Any] = field(default_factory=dict)
+    # [B, V + 1]: src of the merged slot holding each original visual token (-1: none; last: spare)
+    owner: torch.Tensor | None = None
 
 
 @dataclass
@@ -158,6 +163,27 @@ class _Block:
     merged: torch.Tensor
     hidden: torch.Tensor  # [B, W, D]
     keys: torch.Tensor
+
+
+def num_cameras(inputs: DecoderInputs) -> int:
+    """``C``: cameras are numbered ``0..C-1`` in ``layout.camera_index``."""
+    camera = inputs.layout.camera_index
+    return int(camera.max()) + 1 if camera.numel() else 0
+
+
+def _first_real_position(position_ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """int64 ``[B, 1]``: the position id of each row's first real (non-padding) token."""
+    return position_ids.gather(1, real.long().argmax(dim=1, keepdim=True))
+
+
+def contiguous_positions(position_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """int64 ``[B, N]``: real tokens renumbered ``p0, p0 + 1, ...`` in order (padding: ``p0``).
+
+    ``p0`` is the row's first real token's id in ``position_ids`` ``[B, N]`` (``attention_mask``
+    ``[B, N]``, 1 = real); for prepared inputs it is 0, as for a fresh prompt.
+    """
+    real = attention_mask.bool()
+    return _first_real_position(position_ids, real) + (real.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
 def _true_indices(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,6 +226,8 @@ class _Engine:
         # Index of each position among the visual tokens, mapped to the given inputs' visual indices.
         rank = (self.visual.long().cumsum(dim=1) - 1).clamp(min=0)
         self.visual_origin = visual_origin.gather(1, rank.clamp(max=visual_origin.shape[1] - 1))
+        self.camera = layout.camera_index
+        self.camera_ratios = pruner.camera_ratios(num_cameras(inputs))
         self.state: _Forward | None = None
         self.prefill = False
 
@@ -261,6 +289,7 @@ class _Engine:
             cos=cos.expand(b, -1, -1),
             sin=sin.expand(b, -1, -1),
             position_ids=pos.expand(b, -1),
+            first_position=_first_real_position(pos.expand(b, -1), self.real),
             mask_template=compat.check_mask(kwargs.get(compat.KW_MASK), 0),
         )
         # Counts stay on the device while the decoder runs (no per-layer host sync); see _finish.
@@ -270,7 +299,9 @@ class _Engine:
         rec.merged_tokens = zeros(b, self.num_layers)
         rec.tokens = zeros(b, self.num_layers)
         rec.seq_len = zeros(self.num_layers)
+        rec.scoring_flops = zeros(b)
         rec.kept_visual = [None] * self.num_layers
+        rec.merged_into = [None] * self.num_layers
         rec.schedule = None
         rec.stats = {}
 
@@ -287,6 +318,45 @@ class _Engine:
         origin = self.visual_origin.gather(1, slots.src).masked_fill(~original, -1)
         idx, ok = _true_indices(original)
         rec.kept_visual[i] = origin.gather(1, idx).masked_fill(~ok, -1)
+        state = self.state
+        if state is not None and state.owner is not None:
+            rec.merged_into[i] = self._merged_into(state.owner, slots, visual & slots.merged)
+
+    def _merged_into(self, owner: torch.Tensor, slots: _Slots, merged: torch.Tensor) -> torch.Tensor:
+        """int64 ``[B, V]``: rank (in slot order) of the live merged slot holding each original token."""
+        n = self.real.shape[1]
+        rank = torch.full((owner.shape[0], n + 1), -1, dtype=torch.long, device=owner.device)
+        rank.scatter_(1, torch.where(merged, slots.src, n), merged.long().cumsum(1) - 1)
+        rank[:, n] = -1
+        held = owner[:, : self.record.num_visual]
+        return torch.where(held >= 0, rank.gather(1, held.clamp(min=0)), -1)
+
+    def _track_members(self, state: _Forward, slots: _Slots, vs: torch.Tensor, merge: Merge) -> None:
+        """Record which original visual tokens the new merged tokens hold (members may be merged ones)."""
+        if merge.members is None:
+            return
+        # Owners are indexed by the decoder's *original* visual tokens (``record.num_visual``), which
+        # outnumber ``self.num_visual`` when a pre-decoder selection shortened the inputs.
+        b, n = vs.shape[0], self.real.shape[1]
+        if state.owner is None:
+            state.owner = torch.full((b, self.record.num_visual + 1), -1, dtype=torch.long, device=vs.device)
+        vsrc = slots.src.gather(1, vs)  # [B, Kv]
+        was_merged = slots.merged.gather(1, vs)
+        joined = merge.members >= 0
+        target = torch.where(
+            joined, vsrc.gather(1, merge.representative).gather(1, merge.members.clamp(min=0)), -1
+        )
+        # tokens held by a merged slot that joined a new merge move to the new one
+        remap = torch.full((b, n + 1), -1, dtype=torch.long, device=vs.device)
+        remap.scatter_(1, torch.where(joined & was_merged, vsrc, n), target)
+        remap[:, n] = -1
+        moved = remap.gather(1, state.owner.clamp(min=0))
+        state.owner = torch.where((state.owner >= 0) & (moved >= 0), moved, state.owner)
+        # original tokens that joined
+        origin = self.visual_origin.gather(1, vsrc)
+        column = torch.where(joined & ~was_merged, origin, self.record.num_visual)
+        state.owner.scatter_(1, column, torch.where(joined & ~was_merged, target, -1))
+        state.owner[:, self.record.num_visual] = -1
 
     def _positions(self, state: _Forward, slots: _Slots, hidden: torch.Tensor) -> dict[str, Any]:
         """position_ids and (cos, sin) for the slots of a prefill."""
@@ -296,9 +366,9 @@ class _Engine:
                 compat.KW_POS_IDS: pos,
                 compat.KW_POS_EMB: (_gather_rows(state.cos, slots.src), _gather_rows(state.sin, slots.src)),
             }
-        # Contiguous: the row's first position, plus the number of valid slots before each slot.
-        before = slots.valid.long().cumsum(dim=1) - slots.valid.long()
-        pos = state.position_ids[:, :1] + before
+        # Contiguous: the row's first real position, plus the real valid slots before each slot.
+        counted = (slots.valid & self.real.gather(1, slots.src)).long()
+        pos = state.first_position + counted.cumsum(dim=1) - counted
         return {compat.KW_POS_IDS: pos, compat.KW_POS_EMB: self.rotary(hidden, pos)}
 
     def _prefill_kwargs(
@@ -336,7 +406,8 @@ class _Engine:
         if mask is not None or not bool(slots.valid.all()):
             new[compat.KW_MASK] = self._decode_mask(mask, state, slots, b, q, n + past_new)
         if self.rotary is not None:
-            start = state.position_ids[:, :1] + slots.valid.sum(1, keepdim=True) + past_new
+            counted = slots.valid & self.real.gather(1, slots.src)
+            start = state.first_position + counted.sum(1, keepdim=True) + past_new
             pos = start + torch.arange(q, device=hidden.device)
             new[compat.KW_POS_IDS] = pos
             new[compat.KW_POS_EMB] = self.rotary(hidden, pos)
@@ -436,6 +507,9 @@ class _Engine:
             schedule=state.schedule,
             scratch=state.scratch,
             stats=self.record.stats,
+            next_layer=self.layers[i + 1] if i + 1 < self.num_layers else None,
+            tokens=None if self.record.tokens is None else self.record.tokens[:, i],
+            scoring_macs=self.record.scoring_flops,
         )
 
     def _drop(
@@ -482,9 +556,12 @@ class _Engine:
         """The visual tokens handed on: each row's top slots (kept, then fillers), then merged ones."""
         vs, vv = view.visual_slots, view.visual_valid
         b, kv = vs.shape
-        # Rank: valid before fillers, then by score, highest first (two stable sorts = lexicographic).
-        order = torch.argsort(scores.float(), dim=1, descending=True, stable=True)
-        order = order.gather(1, torch.argsort((~vv.gather(1, order)).to(torch.int8), dim=1, stable=True))
+        # Rank: valid before fillers, then each camera's share (per_camera), then by score.
+        preferred = None
+        if self.camera_ratios is not None:
+            camera = self.camera.gather(1, view.visual_index)
+            preferred = camera_choice(scores, vv, camera, kept, self.camera_ratios)
+        order = rank_order(scores, vv, preferred)
         rank = torch.empty_like(order).scatter_(1, order, torch.arange(kv, device=vs.device).expand(b, kv))
         is_kept = rank < kept.unsqueeze(1)
         merge = (
@@ -505,6 +582,8 @@ class _Engine:
             keys=torch.where(is_real, 2 * vs.gather(1, pos), 2 * vs[:, -1:] + 1),
         )
         if merge is not None:
+            assert self.state is not None
+            self._track_members(self.state, slots, vs, merge)
             m = (torch.arange(width, device=vs.device) - real).clamp(min=0, max=merge.hidden.shape[1] - 1)
             rep_src = slots.src.gather(1, vs.gather(1, merge.representative.gather(1, m)))
             block.src = torch.where(is_real, block.src, rep_src)
@@ -538,8 +617,11 @@ def _check_layout(inputs: DecoderInputs) -> None:
         )
 
 
-def _shorten(inputs: DecoderInputs, kept: torch.Tensor) -> DecoderInputs:
-    """Inputs keeping every non-visual token and the visual tokens ``kept`` [B, n0] (ascending)."""
+def _shorten(inputs: DecoderInputs, kept: torch.Tensor, contiguous: bool = False) -> DecoderInputs:
+    """Inputs keeping every non-visual token and the visual tokens ``kept`` [B, n0] (ascending).
+
+    ``contiguous``: the kept tokens are renumbered without gaps (else they keep their ids).
+    """
     layout = inputs.layout
     b, n = layout.visual_mask.shape
     visual_pos = layout.visual_positions()
@@ -549,20 +631,17 @@ def _shorten(inputs: DecoderInputs, kept: torch.Tensor) -> DecoderInputs:
     position_ids = inputs.position_ids
     if position_ids is None:
         position_ids = torch.arange(n, device=index.device).expand(b, n)
-    short_layout = TokenLayout(
-        visual_mask=layout.visual_mask.gather(1, index),
-        text_mask=layout.text_mask.gather(1, index),
-        attention_mask=layout.attention_mask.gather(1, index),
-        camera_index=layout.camera_index.gather(1, kept),
-        patch_index=layout.patch_index.gather(1, kept),
-        patch_grid=layout.patch_grid,
-    )
+    short_layout = layout.select(index, kept)
     saliency = inputs.vision_saliency
+    attention_mask = inputs.attention_mask.gather(1, index)
+    short_positions = position_ids.expand(b, n).gather(1, index)
+    if contiguous:
+        short_positions = contiguous_positions(short_positions, attention_mask)
     return inputs.with_(
         inputs_embeds=_gather_rows(inputs.inputs_embeds, index),
         # An explicit 2D mask, even all ones: gapped position ids without one read as packed sequences.
-        attention_mask=inputs.attention_mask.gather(1, index),
-        position_ids=position_ids.expand(b, n).gather(1, index),
+        attention_mask=attention_mask,
+        position_ids=short_positions,
         layout=short_layout,
         vision_saliency=None if saliency is None else saliency.gather(1, kept),
     )
@@ -583,7 +662,7 @@ def _preselect(
     kept = kept.sort(dim=1).values
     if bool((kept[:, 1:] == kept[:, :-1]).any()) or int(kept.min()) < 0 or int(kept.max()) >= v:
         raise ValueError(f"{pruner.name}.preselect returned repeated or out-of-range visual indices")
-    return _shorten(inputs, kept), kept
+    return _shorten(inputs, kept, pruner.position_ids == "contiguous"), kept
 
 
 # ------------------------------------------------------------------------------------------------
@@ -606,6 +685,7 @@ def prune(decoder: nn.Module, pruner: Pruner, inputs: DecoderInputs) -> Iterator
     _check_layout(inputs)
     num_visual = inputs.layout.num_visual
     pruner.check_budget(len(layers), num_visual)
+    pruner.camera_ratios(num_cameras(inputs))  # a ratio list for the wrong camera count fails here
     pruner.setup(decoder)
     run_inputs, kept = _preselect(pruner, inputs, len(layers))
     b = inputs.inputs_embeds.shape[0]
@@ -619,6 +699,7 @@ def prune(decoder: nn.Module, pruner: Pruner, inputs: DecoderInputs) -> Iterator
         num_layers=len(layers),
         num_visual=num_visual,
         accounting=pruner.accounting,
+        position_ids=pruner.position_ids,
         preselected=None if kept is None else kept.cpu(),
     )
     engine = _Engine(decoder, pruner, run_inputs, record, origin)
@@ -628,20 +709,29 @@ def prune(decoder: nn.Module, pruner: Pruner, inputs: DecoderInputs) -> Iterator
     finally:
         for handle in handles:
             handle.remove()
-    _finish(record, compat.decoder_config(decoder))
+    _finish(record, compat.decoder_config(decoder), inputs.layout.camera_index)
 
 
-def _finish(record: PruningRecord, config: Any) -> None:
-    """Move the counts to the host and add FLOPs (once, after the block)."""
+def _finish(record: PruningRecord, config: Any, camera_index: torch.Tensor) -> None:
+    """Move the counts to the host, add FLOPs and per-camera counts (once, after the block)."""
     if record.tokens is None or record.seq_len is None:
         logger.warning("prune(): the decoder did not run inside the block; the record is empty")
         return
-    for name in ("visual_tokens", "merged_tokens", "tokens", "seq_len", "schedule"):
+    for name in ("visual_tokens", "merged_tokens", "tokens", "seq_len", "schedule", "scoring_flops"):
         value = getattr(record, name)
         if value is not None:
             setattr(record, name, value.cpu())
     record.kept_visual = [None if k is None else k.cpu() for k in record.kept_visual]
+    record.merged_into = [None if m is None else m.cpu() for m in record.merged_into]
     record.stats = {key: value.detach().cpu() for key, value in record.stats.items()}
-    assert record.tokens is not None and record.seq_len is not None
+    assert record.tokens is not None
     record.flops = decoder_flops_from_config(record.tokens, config)
-    record.batch_flops = int(decoder_flops_from_config(record.seq_len, config)) * int(record.tokens.shape[0])
+    cameras = camera_index.cpu()
+    count = int(cameras.max()) + 1 if cameras.numel() else 0
+    per_layer = [
+        camera_counts(k, cameras, count)
+        if k is not None
+        else torch.zeros(cameras.shape[0], count, dtype=torch.long)
+        for k in record.kept_visual
+    ]
+    record.camera_tokens = torch.stack(per_layer, dim=1)

@@ -30,6 +30,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from vla_autoprune.errors import ConfigError
+
 Formula = Literal["reference", "gqa"]
 FORMULAS: tuple[str, ...] = ("reference", "gqa")
 
@@ -39,7 +41,7 @@ REFERENCE_PROJECTIONS = 4  # q, k, v, o, each d x d in the reference count
 ATTENTION_MATMULS = 2  # Q K^T and attention @ V
 
 
-class FlopsError(ValueError):
+class FlopsError(ConfigError):
     """Invalid FLOPs arguments or an unreadable model config."""
 
 

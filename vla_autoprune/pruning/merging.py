@@ -1,9 +1,12 @@
 """Deterministic DPC-kNN token merging (AutoPrune's recycling of dropped tokens).
 
 Density-peak clustering with k-nearest-neighbour density, as in TCFormer's ``cluster_dpc_knn``
-(Zeng et al., CVPR 2022, https://arxiv.org/abs/2203.09710), which the AutoPrune reference uses
-with random noise added to the density. Here ties are broken by token index instead, so the
-result is a deterministic function of the inputs:
+(Zeng et al., CVPR 2022, https://arxiv.org/abs/2203.09710, default ``k = 5``). The SparseVLM and
+AutoPrune reference code (``cluster_and_merge`` in Gumpest/SparseVLMs
+``llava/model/language_model/utils.py`` line 188, AutoLab-SAI-SJTU/AutoPrune same file line 163)
+call it with ``k`` = **the number of clusters** and add random noise to the density. Here ``k`` is
+an argument (an int, or one per sample), and ties are broken by token index instead of noise, so
+the result is a deterministic function of the inputs:
 
 - distances are Euclidean, divided by ``sqrt(D)`` (the TCFormer convention; keeps the density
   away from underflow for wide hidden states);
@@ -23,7 +26,7 @@ import math
 import torch
 from torch import Tensor
 
-DEFAULT_NEIGHBOURS = 5  # TCFormer's and the reference's k for the density
+DEFAULT_NEIGHBOURS = 5  # TCFormer's k for the density (the SparseVLM/AutoPrune code: the cluster count)
 _TINY = 1e-30  # floor for log(delta) when two tokens coincide
 
 
@@ -34,7 +37,7 @@ class MergeError(ValueError):
 def dpc_knn_merge(
     x: Tensor,
     num_clusters: int | Tensor,
-    k: int = DEFAULT_NEIGHBOURS,
+    k: int | Tensor = DEFAULT_NEIGHBOURS,
     valid: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Merge ``M`` tokens per sample into ``C`` cluster means by DPC-kNN.
@@ -43,7 +46,8 @@ def dpc_knn_merge(
         x: ``[B, M, D]`` token features (hidden states).
         num_clusters: clusters per sample, an int or int64 ``[B]``. A sample gets
             ``c_b = min(num_clusters_b, valid tokens)`` clusters.
-        k: neighbours for the density (fewer when a sample has fewer valid tokens).
+        k: neighbours for the density, an int or int64 ``[B]`` (fewer when a sample has fewer
+            valid tokens).
         valid: optional bool ``[B, M]``; False tokens are ignored (no density, never a centre,
             not merged).
 
@@ -63,10 +67,12 @@ def dpc_knn_merge(
     return _cluster_means(x, assign, width), assign
 
 
-def _check_inputs(x: Tensor, num_clusters: int | Tensor, k: int, valid: Tensor | None) -> None:
+def _check_inputs(x: Tensor, num_clusters: int | Tensor, k: int | Tensor, valid: Tensor | None) -> None:
     if x.dim() != 3:
         raise MergeError(f"x must be [B, M, D] token features, got shape {tuple(x.shape)}")
-    if k < 1:
+    if isinstance(k, Tensor) and tuple(k.shape) != (x.shape[0],):
+        raise MergeError(f"k must be an int or int64 [B] = ({x.shape[0]},), got {tuple(k.shape)}")
+    if bool((k < 1).any()) if isinstance(k, Tensor) else k < 1:
         raise MergeError(f"k={k} neighbours is invalid; use k >= 1")
     if valid is not None and tuple(valid.shape) != tuple(x.shape[:2]):
         raise MergeError(f"valid must be bool [B, M] = {tuple(x.shape[:2])}, got {tuple(valid.shape)}")
@@ -98,11 +104,15 @@ def _pairwise_distance(x: Tensor, valid: Tensor) -> Tensor:
     return dist.masked_fill(~pair_ok, math.inf)
 
 
-def _log_density(dist: Tensor, valid: Tensor, k: int) -> Tensor:
-    """``[B, M]``: ``log rho = -mean squared distance to the k nearest valid tokens``."""
-    k_eff = min(k, dist.shape[-1])
+def _log_density(dist: Tensor, valid: Tensor, k: int | Tensor) -> Tensor:
+    """``[B, M]``: ``log rho = -mean squared distance to the k nearest valid tokens`` (``k`` per sample)."""
+    per_sample = (
+        k.to(dist.device).long() if isinstance(k, Tensor) else torch.full_like(dist[:, 0, 0], k).long()
+    )
+    k_eff = max(min(int(per_sample.max()) if per_sample.numel() else 1, dist.shape[-1]), 1)
     nearest = dist.topk(k_eff, dim=-1, largest=False).values  # [B, M, k]
-    finite = torch.isfinite(nearest)
+    within = torch.arange(k_eff, device=dist.device) < per_sample.view(-1, 1, 1)
+    finite = torch.isfinite(nearest) & within
     sq = torch.where(finite, nearest.square(), torch.zeros_like(nearest))
     count = finite.sum(dim=-1).clamp(min=1)
     return -(sq.sum(dim=-1) / count)
@@ -123,7 +133,7 @@ def _log_delta(dist: Tensor, log_rho: Tensor, valid: Tensor) -> Tensor:
 
 
 def _pick_centres(
-    dist: Tensor, valid: Tensor, k: int, width: int, per_sample: Tensor
+    dist: Tensor, valid: Tensor, k: int | Tensor, width: int, per_sample: Tensor
 ) -> tuple[Tensor, Tensor]:
     """Centre token indices int64 ``[B, C]`` and which slots are real (``slot < c_b``) ``[B, C]``."""
     log_rho = _log_density(dist, valid, k)

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 
 from vla_autoprune.models.base import DecoderInputs, DrivingModel
-from vla_autoprune.pruning.base import Pruner
 from vla_autoprune.pruning.engine import PruningRecord, prune
+from vla_autoprune.pruning.pruner import Pruner
 
 
 def run_pruned(

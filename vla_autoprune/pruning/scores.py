@@ -8,9 +8,14 @@ layer is given -> GQA repeat -> ``scaling`` -> the layer's mask -> fp32 softmax 
 then keeps the visual columns. Probabilities are NOT renormalised over the visual columns: the share
 of attention that goes to vision is part of AutoPrune's signal. This equals eager attention's
 ``output_attentions`` rows (tested to ~1e-6).
+
+This recomputation is extra work beyond the decoder's own; :func:`attention_macs` counts it so
+the record can report it apart from the decoder FLOPs.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,6 +32,19 @@ def _row_mask(attention_mask: torch.Tensor | None, rows: torch.Tensor, num_keys:
     allowed = compat.mask_to_bool(attention_mask).expand(b, -1, -1, -1)
     index = rows.view(b, 1, t, 1).expand(-1, allowed.shape[1], -1, allowed.shape[-1])
     return allowed.gather(2, index)
+
+
+def attention_macs(layer: nn.Module, rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """int64 ``[B]``: MACs of recomputing ``rows`` [B] query rows over ``keys`` [B] keys at ``layer``.
+
+    ``q_proj`` on the rows, ``k_proj`` on every key and ``Q K^T`` (norms, rotary and softmax are not
+    counted, as in :mod:`vla_autoprune.pruning.flops`).
+    """
+    attn: Any = layer.self_attn  # transformers modules expose the projections as attributes
+    hidden, query_width = attn.q_proj.in_features, attn.q_proj.out_features
+    kv_width = attn.k_proj.out_features
+    rows, keys = rows.long(), keys.long().to(rows.device)
+    return rows * hidden * query_width + keys * hidden * kv_width + rows * keys * query_width
 
 
 def text_visual_attention(

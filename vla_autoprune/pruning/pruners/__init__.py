@@ -1,4 +1,8 @@
-"""One pruner per file; see :mod:`vla_autoprune.pruning.base` for the extension point."""
+"""One pruner per file, each registered by name (:mod:`vla_autoprune.pruning.registry`).
+
+Importing this package registers them all; see :mod:`vla_autoprune.pruning.pruner` for the
+extension point.
+"""
 
 from vla_autoprune.pruning.pruners.autoprune import AutoPrunePruner
 from vla_autoprune.pruning.pruners.fastervlm import FasterVLMPruner, MissingSaliencyError

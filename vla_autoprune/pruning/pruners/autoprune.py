@@ -2,7 +2,7 @@
 
 Based on "AutoPrune: Each Complexity Deserves a Pruning Policy" (NeurIPS 2025,
 https://arxiv.org/abs/2509.23931), as specified in docs/AUTOPRUNE.md; the math lives in
-:mod:`vla_autoprune.pruning.autoprune`, this class wires it into the engine:
+:mod:`vla_autoprune.pruning.autoprune_math`, this class wires it into the engine:
 
 1. stage 0 (``stage0``): ``"reference"`` keeps ``v0`` tokens right after layer 0, ranked by the
    vision encoder's saliency plus ``0.3 * MI_0 * (mean layer-0 text attention)`` (``MI_0``: layer-0
@@ -20,20 +20,25 @@ deterministic (the reference adds noise to the density).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
+from vla_autoprune.errors import ConfigError
 from vla_autoprune.models.base import DecoderInputs
-from vla_autoprune.pruning import autoprune as ap
-from vla_autoprune.pruning.base import LayerView, Merge, Pruner, recycle_dropped
+from vla_autoprune.pruning import autoprune_math as ap
+from vla_autoprune.pruning.budget import stage0_count
+from vla_autoprune.pruning.options import Accounting, HeadReduce, Stage0, check_choice
+from vla_autoprune.pruning.pruner import LayerView, Merge, Pruner
 from vla_autoprune.pruning.pruners.fastervlm import top_saliency
+from vla_autoprune.pruning.recycling import recycle_dropped, split_handed_on
+from vla_autoprune.pruning.registry import register_pruner
 
 # The reference's weight of the layer-0 text attention in the stage-0 ranking.
 STAGE0_TEXT_WEIGHT = 0.3
 
 
+@register_pruner
 @dataclass
 class AutoPrunePruner(Pruner):
     """Complexity-adaptive logistic pruning (AutoPrune).
@@ -49,50 +54,42 @@ class AutoPrunePruner(Pruner):
     """
 
     name = "autoprune"
-    accounting: str = "actual"
-    head_reduce: str = "sum"
+    accounting: Accounting = "actual"
+    head_reduce: HeadReduce = "sum"
     k0: float = ap.DEFAULT_K0
     gamma: float = ap.DEFAULT_GAMMA
     x0: float | None = None
-    stage0: str = "reference"
+    stage0: Stage0 = "reference"
     recycle: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for label, value, allowed in (
-            ("accounting", self.accounting, ap.ACCOUNTINGS),
-            ("stage0", self.stage0, ap.STAGE0_MODES),
-            ("head_reduce", self.head_reduce, ap.HEAD_REDUCTIONS),
-        ):
-            if value not in allowed:
-                raise ValueError(f"{self.name}: {label}={value!r} is unknown; use one of {allowed}")
-        if self.accounting == "reference" and (self.stage0 != "reference" or not self.recycle):
-            raise ValueError(
-                f"{self.name}: accounting='reference' reproduces the authors' stage 0 and recycling; "
-                "use stage0='reference' and recycle=True, or accounting='actual'"
-            )
+        ap.check_options(self.accounting, self.stage0, self.recycle, self.name)
+        check_choice("head_reduce", self.head_reduce, HeadReduce, self.name)
         if self.k0 < 0 or self.gamma < 0:
-            raise ValueError(f"{self.name}: k0={self.k0} and gamma={self.gamma} must be >= 0")
+            raise ConfigError(f"{self.name}: k0={self.k0} and gamma={self.gamma} must be >= 0")
 
     # -- budget --------------------------------------------------------------------------------
 
     def reachable(self, num_layers: int, num_visual: int) -> tuple[float, float]:
         """The range :func:`autoprune.reachable_budget` gives for this accounting and stage 0."""
-        return ap.reachable_budget(num_layers, num_visual, self.accounting, self.stage0)  # type: ignore[arg-type]
+        return ap.reachable_budget(num_layers, num_visual, self.accounting, self.stage0)
 
-    def _stage0_before_count(self, num_layers: int, num_visual: int) -> int:
-        """Tokens selected before the decoder: ``min(2.5 B, V)``, leaving one token per later layer."""
-        budget = self.target(num_visual)
-        room = math.floor(budget * num_layers + 1e-9) - (num_layers - 1)
-        return max(1, min(int(ap.STAGE0_BUDGET_MULTIPLE * budget), num_visual, room))
+    def budget_hint(self) -> str:
+        """Below the in-decoder floor, a pre-decoder stage 0 still reaches."""
+        return "" if self.stage0 == "before" else " (or stage0='before', which reaches down to 1)"
 
     def preselect(self, inputs: DecoderInputs, num_layers: int) -> torch.Tensor | None:
         """With ``stage0="before"``: the top ``v0`` tokens by vision saliency."""
         if self.stage0 != "before" or self.budget is None:
             return None
         num_visual = inputs.layout.num_visual
-        count = self._stage0_before_count(num_layers, num_visual)
-        return None if count >= num_visual else top_saliency(inputs, count, f"{self.name}(stage0='before')")
+        # layer 0 processes the v0 survivors, every later layer at least one token
+        count = stage0_count(self.target(num_visual), num_layers, num_visual, first_layer=0)
+        if count >= num_visual:
+            return None
+        ratios = self.camera_ratios(int(inputs.layout.camera_index.max()) + 1)
+        return top_saliency(inputs, count, f"{self.name}(stage0='before')", ratios)
 
     # -- schedule --------------------------------------------------------------------------------
 
@@ -103,15 +100,15 @@ class AutoPrunePruner(Pruner):
     def _retention(self, k: torch.Tensor, view: LayerView) -> torch.Tensor:
         # After a pre-decoder selection, the decoder's v0 tokens play the role of V with an in-decoder
         # stage 0 that keeps them all (unless the budget is so tight that layer 0 must drop more).
-        stage0 = "none" if self.stage0 == "none" else "reference"
+        stage0: Stage0 = "none" if self.stage0 == "none" else "reference"
         return ap.retention_schedule(
             k.double(),
             self.target(view.num_visual),
             view.num_layers,
             view.num_visual,
-            accounting=self.accounting,  # type: ignore[arg-type]
+            accounting=self.accounting,
             x0=self.x0,
-            stage0=stage0,  # type: ignore[arg-type]
+            stage0=stage0,
             recycle=self.recycle,
         )
 
@@ -125,7 +122,7 @@ class AutoPrunePruner(Pruner):
             return self._retention(torch.zeros(view.batch_size, device=view.hidden.device), view)
         if view.layer_idx > ref and view.schedule is not None:
             return view.schedule
-        mi = ap.mutual_information(view.attention(), self.head_reduce, text_valid=view.text_valid)  # type: ignore[arg-type]
+        mi = ap.mutual_information(view.attention(), self.head_reduce, text_valid=view.text_valid)
         k = ap.slope(mi, self.k0, self.gamma)
         view.stats["mi"] = mi.detach()
         view.stats["k"] = k.detach()
@@ -151,7 +148,7 @@ class AutoPrunePruner(Pruner):
         Stage 0 (after layer 0) keeps without recycling, as the reference does.
         """
         stage0 = view.layer_idx == 0 and self.stage0 != "none"
-        return ap.split_handed_on(view.alive(), hand_on, self.recycle and not stage0)
+        return split_handed_on(view.alive(), hand_on, self.recycle and not stage0)
 
     def merge(
         self, view: LayerView, scores: torch.Tensor, dropped: torch.Tensor, clusters: torch.Tensor

@@ -6,9 +6,11 @@ from dataclasses import dataclass
 
 import torch
 
-from vla_autoprune.pruning.base import LayerView, Pruner
+from vla_autoprune.pruning.pruner import LayerView, Pruner
+from vla_autoprune.pruning.registry import register_pruner
 
 
+@register_pruner
 @dataclass
 class NoPruner(Pruner):
     """Keeps every visual token; its budget, if set, must be ``V``."""

@@ -8,9 +8,10 @@ touches a model.
 Schedules
     A schedule is an int64 ``[B, L]`` tensor. Entry ``l`` is the number of visual tokens decoder
     layer ``l`` HANDS ON to layer ``l + 1`` after it has run and pruned: kept tokens plus recycled
-    (merged) ones. ``split_handed_on`` turns "processed -> handed on" into (kept, merged) counts.
-    Counts are monotone non-increasing along the layers and lie in ``[1, V]``. The last entry is
-    what the last layer would hand on; no layer processes it, so it never counts against the budget.
+    (merged) ones; :func:`~vla_autoprune.pruning.recycling.split_handed_on` turns "processed ->
+    handed on" into (kept, merged) counts. Counts are monotone non-increasing along the layers
+    and lie in ``[1, V]``. The last entry is what the last layer would hand on; no layer processes
+    it, so it never counts against the budget.
 
 Accounting: "actual" (this project's default)
     The tokens a layer PROCESSES are what entered it. Layer 0 processes all ``V`` visual tokens;
@@ -29,7 +30,8 @@ Accounting: "reference" (the authors' integers)
 
 Stage 0 ("actual" accounting)
     ``"reference"``: layer 0 hands on ``v0 = min(int(2.5 B), V)`` tokens (the reference's stage 0,
-    no recycling), capped so that the budget stays reachable with one token per later layer; the
+    no recycling), capped so that the budget stays reachable with one token per later layer
+    (:func:`~vla_autoprune.pruning.budget.stage0_count`, as for ``"before"``); the
     logistic curve then runs from layer 1 on ``v0``. ``"none"``: no stage 0; the curve runs from
     layer 0 on ``V`` (layer 0 prunes too, after it has run). ``"before"``: the curve runs from
     layer 0 on ``V``, and its layer-0 count is selected before the decoder (see "actual" above),
@@ -42,19 +44,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, overload
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-Accounting = Literal["actual", "reference"]
-Stage0 = Literal["reference", "none", "before"]
-HeadReduce = Literal["sum", "mean", "sum_over_T"]
-
-ACCOUNTINGS: tuple[str, ...] = ("actual", "reference")
-STAGE0_MODES: tuple[str, ...] = ("reference", "none", "before")
-HEAD_REDUCTIONS: tuple[str, ...] = ("sum", "mean", "sum_over_T")
+from vla_autoprune.errors import ConfigError
+from vla_autoprune.pruning.budget import (
+    STAGE0_BUDGET_MULTIPLE,
+    check_reachable,
+    min_budget,
+    stage0_count,
+    token_layers,
+)
+from vla_autoprune.pruning.options import Accounting, HeadReduce, Stage0, check_choice
+from vla_autoprune.pruning.recycling import recycle_count
 
 MI_EPS = 1e-6  # the reference's eps, both in the denominator and in the log clamp
 DEFAULT_K0 = 0.4  # slope at zero complexity (paper default)
@@ -62,9 +66,6 @@ DEFAULT_GAMMA = 0.2  # slope decrease per bit of mutual information (paper defau
 CURVE_PLATEAU = 0.75  # keep fraction of the logistic curve on early layers, before scaling by s
 REFERENCE_X0 = 14.9  # the paper's curve centre (32-layer decoder)
 X0_DEPTH_FRACTION = 0.4656  # 14.9 / 32 as the contract rounds it: the centre for other depths
-STAGE0_BUDGET_MULTIPLE = 2.5  # the reference's stage 0 keeps min(2.5 B, V) tokens after layer 0
-RECYCLE_FRACTION = 0.3  # the top 30% of the dropped tokens are recycled ...
-TOKENS_PER_CLUSTER = 10  # ... into about a tenth as many merged tokens
 MIN_LAYERS = 2  # a schedule needs at least one layer after the one that prunes
 
 # The reference bisection, verbatim from the Appendix.
@@ -77,17 +78,10 @@ REF_EARLY_EXIT_TOL = 1.0
 # k <= 0.4, L = 32) below 1e-10, far below any scale change that moves a count by one token. The
 # bracket only shapes the curve: the integer fix-up in `_fill_to_target` makes the total exact.
 ACTUAL_BISECTION_STEPS = 40
-# `split_handed_on` fixed-point steps: each step shrinks the error to about 3% of itself plus one
-# token (recycle_count grows ~0.03 per dropped token), so 16 steps are exact far beyond V = 1e9.
-SPLIT_ITERATIONS = 16
 
 
-class ScheduleError(ValueError):
-    """Invalid schedule or complexity arguments."""
-
-
-class BudgetOutOfRangeError(ScheduleError):
-    """The requested budget cannot be met with the given depth, token count and accounting."""
+class ScheduleError(ConfigError):
+    """Invalid schedule or complexity arguments (shapes, depth, option combinations)."""
 
 
 # --------------------------------------------------------------------------- complexity
@@ -140,8 +134,7 @@ def _check_attention(attn_tv: Tensor, head_reduce: str, text_valid: Tensor | Non
             f"attn_tv must be [B, H, T, V], got shape {tuple(attn_tv.shape)}; slice the text rows "
             "and visual columns of the attention first"
         )
-    if head_reduce not in HEAD_REDUCTIONS:
-        raise ScheduleError(f"head_reduce={head_reduce!r} is unknown; use one of {HEAD_REDUCTIONS}")
+    check_choice("head_reduce", head_reduce, HeadReduce)
     b, _, t, _ = attn_tv.shape
     if text_valid is not None and tuple(text_valid.shape) != (b, t):
         raise ScheduleError(f"text_valid must be bool [B, T] = {(b, t)}, got {tuple(text_valid.shape)}")
@@ -165,7 +158,7 @@ def slope(mi: Tensor, k0: float = DEFAULT_K0, gamma: float = DEFAULT_GAMMA) -> T
 
 def default_x0(num_layers: int, accounting: Accounting) -> float:
     """Curve centre: 14.9 for ``"reference"`` (any depth), ``0.4656 * L`` for ``"actual"``."""
-    _check_choice("accounting", accounting, ACCOUNTINGS)
+    check_choice("accounting", accounting, Accounting)
     return REFERENCE_X0 if accounting == "reference" else X0_DEPTH_FRACTION * num_layers
 
 
@@ -196,59 +189,6 @@ def _log_curve(k: Tensor, num_layers: int, x0: float) -> Tensor:
     return math.log(CURVE_PLATEAU) + F.logsigmoid(-z)
 
 
-# --------------------------------------------------------------------------- recycling
-
-
-@overload
-def recycle_count(num_dropped: int) -> int: ...
-
-
-@overload
-def recycle_count(num_dropped: Tensor) -> Tensor: ...
-
-
-def recycle_count(num_dropped: int | Tensor) -> int | Tensor:
-    """Merged tokens made from ``d`` dropped ones: ``min(m // 10 + 1, m)``, ``m = int(0.3 d) + 1``.
-
-    Zero when nothing is dropped. The tensor form (int64, ``d >= 0``, any shape) uses float64 for
-    ``0.3 d`` so it agrees with the reference's Python floats bit for bit.
-    """
-    if isinstance(num_dropped, Tensor):
-        groups = torch.floor(num_dropped.to(torch.float64) * RECYCLE_FRACTION).to(torch.int64) + 1
-        merged = torch.minimum(groups // TOKENS_PER_CLUSTER + 1, groups)
-        return torch.where(num_dropped > 0, merged, torch.zeros_like(merged))
-    if num_dropped == 0:
-        return 0
-    recycled = int(RECYCLE_FRACTION * num_dropped) + 1
-    return min(recycled // TOKENS_PER_CLUSTER + 1, recycled)
-
-
-def split_handed_on(processed: Tensor, handed_on: Tensor, recycle: bool = True) -> tuple[Tensor, Tensor]:
-    """Split a layer's hand-on count into kept visual tokens and merged (recycled) tokens.
-
-    With recycling, ``keep`` is the largest count with ``keep + recycle_count(processed - keep)
-    == handed_on``. When even keeping nothing would recycle more than ``handed_on`` tokens, the
-    budget has no room for merging: ``keep = handed_on``, ``merged = 0``. No host sync.
-
-    Args:
-        processed: int64 ``[...]`` tokens the layer processed.
-        handed_on: int64 ``[...]`` tokens it hands on, ``1 <= handed_on <= processed``.
-        recycle: False gives ``(handed_on, 0)``.
-
-    Returns:
-        ``(keep, merged)``, int64 ``[...]`` each, summing to ``handed_on``.
-    """
-    if not recycle:
-        return handed_on, torch.zeros_like(handed_on)
-    # keep_{i+1} = n - r(P - keep_i) decreases monotonically onto the largest solution
-    keep = handed_on
-    for _ in range(SPLIT_ITERATIONS):
-        keep = handed_on - recycle_count(processed - keep)
-    room = recycle_count(processed) <= handed_on
-    keep = torch.where(room, keep, handed_on)
-    return keep, handed_on - keep
-
-
 # --------------------------------------------------------------------------- budget & accounting
 
 
@@ -265,13 +205,11 @@ def reachable_budget(
     where the authors' schedule is defined (``v0 = int(2.5 B) >= 1``); it may miss the budget.
     """
     _check_depth(num_layers, num_visual)
-    _check_choice("accounting", accounting, ACCOUNTINGS)
-    _check_choice("stage0", stage0, STAGE0_MODES)
+    check_choice("accounting", accounting, Accounting)
+    check_choice("stage0", stage0, Stage0)
     if accounting == "reference":
         return 1.0 / STAGE0_BUDGET_MULTIPLE, float(num_visual)
-    if stage0 == "before":
-        return 1.0, float(num_visual)
-    return (num_visual + num_layers - 1) / num_layers, float(num_visual)
+    return min_budget(num_layers, num_visual, 0 if stage0 == "before" else 1), float(num_visual)
 
 
 def tokens_processed(
@@ -286,8 +224,8 @@ def tokens_processed(
     ``l - 1`` handed on); with ``stage0 == "before"`` layer 0 counts ``schedule[0]`` instead of
     ``V``. ``"reference"``: ``schedule.sum()``, the authors' count (layer 0 at ``v0``).
     """
-    _check_choice("accounting", accounting, ACCOUNTINGS)
-    _check_choice("stage0", stage0, STAGE0_MODES)
+    check_choice("accounting", accounting, Accounting)
+    check_choice("stage0", stage0, Stage0)
     schedule = schedule.to(torch.int64)
     if accounting == "reference":
         return schedule.sum(dim=-1)
@@ -390,12 +328,8 @@ def retention_schedule(
     if k.dim() != 1:
         raise ScheduleError(f"k must be a 1-D [B] tensor of slopes, got shape {tuple(k.shape)}")
     x0 = default_x0(num_layers, accounting) if x0 is None else x0
+    check_options(accounting, stage0, recycle)
     if accounting == "reference":
-        if stage0 != "reference" or not recycle:
-            raise ScheduleError(
-                "accounting='reference' reproduces the authors' stage 0 and recycling; "
-                "use stage0='reference', recycle=True, or accounting='actual'"
-            )
         rows = [
             reference_schedule(kb, budget, num_layers, num_visual, x0)
             for kb in k.detach().to("cpu", torch.float64).tolist()
@@ -425,16 +359,14 @@ class _ActualPlan:
 def _actual_plan(
     budget: float, num_layers: int, num_visual: int, stage0: Stage0, recycle: bool
 ) -> _ActualPlan:
-    # the small epsilon keeps e.g. 64.0 * 3 from flooring to 191 after float rounding
-    target = math.floor(budget * num_layers + 1e-9)
-    stage0_count = None
+    target = token_layers(budget, num_layers)
+    v0 = None
     base = num_visual
     if stage0 == "reference":
-        # layers 1..L-2 need one token each and layer 0 sees V: cap v0 so the budget stays reachable
-        room = target - num_visual - (num_layers - 2)
-        stage0_count = max(1, min(int(STAGE0_BUDGET_MULTIPLE * budget), num_visual, room))
-        base = stage0_count
-    return _ActualPlan(num_layers, num_visual, stage0, recycle, target, stage0_count, base)
+        # layer 0 sees V, layer 1 the v0 survivors, layers 2..L-1 at least one token each
+        v0 = stage0_count(budget, num_layers, num_visual, first_layer=1)
+        base = v0
+    return _ActualPlan(num_layers, num_visual, stage0, recycle, target, v0, base)
 
 
 def _solve_actual(log_p: Tensor, plan: _ActualPlan) -> Tensor:
@@ -523,9 +455,16 @@ def _fill_to_target(lower: Tensor, upper: Tensor, plan: _ActualPlan) -> Tensor:
 # --------------------------------------------------------------------------- checks
 
 
-def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ScheduleError(f"{name}={value!r} is unknown; use one of {allowed}")
+def check_options(accounting: Accounting, stage0: Stage0, recycle: bool, who: str = "") -> None:
+    """Raise :class:`ConfigError` for unknown options or ``reference`` accounting without its stage 0."""
+    check_choice("accounting", accounting, Accounting, who)
+    check_choice("stage0", stage0, Stage0, who)
+    if accounting == "reference" and (stage0 != "reference" or not recycle):
+        prefix = f"{who}: " if who else ""
+        raise ScheduleError(
+            f"{prefix}accounting='reference' reproduces the authors' stage 0 and recycling; "
+            "use stage0='reference' and recycle=True, or accounting='actual'"
+        )
 
 
 def _check_depth(num_layers: int, num_visual: int) -> None:
@@ -539,10 +478,7 @@ def _check_depth(num_layers: int, num_visual: int) -> None:
 def _check_budget(
     budget: float, num_layers: int, num_visual: int, accounting: Accounting, stage0: Stage0
 ) -> None:
-    lo, hi = reachable_budget(num_layers, num_visual, accounting, stage0)
-    if not lo <= budget <= hi:
-        raise BudgetOutOfRangeError(
-            f"budget {budget:g} is outside the reachable range [{lo:.4g}, {hi:.4g}] for "
-            f"accounting={accounting!r}, stage0={stage0!r}, L={num_layers}, V={num_visual}; "
-            "pick a budget in that range (stage0='before' reaches down to 1)"
-        )
+    reachable = reachable_budget(num_layers, num_visual, accounting, stage0)
+    who = f"autoprune(accounting={accounting!r}, stage0={stage0!r})"
+    hint = " (stage0='before' reaches down to 1)" if reachable[0] > 1 else ""
+    check_reachable(budget, reachable, num_layers, num_visual, who, hint)

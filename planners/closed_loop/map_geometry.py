@@ -1,0 +1,190 @@
+"""A sample's :class:`~planners.closed_loop.areas.SceneGeometry` from the nuScenes map expansion.
+
+Uses only the ``NuScenesMap`` calls that work on this stack (docs/DEVKIT-NOTES.md):
+``get_records_in_patch``, ``extract_polygon``, ``discretize_lanes`` and ``get_outgoing_lane_ids``;
+never the devkit's renderers. Geometry comes back in the ego frame of the given pose.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import shapely
+from shapely.geometry.base import BaseGeometry
+
+from planners.closed_loop.areas import Lane, SceneGeometry
+from planners.closed_loop.geometry import wrap_angle
+from vla_autoprune.errors import DataNotFoundError
+
+#: [m] half size of the square map patch around the ego (ample for 3 s at highway speed).
+PATCH_RADIUS_M = 80.0
+#: [m] spacing of the discretised lane centre lines.
+LANE_RESOLUTION_M = 0.5
+#: [m] how far the reference centreline reaches ahead of / behind the ego.
+CENTRELINE_AHEAD_M, CENTRELINE_BEHIND_M = 120.0, 10.0
+#: [m per rad] heading mismatch cost when choosing the ego's lane (a 90 deg turn ~ 8 m off).
+HEADING_COST_M_PER_RAD = 5.0
+_LANE_LAYERS = ("lane", "lane_connector")
+
+
+def load_map(dataroot: str | Path, location: str) -> Any:
+    """``NuScenesMap`` of a log's location, or a one-line error naming the missing file and the fix."""
+    from nuscenes.map_expansion.map_api import NuScenesMap
+
+    path = Path(dataroot) / "maps" / "expansion" / f"{location}.json"
+    if not path.is_file():
+        raise DataNotFoundError(
+            f"no map expansion for location {location!r} ({path} is missing); download the nuScenes "
+            f"map expansion v1.3 and unpack it into {Path(dataroot) / 'maps'}"
+        )
+    return NuScenesMap(dataroot=str(dataroot), map_name=location)
+
+
+def to_ego(points: np.ndarray, pose: tuple[float, float, float]) -> np.ndarray:
+    """Global points float [..., 2] -> the frame of ``pose`` (global x, y, yaw): x forward, y left."""
+    x, y, yaw = pose
+    cos, sin = math.cos(yaw), math.sin(yaw)
+    dx, dy = points[..., 0] - x, points[..., 1] - y
+    return np.stack([cos * dx + sin * dy, -sin * dx + cos * dy], axis=-1)
+
+
+def _polygons(
+    nusc_map: Any, tokens: list[str], pose: tuple[float, float, float], radius_m: float = PATCH_RADIUS_M
+) -> BaseGeometry:
+    """Union of map polygons cut to the patch around ``pose`` (real drivable areas span whole
+    districts), valid, in the ego frame."""
+    x, y, _ = pose
+    shapes = [
+        shapely.clip_by_rect(
+            shapely.make_valid(nusc_map.extract_polygon(token)),
+            x - radius_m,
+            y - radius_m,
+            x + radius_m,
+            y + radius_m,
+        )
+        for token in tokens
+    ]
+    union = shapely.union_all(shapes) if shapes else shapely.Polygon()
+    return shapely.transform(union, lambda xy: to_ego(xy, pose))
+
+
+def _lanes(
+    nusc_map: Any, records: dict[str, list[str]], pose: tuple[float, float, float]
+) -> dict[str, tuple[Any, np.ndarray]]:
+    """token -> (ego-frame polygon or None, ego-frame centre line float [P, 3] (x, y, yaw))."""
+    layers = {token: layer for layer in _LANE_LAYERS for token in records[layer]}
+    paths = nusc_map.discretize_lanes(list(layers), LANE_RESOLUTION_M)
+    out = {}
+    for token, layer in layers.items():
+        points = np.asarray(paths.get(token, []), dtype=np.float64).reshape(-1, 3)
+        if len(points) < 2:
+            continue
+        line = np.concatenate([to_ego(points[:, :2], pose), wrap_angle(points[:, 2:] - pose[2])], axis=1)
+        record = nusc_map.get(layer, token)
+        polygon_token = record.get("polygon_token")
+        polygon = _polygons(nusc_map, [polygon_token], pose) if polygon_token else None
+        out[token] = (polygon, line)
+    return out
+
+
+def _start(lanes: dict[str, tuple[Any, np.ndarray]]) -> tuple[str, int] | None:
+    """The lane (and its point index) nearest the ego's rear axle, heading within 90 deg of +x."""
+    best: tuple[float, str, int] | None = None
+    for token, (_, line) in lanes.items():
+        cost = np.linalg.norm(line[:, :2], axis=1) + HEADING_COST_M_PER_RAD * np.abs(line[:, 2])
+        cost = np.where(np.abs(line[:, 2]) < math.pi / 2, cost, np.inf)
+        i = int(cost.argmin())
+        if np.isfinite(cost[i]) and (best is None or cost[i] < best[0]):
+            best = (float(cost[i]), token, i)
+    return None if best is None else (best[1], best[2])
+
+
+def _successor(
+    nusc_map: Any,
+    token: str,
+    lanes: dict[str, tuple[Any, np.ndarray]],
+    route: np.ndarray | None,
+    end: np.ndarray,
+) -> str | None:
+    """Next lane: the one nearest the route if given, else the one turning least."""
+    options = [t for t in nusc_map.get_outgoing_lane_ids(token) if t in lanes]
+    if not options:
+        return None
+
+    def cost(option: str) -> float:
+        line = lanes[option][1]
+        if route is not None and len(route):
+            gaps = np.linalg.norm(line[:, None, :2] - route[None], axis=-1)
+            return float(gaps.min(axis=0).mean())
+        return float(abs(wrap_angle(np.asarray(line[0, 2] - end[2]))))
+
+    return min(options, key=cost)
+
+
+def reference_centreline(
+    nusc_map: Any, lanes: dict[str, tuple[Any, np.ndarray]], route: np.ndarray | None = None
+) -> np.ndarray:
+    """Lane centre line through the ego, in travel order: from a little behind the ego along its
+    lane, then successor lanes up to ``CENTRELINE_AHEAD_M``. float [P, 2] (empty without a lane)."""
+    start = _start(lanes)
+    if start is None:
+        return np.zeros((0, 2))
+    token, index = start
+    line = lanes[token][1]
+    behind = max(0, index - round(CENTRELINE_BEHIND_M / LANE_RESOLUTION_M))
+    pieces, seen = [line[behind:]], {token}
+    length = float(np.linalg.norm(np.diff(line[index:, :2], axis=0), axis=1).sum())
+    while length < CENTRELINE_AHEAD_M:
+        following = _successor(nusc_map, token, lanes, route, pieces[-1][-1])
+        if following is None or following in seen:
+            break
+        token = following
+        seen.add(token)
+        nxt = lanes[token][1]
+        pieces.append(nxt)
+        length += float(np.linalg.norm(np.diff(nxt[:, :2], axis=0), axis=1).sum())
+    points = np.concatenate(pieces)[:, :2]
+    keep = np.concatenate([[True], np.linalg.norm(np.diff(points, axis=0), axis=1) > 1e-6])
+    return points[keep]
+
+
+def scene_geometry(
+    nusc_map: Any,
+    pose: tuple[float, float, float],
+    route: np.ndarray | None = None,
+    radius_m: float = PATCH_RADIUS_M,
+) -> SceneGeometry:
+    """Drivable area (drivable_area + carpark_area), intersections (road segments flagged
+    ``is_intersection``), lanes and lane connectors, and the reference centreline near ``pose``.
+
+    :param nusc_map: a ``NuScenesMap`` (see :func:`load_map`).
+    :param pose: the ego's global (x, y, yaw) at t = 0 (rear axle, ``LIDAR_TOP`` ego pose).
+    :param route: optional float [M, 2] ego-frame points the ego is known to pass (its logged
+        future), used to choose among successor lanes at forks.
+    :return: geometry in the ego frame; an empty centreline / drivable area when the map has none here.
+    """
+    x, y, _ = pose
+    patch = (x - radius_m, y - radius_m, x + radius_m, y + radius_m)
+    records = nusc_map.get_records_in_patch(
+        patch, ["drivable_area", "carpark_area", "road_segment", *_LANE_LAYERS], mode="intersect"
+    )
+    drivable_tokens = [
+        p for t in records["drivable_area"] for p in nusc_map.get("drivable_area", t)["polygon_tokens"]
+    ]
+    drivable_tokens += [nusc_map.get("carpark_area", t)["polygon_token"] for t in records["carpark_area"]]
+    crossing = [
+        nusc_map.get("road_segment", t)["polygon_token"]
+        for t in records["road_segment"]
+        if nusc_map.get("road_segment", t).get("is_intersection")
+    ]
+    lanes = _lanes(nusc_map, records, pose)
+    route_ego = None if route is None else np.asarray(route, dtype=np.float64).reshape(-1, 2)
+    return SceneGeometry(
+        drivable=_polygons(nusc_map, drivable_tokens, pose, radius_m),
+        centreline=reference_centreline(nusc_map, lanes, route_ego),
+        lanes=tuple(Lane(poly, line[:, :2]) for poly, line in lanes.values() if poly is not None),
+        intersections=_polygons(nusc_map, crossing, pose, radius_m),
+    )

@@ -1,0 +1,65 @@
+"""Bad input on the command line: one line naming the problem and the fix, before any data or model load."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.errors import InstantiationException
+from omegaconf import OmegaConf
+
+from vla_autoprune.errors import ConfigError
+from vla_autoprune.pipeline.app import build
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}, "OMP_NUM_THREADS": "1"}
+#: Log lines that only appear once the dataset or the model is being loaded.
+LOADING = ("NuScenesDrivingDataset", "Loading weights", "loading driving_vla")
+
+
+def _error_line(*args: str, tmp_path: Path) -> str:
+    """Run the CLI, expect exit 2, return its single ``error:`` line (and check nothing was loaded)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "vla_autoprune.evaluate", *args, f"hydra.run.dir={tmp_path}/run"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=ENV,
+        timeout=300,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    assert not any(marker in output for marker in LOADING), output[-3000:]
+    (line,) = [line for line in output.splitlines() if "error:" in line]
+    return line
+
+
+def test_nuscenes_without_dataroot(tmp_path: Path) -> None:
+    line = _error_line("data=nuscenes", tmp_path=tmp_path)
+    assert "data.dataset.dataroot" in line and "must be set" in line
+
+
+def test_non_numeric_budget_names_budget(tmp_path: Path) -> None:
+    assert "budget" in _error_line("budget=abc", tmp_path=tmp_path)
+
+
+def test_unreachable_budget_is_checked_against_the_model_config(tmp_path: Path) -> None:
+    line = _error_line("pruner=fastv", "budget=5", tmp_path=tmp_path)
+    assert "budget" in line and "216 visual tokens" in line  # 6 cameras x 36 tokens, 8 layers
+
+
+def test_build_unwraps_user_errors_only() -> None:
+    with pytest.raises(ConfigError, match="device='gpu'"):
+        build(OmegaConf.create({"_target_": "vla_autoprune.devices.resolve_device", "name": "gpu"}))
+    bug = {
+        "_target_": "vla_autoprune.pipeline.loop.shard_indices",
+        "num_samples": 4,
+        "shard": 9,
+        "num_shards": 2,
+    }
+    with pytest.raises(InstantiationException):  # not a user error: keeps Hydra's wrapper and traceback
+        build(OmegaConf.create(bug))

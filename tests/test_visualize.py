@@ -1,0 +1,344 @@
+"""The viewer: kept-token files (crash-safe, resumable), pixel-exact mosaics, the Hydra app, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from PIL import Image
+
+from planners.vla import VLAPlanner
+from vla_autoprune.data import NuScenesDrivingDataset
+from vla_autoprune.data.synthetic import SYNTHETIC_VERSION
+from vla_autoprune.errors import DataNotFoundError
+from vla_autoprune.models import load
+from vla_autoprune.pipeline.app import evaluate
+from vla_autoprune.pipeline.loop import RECORDS_FILE, run_split
+from vla_autoprune.pipeline.results import read_records
+from vla_autoprune.pruning import FastVPruner
+from vla_autoprune.visualize import visualize
+from vla_autoprune.viz.mosaic import (
+    DIM,
+    KEPT,
+    LABEL_PX,
+    MERGED,
+    base_panel,
+    draw_layer,
+    geometry_for,
+    layer_stack,
+)
+from vla_autoprune.viz.persistence import KEPT_DIR, KeptStore, SampleTrace, chunk_arrays, write_chunk
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+BUDGET = 48
+#: Where the test expects each nuScenes camera in the mosaic, written out independently of mosaic.py.
+EXPECTED_SLOT = {
+    "CAM_FRONT_LEFT": (0, 0),
+    "CAM_FRONT": (0, 1),
+    "CAM_FRONT_RIGHT": (0, 2),
+    "CAM_BACK_LEFT": (1, 0),
+    "CAM_BACK": (1, 1),
+    "CAM_BACK_RIGHT": (1, 2),
+}
+
+
+def _cfg(name: str, *overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(name, overrides=["device=cpu", *overrides])
+
+
+@pytest.fixture(scope="module")
+def runs(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two finished evaluation runs of the val split: FastV (drop only) and AutoPrune (recycles)."""
+    out = {}
+    for pruner in ("fastv", "autoprune"):
+        folder = tmp_path_factory.mktemp(pruner)
+        evaluate(
+            _cfg(
+                "evaluate", f"data.dataset.dataroot={synthetic_root}", f"pruner={pruner}", f"budget={BUDGET}"
+            ),
+            folder,
+        )
+        out[pruner] = folder
+    return out
+
+
+# -- pixels --------------------------------------------------------------------------------------
+
+
+def _marker_at(image: np.ndarray, x: int, y: int, colour: tuple[int, int, int]) -> bool:
+    return tuple(int(c) for c in image[y, x]) == colour
+
+
+def _check_pixels(
+    mosaic: np.ndarray, panel: np.ndarray, trace: SampleTrace, layers: list[int], cell: tuple[int, int]
+) -> None:
+    """Every token's patch, found from the layout and the expected surround slot, shows its state."""
+    rows, cols = trace.patch_grid
+    panel_h = panel.shape[0]
+    for i, layer in enumerate(layers):
+        top = i * (panel_h + LABEL_PX) + LABEL_PX
+        members = trace.merged_members(layer)
+        merged = np.zeros(trace.num_visual, dtype=bool)
+        for m in members.values():
+            merged[m] = True
+        for v in range(trace.num_visual):
+            r, c = EXPECTED_SLOT[trace.cameras[trace.camera_index[v]]]
+            pr, pc = divmod(int(trace.patch_index[v]), cols)
+            x0 = c * cell[0] + pc * cell[0] // cols
+            y0 = r * (cell[1] + LABEL_PX) + LABEL_PX + pr * cell[1] // rows
+            y1 = r * (cell[1] + LABEL_PX) + LABEL_PX + (pr + 1) * cell[1] // rows
+            x1 = c * cell[0] + (pc + 1) * cell[0] // cols
+            edge = (x0, (y0 + y1) // 2)  # on the patch's inner left border
+            centre = ((x0 + x1) // 2, (y0 + y1) // 2)
+            kept = bool(trace.kept[layer, v])
+            assert _marker_at(mosaic, edge[0], top + edge[1], KEPT) == kept, (layer, v)
+            assert _marker_at(mosaic, edge[0], top + edge[1], MERGED) == bool(merged[v]), (layer, v)
+            if not kept and not merged[v]:
+                base = panel[centre[1], centre[0]].astype(float)
+                assert np.all(mosaic[top + centre[1], centre[0]] <= DIM * base + 1), (layer, v)
+
+
+@pytest.mark.parametrize("pruner", ["fastv", "autoprune"])
+def test_png_highlights_exactly_the_kept_patches(runs: dict[str, Path], tmp_path: Path, pruner: str) -> None:
+    cfg = _cfg("visualize", f"runs=[{runs[pruner]}]", "scene=0", "layers=[0,2,7]")
+    visualize(cfg, tmp_path)
+    records = read_records(runs[pruner] / RECORDS_FILE)
+    store = KeptStore(runs[pruner])
+    token = records[0]["sample_token"]
+    trace = store.get(token)
+    assert trace.kept[0].all() and trace.kept[2].sum() < trace.kept[0].sum()  # something was dropped
+    assert trace.image_region == (0.0, 0.0, 1.0, 1.0)  # DrivingVLA resizes whole images (as _check_pixels)
+    folder = next((tmp_path / "png").glob(f"*/00_{token[:8]}"))
+    mosaic = np.asarray(Image.open(next(folder.glob("mosaic_*.png"))).convert("RGB"))
+    item_images = _images(runs[pruner], records[0]["index"], trace.cameras)
+    h, w = item_images[0].shape[:2]
+    geometry = geometry_for(trace, (w, h))
+    panel = np.asarray(base_panel(item_images, geometry))
+    _check_pixels(mosaic, panel, trace, [0, 2, 7], geometry.cell)
+
+
+def _images(run: Path, index: int, cameras: tuple[str, ...]) -> list[np.ndarray]:
+    """The run's camera images of dataset sample ``index``, in ``cameras`` order."""
+    data = json.loads((run / "run.json").read_text())["data"]
+    dataset = NuScenesDrivingDataset(data["dataroot"], version=SYNTHETIC_VERSION, split=data["split"])
+    item = dataset[index]
+    by_name = dict(zip(item["cameras"], item["images"].numpy().transpose(0, 2, 3, 1), strict=True))
+    return [by_name[c] for c in cameras]
+
+
+def test_merged_members_are_drawn_as_the_union_of_their_patches(tmp_path: Path) -> None:
+    """A known case: 2 cameras of 2 x 3 patches; layer 1 keeps 3 tokens and merges 4 into 2 tokens."""
+    cameras = ("CAM_BACK", "CAM_FRONT")  # out of surround order: the slot comes from the name
+    v = 12
+    kept = np.ones((1, 2, v), dtype=bool)
+    kept[0, 1] = False
+    kept[0, 1, [0, 7, 11]] = True
+    merged_into = np.full((1, 2, v), -1, dtype=np.int16)
+    merged_into[0, 1, [1, 2]] = 0
+    merged_into[0, 1, [8, 9]] = 1
+    write_chunk(
+        tmp_path,
+        chunk_arrays(
+            indices=[5],
+            sample_tokens=["s5"],
+            scene_tokens=["scene"],
+            cameras=cameras,
+            patch_grid=(2, 3),
+            camera_index=np.repeat([[0, 1]], 6, axis=1),
+            patch_index=np.tile(np.arange(6), 2)[None],
+            kept=kept,
+            visual_tokens=np.array([[12, 5]]),
+            merged_tokens=np.array([[0, 2]]),
+            merged_into=merged_into,
+        ),
+    )
+    trace = KeptStore(tmp_path).get("s5")
+    assert {g: m.tolist() for g, m in trace.merged_members(1).items()} == {0: [1, 2], 1: [8, 9]}
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (30, 60, 3), dtype=np.uint8) for _ in cameras]
+    geometry = geometry_for(trace, (60, 30), cell_width=120)
+    base = base_panel(images, geometry)
+    mosaic = np.asarray(layer_stack([draw_layer(base, geometry, trace, i) for i in (0, 1)], ["0", "1"]))
+    _check_pixels(mosaic, np.asarray(base), trace, [0, 1], geometry.cell)
+
+
+# -- files: crash-safe and resumable ------------------------------------------------------------------
+
+
+class _CrashingPlanner(VLAPlanner):
+    """Dies on its ``crash_at``-th batch, like a killed job (before that batch writes anything)."""
+
+    def __init__(self, crash_at: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.crash_at, self.calls = crash_at, 0
+
+    def plan_with_stats(self, batch):
+        self.calls += 1
+        if self.calls == self.crash_at:
+            raise KeyboardInterrupt("killed")
+        return super().plan_with_stats(batch)
+
+
+def test_killed_run_resumes_without_losing_or_duplicating_tokens(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    dataset = NuScenesDrivingDataset(synthetic_root, version=SYNTHETIC_VERSION, split="val")
+    indices = list(range(6))
+    model = load("tiny-drive-vla")
+    with pytest.raises(KeyboardInterrupt):
+        run_split(
+            _CrashingPlanner(2, model=model, pruner=FastVPruner(budget=BUDGET)),
+            dataset,
+            indices,
+            tmp_path,
+            batch_size=2,
+        )
+    assert len(read_records(tmp_path / RECORDS_FILE)) == 2 and len(KeptStore(tmp_path)) == 2
+    # Killed after a chunk was written but before its records: drop the last record line.
+    run_split(VLAPlanner(model, FastVPruner(budget=BUDGET)), dataset, indices[:4], tmp_path, batch_size=2)
+    lines = (tmp_path / RECORDS_FILE).read_text().splitlines(keepends=True)
+    (tmp_path / RECORDS_FILE).write_text("".join(lines[:3]))
+    # Resumed with another batch size: the re-evaluated sample lands in a new chunk.
+    run_split(VLAPlanner(model, FastVPruner(budget=BUDGET)), dataset, indices, tmp_path, batch_size=3)
+    records = read_records(tmp_path / RECORDS_FILE)
+    store = KeptStore(tmp_path)
+    assert sorted(r["index"] for r in records) == indices  # nothing lost or evaluated twice
+    assert store.tokens() == [dataset.sample_tokens[i] for i in indices]
+    for record in records:
+        trace = store.get(record["sample_token"])
+        assert trace.index == record["index"]
+        assert trace.kept.sum(axis=1).tolist() == record["visual_tokens_per_layer"]  # FastV merges nothing
+    assert not list((tmp_path / KEPT_DIR).glob(".*"))  # no temporary file left behind
+    run_split(VLAPlanner(model, FastVPruner(budget=BUDGET)), dataset, indices[:2], tmp_path, resume=False)
+    assert len(KeptStore(tmp_path)) == 2 and list(tmp_path.glob(f"{KEPT_DIR}.*.bak"))
+
+
+# -- the app --------------------------------------------------------------------------------------
+
+
+def test_page_compares_runs_and_live_mode_draws_a_sample(
+    synthetic_root: Path, runs: dict[str, Path], tmp_path: Path
+) -> None:
+    sweep = tmp_path / "sweep"  # a sweep folder: its runs, less one without token files
+    for name, run in (("fastv", runs["fastv"]), ("autoprune", runs["autoprune"])):
+        (sweep / name).mkdir(parents=True)
+        for path in run.glob("*.*"):
+            (sweep / name / path.name).write_bytes(path.read_bytes())
+        (sweep / name / KEPT_DIR).symlink_to(run / KEPT_DIR)
+    (sweep / "constant_velocity").mkdir()
+    (sweep / "constant_velocity" / RECORDS_FILE).write_text("")
+    pages = visualize(_cfg("visualize", f"runs=[{sweep}]"), tmp_path / "two")
+    assert len(pages) == 1
+    text = pages[0].read_text()
+    assert '"label":"fastv b48"' in text and '"label":"autoprune b48"' in text
+    assert "http://" not in text and "https://" not in text and 'src="http' not in text  # nothing fetched
+    token = read_records(runs["fastv"] / RECORDS_FILE)[3]["sample_token"]
+    live = visualize(
+        _cfg(
+            "visualize",
+            f"data.dataset.dataroot={synthetic_root}",
+            "pruner=fastv",
+            f"budget={BUDGET}",
+            f"sample={token}",
+        ),
+        tmp_path / "live",
+    )
+    assert token in live[0].read_text()
+    assert KeptStore(tmp_path / "live" / "live").tokens() == [token]
+
+
+def test_run_without_token_files_is_a_one_line_error(runs: dict[str, Path], tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("run.json", "config.yaml", RECORDS_FILE):
+        (old / name).write_bytes((runs["fastv"] / name).read_bytes())
+    with pytest.raises(DataNotFoundError, match=r"no kept/ token files.*evaluate it again") as err:
+        visualize(_cfg("visualize", f"runs=[{old}]"), tmp_path / "out")
+    assert "\n" not in str(err.value)
+
+
+def test_cli_unknown_sample_is_one_line(runs: dict[str, Path], tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vla_autoprune.visualize",
+            f"runs=[{runs['fastv']}]",
+            "sample=nope",
+            f"out_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "error:" in line]
+    assert len(errors) == 1 and "sample 'nope' is not in run" in errors[0] and "sample=" in errors[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_grid_covers_the_processors_centre_crop(llava_folder: Path) -> None:
+    """LLaVA's processor resizes the short side and centre-crops: the grid covers the crop only."""
+    import torch
+
+    from vla_autoprune.viz.collect import image_region
+
+    model = load(llava_folder)
+    w, h = 192, 108
+    ramp = np.broadcast_to(np.linspace(0, 255, w, dtype=np.float64)[None, :, None], (h, w, 3))
+    pixels = model.processor.image_processor(
+        images=[torch.from_numpy(ramp.round().astype(np.uint8)).permute(2, 0, 1)], return_tensors="pt"
+    )["pixel_values"][0, 0]
+    processor = model.processor.image_processor
+    seen = (pixels.numpy() * processor.image_std[0] + processor.image_mean[0]) * 255  # back to 0..255
+    x0, y0, x1, y1 = image_region(model, (w, h))
+    assert (y0, y1) == (0.0, 1.0) and x1 - x0 == pytest.approx(h / w)
+    # the crop's first and last columns show the ramp at x0 and x1 (within a resampled pixel)
+    assert seen[:, 0].mean() / 255 == pytest.approx(x0, abs=2 / 28)
+    assert seen[:, -1].mean() / 255 == pytest.approx(x1, abs=2 / 28)
+    assert image_region(load("tiny-drive-vla"), (w, h)) == (0.0, 0.0, 1.0, 1.0)
+    trace = SampleTrace(
+        index=0,
+        sample_token="s",
+        scene_token="scene",
+        cameras=("CAM_FRONT",),
+        patch_grid=(2, 2),
+        image_region=(0.25, 0.0, 0.75, 1.0),
+        camera_index=np.zeros(4, dtype=int),
+        patch_index=np.arange(4),
+        kept=np.ones((1, 4), dtype=bool),
+        merged_into=None,
+        visual_tokens=np.array([4]),
+        merged_tokens=np.array([0]),
+        schedule=None,
+        mi=None,
+        k=None,
+    )
+    geometry = geometry_for(trace, (200, 100), cell_width=120)
+    # CAM_FRONT is the top middle cell (x from 120); the crop is its middle half (x 30..90 within it)
+    assert geometry.token_boxes(trace).tolist() == [
+        [150, 14, 180, 44],
+        [180, 14, 210, 44],
+        [150, 44, 180, 74],
+        [180, 44, 210, 74],
+    ]
+
+
+def test_damaged_token_file_is_a_one_line_error(runs: dict[str, Path], tmp_path: Path) -> None:
+    from vla_autoprune.errors import DataError
+
+    (tmp_path / KEPT_DIR).mkdir()
+    chunk = next((runs["fastv"] / KEPT_DIR).glob("*.npz"))
+    (tmp_path / KEPT_DIR / chunk.name).write_bytes(chunk.read_bytes()[:200])  # truncated copy
+    with pytest.raises(DataError, match=r"is unreadable .*delete it and evaluate the run again") as err:
+        KeptStore(tmp_path)
+    assert "\n" not in str(err.value)

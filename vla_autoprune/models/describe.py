@@ -1,0 +1,94 @@
+"""What a saved driving model looks like to a pruner, read from its ``config.json`` alone.
+
+The evaluation app checks a pruning budget against the decoder depth ``L`` and the visual token
+count ``V`` before it loads any weights or data, so an unreachable budget costs nothing; this module
+answers those two numbers from the folder's config (no weights, no tokenizer, no processor).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import LlavaConfig, PreTrainedConfig
+
+from vla_autoprune.errors import DataNotFoundError, ModelLoadError
+from vla_autoprune.models.driving_vla import DrivingVLAConfig, patch_grid, sub_config
+from vla_autoprune.models.llava_adapter import LLAVA_MODEL_TYPE
+from vla_autoprune.models.loading import resolve_model_path
+
+#: Vision towers whose hidden states start with a [CLS] token before the patch tokens.
+_CLS_TOWERS = {"clip_vision_model": True, "siglip_vision_model": False}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The token geometry a pruner is checked against.
+
+    Attributes:
+        model_type: ``config.json``'s ``model_type`` (``driving_vla`` or ``llava``).
+        num_layers: decoder depth ``L``.
+        visual_per_camera: visual tokens each camera image contributes to the decoder input.
+    """
+
+    model_type: str
+    num_layers: int
+    visual_per_camera: int
+
+    def num_visual(self, num_cameras: int) -> int:
+        """``V``: visual tokens in the decoder input of a sample with ``num_cameras`` images."""
+        return self.visual_per_camera * num_cameras
+
+
+def describe(name_or_path: str | Path) -> ModelShape:
+    """Decoder depth and visual tokens per camera of a bundled model name or a saved model folder.
+
+    Reads only ``config.json`` (DrivingVLA or LLaVA folders); raises a one-line
+    :class:`~vla_autoprune.errors.UserError` for a missing or unreadable config.
+    """
+    folder = resolve_model_path(name_or_path)
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise DataNotFoundError(f"{config_file} not found; pass a folder saved with save_pretrained")
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelLoadError(
+            f"{config_file} is not valid JSON ({err}); restore or re-save the model"
+        ) from None
+    config: PreTrainedConfig
+    if model_type == DrivingVLAConfig.model_type:
+        config = DrivingVLAConfig.from_pretrained(folder)
+        vision = sub_config(config, "vision_config")
+        rows, cols = patch_grid(vision)
+        per_camera = rows * cols  # DrivingVLA drops CLIP's [CLS]: one token per patch
+    elif model_type == LLAVA_MODEL_TYPE:
+        config = LlavaConfig.from_pretrained(folder)
+        per_camera = _llava_tokens_per_image(config, config_file)
+    else:
+        raise ModelLoadError(
+            f"{config_file} has model_type={model_type!r}; supported: "
+            f"{[DrivingVLAConfig.model_type, LLAVA_MODEL_TYPE]}"
+        )
+    num_layers = int(sub_config(config, "text_config").num_hidden_layers)
+    return ModelShape(model_type=str(model_type), num_layers=num_layers, visual_per_camera=per_camera)
+
+
+def _llava_tokens_per_image(config: PreTrainedConfig, config_file: Path) -> int:
+    """Image tokens per ``<image>`` of a LLaVA config, as ``LlavaModel.get_image_features`` selects them.
+
+    The vision tower yields one token per patch (plus [CLS] for CLIP); the ``default`` feature
+    strategy drops the first token, ``full`` keeps all.
+    """
+    vision = sub_config(config, "vision_config")
+    if vision.model_type not in _CLS_TOWERS:
+        raise ModelLoadError(
+            f"{config_file}: vision tower {vision.model_type!r} is not supported; "
+            f"use one of {sorted(_CLS_TOWERS)}"
+        )
+    rows, cols = patch_grid(vision)
+    tokens = rows * cols + int(_CLS_TOWERS[vision.model_type])
+    if config.vision_feature_select_strategy == "default":
+        tokens -= 1
+    return tokens

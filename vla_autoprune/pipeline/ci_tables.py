@@ -1,0 +1,251 @@
+"""Result tables with scene-bootstrap 95 % intervals, computed from the per-sample records.
+
+A :class:`Run` is one configuration's summary with its records sorted by sample token, so runs on
+the same samples line up sample by sample and draw identical bootstrap weights from one seed
+(the weights depend only on the sorted scene list, the number of resamples and the seed): every
+comparison with ``none`` is paired. Point estimates equal the summary's numbers; the intervals come
+from :mod:`vla_autoprune.pipeline.bootstrap`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vla_autoprune.errors import DataError
+from vla_autoprune.pipeline.bootstrap import (
+    Interval,
+    cluster_weights,
+    paired_difference,
+    paired_ratio,
+    ratio_interval,
+)
+from vla_autoprune.pipeline.summary import metric_terms, stat_values
+from vla_autoprune.pipeline.table import (
+    HORIZONS,
+    drop_empty_variant,
+    find_baseline,
+    sort_summaries,
+    table_rows,
+)
+
+#: Figure columns of the main table whose terms come from :func:`summary.metric_terms`: the
+#: horizons, plus the horizon average for L2 (the papers' "Avg.").
+_L2_COLUMNS = (*HORIZONS, "avg")
+#: Complexity bins of the breakdown: tertiles of the evaluated samples' complexity.
+COMPLEXITY_QUANTILES = (1 / 3, 2 / 3)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One configuration: its summary and its records sorted by ``sample_token``."""
+
+    summary: dict[str, Any]
+    records: list[dict[str, Any]]
+
+    @classmethod
+    def of(cls, summary: dict[str, Any], records: Sequence[dict[str, Any]]) -> Run:
+        """A run with its records put in sample-token order."""
+        return cls(summary, sorted(records, key=lambda r: r["sample_token"]))
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """How intervals are drawn: replicates and seed (the report states both)."""
+
+    resamples: int = 2000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        cluster_weights(["check"], self.resamples, self.seed)  # a bad resamples fails here, once
+
+    def weights(self, run: Run) -> np.ndarray:
+        """float64 [R, S]: scene-bootstrap weights of ``run``'s samples (equal for equal samples)."""
+        return cluster_weights([r["scene_token"] for r in run.records], self.resamples, self.seed)
+
+
+def _figure_terms(records: Sequence[dict[str, Any]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Table column (``L2@3s stp3``, ``L2 avg uniad``, ``Col@1s box``, ...) -> (num [S], den [S])."""
+    out = {}
+    for name, (num, den) in metric_terms(records).items():
+        prefix, conv = name.split()
+        if prefix == "L2":
+            num = np.column_stack([num, num.mean(axis=1)])  # avg over horizons; den is shared
+        horizons = _L2_COLUMNS if prefix == "L2" else HORIZONS
+        for i, h in enumerate(horizons):
+            column = f"{prefix} avg {conv}" if h == "avg" else f"{prefix}@{h} {conv}"
+            out[column] = (num[:, i], den)
+    return out
+
+
+def _put(row: dict[str, Any], column: str, interval: Interval, scale: float = 1.0) -> None:
+    row[column] = float(interval.estimate) * scale
+    row[f"{column} lo"] = float(interval.low) * scale
+    row[f"{column} hi"] = float(interval.high) * scale
+
+
+def _paired_base(run: Run, runs: Sequence[Run]) -> Run | None:
+    base = find_baseline(run.summary, [r.summary for r in runs])
+    if base is None or base is run.summary:
+        return None
+    found = next(r for r in runs if r.summary is base)
+    tokens = [r["sample_token"] for r in run.records]
+    return found if [r["sample_token"] for r in found.records] == tokens else None
+
+
+def interval_columns(
+    records: Sequence[dict[str, Any]], base: Sequence[dict[str, Any]] | None, weights: np.ndarray
+) -> dict[str, float]:
+    """CI columns of one run: ``c lo``/``c hi`` for every figure ``c``, ``c diff`` (run - none)
+    with its interval, and the L2 retentions (none / run, %) with theirs.
+
+    :param records: [S] the run's records; ``base``: [S] the ``none`` run's, aligned sample by
+        sample (or None: no comparison); ``weights``: float [R, S] bootstrap weights.
+    """
+    row: dict[str, Any] = {}
+    terms = _figure_terms(records)
+    base_terms = _figure_terms(base) if base is not None else {}
+    for column, (num, den) in terms.items():
+        interval = ratio_interval(weights, num, den)
+        row[f"{column} lo"], row[f"{column} hi"] = float(interval.low), float(interval.high)
+        if column in base_terms:
+            _put(row, f"{column} diff", paired_difference(weights, num, den, *base_terms[column]))
+    for column in ("L2 avg stp3", "L2@3s stp3"):
+        if column in base_terms:
+            name = "L2 retention stp3 %" if column == "L2 avg stp3" else "L2@3s retention stp3 %"
+            _put(row, name, paired_ratio(weights, *terms[column], *base_terms[column]), 100.0)
+    return row
+
+
+def compare_records(
+    records: Sequence[dict[str, Any]], none_records: Sequence[dict[str, Any]], boot: Bootstrap | None = None
+) -> dict[str, float]:
+    """:func:`interval_columns` of a run against its ``none`` run, e.g. for acceptance checks:
+    ``compare_records(run, none)["L2@3s retention stp3 % hi"]``.
+
+    :param records: the run's per-sample records; ``none_records``: the unpruned run's records on
+        the same samples (any order).
+    """
+    run, base = Run.of({}, records), Run.of({}, none_records)
+    if [r["sample_token"] for r in run.records] != [r["sample_token"] for r in base.records]:
+        raise DataError(
+            f"the runs hold different samples ({len(records)} vs {len(none_records)}); "
+            "compare runs of one data selection"
+        )
+    return interval_columns(run.records, base.records, (boot or Bootstrap()).weights(run))
+
+
+def _numbered(runs: Sequence[Run]) -> list[tuple[int, Run]]:
+    """``runs`` in table order, with their row number in the main table (``run`` column)."""
+    by_summary = {id(r.summary): r for r in runs}
+    ordered = sort_summaries([r.summary for r in runs])
+    return [(i, by_summary[id(s)]) for i, s in enumerate(ordered, start=1)]
+
+
+def main_rows(runs: Sequence[Run], boot: Bootstrap) -> list[dict[str, Any]]:
+    """The main table: ``run`` (row number), :func:`table.table_rows` columns and intervals (see
+    :func:`interval_columns`)."""
+    numbered = _numbered(runs)
+    rows = []
+    for row, (run_id, run) in zip(table_rows([r.summary for _, r in numbered]), numbered, strict=True):
+        if run.records:
+            base = _paired_base(run, runs)
+            base_records = base.records if base is not None else None
+            row.update(interval_columns(run.records, base_records, boot.weights(run)))
+        rows.append({"run": run_id, **row})
+    return rows
+
+
+def complexity_labels(records: Sequence[dict[str, Any]]) -> list[str]:
+    """Complexity tertile of each record (edges from these records), or ``unknown``."""
+    values = np.array([np.nan if r.get("complexity") is None else float(r["complexity"]) for r in records])
+    known = np.isfinite(values)
+    if not known.any():
+        return ["unknown"] * len(records)
+    edges = np.unique(np.quantile(values[known], COMPLEXITY_QUANTILES))
+    names = [f"<= {edges[0]:g}"]
+    names += [f"({lo:g}, {hi:g}]" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    names.append(f"> {edges[-1]:g}")
+    bins = np.searchsorted(edges, values, side="left")
+    return [names[b] if ok else "unknown" for b, ok in zip(bins, known, strict=True)]
+
+
+def _groups(run: Run, by: str) -> list[tuple[str, np.ndarray]]:
+    labels = (
+        [str(r.get("scenario") or "unknown") for r in run.records]
+        if by == "scenario"
+        else complexity_labels(run.records)
+    )
+    arr = np.asarray(labels)
+    return [(name, arr == name) for name in dict.fromkeys(sorted(labels))]
+
+
+def _run_keys(run_id: int, summary: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "run": run_id,
+        "pruner": summary.get("pruner_label") or summary.get("pruner"),
+        "budget": summary.get("budget"),
+        "positions": summary.get("position_ids"),
+        "variant": summary.get("variant") or "",
+    }
+
+
+def _group_figures(
+    terms: dict[str, tuple[np.ndarray, np.ndarray]],
+    base_terms: dict[str, tuple[np.ndarray, np.ndarray]],
+    weights: np.ndarray,
+    mask: np.ndarray,
+) -> dict[str, float]:
+    """L2@3s and Col@3s (stp3) and L2@3s retention of the samples in ``mask`` (bool [S])."""
+    row: dict[str, float] = {}
+    w = weights[:, mask]  # [R, S_group]: the whole-split scene draws, restricted to the group
+    for column in ("L2@3s stp3", "Col@3s stp3"):
+        num, den = terms[column]
+        _put(row, column, ratio_interval(w, num[mask], den[mask]))
+    if "L2@3s stp3" in base_terms:
+        (num, den), (ref_num, ref_den) = terms["L2@3s stp3"], base_terms["L2@3s stp3"]
+        interval = paired_ratio(w, num[mask], den[mask], ref_num[mask], ref_den[mask])
+        _put(row, "L2@3s retention stp3 %", interval, 100.0)
+    return row
+
+
+def breakdown_rows(runs: Sequence[Run], boot: Bootstrap) -> list[dict[str, Any]]:
+    """Per run (``run`` = its row number in the main table) and group of ``scenario`` family or
+    complexity bin: samples, scenes, L2@3s and Col@3s (stp3) and L2@3s retention, with intervals."""
+    rows = []
+    for run_id, run in _numbered(runs):
+        if not run.records:
+            continue
+        weights, base = boot.weights(run), _paired_base(run, runs)
+        terms = _figure_terms(run.records)
+        base_terms = _figure_terms(base.records) if base is not None else {}
+        scenes = np.array([r["scene_token"] for r in run.records])
+        for by in ("scenario", "complexity"):
+            for name, mask in _groups(run, by):
+                row = {**_run_keys(run_id, run.summary), "by": by, "group": name}
+                row |= {"samples": int(mask.sum()), "scenes": len(set(scenes[mask]))}
+                rows.append(row | _group_figures(terms, base_terms, weights, mask))
+    return drop_empty_variant(rows)
+
+
+def stat_rows(
+    runs: Sequence[Run], boot: Bootstrap, keys: Sequence[str] = ("mi", "k")
+) -> list[dict[str, Any]]:
+    """Mean of per-sample pruner statistics (AutoPrune's ``mi`` and ``k``) per scenario family, with
+    intervals, for every run that records them; plus an ``all`` row per run."""
+    rows = []
+    for run_id, run in _numbered(runs):
+        stats = {key: stat_values(run.records, key) for key in keys}
+        if not any(present.any() for _, present in stats.values()):
+            continue
+        weights = boot.weights(run)
+        everything = ("all", np.ones(len(run.records), dtype=bool))
+        for name, mask in [everything, *_groups(run, "scenario")]:
+            row = {**_run_keys(run_id, run.summary), "scenario": name, "samples": int(mask.sum())}
+            for key, (values, present) in stats.items():
+                _put(row, key, ratio_interval(weights[:, mask], values[mask], present[mask]))
+            rows.append(row)
+    return drop_empty_variant(rows)

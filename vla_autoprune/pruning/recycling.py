@@ -1,0 +1,120 @@
+"""Recycling (SparseVLM, AutoPrune): part of the dropped tokens come back as merged tokens.
+
+The reference's rule: of the ``d`` tokens a layer drops, the best-scored ``m = int(0.3 d) + 1``
+are merged by DPC-kNN (:mod:`vla_autoprune.pruning.merging`) into ``min(m // 10 + 1, m)`` tokens,
+placed right after the kept visual tokens. Merged tokens count against the budget.
+"""
+
+from __future__ import annotations
+
+from typing import overload
+
+import torch
+from torch import Tensor
+
+from vla_autoprune.pruning.merging import DEFAULT_NEIGHBOURS, dpc_knn_merge
+from vla_autoprune.pruning.pruner import LayerView, Merge
+
+RECYCLE_FRACTION = 0.3  # the top 30% of the dropped tokens are recycled ...
+TOKENS_PER_CLUSTER = 10  # ... into about a tenth as many merged tokens
+# `split_handed_on` fixed-point steps: each step shrinks the error to about 3% of itself plus one
+# token (recycle_count grows ~0.03 per dropped token), so 16 steps are exact far beyond V = 1e9.
+SPLIT_ITERATIONS = 16
+
+
+@overload
+def recycle_count(num_dropped: int) -> int: ...
+
+
+@overload
+def recycle_count(num_dropped: Tensor) -> Tensor: ...
+
+
+def recycle_count(num_dropped: int | Tensor) -> int | Tensor:
+    """Merged tokens made from ``d`` dropped ones: ``min(m // 10 + 1, m)``, ``m = int(0.3 d) + 1``.
+
+    Zero when nothing is dropped. The tensor form (int64, ``d >= 0``, any shape) uses float64 for
+    ``0.3 d`` so it agrees with the reference's Python floats bit for bit.
+    """
+    if isinstance(num_dropped, Tensor):
+        groups = torch.floor(num_dropped.to(torch.float64) * RECYCLE_FRACTION).to(torch.int64) + 1
+        merged = torch.minimum(groups // TOKENS_PER_CLUSTER + 1, groups)
+        return torch.where(num_dropped > 0, merged, torch.zeros_like(merged))
+    if num_dropped == 0:
+        return 0
+    recycled = int(RECYCLE_FRACTION * num_dropped) + 1
+    return min(recycled // TOKENS_PER_CLUSTER + 1, recycled)
+
+
+def split_handed_on(processed: Tensor, handed_on: Tensor, recycle: bool = True) -> tuple[Tensor, Tensor]:
+    """Split a layer's hand-on count into kept visual tokens and merged (recycled) tokens.
+
+    With recycling, ``keep`` is the largest count with ``keep + recycle_count(processed - keep)
+    == handed_on``. When even keeping nothing would recycle more than ``handed_on`` tokens, the
+    budget has no room for merging: ``keep = handed_on``, ``merged = 0``. No host sync.
+
+    Args:
+        processed: int64 ``[...]`` tokens the layer processed.
+        handed_on: int64 ``[...]`` tokens it hands on, ``1 <= handed_on <= processed``.
+        recycle: False gives ``(handed_on, 0)``.
+
+    Returns:
+        ``(keep, merged)``, int64 ``[...]`` each, summing to ``handed_on``.
+    """
+    if not recycle:
+        return handed_on, torch.zeros_like(handed_on)
+    # keep_{i+1} = n - r(P - keep_i) decreases monotonically onto the largest solution
+    keep = handed_on
+    for _ in range(SPLIT_ITERATIONS):
+        keep = handed_on - recycle_count(processed - keep)
+    room = recycle_count(processed) <= handed_on
+    keep = torch.where(room, keep, handed_on)
+    return keep, handed_on - keep
+
+
+def recycle_dropped(
+    view: LayerView,
+    scores: torch.Tensor,
+    dropped: torch.Tensor,
+    clusters: torch.Tensor,
+    pool_fraction: float = RECYCLE_FRACTION,
+    neighbours: int | None = DEFAULT_NEIGHBOURS,
+) -> Merge:
+    """Merge the best-scored dropped tokens into ``clusters`` [B] tokens by DPC-kNN.
+
+    The pool is the top ``int(pool_fraction * d) + 1`` of the ``d`` dropped tokens of a row (the
+    reference's rule); merging runs on the layer's output hidden states. Each merged token takes the
+    position of its best-scored member.
+
+    Args:
+        view: the layer view (``output`` ``[B, K, D]``, ``visual_slots`` ``[B, Kv]``).
+        scores: float ``[B, Kv]`` visual-token scores at this layer.
+        dropped: bool ``[B, Kv]`` visual slots dropped at this layer.
+        clusters: int64 ``[B]`` merged tokens wanted per row.
+        pool_fraction: share of the dropped tokens that enter the pool.
+        neighbours: DPC-kNN's ``k``; None uses each row's cluster count, as the SparseVLM and
+            AutoPrune reference code do (:mod:`vla_autoprune.pruning.merging`).
+    """
+    b, kv = dropped.shape
+    d = dropped.sum(dim=1)
+    pool_size = torch.minimum(torch.floor(d.double() * pool_fraction).long() + 1, d)
+    ranked = torch.where(dropped, scores.float(), float("-inf"))
+    order = torch.argsort(ranked, dim=1, descending=True, stable=True)
+    width = max(int(pool_size.max()), 1)
+    pool = order[:, :width]  # [B, M] indices into the visual block
+    pool_ok = torch.arange(width, device=pool.device) < pool_size.unsqueeze(1)
+    pool_slots = view.visual_slots.gather(1, pool)
+    pool_hidden = view.output.gather(1, pool_slots.unsqueeze(-1).expand(-1, -1, view.output.shape[-1]))
+    wanted = clusters.clamp(max=pool_size)
+    k = wanted.clamp(min=1) if neighbours is None else neighbours
+    merged, assign = dpc_knn_merge(pool_hidden, wanted, k=k, valid=pool_ok)
+    c = merged.shape[1]
+    member = assign.unsqueeze(-1) == torch.arange(c, device=assign.device)  # [B, M, C]
+    pool_scores = ranked.gather(1, pool).unsqueeze(-1).expand(-1, -1, c)
+    best = torch.where(member, pool_scores, float("-inf")).argmax(dim=1)  # [B, C] index into pool
+    valid = torch.arange(c, device=pool.device) < torch.minimum(clusters, pool_size).unsqueeze(1)
+    valid = valid & member.any(1)
+    joined = pool_ok & (assign >= 0) & valid.gather(1, assign.clamp(min=0))
+    members = torch.full((b, kv), -1, dtype=torch.int64, device=pool.device)
+    members.scatter_(1, pool, torch.where(joined, assign, -1))  # pool indices are distinct per row
+    return Merge(hidden=merged, representative=pool.gather(1, best), valid=valid, members=members)

@@ -1,0 +1,130 @@
+"""Finished run folders as the viewer reads them: identity, records and kept tokens by sample token."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from vla_autoprune.errors import ConfigError, DataNotFoundError
+from vla_autoprune.pipeline.loop import RECORDS_FILE
+from vla_autoprune.pipeline.results import read_records
+from vla_autoprune.viz.persistence import KEPT_DIR, KeptStore
+
+logger = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"  # written by vla_autoprune.pipeline.app
+CONFIG_FILE = "config.yaml"  # ditto: the run's resolved Hydra config
+
+
+@dataclass
+class RunData:
+    """One finished (or live) run: what it is, its per-sample records and kept tokens."""
+
+    run_dir: Path
+    meta: dict[str, Any]
+    records: dict[str, dict[str, Any]]  # by sample token, in dataset-index order
+    kept: KeptStore
+    alias: str | None = None  # set when two runs would otherwise share a label
+
+    @property
+    def budget(self) -> float | None:
+        """The run's budget (None for an unpruned run)."""
+        budget = self.meta.get("budget")
+        return None if budget is None else float(budget)
+
+    @property
+    def label(self) -> str:
+        """Short name: pruner (or planner), budget and variant, e.g. ``autoprune b48``."""
+        if self.alias:
+            return self.alias
+        name = str(self.meta.get("pruner") or self.meta.get("planner") or self.run_dir.name)
+        parts = [name] + ([f"b{self.budget:g}"] if self.budget is not None else [])
+        if self.meta.get("variant"):
+            parts.append(str(self.meta["variant"]))
+        return " ".join(parts)
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    """Read a run folder (``run.json``, ``records.jsonl``, ``kept/``).
+
+    Raises:
+        DataNotFoundError: the folder, its records or its kept tokens are missing.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / RECORDS_FILE).is_file():
+        raise DataNotFoundError(
+            f"{run_dir} holds no {RECORDS_FILE}; pass the folder of a finished evaluation run "
+            "(runs=[outputs/runs/<run>]) or a sweep folder holding runs"
+        )
+    meta = json.loads((run_dir / RUN_FILE).read_text()) if (run_dir / RUN_FILE).is_file() else {}
+    records = {
+        r["sample_token"]: r for r in sorted(read_records(run_dir / RECORDS_FILE), key=lambda r: r["index"])
+    }
+    return RunData(run_dir, meta, records, KeptStore(run_dir))
+
+
+def distinct_labels(runs: Sequence[RunData]) -> None:
+    """Give runs that share a label an alias ``<label> (<folder name>)``."""
+    labels = [r.label for r in runs]
+    for run in runs:
+        if labels.count(run.label) > 1:
+            run.alias = f"{run.label} ({run.run_dir.name})"
+
+
+def expand_runs(paths: Sequence[str | Path]) -> list[Path]:
+    """Run folders from ``paths``: each a run folder, or a sweep folder whose sub-folders are runs."""
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if not path.is_dir():
+            raise DataNotFoundError(f"run folder {path} does not exist; pass runs=[<run or sweep folder>]")
+        if (path / RECORDS_FILE).is_file():
+            out.append(path)
+            continue
+        children = sorted(p.parent for p in path.glob(f"*/{RECORDS_FILE}"))
+        if not children:
+            raise DataNotFoundError(
+                f"{path} holds no {RECORDS_FILE}, nor do its sub-folders; pass an evaluation run "
+                "folder or a sweep folder"
+            )
+        # In a sweep, runs without token files (e.g. planner=constant_velocity) are left out.
+        drawable = [c for c in children if (c / KEPT_DIR).is_dir()]
+        for child in sorted(set(children) - set(drawable)):
+            logger.info("skipping %s: it has no %s/ token files", child, KEPT_DIR)
+        out.extend(drawable if drawable else children[:1])  # none: load_run names the problem
+    return out
+
+
+def dataset_config(run_dir: Path) -> Any:
+    """The dataset node a run evaluated (``run.json``'s ``data``, else ``config.yaml``'s ``data.dataset``)."""
+    meta_path, config_path = run_dir / RUN_FILE, run_dir / CONFIG_FILE
+    if meta_path.is_file():
+        data = json.loads(meta_path.read_text()).get("data")
+        if isinstance(data, dict) and "_target_" in data:
+            return OmegaConf.create(data)
+    if config_path.is_file():
+        node = OmegaConf.select(OmegaConf.load(config_path), "data.dataset")
+        if node is not None:
+            return node
+    raise ConfigError(
+        f"{run_dir} records no dataset ({RUN_FILE} 'data' or {CONFIG_FILE} 'data.dataset'); "
+        "evaluate it again with vla_autoprune.evaluate, which writes both"
+    )
+
+
+def build_dataset(node: Any) -> Any:
+    """Instantiate a dataset node (the images and boxes the viewer draws come from it)."""
+    return instantiate(node)
+
+
+def safe_name(text: str) -> str:
+    """``text`` as a file name (letters, digits, ``-_.`` only)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "run"
