@@ -23,7 +23,7 @@ import torch
 
 from planners.closed_loop import DEFAULT_CONFIG, SCORE_KEYS, PDMConfig, SceneGeometry, pdm_score
 from planners.closed_loop.map_geometry import check_maps, load_map, scene_geometry
-from vla_autoprune.errors import ConfigError
+from vla_autoprune.errors import ConfigError, DataNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,10 @@ class ClosedLoopScorer:
                 f"{type(dataset).__name__}; set scores=[open_loop]"
             )
         every = dataset.map_locations()
-        return cls(dataset.dataroot, sorted({every[i] for i in indices}))
+        try:
+            return cls(dataset.dataroot, sorted({every[i] for i in indices}))
+        except DataNotFoundError as err:
+            raise DataNotFoundError(f"{err}, or set scores=[open_loop]") from None
 
     def _map(self, location: str) -> Any:
         if location not in self._maps:

@@ -84,6 +84,64 @@ def stat_values(records: Sequence[dict[str, Any]], key: str) -> tuple[np.ndarray
     return np.where(present, values, 0.0), present.astype(np.float64)
 
 
+#: Closed-loop-style figures (``docs/CLOSED-LOOP.md``): (table column, key of a record's ``"pdm"``).
+PDM_FIGURES: tuple[tuple[str, str], ...] = (
+    ("PDMS", "pdms"),
+    ("NC", "nc"),
+    ("DAC", "dac"),
+    ("TTC", "ttc"),
+    ("EP", "ep"),
+    ("C", "comfort"),
+    ("DDC", "ddc"),
+)
+#: ``pdm_problem`` of a record evaluated without the closed-loop-style score (e.g. resumed from an
+#: open-loop-only run) in a run where other records have it.
+NOT_EVALUATED = "closed_loop_style was not among the scores"
+
+
+def has_pdm(records: Sequence[dict[str, Any]]) -> bool:
+    """Whether any record carries a closed-loop-style score (``scores`` had ``closed_loop_style``)."""
+    return any("pdm" in r for r in records)
+
+
+def pdm_terms(records: Sequence[dict[str, Any]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-sample mean terms of every PDM figure, in the order of ``records``: ``"PDMS"`` ->
+    (value float64 [S], 0 where absent; present float64 [S], 1 where the sample is scored and has
+    the value), so that the figure is ``value.sum() / present.sum()`` over the scored samples only
+    (what the bootstrap reweights)."""
+    terms = {}
+    for column, key in PDM_FIGURES:
+        values = [(r.get("pdm") or {}).get(key) if r.get("pdm_scored") else None for r in records]
+        present = np.array([v is not None for v in values], dtype=np.float64)
+        terms[column] = (np.array([0.0 if v is None else float(v) for v in values]), present)
+    return terms
+
+
+def closed_loop_metrics(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Means of the PDM figures over the scored samples, and how many samples were not scored and why.
+
+    :return: ``{"pdm": {key: mean or None}, "pdm_scored": int, "pdm_unscored": int,
+        "pdm_unscored_reasons": {reason: count}}``.
+    """
+    terms = pdm_terms(records)
+    scored = sum(bool(r.get("pdm_scored")) for r in records)
+    reasons: dict[str, int] = {}
+    for r in records:
+        if not r.get("pdm_scored"):
+            reason = str(r.get("pdm_problem") or NOT_EVALUATED) if "pdm" in r else NOT_EVALUATED
+            reasons[reason] = reasons.get(reason, 0) + 1
+    means = {
+        key: (terms[col][0].sum() / terms[col][1].sum()) if terms[col][1].any() else None
+        for col, key in PDM_FIGURES
+    }
+    return {
+        "pdm": {key: None if value is None else float(value) for key, value in means.items()},
+        "pdm_scored": scored,
+        "pdm_unscored": len(records) - scored,
+        "pdm_unscored_reasons": dict(sorted(reasons.items())),
+    }
+
+
 def summarize(records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
     """The ``summary.json`` document of one run.
 
@@ -98,6 +156,8 @@ def summarize(records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> dict[s
     if not records:
         return summary
     summary.update(planning_metrics(records))
+    if has_pdm(records):
+        summary.update(closed_loop_metrics(records))
     tokens = [np.mean(r["visual_tokens_per_layer"]) for r in records if r.get("visual_tokens_per_layer")]
     summary["mean_visual_tokens_per_layer"] = float(np.mean(tokens)) if tokens else None
     flops = _mean_or_none(records, "flops")
