@@ -24,7 +24,7 @@ from vla_autoprune.data.schema import CATEGORIES
 from vla_autoprune.errors import ConfigError, DataNotFoundError
 from vla_autoprune.pipeline.app import evaluate
 from vla_autoprune.pipeline.ci_tables import Bootstrap, Run, main_rows
-from vla_autoprune.pipeline.closed_loop_scores import SHORT_LOG
+from vla_autoprune.pipeline.closed_loop_scores import DEFAULT_SCORES, SHORT_LOG, check_scores
 from vla_autoprune.pipeline.loop import RECORDS_FILE, run_split
 from vla_autoprune.pipeline.report_files import write_report
 from vla_autoprune.pipeline.results import read_records
@@ -194,6 +194,12 @@ def test_missing_map_is_a_one_line_error_before_the_loop(synthetic_root: Path, t
     assert all("pdm" not in r for r in records)
     summary = summarize(records, {"planner": "constant_velocity"})
     assert "pdm" not in summary and "PDMS" not in table_rows([summary])[0]
+
+
+def test_evaluate_config_scores_both_by_default(synthetic_root: Path) -> None:
+    cfg = _cfg(synthetic_root)
+    assert check_scores(cfg.scores) == DEFAULT_SCORES == ("open_loop", "closed_loop_style")
+    assert check_scores(_cfg(synthetic_root, "scores=[open_loop]").scores) == ("open_loop",)
 
 
 @pytest.mark.parametrize("scores", [["closed_loop_style"], ["open_loop", "nope"], []])
