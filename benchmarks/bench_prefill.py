@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from vla_autoprune.data.synthetic import synthetic_dataset
 
 from vla_autoprune.data import collate
-from vla_autoprune.data.synthetic import synthetic_dataset
 from vla_autoprune.devices import batch_to, resolve_device
 from vla_autoprune.models import load
 from vla_autoprune.pipeline.table import to_markdown

@@ -12,10 +12,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
+from vla_autoprune.data.synthetic import SYNTHETIC_VERSION
 
 from planners.vla import VLAPlanner
 from vla_autoprune.data import NuScenesDrivingDataset
-from vla_autoprune.data.synthetic import SYNTHETIC_VERSION
 from vla_autoprune.errors import DataNotFoundError
 from vla_autoprune.models import load
 from vla_autoprune.pipeline.app import evaluate

@@ -34,6 +34,7 @@ DEFAULT_SCORES: tuple[str, ...] = SCORES
 PDM_RECORD_KEYS: tuple[str, ...] = (*SCORE_KEYS, "progress_m", "reference_progress_m", "tracking_error_m")
 #: ``pdm_problem`` of a sample whose log ends within the plan's horizon.
 SHORT_LOG = "the log ends within 3 s (agents unknown later)"
+MALFORMED = "malformed answer (no plan)"
 
 
 def check_scores(scores: Sequence[str]) -> tuple[str, ...]:
@@ -96,11 +97,16 @@ class ClosedLoopScorer:
             ``agent_boxes`` [B, 7, A, 5], ``agent_valid`` [B, 7, A], ``agent_labels`` [B, A],
             ``map_location`` (B) and ``ego_pose`` [B, 3] (``schema.py``).
         :param pred: float [B, 6, 2] planned waypoints.
-        :raises DataError: a plan with NaN or inf (one line naming the samples).
+        A plan holding NaN or inf (a malformed text answer) is unscored, with that reason.
         """
         gt = batch["gt_trajectory"].numpy().astype(np.float64)
+        finite = np.isfinite(pred.detach().float().cpu().numpy()).all(axis=(1, 2))
         full = batch["gt_mask"].numpy().astype(bool).all(axis=1)
-        problems: list[str | None] = [None if ok else SHORT_LOG for ok in full]
+        problems: list[str | None] = [
+            None if ok and plan else (MALFORMED if not plan else SHORT_LOG)
+            for ok, plan in zip(full, finite, strict=True)
+        ]
+        full = full & finite
         out: list[dict[str, Any]] = [{"pdm": dict.fromkeys(PDM_RECORD_KEYS)} for _ in problems]
         idx = np.flatnonzero(full)
         if idx.size:

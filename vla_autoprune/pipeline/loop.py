@@ -50,13 +50,20 @@ def sample_records(
     batch: dict[str, Any], indices: Sequence[int], pred: torch.Tensor, stats: Sequence[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """Per-sample JSON records of one batch: predictions, per-step L2 and collision flags, the
-    scenario family and complexity (``"unknown"`` / ``None`` when the batch lacks them), stats."""
+    scenario family and complexity (``"unknown"`` / ``None`` when the batch lacks them), stats.
+
+    A row of ``pred`` [B, 6, 2] holding NaN/inf (a malformed text answer) is recorded with
+    ``malformed: true`` and no ``pred`` / ``l2`` / ``collision``: the summaries leave it out of
+    every planning figure and count it."""
     pred_np = pred.detach().float().cpu().numpy()
     gt = batch["gt_trajectory"].numpy()
     mask = batch["gt_mask"].numpy().astype(bool)
-    errors = np.asarray(l2_errors(pred_np, gt))
+    # A chat VLA's malformed answer is a NaN plan: no L2 or collision for it, counted instead.
+    planned = np.isfinite(pred_np).all(axis=(1, 2))
+    safe = np.where(planned[:, None, None], pred_np, 0.0)
+    errors = np.asarray(l2_errors(safe, gt))
     flags = {
-        key: np.asarray(collision_flags(pred_np, gt, batch["future_boxes"], batch["future_labels"], key))
+        key: np.asarray(collision_flags(safe, gt, batch["future_boxes"], batch["future_labels"], key))
         for key in COLLISION_KEYS
     }
     scenarios = batch.get("scenario")
@@ -68,11 +75,12 @@ def sample_records(
             "index": int(index),
             "sample_token": batch["sample_token"][b],
             "scene_token": batch["scene_token"][b],
-            "pred": pred_np[b].round(4).tolist(),
+            "pred": pred_np[b].round(4).tolist() if planned[b] else None,
             "gt": gt[b].round(4).tolist(),
             "gt_mask": mask[b].tolist(),
-            "l2": errors[b].tolist(),
-            "collision": {key: flags[key][b].tolist() for key in COLLISION_KEYS},
+            "l2": errors[b].tolist() if planned[b] else None,
+            "collision": {key: flags[key][b].tolist() for key in COLLISION_KEYS} if planned[b] else None,
+            "malformed": not bool(planned[b]),
             # breakdown keys of the report; absent from a batch (real data without them): unknown
             "scenario": str(scenarios[b]) if scenarios is not None else "unknown",
             "complexity": (

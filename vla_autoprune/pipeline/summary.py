@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from planners.metrics import CONVENTIONS, aggregate_at, sample_terms_at
+from vla_autoprune.data.schema import NUM_FUTURE_STEPS
 
 #: Collision conventions stored per sample; ``box`` is aggregated the ``stp3`` way (not comparable
 #: with published tables, which use the grids).
@@ -29,6 +30,24 @@ def _stack(records: Sequence[dict[str, Any]], *path: str) -> np.ndarray:
     return np.asarray(values)
 
 
+def planned(records: Sequence[dict[str, Any]]) -> np.ndarray:
+    """bool [S]: records holding a plan (False for malformed answers, which have no ``l2``)."""
+    return np.array([r.get("l2") is not None for r in records], dtype=bool)
+
+
+def _stack_planned(records: Sequence[dict[str, Any]], *path: str) -> np.ndarray:
+    """``records[i][path...]`` stacked ``[S, ...]``, with zeros in the rows of malformed records."""
+    ok = planned(records)
+    if not ok.any():
+        return np.zeros((len(records), NUM_FUTURE_STEPS))
+    template = np.zeros_like(_stack([records[int(np.argmax(ok))]], *path)[0], dtype=np.float64)
+    rows = [
+        _stack([r], *path)[0].astype(np.float64) if good else template
+        for r, good in zip(records, ok, strict=True)
+    ]
+    return np.stack(rows)
+
+
 def _mean_or_none(records: Sequence[dict[str, Any]], key: str) -> float | None:
     values = [r[key] for r in records if r.get(key) is not None]
     return float(np.mean(values)) if values else None
@@ -39,9 +58,12 @@ def planning_metrics(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, d
 
     Each record holds ``l2`` float[6], ``gt_mask`` bool[6] and ``collision`` {convention: bool[6]}.
     """
+    records = [r for r in records if r.get("l2") is not None]  # malformed answers have no plan
+    out: dict[str, dict[str, dict[str, float]]] = {"l2": {}, "collision": {}}
+    if not records:
+        return out
     mask = _stack(records, "gt_mask").astype(bool)
     l2 = _stack(records, "l2").astype(np.float64)
-    out: dict[str, dict[str, dict[str, float]]] = {"l2": {}, "collision": {}}
     for convention in CONVENTIONS:
         out["l2"][convention] = aggregate_at(l2, mask, convention)
     for key in COLLISION_KEYS:
@@ -67,10 +89,11 @@ def metric_terms(records: Sequence[dict[str, Any]]) -> dict[str, tuple[np.ndarra
     ``num.sum(0) / den.sum()`` (see :func:`planners.metrics.sample_terms_at`), which is what the
     bootstrap reweights.
     """
-    mask = _stack(records, "gt_mask").astype(bool)
+    # malformed answers (no plan) weigh nothing: their mask rows are False
+    mask = _stack(records, "gt_mask").astype(bool) & planned(records)[:, None]
     terms = {}
     for prefix, key, sub, convention in FIGURES:
-        values = _stack(records, key) if key == "l2" else _stack(records, key, sub)
+        values = _stack_planned(records, key) if key == "l2" else _stack_planned(records, key, sub)
         terms[f"{prefix} {sub}"] = sample_terms_at(values.astype(np.float64), mask, convention)
     return terms
 
@@ -153,6 +176,7 @@ def summarize(records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> dict[s
     summary: dict[str, Any] = dict(meta)
     summary["num_samples"] = len(records)
     summary["num_scenes"] = len({r["scene_token"] for r in records})
+    summary["num_malformed"] = int((~planned(records)).sum())
     if not records:
         return summary
     summary.update(planning_metrics(records))
