@@ -148,12 +148,12 @@ def shaped_subject(
 
 def bundled_subject(batch: int, device: torch.device) -> Subject:
     """The bundled tiny-drive-vla on a synthetic nuScenes batch (prepared once, outside any timing)."""
+    from data_tools.embedded import synthetic_dataset  # the benchmark's own data, generated once
     from vla_autoprune.data import collate
-    from vla_autoprune.data.synthetic import synthetic_dataset
     from vla_autoprune.devices import batch_to
     from vla_autoprune.models import load
 
-    dataset = synthetic_dataset("val", image_size=(400, 225), scenes=2, samples_per_scene=8)
+    dataset = synthetic_dataset("val", image_size=(192, 192), scenes={"val": 2}, samples_per_scene=8)
     data = batch_to(collate([dataset[i % len(dataset)] for i in range(batch)]), device)
     model = load("tiny-drive-vla", device=device)
     with torch.inference_mode():

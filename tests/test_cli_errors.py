@@ -49,7 +49,7 @@ def test_non_numeric_budget_names_budget(tmp_path: Path) -> None:
 
 def test_unreachable_budget_is_checked_against_the_model_config(tmp_path: Path) -> None:
     line = _error_line("pruner=fastv", "budget=5", tmp_path=tmp_path)
-    assert "budget" in line and "216 visual tokens" in line  # 6 cameras x 36 tokens, 8 layers
+    assert "budget" in line and "384 visual tokens" in line  # 6 cameras x 64 tokens, 8 layers
 
 
 def test_build_unwraps_user_errors_only() -> None:

@@ -533,25 +533,22 @@ def _synthetic_samples(root: Path) -> list[dict]:
     return out
 
 
-def test_logged_plan_scores_close_to_one_and_constant_velocity_lower(synthetic_root: Path) -> None:
-    # Threshold 0.9 for every sample: the log neither collides nor leaves the road and its speed
-    # profile is smooth (NC = DAC = TTC = C = 1 is expected), the rollout tracks it to < 0.5 m,
-    # and only EP can fall short: the IDM reference accelerates towards 15 m/s, so a logged
-    # ~11 m/s ego keeps EP >= 34 / (34 + 0.5 * 1.5 * 9) = 0.83 and PDMS >= (5 + 5 x 0.83 + 2) / 12
-    # = 0.93. navsim reports 0.948 for its logged human driver on navtest.
+def test_logged_plan_is_safe_and_loses_only_progress(synthetic_root: Path) -> None:
+    # The fixture's scenes are world v2's traffic_light and pedestrian families: the log stops for
+    # a red light or yields to a crossing pedestrian. It neither collides nor leaves the road and
+    # brakes smoothly, so NC = DAC = TTC = C = 1 at every sample, the rollout tracks it to < 0.5 m
+    # and PDMS = (5 + 5 EP + 2) / 12 exactly. EP can fall short: the IDM reference sees no light
+    # states and follows in-lane leaders only, so it does not slow down where the log does
+    # (docs/CLOSED-LOOP.md, "where this differs"). "Close to 1" (>= 0.9) for the log and constant
+    # velocity far lower are tested on stopped-lead scenes, where the reference brakes for the
+    # same car (test_pdm_pipeline.py).
     samples = _synthetic_samples(synthetic_root)
     assert samples
-    gt, cv = [], []
     for s in samples:
-        boxes, valid, labels = (np.stack([a, a]) for a in s["agents"])
-        out = pdm_score(
-            np.stack(s["plans"]), np.array([s["state"]] * 2), boxes, valid, labels, [s["map"]] * 2
-        )
+        boxes, valid, labels = (a[None] for a in s["agents"])
+        out = pdm_score(s["plans"][0][None], np.array([s["state"]]), boxes, valid, labels, [s["map"]])
         assert out["scored"].all()
-        assert out["nc"][0] == out["dac"][0] == out["comfort"][0] == 1.0
+        assert out["nc"][0] == out["dac"][0] == out["ttc"][0] == out["comfort"][0] == 1.0
         assert out["tracking_error_m"][0] < 0.5
-        gt.append(out["pdms"][0])
-        cv.append(out["pdms"][1])
-    assert min(gt) >= 0.9
-    # Constant velocity leaves the curving roads or runs into traffic the log avoided.
-    assert np.mean(cv) < np.mean(gt) - 0.2
+        assert 0.0 < out["ep"][0] <= 1.0
+        assert out["pdms"][0] == pytest.approx((7 + 5 * out["ep"][0]) / 12)

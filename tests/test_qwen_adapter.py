@@ -193,12 +193,6 @@ def test_well_formed_answers_parse(qwen_answering_folder: Path, camera_batch: Ba
     assert torch.allclose(waypoints, torch.tensor(QWEN_ANSWER).expand(3, -1, -1))
 
 
-@pytest.mark.xfail(
-    raises=ValueError,
-    strict=True,
-    reason="pipeline bug: planners/metrics.py rejects the NaN waypoints of malformed answers "
-    "instead of counting them; remove this mark once the pipeline excludes and counts them",
-)
 def test_evaluate_runs_a_qwen_folder_end_to_end(
     qwen_folder: Path, synthetic_root: Path, tmp_path: Path
 ) -> None:
@@ -218,4 +212,5 @@ def test_evaluate_runs_a_qwen_folder_end_to_end(
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("evaluate", overrides=overrides)
     summary = evaluate(cfg, tmp_path / "run")
-    assert summary  # then: three samples, all counted as malformed
+    # a random model answers malformed text: every sample is counted, none crashes the run
+    assert summary["num_samples"] == 3 and summary["num_malformed"] == 3

@@ -197,7 +197,7 @@ def _cfg(root: Path, out: Path, *overrides: str):
 
 
 def test_report_end_to_end_on_pipeline_runs(synthetic_root: Path, tmp_path: Path) -> None:
-    for name, overrides in (("none", ["pruner=none"]), ("auto", ["pruner=autoprune", "budget=32"])):
+    for name, overrides in (("none", ["pruner=none"]), ("auto", ["pruner=autoprune", "budget=64"])):
         evaluate(_cfg(synthetic_root, tmp_path, *overrides), tmp_path / "sweep" / name)
     out = tmp_path / "report"
     assert (

@@ -63,7 +63,7 @@ def test_bare_multirun_runs_the_default_sweep_with_none_once() -> None:
     jobs = _jobs()
     assert ["pruner=none"] in jobs and sum("pruner=none" in job for job in jobs) == 1
     assert len(jobs) == 1 + 4 * 2 == len({tuple(job) for job in jobs})
-    assert ["pruner=autoprune", "budget=64"] in jobs
+    assert ["pruner=autoprune", "budget=96"] in jobs
     # plain overrides apply to every job of the default sweep
     assert all("device=cuda" in job for job in _jobs("device=cuda")) and len(_jobs("device=cuda")) == 9
 
@@ -120,14 +120,14 @@ def test_resume_into_another_run_is_one_line_naming_both(tmp_path: Path) -> None
 
 def test_run_json_records_what_ran_and_a_rerun_keeps_its_time(synthetic_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    cfg = _cfg(synthetic_root, "pruner=fastv", "pruner.budget=48", "limit=2")
-    first = evaluate(cfg, out, overrides=["pruner=fastv", "pruner.budget=48", "limit=2"])
+    cfg = _cfg(synthetic_root, "pruner=fastv", "pruner.budget=64", "limit=2")
+    first = evaluate(cfg, out, overrides=["pruner=fastv", "pruner.budget=64", "limit=2"])
     meta = json.loads((out / "run.json").read_text())
-    assert meta["budget"] == 48 == meta["pruner_config"]["budget"]  # not the top-level budget (96)
+    assert meta["budget"] == 64 == meta["pruner_config"]["budget"]  # not the top-level budget (96)
     assert meta["pruner"] == "fastv" and meta["pruner_config"]["layer"] == 2
     assert meta["model"] == "tiny-drive-vla" and meta["variant"] == "limit=2"
     assert meta["data"]["dataroot"] == str(synthetic_root.resolve()) and len(meta["data_digest"]) == 12
-    second = evaluate(cfg, out, overrides=["pruner=fastv", "pruner.budget=48", "limit=2"])
+    second = evaluate(cfg, out, overrides=["pruner=fastv", "pruner.budget=64", "limit=2"])
     assert second["wall_time_s"] == first["wall_time_s"] > 0  # nothing left to do: the time stays
     assert second["l2"] == first["l2"] and len(read_records(out / RECORDS_FILE)) == 2
     evaluate(_cfg(synthetic_root, "pruner=autoprune", "limit=2"), tmp_path / "ap")
@@ -147,7 +147,7 @@ def test_stage0_multirun_gives_two_runs_two_rows_and_different_numbers(
     _run(
         "-m",
         "pruner.stage0=reference,before",
-        "budget=32",
+        "budget=64",
         f"data.dataset.dataroot={synthetic_root}",
         "device=cpu",
         "limit=3",

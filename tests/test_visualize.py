@@ -13,9 +13,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
 
+from data_tools.embedded import SYNTHETIC_VERSION
 from planners.vla import VLAPlanner
 from vla_autoprune.data import NuScenesDrivingDataset
-from vla_autoprune.data.synthetic import SYNTHETIC_VERSION
 from vla_autoprune.errors import DataNotFoundError
 from vla_autoprune.models import load
 from vla_autoprune.pipeline.app import evaluate
@@ -37,7 +37,7 @@ from vla_autoprune.viz.persistence import KEPT_DIR, KeptStore, SampleTrace, chun
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
-BUDGET = 48
+BUDGET = 64
 #: Where the test expects each nuScenes camera in the mosaic, written out independently of mosaic.py.
 EXPECTED_SLOT = {
     "CAM_FRONT_LEFT": (0, 0),
@@ -238,7 +238,7 @@ def test_page_compares_runs_and_live_mode_draws_a_sample(
     pages = visualize(_cfg("visualize", f"runs=[{sweep}]"), tmp_path / "two")
     assert len(pages) == 1
     text = pages[0].read_text()
-    assert '"label":"fastv b48"' in text and '"label":"autoprune b48"' in text
+    assert '"label":"fastv[matched] b64"' in text and '"label":"autoprune b64"' in text
     assert "http://" not in text and "https://" not in text and 'src="http' not in text  # nothing fetched
     token = read_records(runs["fastv"] / RECORDS_FILE)[3]["sample_token"]
     live = visualize(

@@ -143,7 +143,7 @@ def test_layer_slider_shows_fewer_highlighted_patches_at_a_later_layer(
                 f"data.dataset.dataroot={synthetic_root}",
                 "device=cpu",
                 "pruner=fastv",
-                "budget=48",
+                "budget=64",
                 "limit=2",
             ],
         )

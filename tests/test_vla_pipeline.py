@@ -39,7 +39,7 @@ def decoder_config():
 def test_reported_tokens_and_flops_are_what_ran(
     synthetic_root: Path, tmp_path: Path, pruner: str, decoder_config
 ) -> None:
-    budget = 48
+    budget = 64
     summary = evaluate(_cfg(synthetic_root, f"pruner={pruner}", f"budget={budget}"), tmp_path)
     records = read_records(tmp_path / RECORDS_FILE)
     assert summary["num_samples"] == len(records) > 0
@@ -60,7 +60,7 @@ def test_reported_tokens_and_flops_are_what_ran(
 
 def test_none_beats_random_at_a_tight_budget(synthetic_root: Path, tmp_path: Path) -> None:
     none = evaluate(_cfg(synthetic_root, "pruner=none"), tmp_path / "none")
-    rand = evaluate(_cfg(synthetic_root, "pruner=random", "budget=30"), tmp_path / "random")
+    rand = evaluate(_cfg(synthetic_root, "pruner=random", "budget=49"), tmp_path / "random")
     assert none["l2"]["stp3"]["3s"] < rand["l2"]["stp3"]["3s"]
     assert none["flops_reduction"] == pytest.approx(0.0)
     first = read_records(tmp_path / "none" / RECORDS_FILE)[0]
@@ -104,7 +104,7 @@ def test_joblib_multirun_writes_summaries_and_a_merged_report(synthetic_root: Pa
             "vla_autoprune.evaluate",
             "-m",
             "pruner=fastv,autoprune",
-            "budget=40,80",
+            "budget=64,128",
             "hydra/launcher=joblib",
             "hydra.launcher.n_jobs=2",
             f"hydra.sweep.dir={sweep}",
@@ -124,7 +124,7 @@ def test_joblib_multirun_writes_summaries_and_a_merged_report(synthetic_root: Pa
     budgets = sorted(
         (json.loads(p.read_text())["pruner"], json.loads(p.read_text())["budget"]) for p in summaries
     )
-    assert budgets == [("autoprune", 40), ("autoprune", 80), ("fastv", 40), ("fastv", 80)]
+    assert budgets == [("autoprune", 64), ("autoprune", 128), ("fastv", 64), ("fastv", 128)]
     report = (sweep / "report.md").read_text()
     assert report.count("| vla | autoprune |") == 2 and report.count("| vla | fastv[matched] |") == 2
     assert (sweep / "report.csv").exists() and (sweep / "collision_3s_vs_budget.png").exists()

@@ -8,6 +8,7 @@ never the devkit's renderers. Geometry comes back in the ego frame of the given 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +31,27 @@ HEADING_COST_M_PER_RAD = 5.0
 _LANE_LAYERS = ("lane", "lane_connector")
 
 
+def map_path(dataroot: str | Path, location: str) -> Path:
+    """Where the map expansion of ``location`` lives: ``<dataroot>/maps/expansion/<location>.json``."""
+    return Path(dataroot) / "maps" / "expansion" / f"{location}.json"
+
+
+def check_maps(dataroot: str | Path, locations: Iterable[str]) -> None:
+    """A one-line :class:`DataNotFoundError` naming the first location without a map file (no loading)."""
+    for location in sorted(set(locations)):
+        path = map_path(dataroot, location)
+        if not path.is_file():
+            raise DataNotFoundError(
+                f"no map expansion for location {location!r} ({path} is missing); download the nuScenes "
+                f"map expansion v1.3 and unpack it into {Path(dataroot) / 'maps'}"
+            )
+
+
 def load_map(dataroot: str | Path, location: str) -> Any:
     """``NuScenesMap`` of a log's location, or a one-line error naming the missing file and the fix."""
     from nuscenes.map_expansion.map_api import NuScenesMap
 
-    path = Path(dataroot) / "maps" / "expansion" / f"{location}.json"
-    if not path.is_file():
-        raise DataNotFoundError(
-            f"no map expansion for location {location!r} ({path} is missing); download the nuScenes "
-            f"map expansion v1.3 and unpack it into {Path(dataroot) / 'maps'}"
-        )
+    check_maps(dataroot, [location])
     return NuScenesMap(dataroot=str(dataroot), map_name=location)
 
 

@@ -14,6 +14,10 @@ Conventions (see ``geometry.py`` for the formulas):
   and its two neighbours (central difference; one-sided at a scene end).
 - ``command``: the VAD / UniAD rule on the last valid GT waypoint (y > 2 m left, < -2 m right).
 - ``future_boxes``: every annotation of ``CATEGORIES`` at each future keyframe, nearest first.
+- ``agent_*``: the same annotations at the current and future keyframes, one slot per
+  ``instance_token`` (slots ordered by the agent's closest approach over the 3 s, nearest first).
+- ``map_location`` / ``ego_pose``: the log's location and the current pose (global x, y, yaw), so
+  the closed-loop-style score can cut the map around the ego.
 - ``scenario`` / ``complexity``: from the ``<version>/scenarios.json`` side file when there is one
   (the synthetic sets); otherwise ``unknown`` and the same complexity definition computed from the
   sample's annotations (road users within 50 m, see ``schema.py``).
@@ -61,6 +65,7 @@ from vla_autoprune.data.schema import (
     CATEGORIES,
     COMPLEXITY_CATEGORY_PREFIXES,
     COMPLEXITY_RANGE_M,
+    NUM_AGENT_STEPS,
     NUM_FUTURE_STEPS,
     NUM_PAST_STEPS,
     UNKNOWN_SCENARIO,
@@ -147,6 +152,7 @@ class NuScenesDrivingDataset(Dataset):
         gt_xy, gt_mask = self._path(future, ego_from_global, NUM_FUTURE_STEPS)
         images, intrinsics, cam2ego = self._cameras(sample, ego_from_global)
         boxes, labels = self._future_boxes(future, ego_from_global)
+        agent_boxes, agent_valid, agent_labels = self._agent_tracks([sample, *future], ego_from_global)
         info = self.sample_info.get(sample["token"], {})
         complexity = info.get("complexity")
         if complexity is None:
@@ -168,7 +174,29 @@ class NuScenesDrivingDataset(Dataset):
             "future_labels": labels,
             "scenario": str(info.get("scenario", UNKNOWN_SCENARIO)),
             "complexity": torch.tensor(float(complexity), dtype=torch.float32),
+            "agent_boxes": agent_boxes,
+            "agent_valid": agent_valid,
+            "agent_labels": agent_labels,
+            "map_location": self.location(sample["scene_token"]),
+            "ego_pose": torch.tensor(
+                [current_pose[0, 3], current_pose[1, 3], yaw_of(current_pose)], dtype=torch.float64
+            ),
         }
+
+    def location(self, scene_token: str) -> str:
+        """The map location of a scene's log (``maps/expansion/<location>.json``)."""
+        return str(self._get("log", self._get("scene", scene_token)["log_token"])["location"])
+
+    def map_locations(self) -> list[str]:
+        """The map location of every sample, in dataset order (reads tables only, no images)."""
+        by_scene: dict[str, str] = {}
+        out = []
+        for token in self.sample_tokens:
+            scene = self.nusc.get("sample", token)["scene_token"]
+            if scene not in by_scene:
+                by_scene[scene] = self.location(scene)
+            out.append(by_scene[scene])
+        return out
 
     # ---- construction ----------------------------------------------------------------------
 
@@ -343,6 +371,16 @@ class NuScenesDrivingDataset(Dataset):
         self, sample: dict[str, Any], ego_from_global: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """One keyframe's annotations of ``CATEGORIES``, nearest first: ``[M, 5]`` and ``[M]``."""
+        _, boxes, labels = self._frame_annotations(sample, ego_from_global)
+        # Nearest first, so max_boxes truncation drops the farthest agents; stable for ties.
+        order = np.argsort(np.hypot(boxes[:, 0], boxes[:, 1]), kind="stable")
+        return boxes[order], labels[order]
+
+    def _frame_annotations(
+        self, sample: dict[str, Any], ego_from_global: np.ndarray
+    ) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """One keyframe's annotations of ``CATEGORIES`` in annotation order: instance tokens [M],
+        boxes ``[M, 5]`` (x, y, width, length, yaw in the current frame) and labels ``[M]``."""
         anns = [self._get("sample_annotation", token) for token in sample["anns"]]
         anns = [ann for ann in anns if ann["category_name"] in _CATEGORY_INDEX]
         boxes = np.zeros((len(anns), BOX_DIM))
@@ -354,9 +392,39 @@ class NuScenesDrivingDataset(Dataset):
             )
             boxes[:, 2:4] = [ann["size"][:2] for ann in anns]  # nuScenes size is (w, l, h)
         labels = np.array([_CATEGORY_INDEX[ann["category_name"]] for ann in anns], dtype=np.int64)
-        # Nearest first, so max_boxes truncation drops the farthest agents; stable for ties.
-        order = np.argsort(np.hypot(boxes[:, 0], boxes[:, 1]), kind="stable")
-        return boxes[order], labels[order]
+        return [ann["instance_token"] for ann in anns], boxes, labels
+
+    def _agent_tracks(
+        self, keyframes: list[dict[str, Any]], ego_from_global: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Agents by identity over the current keyframe and the ones after it.
+
+        :param keyframes: the current sample followed by up to ``NUM_FUTURE_STEPS`` future ones.
+        :return: float32 boxes ``[7, A, 5]`` (zeros where absent), bool valid ``[7, A]`` and int64
+            labels ``[A]``: slot ``a`` is one ``instance_token`` at every step, slots ordered by
+            closest approach (nearest first; ``max_boxes`` keeps that many, padded with label -1).
+        """
+        slot_of: dict[str, int] = {}
+        seen: list[tuple[int, int, np.ndarray, int]] = []  # (step, slot, box [5], label)
+        for k, sample in enumerate(keyframes):
+            tokens, boxes, labels = self._frame_annotations(sample, ego_from_global)
+            for token, box, label in zip(tokens, boxes, labels, strict=True):
+                seen.append((k, slot_of.setdefault(token, len(slot_of)), box, int(label)))
+        closest = np.full(len(slot_of), np.inf)
+        for _, slot, box, _ in seen:
+            closest[slot] = min(closest[slot], float(np.hypot(box[0], box[1])))
+        order = np.argsort(closest, kind="stable")  # [A]: slot of each output position
+        n = len(order) if self.max_boxes is None else self.max_boxes
+        position = np.full(len(slot_of), -1)
+        position[order[:n]] = np.arange(min(n, len(order)))
+        boxes_out = np.zeros((NUM_AGENT_STEPS, n, BOX_DIM))
+        valid = np.zeros((NUM_AGENT_STEPS, n), dtype=bool)
+        labels_out = np.full(n, -1, dtype=np.int64)
+        for k, slot, box, label in seen:
+            if position[slot] >= 0:
+                boxes_out[k, position[slot]], valid[k, position[slot]] = box, True
+                labels_out[position[slot]] = label
+        return torch.from_numpy(boxes_out).float(), torch.from_numpy(valid), torch.from_numpy(labels_out)
 
 
 def load_nuscenes(dataroot: str | Path, version: str, verbose: bool = False) -> NuScenes:

@@ -5,7 +5,8 @@ Frames: every geometric quantity in a batch is in the ego frame of the current k
 Time: keyframes at 2 Hz; future step ``k = 0..5`` is ``t = 0.5 * (k + 1)`` seconds ahead,
 past step ``k = 0..3`` is ``t = -0.5 * (k + 1)`` seconds (most recent first).
 
-Batch keys (``B`` samples, ``C = len(cameras)`` cameras, ``N`` padded boxes per step):
+Batch keys (``B`` samples, ``C = len(cameras)`` cameras, ``N`` padded boxes per step, ``A``
+padded agent slots):
 
 ============== ========================= =====================================================
 key            shape / type              meaning
@@ -26,7 +27,17 @@ future_boxes   float32 [B, 6, N, 5]      (x, y, width, length, yaw) of GT agent 
 future_labels  int64 [B, 6, N]           index into ``CATEGORIES``; -1 = padding / absent
 scenario       list[str] (B)             scenario family (synthetic side file; ``unknown`` for real data)
 complexity     float32 [B]               road users (vehicle.*, human.*) annotated within 50 m
+agent_boxes    float32 [B, 7, A, 5]      (x, y, width, length, yaw) at t = 0, 0.5, ..., 3.0 s;
+                                         slot a is one instance_token at every step
+agent_valid    bool [B, 7, A]            the slot's instance is annotated at that keyframe
+agent_labels   int64 [B, A]              index into ``CATEGORIES``; -1 = padding
+map_location   list[str] (B)             the log's location (map expansion ``<location>.json``)
+ego_pose       float64 [B, 3]            global x, y, yaw of the current ``LIDAR_TOP`` ego pose
 ============== ========================= =====================================================
+
+``future_boxes`` (nearest first at each step) feed the open-loop collision metrics; the
+``agent_*`` tracks (one slot per agent across steps) and ``map_location`` / ``ego_pose`` feed the
+closed-loop-style score (``docs/CLOSED-LOOP.md``).
 
 ``ego_state`` columns are named, in order, by ``EGO_STATE_FIELDS``; every consumer indexes them
 through it (``EGO_STATE_FIELDS.index("speed")``), never by a literal column number.
@@ -99,7 +110,15 @@ BATCH_KEYS: tuple[str, ...] = (
     "future_labels",
     "scenario",
     "complexity",
+    "agent_boxes",
+    "agent_valid",
+    "agent_labels",
+    "map_location",
+    "ego_pose",
 )
+
+#: Keyframes of the agent tracks: the current one and the ``NUM_FUTURE_STEPS`` after it.
+NUM_AGENT_STEPS = NUM_FUTURE_STEPS + 1
 
 #: ``scenario`` of a sample whose dataset records none (real nuScenes).
 UNKNOWN_SCENARIO = "unknown"

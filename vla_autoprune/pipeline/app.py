@@ -29,6 +29,7 @@ from vla_autoprune.devices import resolve_device, resolve_dtype
 from vla_autoprune.errors import ConfigError, UserError
 from vla_autoprune.models.describe import describe
 from vla_autoprune.models.loading import BUNDLED_MODELS
+from vla_autoprune.pipeline.closed_loop_scores import DEFAULT_SCORES, check_scores
 from vla_autoprune.pipeline.identity import (
     RUN_FILE,
     check_resume,
@@ -143,6 +144,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path, overrides: Sequence[str] = ()
     out_dir = Path(out_dir)
     started = time.perf_counter()
     check_config(cfg)
+    scores = check_scores(OmegaConf.select(cfg, "scores", default=DEFAULT_SCORES))
     device = resolve_device(cfg.device)
     resolve_dtype(cfg.dtype)
     planner: Planner = build(cfg.planner)  # builds the pruner; weights load later, in setup()
@@ -177,6 +179,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path, overrides: Sequence[str] = ()
         batch_size=cfg.batch_size,
         num_workers=cfg.num_workers,
         resume=cfg.resume,
+        scores=scores,
     )
     # Time spent evaluating, summed over the sessions that finished; a rerun with nothing left to do
     # keeps the recorded time rather than replacing it with the time of the skip.

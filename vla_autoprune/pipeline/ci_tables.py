@@ -23,7 +23,7 @@ from vla_autoprune.pipeline.bootstrap import (
     paired_ratio,
     ratio_interval,
 )
-from vla_autoprune.pipeline.summary import metric_terms, stat_values
+from vla_autoprune.pipeline.summary import has_pdm, metric_terms, pdm_terms, stat_values
 from vla_autoprune.pipeline.table import (
     HORIZONS,
     drop_empty_variant,
@@ -68,8 +68,9 @@ class Bootstrap:
 
 
 def _figure_terms(records: Sequence[dict[str, Any]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Table column (``L2@3s stp3``, ``L2 avg uniad``, ``Col@1s box``, ...) -> (num [S], den [S])."""
-    out = {}
+    """Table column (``L2@3s stp3``, ``L2 avg uniad``, ``Col@1s box``, ..., and ``PDMS``, ``NC``,
+    ... for runs scored closed-loop-style) -> (num [S], den [S])."""
+    out = dict(pdm_terms(records)) if has_pdm(records) else {}
     for name, (num, den) in metric_terms(records).items():
         prefix, conv = name.split()
         if prefix == "L2":
@@ -199,12 +200,13 @@ def _group_figures(
     weights: np.ndarray,
     mask: np.ndarray,
 ) -> dict[str, float]:
-    """L2@3s and Col@3s (stp3) and L2@3s retention of the samples in ``mask`` (bool [S])."""
+    """L2@3s and Col@3s (stp3), L2@3s retention and PDMS (when scored) of the samples in ``mask`` (bool [S])."""
     row: dict[str, float] = {}
     w = weights[:, mask]  # [R, S_group]: the whole-split scene draws, restricted to the group
-    for column in ("L2@3s stp3", "Col@3s stp3"):
-        num, den = terms[column]
-        _put(row, column, ratio_interval(w, num[mask], den[mask]))
+    for column in ("L2@3s stp3", "Col@3s stp3", "PDMS"):
+        if column in terms:
+            num, den = terms[column]
+            _put(row, column, ratio_interval(w, num[mask], den[mask]))
     if "L2@3s stp3" in base_terms:
         (num, den), (ref_num, ref_den) = terms["L2@3s stp3"], base_terms["L2@3s stp3"]
         interval = paired_ratio(w, num[mask], den[mask], ref_num[mask], ref_den[mask])

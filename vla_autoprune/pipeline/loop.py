@@ -3,7 +3,9 @@
 One loop serves every planner; the only planner-specific part is what
 :meth:`planners.base.Planner.plan_with_stats` returns per sample (tokens, FLOPs, MI, ...). A VLA
 planner's kept visual tokens go to ``kept/`` (see :mod:`vla_autoprune.viz.persistence`), each
-batch's chunk written before its records, so every recorded sample can be drawn.
+batch's chunk written before its records, so every recorded sample can be drawn. With
+``closed_loop_style`` among the ``scores``, each record also holds the sample's PDM score
+(:mod:`vla_autoprune.pipeline.closed_loop_scores`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from planners.base import Planner
 from planners.metrics import collision_flags, l2_errors
 from planners.vla import VLAPlanner
 from vla_autoprune.data import collate
+from vla_autoprune.pipeline.closed_loop_scores import DEFAULT_SCORES, ClosedLoopScorer, check_scores
 from vla_autoprune.pipeline.results import RecordWriter, read_records
 from vla_autoprune.pipeline.summary import COLLISION_KEYS
 from vla_autoprune.viz.collect import chunk_from_record, image_region
@@ -47,13 +50,20 @@ def sample_records(
     batch: dict[str, Any], indices: Sequence[int], pred: torch.Tensor, stats: Sequence[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """Per-sample JSON records of one batch: predictions, per-step L2 and collision flags, the
-    scenario family and complexity (``"unknown"`` / ``None`` when the batch lacks them), stats."""
+    scenario family and complexity (``"unknown"`` / ``None`` when the batch lacks them), stats.
+
+    A row of ``pred`` [B, 6, 2] holding NaN/inf (a malformed text answer) is recorded with
+    ``malformed: true`` and no ``pred`` / ``l2`` / ``collision``: the summaries leave it out of
+    every planning figure and count it."""
     pred_np = pred.detach().float().cpu().numpy()
     gt = batch["gt_trajectory"].numpy()
     mask = batch["gt_mask"].numpy().astype(bool)
-    errors = np.asarray(l2_errors(pred_np, gt))
+    # A chat VLA's malformed answer is a NaN plan: no L2 or collision for it, counted instead.
+    planned = np.isfinite(pred_np).all(axis=(1, 2))
+    safe = np.where(planned[:, None, None], pred_np, 0.0)
+    errors = np.asarray(l2_errors(safe, gt))
     flags = {
-        key: np.asarray(collision_flags(pred_np, gt, batch["future_boxes"], batch["future_labels"], key))
+        key: np.asarray(collision_flags(safe, gt, batch["future_boxes"], batch["future_labels"], key))
         for key in COLLISION_KEYS
     }
     scenarios = batch.get("scenario")
@@ -65,11 +75,12 @@ def sample_records(
             "index": int(index),
             "sample_token": batch["sample_token"][b],
             "scene_token": batch["scene_token"][b],
-            "pred": pred_np[b].round(4).tolist(),
+            "pred": pred_np[b].round(4).tolist() if planned[b] else None,
             "gt": gt[b].round(4).tolist(),
             "gt_mask": mask[b].tolist(),
-            "l2": errors[b].tolist(),
-            "collision": {key: flags[key][b].tolist() for key in COLLISION_KEYS},
+            "l2": errors[b].tolist() if planned[b] else None,
+            "collision": {key: flags[key][b].tolist() for key in COLLISION_KEYS} if planned[b] else None,
+            "malformed": not bool(planned[b]),
             # breakdown keys of the report; absent from a batch (real data without them): unknown
             "scenario": str(scenarios[b]) if scenarios is not None else "unknown",
             "complexity": (
@@ -92,17 +103,22 @@ def run_split(
     batch_size: int = 8,
     num_workers: int = 0,
     resume: bool = True,
+    scores: Sequence[str] = DEFAULT_SCORES,
 ) -> list[dict[str, Any]]:
     """Evaluate ``planner`` on ``dataset[indices]``, appending records to ``out_dir/records.jsonl``.
 
     With ``resume`` the samples already recorded there are skipped, so a killed run continues where
     it stopped; without it an existing records file and ``kept/`` folder are kept aside (renamed),
     never deleted. A VLA planner's kept tokens go to ``out_dir/kept/`` (one chunk per batch).
+    ``scores`` (:data:`~vla_autoprune.pipeline.closed_loop_scores.SCORES`) with ``closed_loop_style``
+    adds each sample's PDM score; its maps are checked before the first batch.
 
     Returns:
         all records of ``indices`` (old and new), sorted by dataset index.
     """
     path = Path(out_dir) / RECORDS_FILE
+    scores = check_scores(scores)
+    scorer = ClosedLoopScorer.for_dataset(dataset, indices) if "closed_loop_style" in scores else None
     if not resume:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for old in (path, path.with_name(KEPT_DIR)):
@@ -134,6 +150,9 @@ def run_split(
                 region = image_region(planner.model, size)
                 write_chunk(out_dir, chunk_from_record(record, layout, batch, batch_indices, region))
             new = sample_records(batch, batch_indices, pred, stats)
+            if scorer is not None:
+                for sample, pdm in zip(new, scorer.score(batch, pred), strict=True):
+                    sample.update(pdm)
             writer.write(new)
             done.update((r["index"], r) for r in new)
     return [done[i] for i in sorted(done)]

@@ -40,6 +40,26 @@ MAIN_COLUMNS: tuple[str, ...] = (
     "FLOPs reduction",
     "L2 retention stp3 %",
     "L2@3s retention stp3 %",
+    "PDMS",
+    "PDMS diff",
+    "PDM unscored",
+)
+#: Columns of report.md's closed-loop-style table (runs scored with ``closed_loop_style``).
+PDM_TABLE_COLUMNS: tuple[str, ...] = (
+    "run",
+    "pruner",
+    "budget",
+    "variant",
+    "samples",
+    "PDM unscored",
+    "PDMS",
+    "PDMS diff",
+    "NC",
+    "DAC",
+    "TTC",
+    "EP",
+    "C",
+    "DDC",
 )
 BREAKDOWN_COLUMNS: tuple[str, ...] = (
     "run",
@@ -52,6 +72,7 @@ BREAKDOWN_COLUMNS: tuple[str, ...] = (
     "L2@3s stp3",
     "Col@3s stp3",
     "L2@3s retention stp3 %",
+    "PDMS",
 )
 STAT_COLUMNS: tuple[str, ...] = ("run", "pruner", "budget", "variant", "scenario", "samples", "mi", "k")
 
@@ -166,7 +187,19 @@ def _header(boot: Bootstrap, runs: Sequence[Run]) -> str:
         f"(seed {boot.seed}): scenes drawn with replacement, all their samples taken; the same "
         "draws for a run and its `none`. Every horizon and convention, with intervals, is in "
         "report.csv.\n\n"
+        + (
+            "PDMS = closed-loop-style PDM score (NAVSIM v1.1 formula on a pseudo-simulated plan, "
+            "docs/CLOSED-LOOP.md), mean over the scored samples; `PDM unscored` = samples whose score "
+            "cannot be computed (log shorter than 3 s ahead, no map or lane near the ego), counted, "
+            "not dropped.\n\n"
+            if any(_has_pdm(r) for r in runs)
+            else ""
+        )
     )
+
+
+def _has_pdm(run: Run) -> bool:
+    return "pdm" in run.summary
 
 
 def _sections(runs: Sequence[Run], boot: Bootstrap) -> tuple[str, dict[str, list[dict[str, Any]]]]:
@@ -175,6 +208,12 @@ def _sections(runs: Sequence[Run], boot: Bootstrap) -> tuple[str, dict[str, list
     breakdown = breakdown_rows(runs, boot)
     stats = stat_rows(runs, boot)
     text = "## Results\n\n" + to_markdown(rows, MAIN_COLUMNS)
+    if any(_number(r.get("PDMS")) is not None for r in rows):
+        text += (
+            "\n## Closed-loop-style score (`run` = row of the results table)\n\n"
+            "PDMS = NC x DAC x (5 TTC + 5 EP + 2 C) / 12; DDC reported, weight 0.\n\n"
+            + to_markdown([r for r in rows if "PDMS" in r], PDM_TABLE_COLUMNS)
+        )
     for by, title in (("scenario", "scenario family"), ("complexity", "complexity tertile")):
         part = [r for r in breakdown if r["by"] == by]
         text += f"\n## By {title} (`run` = row of the results table)\n\n" + to_markdown(
@@ -191,7 +230,8 @@ def write_report(
     dirs: Sequence[Path], out: Path, *, resamples: int = 2000, seed: int = 0
 ) -> list[dict[str, Any]]:
     """Merge every run under ``dirs`` and write report.md, report.csv, breakdown.csv,
-    autoprune_stats.csv, summaries.json and the budget plots into ``out``; returns the main rows."""
+    autoprune_stats.csv, summaries.json and the budget plots (``pdms_vs_budget.png`` when runs were
+    scored closed-loop-style) into ``out``; returns the main rows."""
     boot = Bootstrap(resamples=resamples, seed=seed)
     runs = load_runs(dirs)
     body, tables = _sections(runs, boot)
@@ -203,6 +243,8 @@ def write_report(
     rows = tables["report.csv"]
     plot_vs_budget(rows, "L2@3s stp3", out / "l2_3s_vs_budget.png")
     plot_vs_budget(rows, "Col@3s stp3", out / "collision_3s_vs_budget.png")
+    if any(_number(r.get("PDMS")) is not None for r in rows):
+        plot_vs_budget(rows, "PDMS", out / "pdms_vs_budget.png")
     for key in ("mi", "k"):
         plot_stats_by_scenario(tables["autoprune_stats.csv"], key, out / f"autoprune_{key}_by_scenario.png")
     logger.info(

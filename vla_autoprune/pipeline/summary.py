@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from planners.metrics import CONVENTIONS, aggregate_at, sample_terms_at
+from vla_autoprune.data.schema import NUM_FUTURE_STEPS
 
 #: Collision conventions stored per sample; ``box`` is aggregated the ``stp3`` way (not comparable
 #: with published tables, which use the grids).
@@ -29,6 +30,24 @@ def _stack(records: Sequence[dict[str, Any]], *path: str) -> np.ndarray:
     return np.asarray(values)
 
 
+def planned(records: Sequence[dict[str, Any]]) -> np.ndarray:
+    """bool [S]: records holding a plan (False for malformed answers, which have no ``l2``)."""
+    return np.array([r.get("l2") is not None for r in records], dtype=bool)
+
+
+def _stack_planned(records: Sequence[dict[str, Any]], *path: str) -> np.ndarray:
+    """``records[i][path...]`` stacked ``[S, ...]``, with zeros in the rows of malformed records."""
+    ok = planned(records)
+    if not ok.any():
+        return np.zeros((len(records), NUM_FUTURE_STEPS))
+    template = np.zeros_like(_stack([records[int(np.argmax(ok))]], *path)[0], dtype=np.float64)
+    rows = [
+        _stack([r], *path)[0].astype(np.float64) if good else template
+        for r, good in zip(records, ok, strict=True)
+    ]
+    return np.stack(rows)
+
+
 def _mean_or_none(records: Sequence[dict[str, Any]], key: str) -> float | None:
     values = [r[key] for r in records if r.get(key) is not None]
     return float(np.mean(values)) if values else None
@@ -39,9 +58,12 @@ def planning_metrics(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, d
 
     Each record holds ``l2`` float[6], ``gt_mask`` bool[6] and ``collision`` {convention: bool[6]}.
     """
+    records = [r for r in records if r.get("l2") is not None]  # malformed answers have no plan
+    out: dict[str, dict[str, dict[str, float]]] = {"l2": {}, "collision": {}}
+    if not records:
+        return out
     mask = _stack(records, "gt_mask").astype(bool)
     l2 = _stack(records, "l2").astype(np.float64)
-    out: dict[str, dict[str, dict[str, float]]] = {"l2": {}, "collision": {}}
     for convention in CONVENTIONS:
         out["l2"][convention] = aggregate_at(l2, mask, convention)
     for key in COLLISION_KEYS:
@@ -67,10 +89,11 @@ def metric_terms(records: Sequence[dict[str, Any]]) -> dict[str, tuple[np.ndarra
     ``num.sum(0) / den.sum()`` (see :func:`planners.metrics.sample_terms_at`), which is what the
     bootstrap reweights.
     """
-    mask = _stack(records, "gt_mask").astype(bool)
+    # malformed answers (no plan) weigh nothing: their mask rows are False
+    mask = _stack(records, "gt_mask").astype(bool) & planned(records)[:, None]
     terms = {}
     for prefix, key, sub, convention in FIGURES:
-        values = _stack(records, key) if key == "l2" else _stack(records, key, sub)
+        values = _stack_planned(records, key) if key == "l2" else _stack_planned(records, key, sub)
         terms[f"{prefix} {sub}"] = sample_terms_at(values.astype(np.float64), mask, convention)
     return terms
 
@@ -84,6 +107,64 @@ def stat_values(records: Sequence[dict[str, Any]], key: str) -> tuple[np.ndarray
     return np.where(present, values, 0.0), present.astype(np.float64)
 
 
+#: Closed-loop-style figures (``docs/CLOSED-LOOP.md``): (table column, key of a record's ``"pdm"``).
+PDM_FIGURES: tuple[tuple[str, str], ...] = (
+    ("PDMS", "pdms"),
+    ("NC", "nc"),
+    ("DAC", "dac"),
+    ("TTC", "ttc"),
+    ("EP", "ep"),
+    ("C", "comfort"),
+    ("DDC", "ddc"),
+)
+#: ``pdm_problem`` of a record evaluated without the closed-loop-style score (e.g. resumed from an
+#: open-loop-only run) in a run where other records have it.
+NOT_EVALUATED = "closed_loop_style was not among the scores"
+
+
+def has_pdm(records: Sequence[dict[str, Any]]) -> bool:
+    """Whether any record carries a closed-loop-style score (``scores`` had ``closed_loop_style``)."""
+    return any("pdm" in r for r in records)
+
+
+def pdm_terms(records: Sequence[dict[str, Any]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-sample mean terms of every PDM figure, in the order of ``records``: ``"PDMS"`` ->
+    (value float64 [S], 0 where absent; present float64 [S], 1 where the sample is scored and has
+    the value), so that the figure is ``value.sum() / present.sum()`` over the scored samples only
+    (what the bootstrap reweights)."""
+    terms = {}
+    for column, key in PDM_FIGURES:
+        values = [(r.get("pdm") or {}).get(key) if r.get("pdm_scored") else None for r in records]
+        present = np.array([v is not None for v in values], dtype=np.float64)
+        terms[column] = (np.array([0.0 if v is None else float(v) for v in values]), present)
+    return terms
+
+
+def closed_loop_metrics(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Means of the PDM figures over the scored samples, and how many samples were not scored and why.
+
+    :return: ``{"pdm": {key: mean or None}, "pdm_scored": int, "pdm_unscored": int,
+        "pdm_unscored_reasons": {reason: count}}``.
+    """
+    terms = pdm_terms(records)
+    scored = sum(bool(r.get("pdm_scored")) for r in records)
+    reasons: dict[str, int] = {}
+    for r in records:
+        if not r.get("pdm_scored"):
+            reason = str(r.get("pdm_problem") or NOT_EVALUATED) if "pdm" in r else NOT_EVALUATED
+            reasons[reason] = reasons.get(reason, 0) + 1
+    means = {
+        key: (terms[col][0].sum() / terms[col][1].sum()) if terms[col][1].any() else None
+        for col, key in PDM_FIGURES
+    }
+    return {
+        "pdm": {key: None if value is None else float(value) for key, value in means.items()},
+        "pdm_scored": scored,
+        "pdm_unscored": len(records) - scored,
+        "pdm_unscored_reasons": dict(sorted(reasons.items())),
+    }
+
+
 def summarize(records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
     """The ``summary.json`` document of one run.
 
@@ -95,9 +176,12 @@ def summarize(records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> dict[s
     summary: dict[str, Any] = dict(meta)
     summary["num_samples"] = len(records)
     summary["num_scenes"] = len({r["scene_token"] for r in records})
+    summary["num_malformed"] = int((~planned(records)).sum())
     if not records:
         return summary
     summary.update(planning_metrics(records))
+    if has_pdm(records):
+        summary.update(closed_loop_metrics(records))
     tokens = [np.mean(r["visual_tokens_per_layer"]) for r in records if r.get("visual_tokens_per_layer")]
     summary["mean_visual_tokens_per_layer"] = float(np.mean(tokens)) if tokens else None
     flops = _mean_or_none(records, "flops")

@@ -9,6 +9,16 @@ from collections.abc import Sequence
 from typing import Any
 
 HORIZONS = ("1s", "2s", "3s")
+#: Closed-loop-style columns (``docs/CLOSED-LOOP.md``) -> key of a summary's ``"pdm"`` means.
+PDM_COLUMNS: dict[str, str] = {
+    "PDMS": "pdms",
+    "NC": "nc",
+    "DAC": "dac",
+    "TTC": "ttc",
+    "EP": "ep",
+    "C": "comfort",
+    "DDC": "ddc",
+}
 
 
 def _avg(metric: dict[str, float] | None) -> float:
@@ -100,6 +110,11 @@ def table_rows(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         row["L2@3s retention stp3 %"] = (
             retention(base["l2"]["stp3"]["3s"], s["l2"]["stp3"]["3s"]) if base and has_l2 else math.nan
         )
+        if "pdm" in s:  # only runs scored closed-loop-style have these columns
+            for column, key in PDM_COLUMNS.items():
+                value = s["pdm"].get(key)
+                row[column] = math.nan if value is None else value
+            row["PDM unscored"] = s.get("pdm_unscored")
         row["mutual information"] = s.get("mutual_information")
         row["slope k"] = s.get("slope_k")
         row["accounting"] = s.get("accounting")
@@ -171,4 +186,6 @@ SHORT_COLUMNS: tuple[str, ...] = (
     "Col@3s uniad",
     "FLOPs reduction",
     "L2 retention stp3 %",
+    "PDMS",
+    "PDM unscored",
 )

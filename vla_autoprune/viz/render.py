@@ -90,7 +90,7 @@ def _trajectories(runs: Sequence[RunData], token: str) -> list[Trajectory]:
     out = [Trajectory("ground truth", np.asarray(first["gt"], dtype=np.float64)[mask])]
     for run in runs:
         record = run.records.get(token)
-        if record is not None:
+        if record is not None and record.get("pred") is not None:  # malformed answers have no plan
             hits = record.get("collision", {}).get(BEV_COLLISION)
             out.append(
                 Trajectory(

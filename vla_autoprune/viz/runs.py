@@ -42,10 +42,11 @@ class RunData:
 
     @property
     def label(self) -> str:
-        """Short name: pruner (or planner), budget and variant, e.g. ``autoprune b48``."""
+        """Short name: pruner label (or planner), budget and variant, e.g. ``pdrop[faithful] b64``."""
         if self.alias:
             return self.alias
-        name = str(self.meta.get("pruner") or self.meta.get("planner") or self.run_dir.name)
+        meta = self.meta
+        name = str(meta.get("pruner_label") or meta.get("pruner") or meta.get("planner") or self.run_dir.name)
         parts = [name] + ([f"b{self.budget:g}"] if self.budget is not None else [])
         if self.meta.get("variant"):
             parts.append(str(self.meta["variant"]))
