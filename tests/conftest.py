@@ -1,12 +1,21 @@
-"""Shared test fixtures."""
+"""Shared test fixtures and helpers (test modules never import each other: tests/test_layout_of_tests.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
+import torch
+from torch import nn
+from transformers import GenerationMixin, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from vla_autoprune import compat
+from vla_autoprune.models.base import DecoderInputs
+from vla_autoprune.models.layout import TokenLayout
+from vla_autoprune.pruning import PruningRecord
 
 #: Small enough to generate in a few seconds on 2 shared cores, big enough for train and val
 #: (3 scenes at val_fraction 0.25 -> 1 val scene) and a full 4-past / 6-future window (8 keyframes).
@@ -286,3 +295,226 @@ def qwen_answering_folder(
     model.image_processor.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+# ---------------------------------------------------------------------- tiny decoders (engine tests)
+# Plain transformers causal LMs and left-padded DecoderInputs for the pruning-engine tests; import
+# the functions and constants with ``from conftest import ...``.
+
+HIDDEN = 64  # tiny decoders: fast on 2 shared CPU cores
+VOCAB = 40
+PREFIX = 3  # instruction tokens before the visual block
+NUM_VISUAL = 16
+NUM_TEXT = 5  # text queries after the visual block (longest prompt)
+ATOL = 1e-5  # fp32: equivalent computations differ by ~1e-7; pruning itself moves outputs ~1e-3
+
+
+def build_decoder(family: str = "llama", layers: int = 4, attn: str = "sdpa", seed: int = 0) -> nn.Module:
+    """A tiny randomly initialised causal LM (Qwen2 with GQA: 4 query heads share 2 KV heads)."""
+    torch.manual_seed(seed)
+    common: dict[str, Any] = dict(
+        hidden_size=HIDDEN,
+        intermediate_size=2 * HIDDEN,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=256,
+        attn_implementation=attn,
+    )
+    if family == "llama":
+        model: nn.Module = LlamaForCausalLM(LlamaConfig(**common))
+    else:
+        model = Qwen2ForCausalLM(Qwen2Config(use_sliding_window=False, **common))
+    return model.eval()
+
+
+def make_inputs(
+    batch: int = 1,
+    text_lengths: tuple[int, ...] | None = None,
+    num_visual: int = NUM_VISUAL,
+    seed: int = 1,
+) -> DecoderInputs:
+    """Left-padded inputs: [pad][prefix][camera 0][marker][camera 1][text], text length per sample.
+
+    The camera marker between the two cameras' visual tokens makes the visual positions
+    non-contiguous, as in DrivingVLA's prompt.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    lengths = text_lengths or (NUM_TEXT,) * batch
+    half = num_visual // 2
+    n = PREFIX + num_visual + 1 + max(lengths)
+    mask = torch.zeros(batch, n, dtype=torch.long)
+    visual = torch.zeros(batch, n, dtype=torch.bool)
+    text = torch.zeros(batch, n, dtype=torch.bool)
+    for b, t in enumerate(lengths):
+        first = n - t - num_visual - 1  # first visual position
+        mask[b, first - PREFIX :] = 1
+        visual[b, first : first + half] = True
+        visual[b, first + half + 1 : first + num_visual + 1] = True
+        text[b, n - t :] = True
+    layout = TokenLayout(
+        visual_mask=visual,
+        text_mask=text,
+        camera_index=torch.arange(num_visual).div(half, rounding_mode="floor").expand(batch, -1),
+        patch_index=torch.arange(num_visual).remainder(half).expand(batch, -1),
+        patch_grid=(2, half // 2),
+    )
+    return DecoderInputs(
+        inputs_embeds=torch.randn(batch, n, HIDDEN, generator=gen),
+        attention_mask=mask,
+        position_ids=(mask.cumsum(1) - 1).clamp(min=0),  # what generate() uses for left padding
+        layout=layout,
+        vision_saliency=torch.rand(batch, num_visual, generator=gen),
+    )
+
+
+def forward(model: nn.Module, inputs: DecoderInputs) -> torch.Tensor:
+    """Logits ``[B, N, vocab]`` of a plain forward on ``inputs``."""
+    with torch.no_grad():
+        return model(
+            inputs_embeds=inputs.inputs_embeds,
+            attention_mask=inputs.attention_mask,
+            position_ids=inputs.position_ids,
+        ).logits
+
+
+def greedy(model: nn.Module, inputs: DecoderInputs, steps: int = 4) -> torch.Tensor:
+    """Greedy ``generate()`` tokens ``[B, steps]`` from embeddings."""
+    with torch.no_grad():
+        return cast(GenerationMixin, model).generate(
+            inputs_embeds=inputs.inputs_embeds,
+            attention_mask=inputs.attention_mask,
+            max_new_tokens=steps,
+            min_new_tokens=steps,
+            do_sample=False,
+            pad_token_id=0,
+        )
+
+
+def sample(inputs: DecoderInputs, b: int) -> DecoderInputs:
+    """Sample ``b`` of a left-padded batch, without its padding."""
+    keep = inputs.attention_mask[b].bool()
+    layout = inputs.layout
+    return DecoderInputs(
+        inputs_embeds=inputs.inputs_embeds[b : b + 1, keep],
+        attention_mask=inputs.attention_mask[b : b + 1, keep],
+        position_ids=None if inputs.position_ids is None else inputs.position_ids[b : b + 1, keep],
+        layout=TokenLayout(
+            visual_mask=layout.visual_mask[b : b + 1, keep],
+            text_mask=layout.text_mask[b : b + 1, keep],
+            camera_index=layout.camera_index[b : b + 1],
+            patch_index=layout.patch_index[b : b + 1],
+            patch_grid=layout.patch_grid,
+        ),
+        vision_saliency=None if inputs.vision_saliency is None else inputs.vision_saliency[b : b + 1],
+    )
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny tensors: one intra-op thread avoids oversubscribing the shared cores (several x faster).
+
+    Not autouse: a module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+# ---------------------------------------------------------------------- masked-attention references
+# Dropping == masking (docs/ENGINE-NOTES.md): a pruned run is checked against the unpruned sequence
+# with the dropped tokens masked out of attention.
+
+
+def masked_reference(
+    model: nn.Module, inputs: DecoderInputs, drop_after: int, dropped: torch.Tensor
+) -> Callable[[], None]:
+    """Hooks making layers > ``drop_after`` unable to attend to positions ``dropped`` (bool [B, N]).
+
+    Returns the function that removes them.
+    """
+    layers = compat.decoder_layers(model)
+    n = dropped.shape[1]
+    real = inputs.attention_mask.bool()
+
+    def pre(i: int, module: nn.Module, args: tuple, kwargs: dict) -> tuple:
+        hidden = args[0]
+        b, q = hidden.shape[:2]
+        past = compat.cache_length(kwargs.get("cache"), i)
+        kv = past + q
+        rows = past + torch.arange(q)
+        allowed = torch.arange(kv).view(1, -1) <= rows.view(-1, 1)  # [q, kv] causal
+        keys = torch.ones(b, kv, dtype=torch.bool)
+        keys[:, :n] = real & ~dropped
+        if kv > n:
+            keys[:, n:] = True
+        mask = (allowed & keys[:, None, None, :]) | (torch.arange(kv).view(1, -1) == rows.view(-1, 1))
+        encoded = compat.bool_to_mask_like(
+            mask, kwargs.get("attention_mask"), hidden.dtype
+        )  # eager: additive
+        return args, {**kwargs, "attention_mask": encoded}
+
+    handles = [
+        layer.register_forward_pre_hook(lambda m, a, k, i=i: pre(i, m, a, k), with_kwargs=True)
+        for i, layer in enumerate(layers)
+        if i > drop_after
+    ]
+
+    def remove() -> None:
+        for handle in handles:
+            handle.remove()
+
+    return remove
+
+
+def visible_keys(inputs: DecoderInputs, record: PruningRecord) -> list[torch.Tensor]:
+    """Per decoder layer: bool ``[B, N]``, the prompt positions that layer attended to when pruned.
+
+    Every non-visual position, plus the visual tokens the record says entered that layer.
+    """
+    layout = inputs.layout
+    visual_pos = layout.visual_positions()  # [B, V]
+    masks = []
+    for kept in record.kept_visual:
+        visible = ~layout.visual_mask.clone()
+        assert kept is not None
+        for b in range(visible.shape[0]):
+            visible[b, visual_pos[b, kept[b][kept[b] >= 0]]] = True
+        masks.append(visible)
+    return masks
+
+
+@contextmanager
+def masked_keys(decoder: nn.Module, visible: list[torch.Tensor], real: torch.Tensor) -> Iterator[None]:
+    """While active, layer ``l`` attends only to prompt positions ``visible[l]`` (and new tokens).
+
+    ``real`` bool ``[B, N]`` is the prompt's attention mask. Each layer's mask is rebuilt from
+    scratch as causal AND visible keys (OR the diagonal, so no row is empty), encoded as the model
+    encodes its own (bool for SDPA, additive for eager).
+    """
+    n = real.shape[1]
+
+    def pre(i: int, _module: nn.Module, args: tuple, kwargs: dict) -> tuple:
+        hidden = args[0]
+        b, q = hidden.shape[:2]
+        past = compat.cache_length(kwargs.get("cache"), i)
+        kv = past + q
+        rows = past + torch.arange(q)
+        causal = torch.arange(kv).view(1, -1) <= rows.view(-1, 1)  # [q, kv]
+        keys = torch.ones(b, kv, dtype=torch.bool)
+        keys[:, :n] = real & visible[i]
+        allowed = (causal & keys[:, None, None, :]) | (torch.arange(kv).view(1, -1) == rows.view(-1, 1))
+        mask = compat.bool_to_mask_like(allowed, kwargs.get("attention_mask"), hidden.dtype)
+        return args, {**kwargs, "attention_mask": mask}
+
+    handles = [
+        layer.register_forward_pre_hook(lambda m, a, k, i=i: pre(i, m, a, k), with_kwargs=True)
+        for i, layer in enumerate(compat.decoder_layers(decoder))
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

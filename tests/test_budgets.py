@@ -11,17 +11,18 @@ from typing import Any
 
 import pytest
 import torch
-from test_engine import (
+from conftest import (
     NUM_VISUAL,
     build_decoder,
     forward,
     make_inputs,
-    one_thread,  # noqa: F401 (autouse fixture, applies here too)
 )
 
 from vla_autoprune.errors import ConfigError
 from vla_autoprune.pruning import PRUNERS, BudgetError, build_pruner, prune
 from vla_autoprune.pruning.budget import stage0_count, token_layers
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CONFIGS: list[tuple[str, dict[str, Any]]] = [
     ("random", {}),

@@ -1,137 +1,41 @@
 """The pruning engine on plain transformers decoders (tiny random Llama and Qwen2/GQA).
 
-The builders at the top are shared with test_pruners.py and test_budgets.py.
+The decoder and input builders live in conftest.py.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 import torch
+from conftest import (
+    ATOL,
+    HIDDEN,
+    NUM_VISUAL,
+    VOCAB,
+    build_decoder,
+    forward,
+    greedy,
+    make_inputs,
+    masked_reference,
+    sample,
+)
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from vla_autoprune import compat
 from vla_autoprune.models.base import DecoderInputs
-from vla_autoprune.models.layout import TokenLayout
 from vla_autoprune.pruning import PRUNERS, LayerView, Pruner, build_pruner, prune
 from vla_autoprune.pruning.pruners.autoprune import AutoPrunePruner
 from vla_autoprune.pruning.recycling import split_handed_on
 from vla_autoprune.pruning.scores import text_visual_attention
 
-HIDDEN = 64  # tiny decoders: fast on 2 shared CPU cores
-VOCAB = 40
-PREFIX = 3  # instruction tokens before the visual block
-NUM_VISUAL = 16
-NUM_TEXT = 5  # text queries after the visual block (longest prompt)
 FAMILIES = ("llama", "qwen2")
-ATOL = 1e-5  # fp32: equivalent computations differ by ~1e-7; pruning itself moves outputs ~1e-3
 
-
-def build_decoder(family: str = "llama", layers: int = 4, attn: str = "sdpa", seed: int = 0) -> nn.Module:
-    """A tiny randomly initialised causal LM (Qwen2 with GQA: 4 query heads share 2 KV heads)."""
-    torch.manual_seed(seed)
-    common = dict(
-        hidden_size=HIDDEN,
-        intermediate_size=2 * HIDDEN,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
-        max_position_embeddings=256,
-        attn_implementation=attn,
-    )
-    if family == "llama":
-        model: nn.Module = LlamaForCausalLM(LlamaConfig(**common))
-    else:
-        model = Qwen2ForCausalLM(Qwen2Config(use_sliding_window=False, **common))
-    return model.eval()
-
-
-def make_inputs(
-    batch: int = 1,
-    text_lengths: tuple[int, ...] | None = None,
-    num_visual: int = NUM_VISUAL,
-    seed: int = 1,
-) -> DecoderInputs:
-    """Left-padded inputs: [pad][prefix][camera 0][marker][camera 1][text], text length per sample.
-
-    The camera marker between the two cameras' visual tokens makes the visual positions
-    non-contiguous, as in DrivingVLA's prompt.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    lengths = text_lengths or (NUM_TEXT,) * batch
-    half = num_visual // 2
-    n = PREFIX + num_visual + 1 + max(lengths)
-    mask = torch.zeros(batch, n, dtype=torch.long)
-    visual = torch.zeros(batch, n, dtype=torch.bool)
-    text = torch.zeros(batch, n, dtype=torch.bool)
-    for b, t in enumerate(lengths):
-        first = n - t - num_visual - 1  # first visual position
-        mask[b, first - PREFIX :] = 1
-        visual[b, first : first + half] = True
-        visual[b, first + half + 1 : first + num_visual + 1] = True
-        text[b, n - t :] = True
-    layout = TokenLayout(
-        visual_mask=visual,
-        text_mask=text,
-        camera_index=torch.arange(num_visual).div(half, rounding_mode="floor").expand(batch, -1),
-        patch_index=torch.arange(num_visual).remainder(half).expand(batch, -1),
-        patch_grid=(2, half // 2),
-    )
-    return DecoderInputs(
-        inputs_embeds=torch.randn(batch, n, HIDDEN, generator=gen),
-        attention_mask=mask,
-        position_ids=(mask.cumsum(1) - 1).clamp(min=0),  # what generate() uses for left padding
-        layout=layout,
-        vision_saliency=torch.rand(batch, num_visual, generator=gen),
-    )
-
-
-def forward(model: nn.Module, inputs: DecoderInputs) -> torch.Tensor:
-    """Logits ``[B, N, vocab]`` of a plain forward on ``inputs``."""
-    with torch.no_grad():
-        return model(
-            inputs_embeds=inputs.inputs_embeds,
-            attention_mask=inputs.attention_mask,
-            position_ids=inputs.position_ids,
-        ).logits
-
-
-def greedy(model: nn.Module, inputs: DecoderInputs, steps: int = 4) -> torch.Tensor:
-    """Greedy ``generate()`` tokens ``[B, steps]`` from embeddings."""
-    with torch.no_grad():
-        return model.generate(
-            inputs_embeds=inputs.inputs_embeds,
-            attention_mask=inputs.attention_mask,
-            max_new_tokens=steps,
-            min_new_tokens=steps,
-            do_sample=False,
-            pad_token_id=0,
-        )
-
-
-def sample(inputs: DecoderInputs, b: int) -> DecoderInputs:
-    """Sample ``b`` of a left-padded batch, without its padding."""
-    keep = inputs.attention_mask[b].bool()
-    layout = inputs.layout
-    return DecoderInputs(
-        inputs_embeds=inputs.inputs_embeds[b : b + 1, keep],
-        attention_mask=inputs.attention_mask[b : b + 1, keep],
-        position_ids=None if inputs.position_ids is None else inputs.position_ids[b : b + 1, keep],
-        layout=TokenLayout(
-            visual_mask=layout.visual_mask[b : b + 1, keep],
-            text_mask=layout.text_mask[b : b + 1, keep],
-            camera_index=layout.camera_index[b : b + 1],
-            patch_index=layout.patch_index[b : b + 1],
-            patch_grid=layout.patch_grid,
-        ),
-        vision_saliency=None if inputs.vision_saliency is None else inputs.vision_saliency[b : b + 1],
-    )
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @dataclass
@@ -152,50 +56,8 @@ class FixedPruner(Pruner):
         return self.scores.gather(1, view.visual_index)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Any:
-    """Tiny tensors: one intra-op thread avoids oversubscribing the shared cores (several x faster)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # ------------------------------------------------------------------------------------------------
 # A reference that keeps every token but masks the dropped ones out of attention.
-
-
-def masked_reference(
-    model: nn.Module, inputs: DecoderInputs, drop_after: int, dropped: torch.Tensor
-) -> Callable[[], Any]:
-    """Hooks making layers > ``drop_after`` unable to attend to positions ``dropped`` (bool [B, N])."""
-    layers = compat.decoder_layers(model)
-    n = dropped.shape[1]
-    real = inputs.attention_mask.bool()
-
-    def pre(i: int, module: nn.Module, args: tuple, kwargs: dict) -> tuple:
-        hidden = args[0]
-        b, q = hidden.shape[:2]
-        past = compat.cache_length(kwargs.get("cache"), i)
-        kv = past + q
-        rows = past + torch.arange(q)
-        allowed = torch.arange(kv).view(1, -1) <= rows.view(-1, 1)  # [q, kv] causal
-        keys = torch.ones(b, kv, dtype=torch.bool)
-        keys[:, :n] = real & ~dropped
-        if kv > n:
-            keys[:, n:] = True
-        mask = (allowed & keys[:, None, None, :]) | (torch.arange(kv).view(1, -1) == rows.view(-1, 1))
-        encoded = compat.bool_to_mask_like(
-            mask, kwargs.get("attention_mask"), hidden.dtype
-        )  # eager: additive
-        return args, {**kwargs, "attention_mask": encoded}
-
-    handles = [
-        layer.register_forward_pre_hook(lambda m, a, k, i=i: pre(i, m, a, k), with_kwargs=True)
-        for i, layer in enumerate(layers)
-        if i > drop_after
-    ]
-    return lambda: [h.remove() for h in handles]
 
 
 def fixed_drop(

@@ -29,11 +29,10 @@ from typing import Any
 
 import pytest
 import torch
-from test_engine import (
+from conftest import (
     build_decoder,
     forward,
     make_inputs,
-    one_thread,  # noqa: F401 (autouse fixture, applies here too)
     sample,
 )
 from torch import nn
@@ -49,6 +48,8 @@ from vla_autoprune.pruning.merging import dpc_knn_merge
 from vla_autoprune.pruning.pruners.sparsevlm import SPARSEVLM_TABLE_VISUAL, SPARSEVLM_TABLES, input_raters
 from vla_autoprune.pruning.recycling import recycle_count
 from vla_autoprune.pruning.stages import spread_layers
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CASES = [("llama", 0, 5), ("llama", 3, 2), ("qwen2", 1, 4), ("qwen2", 2, 5)]  # family, seed, text length
 

@@ -14,16 +14,14 @@ from typing import Any
 
 import pytest
 import torch
-from torch import nn
+from conftest import ATOL, masked_keys, visible_keys
 
-from vla_autoprune import compat
 from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.models.llava_adapter import LlavaDrivingAdapter
 from vla_autoprune.pruning import PruningRecord, build_pruner, prune
 
 Batch = Callable[[int], dict[str, Any]]
 NEW_TOKENS = 6  # enough decode steps to exercise the cache after the prefill
-ATOL = 1e-5  # fp32: equivalent computations differ by ~1e-7; pruning moves logits far more
 
 
 @pytest.fixture(scope="module")
@@ -59,57 +57,6 @@ def pruned_generate(
     with prune(model.decoder, build_pruner(name, **kwargs), inputs) as record:
         texts, logits = generate(model, record.inputs)
     return texts, logits, record
-
-
-def visible_keys(inputs: DecoderInputs, record: PruningRecord) -> list[torch.Tensor]:
-    """Per decoder layer: bool ``[B, N]``, the prompt positions that layer attended to when pruned.
-
-    Every non-visual position, plus the visual tokens the record says entered that layer.
-    """
-    layout = inputs.layout
-    visual_pos = layout.visual_positions()  # [B, V]
-    masks = []
-    for kept in record.kept_visual:
-        visible = ~layout.visual_mask.clone()
-        assert kept is not None
-        for b in range(visible.shape[0]):
-            visible[b, visual_pos[b, kept[b][kept[b] >= 0]]] = True
-        masks.append(visible)
-    return masks
-
-
-@contextmanager
-def masked_keys(decoder: nn.Module, visible: list[torch.Tensor], real: torch.Tensor) -> Iterator[None]:
-    """While active, layer ``l`` attends only to prompt positions ``visible[l]`` (and new tokens).
-
-    ``real`` bool ``[B, N]`` is the prompt's attention mask. Each layer's mask is rebuilt from
-    scratch as causal AND visible keys (OR the diagonal, so no row is empty), encoded as the model
-    encodes its own (bool for SDPA, additive for eager).
-    """
-    n = real.shape[1]
-
-    def pre(i: int, _module: nn.Module, args: tuple, kwargs: dict) -> tuple:
-        hidden = args[0]
-        b, q = hidden.shape[:2]
-        past = compat.cache_length(kwargs.get("cache"), i)
-        kv = past + q
-        rows = past + torch.arange(q)
-        causal = torch.arange(kv).view(1, -1) <= rows.view(-1, 1)  # [q, kv]
-        keys = torch.ones(b, kv, dtype=torch.bool)
-        keys[:, :n] = real & visible[i]
-        allowed = (causal & keys[:, None, None, :]) | (torch.arange(kv).view(1, -1) == rows.view(-1, 1))
-        mask = compat.bool_to_mask_like(allowed, kwargs.get("attention_mask"), hidden.dtype)
-        return args, {**kwargs, "attention_mask": mask}
-
-    handles = [
-        layer.register_forward_pre_hook(lambda m, a, k, i=i: pre(i, m, a, k), with_kwargs=True)
-        for i, layer in enumerate(compat.decoder_layers(decoder))
-    ]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def test_keep_all_generates_the_unpruned_tokens(model: LlavaDrivingAdapter, camera_batch: Batch) -> None:

@@ -1,6 +1,6 @@
 """The newer baselines (issue 15 item 4): VisionZip, VisPruner, DivPrune, DART, Prune2Drive-style.
 
-Each is checked on the tiny real decoders of test_engine.py: keep-all equals unpruned, dropping
+Each is checked on the tiny real decoders of conftest.py: keep-all equals unpruned, dropping
 equals masking (where nothing merges), the budget holds per sample, and each selection rule on
 hand-worked cases and against a plain test-side re-implementation.
 """
@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_engine import (
+from conftest import (
     ATOL,
     NUM_VISUAL,
     build_decoder,
@@ -20,7 +20,6 @@ from test_engine import (
     greedy,
     make_inputs,
     masked_reference,
-    one_thread,  # noqa: F401 (autouse fixture, applies here too)
     sample,
 )
 
@@ -34,6 +33,8 @@ from vla_autoprune.pruning.pruners.divprune import max_min_subset
 from vla_autoprune.pruning.pruners.fastervlm import MissingSaliencyError
 from vla_autoprune.pruning.pruners.visionzip import contextual_merge
 from vla_autoprune.pruning.pruners.vispruner import remove_duplicates
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 NEW = ("visionzip", "vispruner", "divprune", "dart", "prune2drive")
 PRE_DECODER = ("visionzip", "vispruner", "divprune", "prune2drive")

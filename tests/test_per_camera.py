@@ -6,20 +6,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
-from test_engine import (
+from conftest import (
     NUM_VISUAL,
     build_decoder,
     forward,
     make_inputs,
-    one_thread,  # noqa: F401 (autouse fixture, applies here too)
 )
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
 from vla_autoprune.errors import ConfigError
 from vla_autoprune.pruning import build_pruner, prune
 from vla_autoprune.pruning.budget import token_layers
 from vla_autoprune.pruning.cameras import camera_choice, camera_quotas
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 LAYERS = 8
 BUDGET = 8

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 import torch
-from test_engine import (
+from conftest import (
     ATOL,
     HIDDEN,
     NUM_VISUAL,
@@ -14,7 +14,6 @@ from test_engine import (
     forward,
     greedy,
     make_inputs,
-    one_thread,  # noqa: F401 (autouse fixture, applies here too)
     sample,
 )
 from torch import nn
@@ -31,6 +30,8 @@ from vla_autoprune.pruning import (
 )
 from vla_autoprune.pruning import autoprune_math as ap
 from vla_autoprune.pruning.scores import text_visual_attention
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # Random tiny decoders have MI ~0.01-0.03 bits; a steep gamma spreads k over samples (ragged schedules).
 GAMMA_SPREAD = 15.0

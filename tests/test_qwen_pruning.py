@@ -1,7 +1,7 @@
 """Pruning under M-RoPE: the engine on an unmodified Qwen2_5_VLForConditionalGeneration (3-D position ids).
 
-References as in test_llava_pruning.py: the unpruned sequence with, per layer, the visual tokens
-that layer did not get masked out of attention (dropping == masking).
+References as in test_llava_pruning.py (helpers in conftest.py): the unpruned sequence with, per
+layer, the visual tokens that layer did not get masked out of attention (dropping == masking).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import torch
-from test_llava_pruning import masked_keys, visible_keys
+from conftest import ATOL, masked_keys, visible_keys
 
 from vla_autoprune import compat
 from vla_autoprune.compat_qwen import last_full_attention
@@ -24,7 +24,6 @@ from vla_autoprune.pruning import PRUNERS, PruningRecord, build_pruner, prune
 
 Batch = Callable[[int], dict[str, Any]]
 NEW_TOKENS = 5
-ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")

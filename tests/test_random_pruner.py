@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
+import pytest
 import torch
-from test_engine import (
+from conftest import (
     NUM_VISUAL,
     build_decoder,
     forward,
     make_inputs,
-    one_thread,  # noqa: F401 (autouse fixture, applies here too)
     sample,
 )
 from torch import nn
@@ -20,6 +20,8 @@ from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.models.layout import TokenLayout
 from vla_autoprune.pruning import build_pruner, prune
 from vla_autoprune.pruning.pruners.random import sample_seed
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 LAYERS = 4
 BUDGET = 8

@@ -8,21 +8,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
-from test_engine import (
+from conftest import (
     NUM_VISUAL,
     build_decoder,
     forward,
     make_inputs,
-    one_thread,  # noqa: F401 (autouse fixture, applies here too)
 )
+from hydra import compose, initialize_config_dir
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 
 from vla_autoprune.errors import ConfigError
 from vla_autoprune.pruning import PRUNERS, BudgetError, Pruner, build_pruner, prune, register_pruner
 from vla_autoprune.pruning.budget import token_layers
 from vla_autoprune.pruning.pruners.fastv import FastVPruner
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 YAMLS = sorted(path.stem for path in (CONF / "pruner").glob("*.yaml"))
