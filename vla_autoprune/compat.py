@@ -198,7 +198,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat((rotated, x_pass), dim=-1) if x_pass.shape[-1] else rotated
 
 
-def _heads(x: torch.Tensor, head_dim: int, norm: nn.Module | None) -> torch.Tensor:
+def split_heads(x: torch.Tensor, head_dim: int, norm: nn.Module | None) -> torch.Tensor:
     """[B, N, H*hd] -> [B, H, N, hd], with the family's per-head norm (Qwen3 q_norm/k_norm) if any."""
     b, n, _ = x.shape
     x = x.view(b, n, -1, head_dim)  # [B, N, H, hd]
@@ -231,8 +231,8 @@ def queries_keys(
     rows = query_rows.unsqueeze(-1)
     normed_rows = normed.gather(1, rows.expand(-1, -1, normed.shape[-1]))
     head_dim = int(attn.head_dim)
-    q = _heads(attn.q_proj(normed_rows), head_dim, getattr(attn, "q_norm", None))
-    k = _heads(attn.k_proj(normed), head_dim, getattr(attn, "k_norm", None))
+    q = split_heads(attn.q_proj(normed_rows), head_dim, getattr(attn, "q_norm", None))
+    k = split_heads(attn.k_proj(normed), head_dim, getattr(attn, "k_norm", None))
     q = apply_rotary(
         q,
         cos.gather(1, rows.expand(-1, -1, cos.shape[-1])),

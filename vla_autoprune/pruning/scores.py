@@ -91,15 +91,6 @@ def text_visual_attention(
     return probs.gather(-1, cols)
 
 
-def _heads(x: torch.Tensor, head_dim: int, norm: nn.Module | None) -> torch.Tensor:
-    """``[B, N, H*hd] -> [B, H, N, hd]``, with the family's per-head norm if any (as compat does)."""
-    b, n, _ = x.shape
-    x = x.view(b, n, -1, head_dim)  # [B, N, H, hd]
-    if norm is not None:
-        x = norm(x)
-    return x.transpose(1, 2)
-
-
 def _queries_keys(
     layer: nn.Module,
     normed: torch.Tensor,
@@ -117,8 +108,8 @@ def _queries_keys(
     rows = query_rows.unsqueeze(-1)
     normed_rows = normed.gather(1, rows.expand(-1, -1, normed.shape[-1]))
     head_dim = int(attn.head_dim)
-    q = _heads(attn.q_proj(normed_rows), head_dim, getattr(attn, "q_norm", None))
-    k = _heads(key_proj, head_dim, getattr(attn, "k_norm", None))
+    q = compat.split_heads(attn.q_proj(normed_rows), head_dim, getattr(attn, "q_norm", None))
+    k = compat.split_heads(key_proj, head_dim, getattr(attn, "k_norm", None))
     q = compat.apply_rotary(
         q,
         cos.gather(1, rows.expand(-1, -1, cos.shape[-1])),

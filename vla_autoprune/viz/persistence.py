@@ -35,8 +35,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from vla_autoprune.errors import DataError, DataNotFoundError
+from vla_autoprune.pipeline.results import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -190,17 +189,7 @@ def write_chunk(run_dir: str | Path, arrays: dict[str, np.ndarray]) -> Path:
     path = folder / chunk_name(arrays["index"].tolist())
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def _row(chunk: dict[str, np.ndarray], b: int) -> SampleTrace:
