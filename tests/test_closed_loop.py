@@ -466,6 +466,25 @@ def test_map_geometry_on_the_synthetic_world(synthetic_root: Path) -> None:
         assert geometry.lanes and all(lane.polygon.intersects(geometry.drivable) for lane in geometry.lanes)
 
 
+def test_indexed_patch_query_equals_the_devkit_scan(synthetic_root: Path) -> None:
+    from planners.closed_loop.map_geometry import _SCENE_LAYERS, load_map, records_in_patch
+
+    location = sorted(synthetic_root.glob("maps/expansion/*.json"))[0].stem
+    nusc_map = load_map(synthetic_root, location)
+    nodes = np.array([(n["x"], n["y"]) for n in nusc_map.node])
+    rng = np.random.default_rng(0)
+    lo, hi = nodes.min(0) - 50.0, nodes.max(0) + 50.0
+    patches = [(*lo, *hi), (*(lo - 1e4), *(lo - 1e4 + 1.0))]  # everything; nothing
+    for centre, half in zip(rng.uniform(lo, hi, (40, 2)), rng.uniform(1.0, 120.0, 40), strict=True):
+        patches.append((centre[0] - half, centre[1] - half, centre[0] + half, centre[1] + half))
+    found_any = False
+    for patch in patches:
+        expected = nusc_map.get_records_in_patch(patch, list(_SCENE_LAYERS), mode="intersect")
+        assert records_in_patch(nusc_map, patch) == expected  # same tokens, same (record) order
+        found_any |= any(expected.values())
+    assert found_any
+
+
 def test_missing_map_names_the_map_expansion(tmp_path: Path) -> None:
     from planners.closed_loop.map_geometry import load_map
 

@@ -1,13 +1,14 @@
 """A sample's :class:`~planners.closed_loop.areas.SceneGeometry` from the nuScenes map expansion.
 
 Uses only the ``NuScenesMap`` calls that work on this stack (docs/DEVKIT-NOTES.md):
-``get_records_in_patch``, ``extract_polygon``, ``discretize_lanes`` and ``get_outgoing_lane_ids``;
-never the devkit's renderers. Geometry comes back in the ego frame of the given pose.
+``extract_polygon`` (patch queries go through an index built once per map, :func:`records_in_patch`),
+``discretize_lanes`` and ``get_outgoing_lane_ids``; never the devkit's renderers. Geometry comes back in the ego frame of the given pose.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,50 @@ CENTRELINE_AHEAD_M, CENTRELINE_BEHIND_M = 120.0, 10.0
 #: [m per rad] heading mismatch cost when choosing the ego's lane (a 90 deg turn ~ 8 m off).
 HEADING_COST_M_PER_RAD = 5.0
 _LANE_LAYERS = ("lane", "lane_connector")
+#: The polygon layers a scene's geometry is read from.
+_SCENE_LAYERS = ("drivable_area", "carpark_area", "road_segment", *_LANE_LAYERS)
+
+
+class _PatchIndex:
+    """Every record of the scene layers as a shapely geometry in an STRtree, built once per map.
+
+    ``NuScenesMap.get_records_in_patch`` rebuilds every record's polygon from its nodes on every
+    call (a linear scan: ~95 % of a scene's cost). This answers the same question (``intersect``
+    mode, the devkit's geometries: a drivable area is the MultiPolygon of its polygons) with the
+    polygons built once, and returns the tokens in the devkit's record order.
+    """
+
+    def __init__(self, nusc_map: Any) -> None:
+        self._layers: dict[str, tuple[list[str], shapely.STRtree]] = {}
+        for layer in _SCENE_LAYERS:
+            records = getattr(nusc_map, layer)
+            geoms = [
+                shapely.MultiPolygon([nusc_map.extract_polygon(t) for t in r["polygon_tokens"]])
+                if layer == "drivable_area"
+                else nusc_map.extract_polygon(r["polygon_token"])
+                for r in records
+            ]
+            self._layers[layer] = ([r["token"] for r in records], shapely.STRtree(geoms))
+
+    def records_in_patch(self, patch: tuple[float, float, float, float]) -> dict[str, list[str]]:
+        """Tokens per layer whose geometry intersects the box ``(x_min, y_min, x_max, y_max)``."""
+        box = shapely.box(*patch)
+        return {
+            layer: [tokens[i] for i in sorted(tree.query(box, predicate="intersects").tolist())]
+            for layer, (tokens, tree) in self._layers.items()
+        }
+
+
+_INDEXES: weakref.WeakKeyDictionary[Any, _PatchIndex] = weakref.WeakKeyDictionary()
+
+
+def records_in_patch(nusc_map: Any, patch: tuple[float, float, float, float]) -> dict[str, list[str]]:
+    """``nusc_map.get_records_in_patch(patch, scene layers, mode="intersect")``, through an index
+    built on the map's first query and kept for as long as the map lives."""
+    index = _INDEXES.get(nusc_map)
+    if index is None:
+        index = _INDEXES[nusc_map] = _PatchIndex(nusc_map)
+    return index.records_in_patch(patch)
 
 
 def map_path(dataroot: str | Path, location: str) -> Path:
@@ -180,9 +225,7 @@ def scene_geometry(
     """
     x, y, _ = pose
     patch = (x - radius_m, y - radius_m, x + radius_m, y + radius_m)
-    records = nusc_map.get_records_in_patch(
-        patch, ["drivable_area", "carpark_area", "road_segment", *_LANE_LAYERS], mode="intersect"
-    )
+    records = records_in_patch(nusc_map, patch)
     drivable_tokens = [
         p for t in records["drivable_area"] for p in nusc_map.get("drivable_area", t)["polygon_tokens"]
     ]
