@@ -518,3 +518,17 @@ def masked_keys(decoder: nn.Module, visible: list[torch.Tensor], real: torch.Ten
     finally:
         for handle in handles:
             handle.remove()
+
+
+def assert_one_line_load_error(folder: Path, file: str, says: str) -> None:
+    """``models.load(folder)`` raises a one-line ModelLoadError naming ``folder / file``, saying
+    ``says`` and giving the fix (re-save with ``save_pretrained``)."""
+    from vla_autoprune.errors import ModelLoadError
+    from vla_autoprune.models import load
+
+    with pytest.raises(ModelLoadError) as err:
+        load(folder)
+    message = str(err.value)
+    assert "\n" not in message
+    assert str(folder / file) in message and says in message
+    assert "save_pretrained" in message  # the fix

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_one_line_load_error
 
 from vla_autoprune.data.schema import CAMERAS
-from vla_autoprune.errors import ConfigError, DataError, DataNotFoundError, ModelLoadError
+from vla_autoprune.errors import ConfigError, DataError, DataNotFoundError
 from vla_autoprune.models import DrivingVLA, DrivingVLAConfig, UnknownModelError, UnsupportedModelError, load
 from vla_autoprune.models.driving_vla import cls_attention
 from vla_autoprune.models.loading import resolve_model_path
@@ -281,12 +282,7 @@ def test_damaged_copy_of_the_bundled_model_is_a_one_line_model_load_error(
     load(folder)  # the intact copy loads
     harm, file, says = DAMAGE[damage]
     harm(folder)
-    with pytest.raises(ModelLoadError) as err:
-        load(folder)
-    message = str(err.value)
-    assert "\n" not in message
-    assert str(folder / file) in message and says in message
-    assert "save_pretrained" in message  # the fix
+    assert_one_line_load_error(folder, file, says)
 
 
 def test_unsupported_model_type_names_the_supported_ones(tmp_path: Path) -> None:

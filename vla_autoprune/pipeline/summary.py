@@ -40,12 +40,10 @@ def _stack_planned(records: Sequence[dict[str, Any]], *path: str) -> np.ndarray:
     ok = planned(records)
     if not ok.any():
         return np.zeros((len(records), NUM_FUTURE_STEPS))
-    template = np.zeros_like(_stack([records[int(np.argmax(ok))]], *path)[0], dtype=np.float64)
-    rows = [
-        _stack([r], *path)[0].astype(np.float64) if good else template
-        for r, good in zip(records, ok, strict=True)
-    ]
-    return np.stack(rows)
+    values = _stack([r for r, good in zip(records, ok, strict=True) if good], *path).astype(np.float64)
+    out = np.zeros((len(records), *values.shape[1:]))
+    out[ok] = values
+    return out
 
 
 def _mean_or_none(records: Sequence[dict[str, Any]], key: str) -> float | None:
