@@ -28,6 +28,7 @@ from vla_autoprune.pipeline.table import (
     HORIZONS,
     drop_empty_variant,
     find_baseline,
+    key_columns,
     sort_summaries,
     table_rows,
 )
@@ -185,13 +186,8 @@ def _groups(run: Run, by: str) -> list[tuple[str, np.ndarray]]:
 
 
 def _run_keys(run_id: int, summary: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "run": run_id,
-        "pruner": summary.get("pruner_label") or summary.get("pruner"),
-        "budget": summary.get("budget"),
-        "positions": summary.get("position_ids"),
-        "variant": summary.get("variant") or "",
-    }
+    keys = key_columns(summary)
+    return {"run": run_id, **{k: keys[k] for k in ("pruner", "budget", "positions", "variant")}}
 
 
 def _group_figures(

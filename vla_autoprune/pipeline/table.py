@@ -69,7 +69,8 @@ def sort_summaries(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     )
 
 
-def _key_columns(summary: dict[str, Any]) -> dict[str, Any]:
+def key_columns(summary: dict[str, Any]) -> dict[str, Any]:
+    """What a row says about which run it is: planner, pruner label, budget, positions, variant, N."""
     return {
         "planner": summary.get("planner"),
         "pruner": summary.get("pruner_label") or summary.get("pruner"),
@@ -92,7 +93,7 @@ def table_rows(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One flat row per summary, in :func:`sort_summaries` order (point estimates only)."""
     rows = []
     for s in sort_summaries(summaries):
-        row = _key_columns(s)
+        row = key_columns(s)
         row["tokens/layer"] = s.get("mean_visual_tokens_per_layer")
         for conv in ("stp3", "uniad"):
             for h in HORIZONS:
