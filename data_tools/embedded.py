@@ -96,6 +96,7 @@ def synthetic_dataset(
     seed: int = 0,
     cameras: Sequence[str] = CAMERAS,
     resize: Sequence[int] | None = None,
+    full_future_only: bool = False,
 ) -> NuScenesDrivingDataset:
     """The synthetic nuScenes-format split as a :class:`NuScenesDrivingDataset` (generated on first use).
 
@@ -103,6 +104,7 @@ def synthetic_dataset(
         split: ``train``, ``val`` or ``test`` (the synthetic set's own, disjoint scene streams).
         scenes: scene count per split (``{"val": 32}``), or a total split into train/val.
         resize: optional (W, H) the dataset decodes images at (JPEG draft decoding + resize).
+        full_future_only: keep only samples with a full 3 s future in their scene.
     """
     root = ensure_synthetic(
         dataroot, scenes=scenes, samples_per_scene=samples_per_scene, image_size=image_size, seed=seed
@@ -113,4 +115,5 @@ def synthetic_dataset(
         split=split,
         cameras=tuple(cameras),
         image_size=(int(resize[0]), int(resize[1])) if resize else None,
+        full_future_only=full_future_only,
     )

@@ -21,6 +21,7 @@ from vla_autoprune.data import (
     COMMANDS,
     NUM_FUTURE_STEPS,
     NUM_PAST_STEPS,
+    EmptySplitError,
     NuScenesDrivingDataset,
     collate,
 )
@@ -420,3 +421,21 @@ def test_dataloader_batches(val_ds):
     batch = next(iter(loader))
     assert batch["gt_trajectory"].shape == (3, NUM_FUTURE_STEPS, 2)
     assert len(batch["scene_token"]) == 3
+
+
+def test_full_future_only_keeps_exactly_the_samples_with_a_full_future(synthetic_root, nusc, val_ds):
+    full = NuScenesDrivingDataset(synthetic_root, VERSION, "val", nusc=nusc, full_future_only=True)
+    expected = [t for i, t in enumerate(val_ds.sample_tokens) if bool(val_ds[i]["gt_mask"].all())]
+    assert full.sample_tokens == expected
+    positions = scene_positions(val_ds)
+    assert all(positions[t][1] - 1 - positions[t][0] >= NUM_FUTURE_STEPS for t in full.sample_tokens)
+    assert 0 < len(full) < len(val_ds)
+
+
+def test_full_future_only_on_scenes_too_short_is_a_one_line_error(tmp_path):
+    from data_tools.synthetic_nuscenes import generate
+
+    root = generate(tmp_path / "short", scenes={"val": 1}, samples_per_scene=4, image_size=(64, 64), seed=0)
+    with pytest.raises(EmptySplitError, match="full_future_only=false") as err:
+        NuScenesDrivingDataset(root, VERSION, "val", full_future_only=True)
+    assert "\n" not in str(err.value)

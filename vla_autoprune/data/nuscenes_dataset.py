@@ -101,6 +101,9 @@ class NuScenesDrivingDataset(Dataset):
     :param image_size: ``(W, H)`` to resize images to (intrinsics scaled); None keeps native.
     :param max_boxes: boxes per future step: None keeps all (N = the item's max), an int keeps
         the nearest ``max_boxes`` and pads every step to exactly that many.
+    :param full_future_only: keep only the samples followed by ``NUM_FUTURE_STEPS`` keyframes in
+        their scene (a full 3 s future: every horizon's L2 / collision and the PDM score are defined);
+        the others, the last keyframes of each scene, would only count towards the 1-2 s figures.
     :param nusc: an already loaded ``NuScenes`` for the same dataroot and version (skips loading).
     :param verbose: let the devkit print its loading progress.
     """
@@ -113,6 +116,7 @@ class NuScenesDrivingDataset(Dataset):
         cameras: Sequence[str] = CAMERAS,
         image_size: Sequence[int] | None = None,
         max_boxes: int | None = None,
+        full_future_only: bool = False,
         nusc: NuScenes | None = None,
         verbose: bool = False,
     ) -> None:
@@ -122,6 +126,7 @@ class NuScenesDrivingDataset(Dataset):
         self.cameras = _check_cameras_arg(cameras)
         self.image_size = _check_image_size(image_size)
         self.max_boxes = _check_max_boxes(max_boxes)
+        self.full_future_only = bool(full_future_only)
         check_version_dir(self.dataroot, version)
         self.nusc = (
             _check_nusc(nusc, self.dataroot, version)
@@ -214,6 +219,12 @@ class NuScenesDrivingDataset(Dataset):
             if name in scenes:
                 tokens.extend(self._scene_samples(scenes[name]))
         if not tokens:
+            if self.full_future_only:
+                raise EmptySplitError(
+                    f"split {self.split!r} of {self.version} at {self.dataroot} has no sample with a full "
+                    f"{NUM_FUTURE_STEPS}-keyframe future (every scene is too short); set "
+                    f"full_future_only=false or use scenes of more than {NUM_FUTURE_STEPS} keyframes."
+                )
             raise EmptySplitError(
                 f"split {self.split!r} of {self.version} at {self.dataroot} has no sample in the loaded "
                 f"tables ({len(scene_names)} scene names, {len(missing)} absent); pick a split whose "
@@ -222,12 +233,15 @@ class NuScenesDrivingDataset(Dataset):
         return tokens
 
     def _scene_samples(self, scene: dict[str, Any]) -> list[str]:
-        """Sample tokens of one scene, following the ``next`` chain from its first sample."""
+        """Sample tokens of one scene, following the ``next`` chain from its first sample (without
+        the last ``NUM_FUTURE_STEPS`` when ``full_future_only``)."""
         tokens: list[str] = []
         token = scene["first_sample_token"]
         while token:
             tokens.append(token)
             token = self._get("sample", token)["next"]
+        if self.full_future_only:
+            return tokens[: max(0, len(tokens) - NUM_FUTURE_STEPS)]
         return tokens
 
     def _check_channels(self) -> None:
