@@ -220,7 +220,8 @@ def test_report_end_to_end_on_pipeline_runs(synthetic_root: Path, tmp_path: Path
     )
     text = (out / "report.md").read_text()
     assert "300 scene-bootstrap resamples (seed 4)" in text
-    assert "Resampling here: stratified by scenario family, scenes per stratum:" in text
+    # 3 scenes, one per family: a stratified draw could not vary them, so the plain bootstrap is used
+    assert "Resampling here: plain scene bootstrap (scenario family" in text
     assert "`samples @3s` = those with a plan and a full 3 s future" in text
     assert "## By scenario family" in text and "## By complexity tertile" in text
     rows = list(csv.DictReader(io.StringIO((out / "report.csv").read_text())))

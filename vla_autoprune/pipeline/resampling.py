@@ -3,7 +3,8 @@
 The synthetic evaluation set fixes each scene's scenario family by design (scene ``i`` has family
 ``FAMILIES[i % 6]``, as many scenes per family), so a replicate should keep that design: each
 family (stratum) draws as many of its own scenes as it holds. Records without a known family (real
-nuScenes: ``scenario = "unknown"``) fall back to the plain scene bootstrap. A run and every run
+nuScenes: ``scenario = "unknown"``), or a family holding a single scene, fall back to the plain
+scene bootstrap. A run and every run
 compared with it hold the same samples, hence the same scenes and families, and draw the same
 weights from one seed: comparisons stay paired.
 """
@@ -57,7 +58,8 @@ class Design:
 
 
 def design_of(records: Sequence[dict[str, Any]], stratify: bool = True) -> Design:
-    """Stratified when every record has a known ``scenario`` and each scene has one; else plain."""
+    """Stratified when every record has a known ``scenario``, each scene has one and each family
+    holds at least two scenes; else plain (a one-scene family would get a zero-width share)."""
     if not stratify:
         return Design(reason="stratification turned off")
     if not records or any(r.get("scenario") in UNKNOWN_SCENARIOS for r in records):
@@ -69,6 +71,9 @@ def design_of(records: Sequence[dict[str, Any]], stratify: bool = True) -> Desig
     if mixed:
         return Design(reason=f"scene {mixed[0]} holds several scenario families")
     per_family = Counter(next(iter(names)) for names in families.values())
+    single = sorted(name for name, scenes in per_family.items() if scenes < 2)
+    if single:  # a one-scene stratum is drawn whole every time: it would add no spread at all
+        return Design(reason=f"scenario family {single[0]} holds a single scene")
     return Design(strata=tuple(sorted(per_family.items())))
 
 
