@@ -34,10 +34,12 @@ def excludes(interval: Interval, null: float) -> str | None:
     return "yes" if low > null or high < null else "no"
 
 
-def label(summary: dict[str, Any]) -> str:
-    """A run's pruner label, with its variant when it has one: ``autoprune (pruner.stage0=before)``."""
+def label(summary: dict[str, Any], with_variant: bool = True) -> str:
+    """A run's pruner label, with its variant when it has one and ``with_variant``:
+    ``autoprune (pruner.stage0=before)``."""
     keys = key_columns(summary)
-    return f"{keys['pruner']} ({keys['variant']})" if keys["variant"] else str(keys["pruner"])
+    shown = with_variant and keys["variant"]
+    return f"{keys['pruner']} ({keys['variant']})" if shown else str(keys["pruner"])
 
 
 def _samples_3s(a: Run, b: Run) -> int | str:
@@ -55,13 +57,14 @@ def pair_row(a: tuple[int, Run], b: tuple[int, Run], boot: Bootstrap) -> dict[st
     (a_id, run_a), (b_id, run_b) = a, b
     weights = boot.weights(run_a)  # == boot.weights(run_b): same samples, scenes and families
     terms_a, terms_b = figure_terms(run_a.records), figure_terms(run_b.records)
+    variants = run_a.summary.get("variant") != run_b.summary.get("variant")  # shown when they differ
     row: dict[str, Any] = {
         "budget": run_a.summary.get("budget"),
         "planner": run_a.summary.get("planner"),
         "run A": a_id,
-        "pruner A": label(run_a.summary),
+        "pruner A": label(run_a.summary, variants),
         "run B": b_id,
-        "pruner B": label(run_b.summary),
+        "pruner B": label(run_b.summary, variants),
         "samples @3s": _samples_3s(run_a, run_b),
     }
     for figure in DIFFERENCES:
