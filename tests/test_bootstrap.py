@@ -1,4 +1,5 @@
-"""Scene-bootstrap intervals: hand-worked values, exact invariances, coverage, and determinism."""
+"""Scene-bootstrap intervals, plain and stratified: hand-worked values, exact invariances, coverage,
+determinism."""
 
 from __future__ import annotations
 
@@ -6,13 +7,14 @@ import numpy as np
 import pytest
 
 from planners.metrics import aggregate_at, sample_terms_at
-from vla_autoprune.errors import ConfigError
+from vla_autoprune.errors import ConfigError, DataError
 from vla_autoprune.pipeline.bootstrap import (
     cluster_weights,
     paired_difference,
     paired_ratio,
     percentile_interval,
     ratio_interval,
+    stratified_weights,
     weighted_ratio,
 )
 
@@ -145,3 +147,57 @@ def test_sample_terms_sum_to_the_convention_rates(convention: str) -> None:
     np.testing.assert_allclose(num.sum(0) / den.sum(), [rates[h] for h in ("1s", "2s", "3s")], rtol=1e-12)
     if convention == "stp3":
         assert den[:5].sum() == 0 and np.all(num[:5] == 0)  # excluded, not counted as zero error
+
+
+def test_strata_of_one_scene_each_give_zero_width_intervals() -> None:
+    # every stratum holds one scene: every replicate takes each scene once, as the full sample does
+    scenes = np.array(["a", "a", "b", "c", "c"])
+    w = stratified_weights(scenes, ["x", "x", "y", "z", "z"], 300, 0)
+    assert np.all(w == 1.0)
+    ci = ratio_interval(w, np.array([[1.0], [2.0], [3.0], [4.0], [10.0]]), np.ones(5))
+    assert ci.estimate[0] == ci.low[0] == ci.high[0] == 4.0
+
+
+def test_stratified_draws_never_mix_strata_hand_checkable() -> None:
+    # stratum x: scenes a (2 samples) and b; stratum y: scenes c, d, e
+    scenes = np.array(["a", "a", "b", "c", "d", "e", "e"])
+    strata = np.array(["x", "x", "x", "y", "y", "y", "y"])
+    w = stratified_weights(scenes, strata, 4000, 5)
+    assert np.array_equal(w[:, 0], w[:, 1]) and np.array_equal(w[:, 5], w[:, 6])  # whole scenes
+    assert np.all(w[:, [0, 2]].sum(axis=1) == 2)  # x always draws its 2 scenes, from x only
+    assert np.all(w[:, [3, 4, 5]].sum(axis=1) == 3)  # y always draws its 3
+    # stratum x: (a, b) drawn (2, 0), (1, 1) or (0, 2) with probabilities 1/4, 1/2, 1/4
+    shares = [np.mean(w[:, 0] == k) for k in (2, 1, 0)]
+    np.testing.assert_allclose(shares, [0.25, 0.5, 0.25], atol=0.03)
+
+
+def test_one_stratum_is_the_plain_scene_bootstrap_draw_for_draw() -> None:
+    scenes = np.repeat([f"scene-{i}" for i in range(9)], 4)
+    np.testing.assert_array_equal(
+        stratified_weights(scenes, ["easy"] * scenes.size, 300, 11), cluster_weights(scenes, 300, 11)
+    )
+
+
+def test_stratified_weights_are_deterministic_and_check_their_input() -> None:
+    scenes, strata = np.repeat(np.arange(12), 3), np.repeat(np.arange(12) % 3, 3)
+    first = stratified_weights(scenes, strata, 200, 7)
+    assert np.array_equal(first, stratified_weights(scenes, strata, 200, 7))
+    assert not np.array_equal(first, stratified_weights(scenes, strata, 200, 8))
+    with pytest.raises(DataError, match="more than one stratum"):
+        stratified_weights(["a", "a", "b"], ["x", "y", "y"], 10, 0)
+    with pytest.raises(ConfigError, match="resamples"):
+        stratified_weights(["a"], ["x"], 0, 0)
+
+
+def test_stratifying_removes_the_between_family_spread() -> None:
+    # families differ a lot, scenes within a family little: a plain scene bootstrap mixes the
+    # families' shares, the stratified one keeps them as designed and is much narrower
+    rng = np.random.default_rng(6)
+    scenes = np.repeat(np.arange(36), 6)
+    families = scenes % 6
+    values = 3.0 * families + 0.2 * rng.standard_normal(36)[scenes]
+    den = np.ones(values.size)
+    plain = ratio_interval(cluster_weights(scenes, 2000, 0), values, den)
+    stratified = ratio_interval(stratified_weights(scenes, families, 2000, 0), values, den)
+    assert plain.estimate == stratified.estimate
+    assert (stratified.high - stratified.low) < 0.2 * (plain.high - plain.low)

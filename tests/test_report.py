@@ -159,6 +159,21 @@ def test_breakdown_by_family_and_complexity_states_samples_and_sums_to_the_run()
     assert all(r["run"] == 2 for r in rows if r["pruner"] == "random")
 
 
+def test_samples_at_3s_count_the_samples_the_stp3_figures_use() -> None:
+    records = _records()  # 12 scenes x 10 samples
+    for r in records[::10]:  # the first sample of every scene: no full 3 s future
+        r["gt_mask"] = [True] * 4 + [False] * 2
+    records[1] |= {"l2": None, "collision": None}  # a malformed answer: no plan
+    run = _run(records, pruner="random", budget=32)
+    assert (run.summary["num_samples"], run.summary["num_samples_3s"]) == (120, 107)
+    (row,) = main_rows([run], BOOT)
+    assert (row["samples"], row["samples @3s"], row["scenes"]) == (120, 107, 12)
+    full = [r for r in records if r["l2"] is not None and all(r["gt_mask"])]
+    assert row["L2@3s stp3"] == pytest.approx(np.mean([np.mean(r["l2"]) for r in full]))
+    part = [r for r in breakdown_rows([run], BOOT) if r["by"] == "scenario"]
+    assert sum(r["samples"] for r in part) == 120 and sum(r["samples @3s"] for r in part) == 107
+
+
 def test_complexity_tertiles_from_the_values() -> None:
     records = [{"complexity": c} for c in (0, 0, 1, 2, 3, 3, 5, 8, 9)] + [{"complexity": None}]
     labels = complexity_labels(records)
@@ -205,6 +220,9 @@ def test_report_end_to_end_on_pipeline_runs(synthetic_root: Path, tmp_path: Path
     )
     text = (out / "report.md").read_text()
     assert "300 scene-bootstrap resamples (seed 4)" in text
+    # 3 scenes, one per family: a stratified draw could not vary them, so the plain bootstrap is used
+    assert "Resampling here: plain scene bootstrap (scenario family" in text
+    assert "`samples @3s` = those with a plan and a full 3 s future" in text
     assert "## By scenario family" in text and "## By complexity tertile" in text
     rows = list(csv.DictReader(io.StringIO((out / "report.csv").read_text())))
     assert [r["pruner"] for r in rows] == ["none", "autoprune"]
@@ -215,12 +233,21 @@ def test_report_end_to_end_on_pipeline_runs(synthetic_root: Path, tmp_path: Path
         <= float(auto["L2@3s stp3 diff hi"])
     )
     assert int(auto["samples"]) == int(rows[0]["samples"]) > 0
+    assert 0 < int(auto["samples @3s"]) <= int(auto["samples"])
     stats = list(csv.DictReader(io.StringIO((out / "autoprune_stats.csv").read_text())))
     assert stats and all(r["pruner"] == "autoprune" and r["mi"] for r in stats)
     breakdown = list(csv.DictReader(io.StringIO((out / "breakdown.csv").read_text())))
     assert {r["by"] for r in breakdown} == {"scenario", "complexity"}
     for plot in ("l2_3s_vs_budget.png", "collision_3s_vs_budget.png"):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    plain = tmp_path / "plain"
+    assert (
+        main([str(tmp_path / "sweep"), "--out", str(plain), "--resamples", "300", "--plain-bootstrap"]) == 0
+    )
+    assert (
+        "Resampling here: plain scene bootstrap (stratification turned off)"
+        in (plain / "report.md").read_text()
+    )
     again = tmp_path / "again"
     write_report([tmp_path / "sweep"], again, resamples=300, seed=4)
     assert (again / "report.csv").read_text() == (out / "report.csv").read_text()

@@ -1,6 +1,7 @@
 """``python -m vla_autoprune.report DIR [DIR ...]``: merge runs / shards / sweeps into one report.
 
-Writes ``report.md`` and ``report.csv`` (results with 95 % scene-bootstrap intervals),
+Writes ``report.md`` and ``report.csv`` (results with 95 % scene-bootstrap intervals, stratified
+by scenario family when every sample has one), ``pairwise.csv`` (pruner vs pruner at each budget),
 ``breakdown.csv`` (by scenario family and complexity), ``autoprune_stats.csv`` (MI and k per
 scenario family) and plots (L2@3s and collision@3s vs budget with interval bands) into ``--out``
 (default: the first DIR), and logs the compact table.
@@ -29,10 +30,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--resamples", type=int, default=2000, help="bootstrap resamples per interval (default: 2000)"
     )
+    parser.add_argument(
+        "--plain-bootstrap",
+        action="store_true",
+        help="resample scenes without stratifying by scenario family (default: stratify when known)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        write_report(args.dirs, args.out or args.dirs[0], resamples=args.resamples, seed=args.bootstrap_seed)
+        write_report(
+            args.dirs,
+            args.out or args.dirs[0],
+            resamples=args.resamples,
+            seed=args.bootstrap_seed,
+            stratify=not args.plain_bootstrap,
+        )
     except UserError as err:
         logger.error("error: %s", err)
         return 2

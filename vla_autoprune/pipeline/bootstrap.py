@@ -5,6 +5,11 @@ the resampling unit is the scene: a replicate draws as many scenes as there are,
 and takes all their samples. A replicate is a weight per sample (how often its scene was drawn),
 so every statistic below is a matrix product, vectorised over replicates.
 
+When the evaluation set is built with a fixed design (the synthetic set: scene ``i`` has scenario
+family ``FAMILIES[i % 6]``, as many scenes per family), :func:`stratified_weights` mirrors it: each
+stratum (family) draws as many of its own scenes as it holds, so no replicate over- or
+under-represents a family that the design holds fixed.
+
 Every metric of :mod:`planners.metrics` is a ratio of sums ``sum_b num[b] / sum_b den[b]`` (see
 :func:`planners.metrics.sample_terms_at`); means are the case ``den = 1``. Paired comparisons use
 the same weights for both runs, so differences and ratios keep the pairing by sample.
@@ -19,7 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from vla_autoprune.errors import ConfigError
+from vla_autoprune.errors import ConfigError, DataError
 
 #: Two-sided confidence level of every interval in the reports.
 CONFIDENCE = 0.95
@@ -41,15 +46,49 @@ def cluster_weights(clusters: Sequence[str] | np.ndarray, resamples: int, seed: 
     :param seed: seed of the generator; equal inputs and seed give equal weights.
     :return: float64 [R, S]: how many times the sample's cluster was drawn in each replicate.
     """
+    return stratified_weights(clusters, np.zeros(len(clusters), dtype=np.int64), resamples, seed)
+
+
+def _check_resamples(resamples: int) -> None:
     if isinstance(resamples, bool) or not isinstance(resamples, (int, np.integer)) or resamples < 1:
         raise ConfigError(f"resamples={resamples!r}; pass a whole number >= 1 (e.g. 2000)")
-    _, ids = np.unique(np.asarray(clusters), return_inverse=True)
+
+
+def stratified_weights(
+    clusters: Sequence[str] | np.ndarray, strata: Sequence[str] | np.ndarray, resamples: int, seed: int
+) -> np.ndarray:
+    """Stratified cluster bootstrap weights: each stratum draws as many of its own clusters as it
+    holds, with replacement (strata in sorted order, each from the one generator).
+
+    With a single stratum this is :func:`cluster_weights` draw for draw; a stratum holding one
+    cluster takes it in every replicate.
+
+    :param clusters: [S] cluster label of each sample (scene token).
+    :param strata: [S] stratum label of each sample (scenario family); constant within a cluster.
+    :param resamples: R >= 1 replicates.
+    :param seed: seed of the generator; equal inputs and seed give equal weights.
+    :return: float64 [R, S]: how many times the sample's cluster was drawn in each replicate.
+    :raises DataError: a cluster whose samples lie in more than one stratum.
+    """
+    _check_resamples(resamples)
+    names, ids = np.unique(np.asarray(clusters), return_inverse=True)
     ids = ids.reshape(-1)
-    groups = int(ids.max()) + 1 if ids.size else 0
-    if groups == 0:
-        return np.zeros((resamples, 0))
+    _, stratum_ids = np.unique(np.asarray(strata), return_inverse=True)
+    stratum_ids = stratum_ids.reshape(-1)
+    if stratum_ids.shape != ids.shape:
+        raise ValueError(f"{stratum_ids.size} strata labels for {ids.size} samples; pass one per sample")
+    pairs = np.unique(np.stack([ids, stratum_ids]), axis=1)  # [2, P] distinct (cluster, stratum), by cluster
+    if pairs.shape[1] != names.size:
+        split = names[np.flatnonzero(np.bincount(pairs[0]) > 1)]
+        raise DataError(
+            f"clusters {split[:3].tolist()} lie in more than one stratum; stratify by a scene label"
+        )
+    counts = np.zeros((resamples, names.size), dtype=np.int64)  # [R, G]
     rng = np.random.default_rng(seed)
-    counts = rng.multinomial(groups, np.full(groups, 1.0 / groups), size=resamples)  # [R, G]
+    for stratum in np.unique(pairs[1]):
+        members = pairs[0, pairs[1] == stratum]  # cluster ids of this stratum, sorted
+        size = members.size
+        counts[:, members] = rng.multinomial(size, np.full(size, 1.0 / size), size=resamples)
     return counts[:, ids].astype(np.float64)
 
 

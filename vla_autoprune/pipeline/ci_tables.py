@@ -2,28 +2,23 @@
 
 A :class:`Run` is one configuration's summary with its records sorted by sample token, so runs on
 the same samples line up sample by sample and draw identical bootstrap weights from one seed
-(the weights depend only on the sorted scene list, the number of resamples and the seed): every
-comparison with ``none`` is paired. Point estimates equal the summary's numbers; the intervals come
+(the weights depend only on the sorted scenes and their scenario families, the number of resamples
+and the seed, see :mod:`~vla_autoprune.pipeline.resampling`): every comparison with ``none`` is
+paired. Point estimates equal the summary's numbers; the intervals come
 from :mod:`vla_autoprune.pipeline.bootstrap`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from vla_autoprune.errors import DataError
-from vla_autoprune.pipeline.bootstrap import (
-    Interval,
-    cluster_weights,
-    paired_difference,
-    paired_ratio,
-    ratio_interval,
-)
-from vla_autoprune.pipeline.summary import has_pdm, metric_terms, pdm_terms, stat_values
+from vla_autoprune.pipeline.bootstrap import Interval, paired_difference, paired_ratio, ratio_interval
+from vla_autoprune.pipeline.resampling import Bootstrap, Run
+from vla_autoprune.pipeline.summary import full_future, has_pdm, metric_terms, pdm_terms, stat_values
 from vla_autoprune.pipeline.table import (
     HORIZONS,
     drop_empty_variant,
@@ -40,35 +35,7 @@ _L2_COLUMNS = (*HORIZONS, "avg")
 COMPLEXITY_QUANTILES = (1 / 3, 2 / 3)
 
 
-@dataclass(frozen=True)
-class Run:
-    """One configuration: its summary and its records sorted by ``sample_token``."""
-
-    summary: dict[str, Any]
-    records: list[dict[str, Any]]
-
-    @classmethod
-    def of(cls, summary: dict[str, Any], records: Sequence[dict[str, Any]]) -> Run:
-        """A run with its records put in sample-token order."""
-        return cls(summary, sorted(records, key=lambda r: r["sample_token"]))
-
-
-@dataclass(frozen=True)
-class Bootstrap:
-    """How intervals are drawn: replicates and seed (the report states both)."""
-
-    resamples: int = 2000
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        cluster_weights(["check"], self.resamples, self.seed)  # a bad resamples fails here, once
-
-    def weights(self, run: Run) -> np.ndarray:
-        """float64 [R, S]: scene-bootstrap weights of ``run``'s samples (equal for equal samples)."""
-        return cluster_weights([r["scene_token"] for r in run.records], self.resamples, self.seed)
-
-
-def _figure_terms(records: Sequence[dict[str, Any]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def figure_terms(records: Sequence[dict[str, Any]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Table column (``L2@3s stp3``, ``L2 avg uniad``, ``Col@1s box``, ..., and ``PDMS``, ``NC``,
     ... for runs scored closed-loop-style) -> (num [S], den [S])."""
     out = dict(pdm_terms(records)) if has_pdm(records) else {}
@@ -83,7 +50,8 @@ def _figure_terms(records: Sequence[dict[str, Any]]) -> dict[str, tuple[np.ndarr
     return out
 
 
-def _put(row: dict[str, Any], column: str, interval: Interval, scale: float = 1.0) -> None:
+def put_interval(row: dict[str, Any], column: str, interval: Interval, scale: float = 1.0) -> None:
+    """Set ``row[column]`` and its ``lo`` / ``hi`` companions from a scalar ``interval``."""
     row[column] = float(interval.estimate) * scale
     row[f"{column} lo"] = float(interval.low) * scale
     row[f"{column} hi"] = float(interval.high) * scale
@@ -94,8 +62,7 @@ def _paired_base(run: Run, runs: Sequence[Run]) -> Run | None:
     if base is None or base is run.summary:
         return None
     found = next(r for r in runs if r.summary is base)
-    tokens = [r["sample_token"] for r in run.records]
-    return found if [r["sample_token"] for r in found.records] == tokens else None
+    return found if found.same_samples(run) else None
 
 
 def interval_columns(
@@ -108,17 +75,17 @@ def interval_columns(
         sample (or None: no comparison); ``weights``: float [R, S] bootstrap weights.
     """
     row: dict[str, Any] = {}
-    terms = _figure_terms(records)
-    base_terms = _figure_terms(base) if base is not None else {}
+    terms = figure_terms(records)
+    base_terms = figure_terms(base) if base is not None else {}
     for column, (num, den) in terms.items():
         interval = ratio_interval(weights, num, den)
         row[f"{column} lo"], row[f"{column} hi"] = float(interval.low), float(interval.high)
         if column in base_terms:
-            _put(row, f"{column} diff", paired_difference(weights, num, den, *base_terms[column]))
+            put_interval(row, f"{column} diff", paired_difference(weights, num, den, *base_terms[column]))
     for column in ("L2 avg stp3", "L2@3s stp3"):
         if column in base_terms:
             name = "L2 retention stp3 %" if column == "L2 avg stp3" else "L2@3s retention stp3 %"
-            _put(row, name, paired_ratio(weights, *terms[column], *base_terms[column]), 100.0)
+            put_interval(row, name, paired_ratio(weights, *terms[column], *base_terms[column]), 100.0)
     return row
 
 
@@ -132,7 +99,7 @@ def compare_records(
         the same samples (any order).
     """
     run, base = Run.of({}, records), Run.of({}, none_records)
-    if [r["sample_token"] for r in run.records] != [r["sample_token"] for r in base.records]:
+    if not run.same_samples(base):
         raise DataError(
             f"the runs hold different samples ({len(records)} vs {len(none_records)}); "
             "compare runs of one data selection"
@@ -140,7 +107,7 @@ def compare_records(
     return interval_columns(run.records, base.records, (boot or Bootstrap()).weights(run))
 
 
-def _numbered(runs: Sequence[Run]) -> list[tuple[int, Run]]:
+def numbered_runs(runs: Sequence[Run]) -> list[tuple[int, Run]]:
     """``runs`` in table order, with their row number in the main table (``run`` column)."""
     by_summary = {id(r.summary): r for r in runs}
     ordered = sort_summaries([r.summary for r in runs])
@@ -150,7 +117,7 @@ def _numbered(runs: Sequence[Run]) -> list[tuple[int, Run]]:
 def main_rows(runs: Sequence[Run], boot: Bootstrap) -> list[dict[str, Any]]:
     """The main table: ``run`` (row number), :func:`table.table_rows` columns and intervals (see
     :func:`interval_columns`)."""
-    numbered = _numbered(runs)
+    numbered = numbered_runs(runs)
     rows = []
     for row, (run_id, run) in zip(table_rows([r.summary for _, r in numbered]), numbered, strict=True):
         if run.records:
@@ -202,29 +169,31 @@ def _group_figures(
     for column in ("L2@3s stp3", "Col@3s stp3", "PDMS"):
         if column in terms:
             num, den = terms[column]
-            _put(row, column, ratio_interval(w, num[mask], den[mask]))
+            put_interval(row, column, ratio_interval(w, num[mask], den[mask]))
     if "L2@3s stp3" in base_terms:
         (num, den), (ref_num, ref_den) = terms["L2@3s stp3"], base_terms["L2@3s stp3"]
         interval = paired_ratio(w, num[mask], den[mask], ref_num[mask], ref_den[mask])
-        _put(row, "L2@3s retention stp3 %", interval, 100.0)
+        put_interval(row, "L2@3s retention stp3 %", interval, 100.0)
     return row
 
 
 def breakdown_rows(runs: Sequence[Run], boot: Bootstrap) -> list[dict[str, Any]]:
     """Per run (``run`` = its row number in the main table) and group of ``scenario`` family or
-    complexity bin: samples, scenes, L2@3s and Col@3s (stp3) and L2@3s retention, with intervals."""
+    complexity bin: samples, samples @3s, scenes, L2@3s and Col@3s (stp3) and L2@3s retention, with intervals."""
     rows = []
-    for run_id, run in _numbered(runs):
+    for run_id, run in numbered_runs(runs):
         if not run.records:
             continue
         weights, base = boot.weights(run), _paired_base(run, runs)
-        terms = _figure_terms(run.records)
-        base_terms = _figure_terms(base.records) if base is not None else {}
+        terms = figure_terms(run.records)
+        base_terms = figure_terms(base.records) if base is not None else {}
         scenes = np.array([r["scene_token"] for r in run.records])
+        full = full_future(run.records)
         for by in ("scenario", "complexity"):
             for name, mask in _groups(run, by):
                 row = {**_run_keys(run_id, run.summary), "by": by, "group": name}
-                row |= {"samples": int(mask.sum()), "scenes": len(set(scenes[mask]))}
+                row |= {"samples": int(mask.sum()), "samples @3s": int(full[mask].sum())}
+                row["scenes"] = len(set(scenes[mask]))
                 rows.append(row | _group_figures(terms, base_terms, weights, mask))
     return drop_empty_variant(rows)
 
@@ -235,7 +204,7 @@ def stat_rows(
     """Mean of per-sample pruner statistics (AutoPrune's ``mi`` and ``k``) per scenario family, with
     intervals, for every run that records them; plus an ``all`` row per run."""
     rows = []
-    for run_id, run in _numbered(runs):
+    for run_id, run in numbered_runs(runs):
         stats = {key: stat_values(run.records, key) for key in keys}
         if not any(present.any() for _, present in stats.values()):
             continue
@@ -244,6 +213,6 @@ def stat_rows(
         for name, mask in [everything, *_groups(run, "scenario")]:
             row = {**_run_keys(run_id, run.summary), "scenario": name, "samples": int(mask.sum())}
             for key, (values, present) in stats.items():
-                _put(row, key, ratio_interval(weights[:, mask], values[mask], present[mask]))
+                put_interval(row, key, ratio_interval(weights[:, mask], values[mask], present[mask]))
             rows.append(row)
     return drop_empty_variant(rows)

@@ -12,9 +12,11 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from vla_autoprune.errors import DataNotFoundError
-from vla_autoprune.pipeline.ci_tables import Bootstrap, Run, breakdown_rows, main_rows, stat_rows
+from vla_autoprune.pipeline.ci_tables import breakdown_rows, main_rows, numbered_runs, stat_rows
 from vla_autoprune.pipeline.loop import RECORDS_FILE
 from vla_autoprune.pipeline.merge import RUN_FILE, config_key, find_runs, merge_runs
+from vla_autoprune.pipeline.pairwise import pairwise_rows
+from vla_autoprune.pipeline.resampling import Bootstrap, Run
 from vla_autoprune.pipeline.results import atomic_write_json, atomic_write_text, read_records
 from vla_autoprune.pipeline.table import SHORT_COLUMNS, to_csv, to_markdown
 
@@ -29,6 +31,7 @@ MAIN_COLUMNS: tuple[str, ...] = (
     "positions",
     "variant",
     "samples",
+    "samples @3s",
     "scenes",
     "tokens/layer",
     "L2@3s stp3",
@@ -68,11 +71,26 @@ BREAKDOWN_COLUMNS: tuple[str, ...] = (
     "variant",
     "group",
     "samples",
+    "samples @3s",
     "scenes",
     "L2@3s stp3",
     "Col@3s stp3",
     "L2@3s retention stp3 %",
     "PDMS",
+)
+PAIRWISE_COLUMNS: tuple[str, ...] = (
+    "planner",
+    "run A",
+    "pruner A",
+    "run B",
+    "pruner B",
+    "samples @3s",
+    "L2@3s stp3 A-B",
+    "L2@3s stp3 A-B excludes 0",
+    "Col@3s stp3 A-B",
+    "Col@3s stp3 A-B excludes 0",
+    "L2@3s stp3 A/B",
+    "L2@3s stp3 A/B excludes 1",
 )
 STAT_COLUMNS: tuple[str, ...] = ("run", "pruner", "budget", "variant", "scenario", "samples", "mi", "k")
 
@@ -173,19 +191,41 @@ def plot_stats_by_scenario(rows: Sequence[dict[str, Any]], key: str, path: Path)
     return fig
 
 
+def _resampling(boot: Bootstrap, runs: Sequence[Run]) -> str:
+    """Which resampling the runs got: one phrase, or one per group of runs (``runs 1, 2: ...``)."""
+    by_design: dict[str, list[int]] = {}
+    for run_id, run in numbered_runs(runs):
+        if run.records:
+            by_design.setdefault(boot.design(run).describe(), []).append(run_id)
+    if len(by_design) <= 1:
+        return next(iter(by_design), "no samples")
+    return "; ".join(f"runs {', '.join(map(str, ids))}: {text}" for text, ids in by_design.items())
+
+
+def _per_run(values: Sequence[Any]) -> str:
+    return ", ".join(map(str, sorted({v for v in values if v is not None})))
+
+
 def _header(boot: Bootstrap, runs: Sequence[Run]) -> str:
-    sizes = sorted({len(r.records) for r in runs})
+    sizes = _per_run([len(r.records) for r in runs])
+    sizes_3s = _per_run([r.summary.get("num_samples_3s") for r in runs])
     return (
         "# vla-autoprune report\n\n"
         "L2 in metres; collision rates as fractions. `stp3` = ST-P3/VAD convention (average over "
         "horizon), `uniad` = UniAD convention (at the horizon); `box` = exact box overlap, not "
         "comparable with published tables. `diff` = run - `none`; retention = `none` / run (%), "
         "L2 `avg` over 1-3 s or at 3 s; both paired with the `none` run of the same planner, model and "
-        "samples. `samples` = evaluated samples of each row "
-        f"({', '.join(map(str, sizes))} per run).\n\n"
+        f"samples. `samples` = evaluated samples of each row ({sizes} per run); `samples @3s` = "
+        f"those with a plan and a full 3 s future ({sizes_3s} per run), the only ones every `stp3` "
+        "figure (each horizon) and PDMS count; `uniad` figures keep every sample in the "
+        "denominator.\n\n"
         f"Brackets: 95 % percentile intervals from {boot.resamples} scene-bootstrap resamples "
-        f"(seed {boot.seed}): scenes drawn with replacement, all their samples taken; the same "
-        "draws for a run and its `none`. Every horizon and convention, with intervals, is in "
+        f"(seed {boot.seed}): scenes drawn with replacement, all their samples taken. When every "
+        "sample has a known scenario family, each scene one family and each family two or more "
+        "scenes, the draws are stratified by family, as the synthetic set's design fixes every scene's family: each family draws as many "
+        "of its own scenes as it holds; otherwise the plain scene bootstrap is used. Resampling here: "
+        f"{_resampling(boot, runs)}. The same draws for a run and its `none`, and for the two runs "
+        "of a pruner-vs-pruner comparison. Every horizon and convention, with intervals, is in "
         "report.csv.\n\n"
         + (
             "PDMS = closed-loop-style PDM score (NAVSIM v1.1 formula on a pseudo-simulated plan, "
@@ -207,7 +247,8 @@ def _sections(runs: Sequence[Run], boot: Bootstrap) -> tuple[str, dict[str, list
     rows = main_rows(runs, boot)
     breakdown = breakdown_rows(runs, boot)
     stats = stat_rows(runs, boot)
-    text = "## Results\n\n" + to_markdown(rows, MAIN_COLUMNS)
+    pairs = pairwise_rows(runs, boot)
+    text = "## Results\n\n" + to_markdown(rows, MAIN_COLUMNS) + _pairwise_section(pairs)
     if any(_number(r.get("PDMS")) is not None for r in rows):
         text += (
             "\n## Closed-loop-style score (`run` = row of the results table)\n\n"
@@ -223,16 +264,36 @@ def _sections(runs: Sequence[Run], boot: Bootstrap) -> tuple[str, dict[str, list
         "\n## AutoPrune's mutual information (mi) and slope k per scenario family\n\n"
         "Mean of the per-sample values, with intervals.\n\n" + to_markdown(stats, STAT_COLUMNS)
     )
-    return text, {"report.csv": rows, "breakdown.csv": breakdown, "autoprune_stats.csv": stats}
+    tables = {"report.csv": rows, "pairwise.csv": pairs, "breakdown.csv": breakdown}
+    return text, tables | {"autoprune_stats.csv": stats}
+
+
+def _pairwise_section(pairs: Sequence[dict[str, Any]]) -> str:
+    """report.md's pruner-vs-pruner section: one table per budget ("" when no budget has two runs)."""
+    if not pairs:
+        return ""
+    text = (
+        "\n## Pruner vs pruner at each budget (`run` = row of the results table)\n\n"
+        "Run A compared with run B on the same samples (same planner, model and data), paired: "
+        "`A-B` = difference of the figure, `A/B` = ratio of L2@3s (below 1: A has the lower error), "
+        "with the same bootstrap draws for both runs. `excludes 0` / `excludes 1` = `yes` when the "
+        "95 % interval lies wholly on one side; the sign of the estimate says which run is ahead. "
+        "All pairs are in pairwise.csv.\n"
+    )
+    for budget in dict.fromkeys(r["budget"] for r in pairs):
+        part = [r for r in pairs if r["budget"] == budget]
+        text += f"\n### Budget {budget}\n\n" + to_markdown(part, PAIRWISE_COLUMNS)
+    return text
 
 
 def write_report(
-    dirs: Sequence[Path], out: Path, *, resamples: int = 2000, seed: int = 0
+    dirs: Sequence[Path], out: Path, *, resamples: int = 2000, seed: int = 0, stratify: bool = True
 ) -> list[dict[str, Any]]:
-    """Merge every run under ``dirs`` and write report.md, report.csv, breakdown.csv,
+    """Merge every run under ``dirs`` and write report.md, report.csv, pairwise.csv, breakdown.csv,
     autoprune_stats.csv, summaries.json and the budget plots (``pdms_vs_budget.png`` when runs were
-    scored closed-loop-style) into ``out``; returns the main rows."""
-    boot = Bootstrap(resamples=resamples, seed=seed)
+    scored closed-loop-style) into ``out``; returns the main rows. ``stratify=False`` uses the plain
+    scene bootstrap even where scenario families are known."""
+    boot = Bootstrap(resamples=resamples, seed=seed, stratify=stratify)
     runs = load_runs(dirs)
     body, tables = _sections(runs, boot)
     out.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,14 @@ def planned(records: Sequence[dict[str, Any]]) -> np.ndarray:
     return np.array([r.get("l2") is not None for r in records], dtype=bool)
 
 
+def full_future(records: Sequence[dict[str, Any]]) -> np.ndarray:
+    """bool [S]: records with a plan and a full 3 s future (every ``gt_mask`` step true), the samples
+    that every ``stp3`` figure averages over (``uniad`` keeps all samples in its denominator)."""
+    if not records:
+        return np.zeros(0, dtype=bool)
+    return _stack(records, "gt_mask").astype(bool).all(axis=1) & planned(records)
+
+
 def _stack_planned(records: Sequence[dict[str, Any]], *path: str) -> np.ndarray:
     """``records[i][path...]`` stacked ``[S, ...]``, with zeros in the rows of malformed records."""
     ok = planned(records)
@@ -175,6 +183,7 @@ def summarize(records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> dict[s
     summary["num_samples"] = len(records)
     summary["num_scenes"] = len({r["scene_token"] for r in records})
     summary["num_malformed"] = int((~planned(records)).sum())
+    summary["num_samples_3s"] = int(full_future(records).sum())
     if not records:
         return summary
     summary.update(planning_metrics(records))

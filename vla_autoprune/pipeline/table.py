@@ -39,6 +39,11 @@ def retention(reference: float, value: float) -> float:
 _PAIRING_KEYS = ("planner", "samples_digest", "model", "data", "dtype")
 
 
+def comparable(summary: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Whether two runs share planner, model, data, dtype and samples, so they may be paired."""
+    return all(other.get(k) == summary.get(k) for k in _PAIRING_KEYS)
+
+
 def find_baseline(summary: dict[str, Any], summaries: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     """The unpruned run of the same planner, model, data and samples, if the sweep has one.
 
@@ -48,7 +53,7 @@ def find_baseline(summary: dict[str, Any], summaries: Sequence[dict[str, Any]]) 
     candidates = [
         other
         for other in sort_summaries(summaries)
-        if other.get("pruner") == "none" and all(other.get(k) == summary.get(k) for k in _PAIRING_KEYS)
+        if other.get("pruner") == "none" and comparable(summary, other)
     ]
     same_variant = [c for c in candidates if c.get("variant") == summary.get("variant")]
     best = same_variant or candidates
@@ -70,7 +75,9 @@ def sort_summaries(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def key_columns(summary: dict[str, Any]) -> dict[str, Any]:
-    """What a row says about which run it is: planner, pruner label, budget, positions, variant, N."""
+    """What a row says about which run it is: planner, pruner label, budget, positions, variant, and
+    its evaluated samples, the samples with a full 3 s future (``samples @3s``, what the ``stp3``
+    figures and PDMS use) and scenes."""
     return {
         "planner": summary.get("planner"),
         "pruner": summary.get("pruner_label") or summary.get("pruner"),
@@ -78,6 +85,7 @@ def key_columns(summary: dict[str, Any]) -> dict[str, Any]:
         "positions": summary.get("position_ids"),
         "variant": summary.get("variant") or "",
         "samples": summary.get("num_samples"),
+        "samples @3s": summary.get("num_samples_3s"),
         "scenes": summary.get("num_scenes"),
     }
 
@@ -177,6 +185,7 @@ SHORT_COLUMNS: tuple[str, ...] = (
     "positions",
     "variant",
     "samples",
+    "samples @3s",
     "scenes",
     "tokens/layer",
     "L2@1s stp3",
