@@ -1,7 +1,7 @@
 """The Qwen3-VL adapter and deepstack under pruning, on a tiny random Qwen3VLForConditionalGeneration.
 
-The tiny model (2-block vision tower whose blocks 0 and 1 both feed deepstack, so the text model
-adds vision features after decoder layers 0 and 1; 4 text layers; interleaved M-RoPE) is saved
+The tiny model (3-block vision tower whose blocks all feed deepstack, so the text model adds
+vision features after decoder layers 0, 1 and 2; 4 text layers; interleaved M-RoPE) is saved
 with its image processor and a byte-level tokenizer into a temporary folder and loaded back with
 ``from_pretrained``. References: transformers' own forward (input_ids + pixel_values, deepstack
 added by the model), and dropping == masking as in test_qwen_pruning.py.
@@ -29,12 +29,12 @@ from vla_autoprune.models.chat_adapter import batch_instructions
 from vla_autoprune.models.deepstack import deepstack_hooks
 from vla_autoprune.models.describe import describe
 from vla_autoprune.models.qwen_adapter import camera_lines
-from vla_autoprune.pruning import PRUNERS, PruningRecord, build_pruner, prune
+from vla_autoprune.pruning import PRUNERS, LayerView, PruningRecord, build_pruner, prune
 
 Batch = Callable[[int], dict[str, Any]]
 CONF = Path(__file__).resolve().parents[1] / "conf"
 NEW_TOKENS = 5
-DEEPSTACK_LAYERS = 2  # vision blocks 0 and 1 feed decoder layers 0 and 1
+DEEPSTACK_LAYERS = 3  # vision blocks 0, 1 and 2 feed decoder layers 0, 1 and 2
 
 
 def build_tiny_qwen3(folder: Path, seed: int = 0) -> Path:
@@ -47,7 +47,7 @@ def build_tiny_qwen3(folder: Path, seed: int = 0) -> Path:
     ids = tokenizer.convert_tokens_to_ids
     config = Qwen3VLConfig(
         vision_config={
-            "depth": 2,
+            "depth": DEEPSTACK_LAYERS,
             "hidden_size": 32,
             "intermediate_size": 64,
             "num_heads": 2,
@@ -362,6 +362,45 @@ def test_deepstack_after_pruning_adds_exactly_the_survivors_features(
     assert bool((expected.abs().sum(-1) > 0).sum(-1).eq(kept.shape[1]).all())  # a feature per survivor
 
 
+def test_a_merged_token_gets_the_deepstack_feature_of_its_representative(
+    model: Qwen3VLDrivingAdapter, camera_batch: Batch
+) -> None:
+    """AutoPrune with recycling merges dropped tokens after layer 1; at layer 2 every visual slot (kept,
+    merged or filler) gets ``deepstack[2]`` of the token whose M-RoPE row it carries (for a merged
+    token, its representative's), found here by matching the cos rows the layer receives. What the
+    pruner sees at layer 2 (``view.output``, before it prunes again) is that sum."""
+    inputs = model.prepare(camera_batch(2))
+    assert inputs.deepstack is not None and inputs.position_ids is not None
+    full_cos, _ = compat.rotary_embedding(model.decoder)(inputs.inputs_embeds, inputs.position_ids)
+    seen: dict[str, torch.Tensor] = {}
+
+    class Spy(PRUNERS["autoprune"]):  # type: ignore[misc,valid-type]
+        def schedule(self, view: LayerView) -> torch.Tensor:
+            if view.layer_idx == 2:
+                seen.update(added=view.output, cos=view.position_embeddings[0])
+            return super().schedule(view)
+
+    layer2 = compat.decoder_layers(model.decoder)[2]
+    # registered before prune(): runs before the engine's hooks, so it sees the raw layer output
+    before = layer2.register_forward_hook(lambda _m, _a, out: seen.update(raw=compat.output_hidden(out)))
+    try:
+        with prune(model.decoder, Spy(budget=0.6 * inputs.layout.num_visual), inputs) as record:
+            prefill_logits(model, record.inputs)
+    finally:
+        before.remove()
+    assert record.merged_tokens is not None and bool((record.merged_tokens[:, 2] > 0).all())
+    expected = torch.zeros_like(seen["raw"])
+    positions = inputs.layout.visual_positions()
+    for b in range(expected.shape[0]):
+        visual_cos = full_cos[b, positions[b]]  # [V, d]
+        match = (seen["cos"][b].unsqueeze(1) == visual_cos.unsqueeze(0)).all(-1)  # [K, V]
+        assert bool((match.sum(1) <= 1).all())  # M-RoPE rows are unique per token
+        slot, token = match.nonzero(as_tuple=True)
+        expected[b, slot] = inputs.deepstack[2][b, token]
+        assert len(slot) >= int(record.visual_tokens[b, 2])  # type: ignore[index]
+    assert torch.equal(seen["added"], seen["raw"] + expected)
+
+
 def test_each_layer_gets_the_original_mrope_rows_of_its_survivors(
     model: Qwen3VLDrivingAdapter, camera_batch: Batch
 ) -> None:
@@ -416,9 +455,9 @@ def test_batch_equals_one_by_one_with_per_sample_autoprune_schedules(
     batch = camera_batch(2)
     inputs = model.prepare(batch)
     v = inputs.layout.num_visual
-    # This random model's MI is ~0.63 for both rows: k = max(k0 - gamma MI, 0) with a steep gamma
-    # and k0 just above 0.63 gamma gives the rows slopes 0.3 and 0.9, hence different schedules.
-    options: dict[str, Any] = {"budget": 0.85 * v, "recycle": False, "k0": 63.5, "gamma": 100.0}
+    # This random model's MI is ~0.64 for both rows: k = max(k0 - gamma MI, 0) with a steep gamma
+    # and k0 just above 0.65 gamma gives the rows slopes 0.1 and 1.9, hence different schedules.
+    options: dict[str, Any] = {"budget": 0.85 * v, "recycle": False, "k0": 65.4, "gamma": 100.0}
     with prune(model.decoder, build_pruner("autoprune", **options), inputs) as record:
         batched = prefill_logits(model, record.inputs)
     assert record.schedule is not None

@@ -37,8 +37,8 @@ from vla_autoprune.errors import ModelLoadError
 
 QWEN2_5_VL_MODEL_TYPE = "qwen2_5_vl"
 QWEN3_VL_MODEL_TYPE = "qwen3_vl"
-#: Recognised but refused: Qwen3-VL-MoE and Qwen3.5 (hybrid linear-attention decoders) are other
-#: architectures the adapters and the engine's layer checks have not been verified on.
+#: Recognised but refused: Qwen3-VL-MoE (the FLOPs accounting assumes dense MLPs) and Qwen3.5
+#: (hybrid linear-attention decoders, whose layers the engine cannot shorten) are not supported.
 REFUSED_MODEL_TYPES = ("qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
@@ -59,8 +59,8 @@ def refuse_qwen3(model_type: Any, where: Path) -> None:
     """Raise a one-line :class:`Qwen3VLUnsupportedError` for a refused Qwen-VL ``model_type``."""
     if model_type in REFUSED_MODEL_TYPES:
         raise Qwen3VLUnsupportedError(
-            f"{where} holds model_type={model_type!r}, which is not supported (MoE / Qwen3.5 decoders are "
-            f"unverified); use a dense {QWEN3_VL_MODEL_TYPE!r} or {QWEN2_5_VL_MODEL_TYPE!r} checkpoint"
+            f"{where} holds model_type={model_type!r}, which is not supported (MoE FLOPs / Qwen3.5 linear "
+            f"attention); use a dense {QWEN3_VL_MODEL_TYPE!r} or {QWEN2_5_VL_MODEL_TYPE!r} checkpoint"
         )
 
 
