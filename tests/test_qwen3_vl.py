@@ -1,9 +1,9 @@
 """The Qwen3-VL adapter and deepstack under pruning, on a tiny random Qwen3VLForConditionalGeneration.
 
-The tiny model (3-block vision tower whose blocks all feed deepstack, so the text model adds
-vision features after decoder layers 0, 1 and 2; 4 text layers; interleaved M-RoPE) is saved
-with its image processor and a byte-level tokenizer into a temporary folder and loaded back with
-``from_pretrained``. References: transformers' own forward (input_ids + pixel_values, deepstack
+The tiny model (conftest's ``qwen3_folder``: a 3-block vision tower whose blocks all feed deepstack,
+so the text model adds vision features after decoder layers 0, 1 and 2; 4 text layers; interleaved
+M-RoPE) is saved with its image processor and a byte-level tokenizer into a temporary folder and
+loaded back with ``from_pretrained``. References: transformers' own forward (input_ids + pixel_values, deepstack
 added by the model), and dropping == masking as in test_qwen_pruning.py.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import ATOL, QWEN_MAX_PIXELS, QWEN_MERGE_SIZE, QWEN_PATCH_SIZE, masked_keys, visible_keys
+from conftest import ATOL, QWEN3_DEEPSTACK_LAYERS, masked_keys, visible_keys
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
@@ -34,73 +34,6 @@ from vla_autoprune.pruning import PRUNERS, LayerView, PruningRecord, build_prune
 Batch = Callable[[int], dict[str, Any]]
 CONF = Path(__file__).resolve().parents[1] / "conf"
 NEW_TOKENS = 5
-DEEPSTACK_LAYERS = 3  # vision blocks 0, 1 and 2 feed decoder layers 0, 1 and 2
-
-
-def build_tiny_qwen3(folder: Path, seed: int = 0) -> Path:
-    """Save a tiny random ``Qwen3VLForConditionalGeneration`` with its image processor and tokenizer."""
-    from conftest import _qwen_tokenizer
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    tokenizer = _qwen_tokenizer()
-    ids = tokenizer.convert_tokens_to_ids
-    config = Qwen3VLConfig(
-        vision_config={
-            "depth": DEEPSTACK_LAYERS,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 2,
-            "patch_size": QWEN_PATCH_SIZE,
-            "spatial_merge_size": QWEN_MERGE_SIZE,
-            "temporal_patch_size": 2,
-            "out_hidden_size": 64,
-            "num_position_embeddings": 16,  # a 4 x 4 learned grid, interpolated to each image
-            "deepstack_visual_indexes": list(range(DEEPSTACK_LAYERS)),
-        },
-        text_config={
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 4,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "head_dim": 16,
-            "vocab_size": len(tokenizer),
-            "max_position_embeddings": 4096,
-            "rope_parameters": {
-                "rope_type": "default",
-                "rope_theta": 10000.0,
-                "mrope_section": [2, 3, 3],
-                "mrope_interleaved": True,
-            },
-            "pad_token_id": tokenizer.pad_token_id,
-        },
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
-    )
-    torch.manual_seed(seed)
-    model = Qwen3VLForConditionalGeneration(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = tokenizer.pad_token_id
-    model.save_pretrained(folder)
-    Qwen2VLImageProcessorPil(
-        patch_size=QWEN_PATCH_SIZE,
-        merge_size=QWEN_MERGE_SIZE,
-        temporal_patch_size=2,
-        min_pixels=64,
-        max_pixels=QWEN_MAX_PIXELS,
-    ).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def qwen3_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny Qwen3-VL folder (read-only)."""
-    return build_tiny_qwen3(tmp_path_factory.mktemp("tiny_qwen3_vl"))
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +120,7 @@ def test_prepare_with_deepstack_matches_the_models_own_forward(
     inputs = model.prepare(batch)
     assert not inputs.attention_mask.all()  # left padding is exercised
     assert inputs.position_ids is not None and inputs.position_ids.shape[0] == 3
-    assert inputs.deepstack is not None and len(inputs.deepstack) == DEEPSTACK_LAYERS
+    assert inputs.deepstack is not None and len(inputs.deepstack) == QWEN3_DEEPSTACK_LAYERS
     assert all(
         f.shape == (*inputs.layout.visual_mask.shape[:1], inputs.layout.num_visual, 64)
         for f in inputs.deepstack
