@@ -245,6 +245,79 @@ def qwen_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_qwen(tmp_path_factory.mktemp("tiny_qwen2_5_vl"))
 
 
+# ---------------------------------------------------------------------- tiny Qwen3-VL (models helper)
+
+#: Vision blocks 0..2 feed deepstack: the text model adds vision features after decoder layers 0..2.
+QWEN3_DEEPSTACK_LAYERS = 3
+
+
+def build_tiny_qwen3(folder: Path, seed: int = 0) -> Path:
+    """Save a tiny random ``Qwen3VLForConditionalGeneration`` (3-block vision tower, every block feeding
+    deepstack, 4 text layers, interleaved M-RoPE [2, 3, 3]) with its image processor and tokenizer."""
+    import torch
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    tokenizer = _qwen_tokenizer()
+    ids = tokenizer.convert_tokens_to_ids
+    config = Qwen3VLConfig(
+        vision_config={
+            "depth": QWEN3_DEEPSTACK_LAYERS,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "patch_size": QWEN_PATCH_SIZE,
+            "spatial_merge_size": QWEN_MERGE_SIZE,
+            "temporal_patch_size": 2,
+            "out_hidden_size": 64,
+            "num_position_embeddings": 16,  # a 4 x 4 learned grid, interpolated to each image
+            "deepstack_visual_indexes": list(range(QWEN3_DEEPSTACK_LAYERS)),
+        },
+        text_config={
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": 4096,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "mrope_section": [2, 3, 3],
+                "mrope_interleaved": True,
+            },
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+    )
+    torch.manual_seed(seed)
+    model = Qwen3VLForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.pad_token_id
+    model.save_pretrained(folder)
+    Qwen2VLImageProcessorPil(
+        patch_size=QWEN_PATCH_SIZE,
+        merge_size=QWEN_MERGE_SIZE,
+        temporal_patch_size=2,
+        min_pixels=64,
+        max_pixels=QWEN_MAX_PIXELS,
+    ).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def qwen3_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen3-VL model + image processor + tokenizer, saved. Treat it as read-only."""
+    return build_tiny_qwen3(tmp_path_factory.mktemp("tiny_qwen3_vl"))
+
+
 #: The answer the "answering" tiny Qwen is trained to give, whatever it sees.
 QWEN_ANSWER = [[1.0, 0.0], [2.0, 0.1], [3.0, 0.2], [4.0, 0.3], [5.0, 0.4], [6.0, 0.5]]
 

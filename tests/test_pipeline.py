@@ -153,6 +153,8 @@ def test_default_config_composes_every_group(
     extra = _TINY.get((group, option), []) + _TINY.get((group, "*"), [])
     if (group, option) == ("model", "qwen2_5_vl"):  # no bundled Qwen: a tiny one saved by conftest
         extra.append(f"model.name_or_path={request.getfixturevalue('qwen_folder')}")
+    if (group, option) == ("model", "qwen3_vl"):
+        extra.append(f"model.name_or_path={request.getfixturevalue('qwen3_folder')}")
     overrides = [f"{group}={option}", f"data.dataset.dataroot={synthetic_root}", "device=cpu", *extra]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("evaluate", overrides=overrides, return_hydra_config=True)

@@ -3,7 +3,7 @@
 Kept apart from :mod:`vla_autoprune.compat` (plain decoders) so a transformers upgrade of the
 Qwen-VL code touches one file:
 
-- the model types supported and the ones recognised but refused (Qwen3-VL, see below);
+- the model types supported (Qwen2.5-VL, Qwen3-VL) and the ones recognised but refused (below);
 - the chat special tokens a Qwen-VL prompt is built from;
 - the image processor's resize rule (``smart_resize``) and the spatial merge, so that the number of
   visual tokens per camera follows from ``preprocessor_config.json`` and the image size alone;
@@ -13,7 +13,13 @@ Qwen-VL code touches one file:
 In 5.24 the text rotary module recomposes the three axes into ordinary ``[B, N, head_dim]``
 cos/sin before the decoder loop, and every decoder layer receives ``position_ids=None`` (the
 "text" row exists only for packed 4-row ids). So a layer sees one rotary row per token: gathering
-those rows keeps each surviving token's original (t, h, w) rotation.
+those rows keeps each surviving token's original (t, h, w) rotation. Qwen3-VL differs only inside
+that rotary module (its (t, h, w) frequencies are interleaved, ``mrope_interleaved``) and in the
+``get_rope_index`` details (same ``[3, B, N]`` / ``rope_deltas`` contract), so the same holds.
+
+Qwen3-VL's vision tower attends fully in every block (no windows: its merged tokens come out in
+raster order) and adds "deepstack" features to the first decoder layers' outputs; the adapter
+carries those in ``DecoderInputs.deepstack`` (:mod:`vla_autoprune.models.deepstack`).
 """
 
 from __future__ import annotations
@@ -30,10 +36,10 @@ from transformers.vision_utils import get_vision_window_index
 from vla_autoprune.errors import ModelLoadError
 
 QWEN2_5_VL_MODEL_TYPE = "qwen2_5_vl"
-#: Recognised but refused: Qwen3-VL's "deepstack" adds vision features to the hidden states of the
-#: first decoder layers *between* layers (in the text model's loop, at a full-length position
-#: mask), which a pruned prefill (shorter hidden states from layer 1) would break.
-QWEN3_VL_MODEL_TYPES = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
+QWEN3_VL_MODEL_TYPE = "qwen3_vl"
+#: Recognised but refused: Qwen3-VL-MoE (the FLOPs accounting assumes dense MLPs) and Qwen3.5
+#: (hybrid linear-attention decoders, whose layers the engine cannot shorten) are not supported.
+REFUSED_MODEL_TYPES = ("qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
@@ -46,15 +52,15 @@ _DEFAULT_MIN_PIXELS, _DEFAULT_MAX_PIXELS = 56 * 56, 28 * 28 * 1280
 
 
 class Qwen3VLUnsupportedError(ModelLoadError):
-    """A Qwen3-VL folder: its deepstack feature injection is not supported by the pruning engine."""
+    """A Qwen3-VL-MoE or Qwen3.5 folder: not supported (only dense ``qwen3_vl`` is)."""
 
 
 def refuse_qwen3(model_type: Any, where: Path) -> None:
-    """Raise a one-line :class:`Qwen3VLUnsupportedError` for a Qwen3-VL ``model_type``."""
-    if model_type in QWEN3_VL_MODEL_TYPES:
+    """Raise a one-line :class:`Qwen3VLUnsupportedError` for a refused Qwen-VL ``model_type``."""
+    if model_type in REFUSED_MODEL_TYPES:
         raise Qwen3VLUnsupportedError(
-            f"{where} holds model_type={model_type!r}: Qwen3-VL adds deepstack vision features between "
-            "decoder layers, which the pruning engine does not support yet; use a Qwen2.5-VL checkpoint"
+            f"{where} holds model_type={model_type!r}, which is not supported (MoE FLOPs / Qwen3.5 linear "
+            f"attention); use a dense {QWEN3_VL_MODEL_TYPE!r} or {QWEN2_5_VL_MODEL_TYPE!r} checkpoint"
         )
 
 
@@ -151,10 +157,18 @@ def rope_deltas_of(position_ids: torch.Tensor, attention_mask: torch.Tensor) -> 
     return (top + 1 - real.sum(dim=1)).unsqueeze(1)
 
 
+def windowed(config: Any) -> bool:
+    """Whether a vision config windows its attention (Qwen2.5-VL) or attends fully everywhere (Qwen3-VL)."""
+    return hasattr(config, "window_size") or hasattr(config, "fullatt_block_indexes")
+
+
 def last_full_attention(visual: nn.Module) -> nn.Module:
-    """The attention module of the vision tower's last full-attention block (the others are windowed)."""
+    """The attention module of the vision tower's last full-attention block (Qwen2.5-VL: the
+    others are windowed; Qwen3-VL: every block attends fully, so the last one)."""
     config: Any = visual.config
     blocks: Any = visual.get_submodule("blocks")
+    if not windowed(config):
+        return blocks[len(blocks) - 1].attn
     full = [int(i) for i in getattr(config, "fullatt_block_indexes", ()) if int(i) < len(blocks)]
     if not full:
         raise ModelLoadError(
@@ -165,7 +179,13 @@ def last_full_attention(visual: nn.Module) -> nn.Module:
 
 
 def vision_window_index(config: Any, grid_thw: torch.Tensor) -> torch.Tensor:
-    """int64 ``[I * P]``: the vision tower's window order of the merged tokens (``hidden[j] = natural[idx[j]]``)."""
+    """int64 ``[I * P]``: the vision tower's window order of the merged tokens (``hidden[j] = natural[idx[j]]``).
+
+    The identity for a tower without windows (Qwen3-VL).
+    """
+    if not windowed(config):
+        merge = int(config.spatial_merge_size)
+        return torch.arange(int((grid_thw.prod(-1) // (merge * merge)).sum()))
     index, _ = get_vision_window_index(
         grid_thw.cpu(),
         spatial_merge_size=int(config.spatial_merge_size),

@@ -1,4 +1,4 @@
-"""Driving models: the DrivingVLA, the LLaVA and Qwen2.5-VL adapters, and ``load``."""
+"""Driving models: the DrivingVLA, the LLaVA, Qwen2.5-VL and Qwen3-VL adapters, and ``load``."""
 
 from vla_autoprune.models.base import DecoderInputs, DrivingModel
 from vla_autoprune.models.chat_adapter import ChatDrivingAdapter
@@ -7,6 +7,7 @@ from vla_autoprune.models.layout import TokenLayout, build_layout
 from vla_autoprune.models.llava_adapter import LlavaDrivingAdapter, WaypointGeneration
 from vla_autoprune.models.loading import BUNDLED_MODELS, UnknownModelError, UnsupportedModelError, load
 from vla_autoprune.models.prompt import PromptTokenizer
+from vla_autoprune.models.qwen3_adapter import Qwen3VLDrivingAdapter
 from vla_autoprune.models.qwen_adapter import QwenVLDrivingAdapter
 from vla_autoprune.models.waypoint_text import ParseStats, format_waypoints, parse_waypoints
 
@@ -20,6 +21,7 @@ __all__ = [
     "LlavaDrivingAdapter",
     "ParseStats",
     "PromptTokenizer",
+    "Qwen3VLDrivingAdapter",
     "QwenVLDrivingAdapter",
     "TokenLayout",
     "UnknownModelError",

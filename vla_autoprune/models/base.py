@@ -41,6 +41,11 @@ class DecoderInputs:
         readout_tokens: how many readout queries (not instruction text) end every row's prompt,
             e.g. DrivingVLA's action queries; pruners whose official query row is "the last
             instruction token" (PDrop) skip them. 0 for chat models (LLaVA).
+        deepstack: per-layer additive visual inputs (Qwen3-VL's deepstack features), float
+            ``[B, V, D]`` each, in visual-token order, or None: the decoder's layer ``i`` output
+            gets ``deepstack[i]`` added at the visual tokens (:mod:`vla_autoprune.models.deepstack`).
+            Whoever runs the decoder on these inputs adds them: the adapter's ``decode``, or, inside
+            ``prune()``, the engine (its ``record.inputs`` then carry None).
     """
 
     inputs_embeds: torch.Tensor
@@ -51,6 +56,7 @@ class DecoderInputs:
     extras: dict[str, Any] | None = None
     sample_ids: tuple[str, ...] | None = None
     readout_tokens: int = 0
+    deepstack: tuple[torch.Tensor, ...] | None = None
 
     def with_(self, **changes: Any) -> DecoderInputs:
         """A copy with some fields replaced."""

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import LlavaConfig, PreTrainedConfig, Qwen2_5_VLConfig
+from transformers import LlavaConfig, PreTrainedConfig, Qwen2_5_VLConfig, Qwen3VLConfig
 
 from vla_autoprune import compat_qwen
 from vla_autoprune.errors import DataNotFoundError, ModelLoadError
@@ -49,7 +49,7 @@ class ModelShape:
 def describe(name_or_path: str | Path, image_size: tuple[int, int] | None = None) -> ModelShape:
     """Decoder depth and visual tokens per camera of a bundled model name or a saved model folder.
 
-    Reads only ``config.json`` (DrivingVLA or LLaVA folders); Qwen2.5-VL folders also need
+    Reads only ``config.json`` (DrivingVLA or LLaVA folders); Qwen-VL folders also need
     ``preprocessor_config.json`` and the camera ``image_size`` ``(W, H)`` (default: nuScenes'
     native 1600 x 900), since their processor resizes each image dynamically. Raises a one-line
     :class:`~vla_autoprune.errors.UserError` for a missing or unreadable config.
@@ -73,8 +73,9 @@ def describe(name_or_path: str | Path, image_size: tuple[int, int] | None = None
     elif model_type == LLAVA_MODEL_TYPE:
         config = LlavaConfig.from_pretrained(folder)
         per_camera = _llava_tokens_per_image(config, config_file)
-    elif model_type == compat_qwen.QWEN2_5_VL_MODEL_TYPE:
-        config = Qwen2_5_VLConfig.from_pretrained(folder)
+    elif model_type in (compat_qwen.QWEN2_5_VL_MODEL_TYPE, compat_qwen.QWEN3_VL_MODEL_TYPE):
+        qwen_config = Qwen2_5_VLConfig if model_type == compat_qwen.QWEN2_5_VL_MODEL_TYPE else Qwen3VLConfig
+        config = qwen_config.from_pretrained(folder)
         size = NUSCENES_IMAGE_SIZE if image_size is None else (int(image_size[0]), int(image_size[1]))
         rows, cols = compat_qwen.merged_grid_from_preprocessor(folder, size)
         per_camera = rows * cols
@@ -82,7 +83,7 @@ def describe(name_or_path: str | Path, image_size: tuple[int, int] | None = None
         compat_qwen.refuse_qwen3(model_type, folder)
         raise ModelLoadError(
             f"{config_file} has model_type={model_type!r}; supported: "
-            f"{[DrivingVLAConfig.model_type, LLAVA_MODEL_TYPE, compat_qwen.QWEN2_5_VL_MODEL_TYPE]}"
+            f"{[DrivingVLAConfig.model_type, LLAVA_MODEL_TYPE, compat_qwen.QWEN2_5_VL_MODEL_TYPE, compat_qwen.QWEN3_VL_MODEL_TYPE]}"
         )
     num_layers = int(sub_config(config, "text_config").num_hidden_layers)
     return ModelShape(model_type=str(model_type), num_layers=num_layers, visual_per_camera=per_camera)

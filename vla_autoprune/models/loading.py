@@ -15,6 +15,7 @@ from vla_autoprune.models.base import DrivingModel
 from vla_autoprune.models.driving_vla import DrivingVLA, DrivingVLAConfig
 from vla_autoprune.models.llava_adapter import LLAVA_MODEL_TYPE, LlavaDrivingAdapter
 from vla_autoprune.models.model_folder import RESAVE, check_weights, read_config
+from vla_autoprune.models.qwen3_adapter import Qwen3VLDrivingAdapter
 from vla_autoprune.models.qwen_adapter import QwenVLDrivingAdapter
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ SUPPORTED_MODEL_TYPES: tuple[str, ...] = (
     DrivingVLAConfig.model_type,
     LLAVA_MODEL_TYPE,
     compat_qwen.QWEN2_5_VL_MODEL_TYPE,
+    compat_qwen.QWEN3_VL_MODEL_TYPE,
 )
 
 
@@ -60,10 +62,10 @@ def load(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> DrivingModel:
-    """Load a driving model in eval mode: a bundled name or a saved DrivingVLA / LLaVA / Qwen2.5-VL folder.
+    """Load a driving model in eval mode: a bundled name or a saved DrivingVLA / LLaVA / Qwen2.5-VL / Qwen3-VL folder.
 
     The folder's ``config.json`` ``model_type`` picks the class (``driving_vla``, ``llava`` or
-    ``qwen2_5_vl``).
+    ``qwen2_5_vl`` or ``qwen3_vl``).
     A missing or broken ``config.json`` or a truncated ``model.safetensors`` raises a one-line
     :class:`~vla_autoprune.errors.ModelLoadError` naming the file, before transformers reads it.
     """
@@ -81,8 +83,10 @@ def load(
         return LlavaDrivingAdapter.from_pretrained(folder, device=device, dtype=dtype)
     if model_type == compat_qwen.QWEN2_5_VL_MODEL_TYPE:
         return QwenVLDrivingAdapter.from_pretrained(folder, device=device, dtype=dtype)
+    if model_type == compat_qwen.QWEN3_VL_MODEL_TYPE:
+        return Qwen3VLDrivingAdapter.from_pretrained(folder, device=device, dtype=dtype)
     compat_qwen.refuse_qwen3(model_type, folder)
     raise UnsupportedModelError(
         f"{folder / 'config.json'} has model_type={model_type!r}; load() supports "
-        f"{list(SUPPORTED_MODEL_TYPES)}: pass a DrivingVLA, LLaVA or Qwen2.5-VL folder"
+        f"{list(SUPPORTED_MODEL_TYPES)}: pass a DrivingVLA, LLaVA, Qwen2.5-VL or Qwen3-VL folder"
     )

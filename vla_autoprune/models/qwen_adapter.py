@@ -20,21 +20,37 @@ torchvision for the video processor) and expands the image tokens itself. :meth:
 the vision tower's merged patch features into ``inputs_embeds`` and computes the M-RoPE position
 ids ``[3, B, N]`` with the model's own ``get_rope_index``; :meth:`generate_waypoints` passes them
 to ``generate()``, which continues them (and keeps ``rope_deltas`` in step) while decoding.
+
+:class:`QwenVLDrivingAdapter` is also the base of the Qwen3-VL adapter
+(:mod:`~vla_autoprune.models.qwen3_adapter`): a subclass names its ``model_type`` and transformers
+class; a vision tower that returns ``deepstack_features`` gets them carried in
+``DecoderInputs.deepstack`` (added back while decoding, :mod:`~vla_autoprune.models.deepstack`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import torch
 from torch import nn
-from transformers import AutoImageProcessor, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+from transformers import (
+    AutoImageProcessor,
+    AutoTokenizer,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen3VLForConditionalGeneration,
+)
 
 from vla_autoprune import compat_qwen
 from vla_autoprune.errors import ModelLoadError
 from vla_autoprune.models.base import DecoderInputs
-from vla_autoprune.models.chat_adapter import DEFAULT_MAX_NEW_TOKENS, ChatDrivingAdapter, batch_instructions
+from vla_autoprune.models.chat_adapter import (
+    DEFAULT_MAX_NEW_TOKENS,
+    ChatDrivingAdapter,
+    WaypointGeneration,
+    batch_instructions,
+)
+from vla_autoprune.models.deepstack import deepstack_hooks
 from vla_autoprune.models.layout import build_layout
 from vla_autoprune.models.model_folder import check_model_folder
 from vla_autoprune.models.qwen_saliency import qwen_vision_saliency
@@ -47,8 +63,12 @@ DEFAULT_PROMPT_TEMPLATE = (
 )
 
 
+#: The transformers Qwen-VL classes the adapters wrap (unmodified).
+QwenVLModel = Qwen2_5_VLForConditionalGeneration | Qwen3VLForConditionalGeneration
+
+
 class NotAQwenFolderError(ModelLoadError):
-    """The folder does not hold a saved ``Qwen2_5_VLForConditionalGeneration``."""
+    """The folder does not hold a saved model of the adapter's ``model_type``."""
 
 
 def camera_lines(cameras: list[str], tokens_per_image: int) -> str:
@@ -60,9 +80,13 @@ def camera_lines(cameras: list[str], tokens_per_image: int) -> str:
 class QwenVLDrivingAdapter(ChatDrivingAdapter):
     """Wraps an unmodified ``Qwen2_5_VLForConditionalGeneration``, its image processor and tokenizer."""
 
+    #: The ``config.json`` model type :meth:`from_pretrained` loads, and the class it loads it with.
+    model_type: ClassVar[str] = compat_qwen.QWEN2_5_VL_MODEL_TYPE
+    model_class: ClassVar[type[QwenVLModel]] = Qwen2_5_VLForConditionalGeneration
+
     def __init__(
         self,
-        qwen: Qwen2_5_VLForConditionalGeneration,
+        qwen: QwenVLModel,
         image_processor: Any,
         tokenizer: Any,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
@@ -85,7 +109,7 @@ class QwenVLDrivingAdapter(ChatDrivingAdapter):
         dtype: torch.dtype = torch.float32,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         prompt_template: str | None = None,
-    ) -> QwenVLDrivingAdapter:
+    ) -> Self:
         """Load the model, image processor and tokenizer saved together in a folder.
 
         Raises a one-line :class:`~vla_autoprune.errors.ModelLoadError` for a missing or broken
@@ -94,13 +118,13 @@ class QwenVLDrivingAdapter(ChatDrivingAdapter):
         folder = Path(name_or_path).expanduser()
         model_type = check_model_folder(folder).get("model_type")
         compat_qwen.refuse_qwen3(model_type, folder)
-        if model_type != compat_qwen.QWEN2_5_VL_MODEL_TYPE:
+        if model_type != cls.model_type:
             raise NotAQwenFolderError(
-                f"{folder} holds model_type={model_type!r}, not {compat_qwen.QWEN2_5_VL_MODEL_TYPE!r}; "
+                f"{folder} holds model_type={model_type!r}, not {cls.model_type!r}; "
                 "load it with vla_autoprune.models.load()"
             )
         image_processor, tokenizer = _load_processor(folder)
-        qwen = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, dtype=dtype)
+        qwen = cls.model_class.from_pretrained(folder, dtype=dtype)
         module: nn.Module = qwen  # PreTrainedModel.to's wrapper confuses type checkers
         module.to(device).eval()
         template = DEFAULT_PROMPT_TEMPLATE if prompt_template is None else prompt_template
@@ -108,7 +132,7 @@ class QwenVLDrivingAdapter(ChatDrivingAdapter):
 
     @property
     def decoder(self) -> nn.Module:
-        """The unmodified ``Qwen2_5_VLForConditionalGeneration`` (its LM layers: ``model.language_model.layers``)."""
+        """The unmodified transformers model (its LM layers: ``model.language_model.layers``)."""
         return self.qwen
 
     @property
@@ -127,7 +151,8 @@ class QwenVLDrivingAdapter(ChatDrivingAdapter):
     def prepare(self, batch: dict[str, Any]) -> DecoderInputs:
         """Tokenize the prompts, encode the ``C`` camera images, merge them into ``inputs_embeds``.
 
-        ``position_ids`` are the M-RoPE ids int64 ``[3, B, N]``.
+        ``position_ids`` are the M-RoPE ids int64 ``[3, B, N]``; ``deepstack`` (Qwen3-VL) the
+        per-layer vision features ``[B, V, D]`` in visual-token order, else None.
         """
         images = batch["images"]
         b, c = images.shape[:2]
@@ -143,7 +168,7 @@ class QwenVLDrivingAdapter(ChatDrivingAdapter):
         attention_mask = tokens["attention_mask"].to(self.device).long()
         config: Any = self.qwen.config
         layout = build_layout(input_ids == config.image_token_id, attention_mask, c, grid)
-        features, saliency = self.image_features(encoded["pixel_values"], grid_thw)
+        features, saliency, deepstack = self.vision_outputs(encoded["pixel_values"], grid_thw)
         embeds = self.qwen.get_input_embeddings()(input_ids)
         embeds = embeds.masked_scatter(layout.visual_mask.unsqueeze(-1), features.to(embeds.dtype))
         position_ids, rope_deltas = compat_qwen.mrope_positions(
@@ -157,6 +182,9 @@ class QwenVLDrivingAdapter(ChatDrivingAdapter):
             layout=layout,
             vision_saliency=saliency.reshape(b, layout.num_visual),
             sample_ids=tuple(batch["sample_token"]) if "sample_token" in batch else None,
+            deepstack=None
+            if deepstack is None
+            else tuple(f.view(b, layout.num_visual, -1) for f in deepstack),
         )
 
     def image_features(
@@ -164,15 +192,30 @@ class QwenVLDrivingAdapter(ChatDrivingAdapter):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Merged patch features ``[I * P, D]`` of ``I`` images (``P`` tokens each), in image order,
         and their vision saliency float32 ``[I, P]`` (:mod:`~vla_autoprune.models.qwen_saliency`)."""
+        features, saliency, _ = self.vision_outputs(pixel_values, grid_thw)
+        return features, saliency
+
+    def vision_outputs(
+        self, pixel_values: torch.Tensor, grid_thw: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """:meth:`image_features` plus the deepstack features (Qwen3-VL), ``[I * P, D]`` per decoder
+        layer they are added after, in image order; None for a tower without them (Qwen2.5-VL)."""
         with qwen_vision_saliency(self.qwen.model.visual, grid_thw) as saliency:
             out = self.qwen.model.get_image_features(
                 pixel_values.to(self.device, self.qwen.dtype), grid_thw.to(self.device)
             )
         if saliency.value is None:
             raise RuntimeError("the vision tower ran without reaching its last full-attention block")
-        return torch.cat(list(out.pooler_output), dim=0), saliency.value
+        per_layer = getattr(out, "deepstack_features", None)
+        deepstack = tuple(torch.cat(list(images), dim=0) for images in per_layer) if per_layer else None
+        return torch.cat(list(out.pooler_output), dim=0), saliency.value, deepstack
 
     # ------------------------------------------------------------------ decode
+
+    def generate_waypoints(self, inputs: DecoderInputs) -> WaypointGeneration:
+        """Greedy ``generate()``, with ``inputs.deepstack`` (if any) added at the visual tokens."""
+        with deepstack_hooks(self.decoder, inputs):
+            return super().generate_waypoints(inputs)
 
     def generate_kwargs(self, inputs: DecoderInputs) -> dict[str, Any]:
         """The M-RoPE ids of ``inputs``; ``rope_deltas`` set to match them (a pruned prompt included).

@@ -21,6 +21,10 @@ also when the block raises. Then, during each prefill (layer ``l``'s KV cache is
   ``is_causal`` fast path).
 - after the last layer, the output is scattered back to the input length (dropped positions are
   zero), so heads that read the output by input position keep working.
+- per-layer additive visual inputs (``inputs.deepstack``, Qwen3-VL): after layer ``i`` runs, and
+  before it prunes, its output gets ``deepstack[i]`` at the visual slots it ran on (survivors only;
+  a merged token gets its representative's feature). ``record.inputs`` carry None: the engine adds
+  them, so nothing adds them twice (:mod:`vla_autoprune.models.deepstack`).
 
 KV cache: a token dropped after layer ``l`` never reaches layers ``> l``, so it never enters their
 caches. The pruning layer ``l`` itself processed it and keeps it in its own cache entry, which is
@@ -58,6 +62,7 @@ from torch import nn
 
 from vla_autoprune import compat
 from vla_autoprune.models.base import DecoderInputs
+from vla_autoprune.models.deepstack import add_at_visual, check_deepstack
 from vla_autoprune.pruning.cameras import camera_choice, camera_counts, rank_order
 from vla_autoprune.pruning.flops import decoder_flops_from_config
 from vla_autoprune.pruning.pruner import LayerView, Merge, Pruner, SlotIndex
@@ -294,6 +299,7 @@ class _Engine:
         self.text_width = int(self.text.sum(dim=1).max()) if self.text.numel() else 0  # never dropped
         self.camera = layout.camera_index
         self.camera_ratios = pruner.camera_ratios(num_cameras(inputs))
+        self.deepstack = inputs.deepstack or ()  # per-layer [B, V, D], added in _add_deepstack
         self.state: _Forward | None = None
         self.prefill = False
         self.captured: dict[str, torch.Tensor] = {}  # this layer's normed input and k_proj output
@@ -306,6 +312,8 @@ class _Engine:
         handles = []
         for i, layer in enumerate(self.layers):
             handles.append(layer.register_forward_pre_hook(partial(self._pre, i), with_kwargs=True))
+            if i < len(self.deepstack):  # before _post: the pruner sees what layer i + 1 would get
+                handles.append(layer.register_forward_hook(partial(self._add_deepstack, i), with_kwargs=True))
             handles.append(layer.register_forward_hook(partial(self._post, i), with_kwargs=True))
             # Scoring reuses the layer's own normed input and key projection instead of recomputing.
             for name, path in (("normed", "input_layernorm"), ("key_proj", "self_attn.k_proj")):
@@ -317,6 +325,26 @@ class _Engine:
         """Keep a prefill layer's ``input_layernorm`` / ``k_proj`` output until its forward hook."""
         if self.prefill and isinstance(output, torch.Tensor):
             self.captured[name] = output
+
+    def _add_deepstack(
+        self, i: int, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+    ) -> Any:
+        """Prefill: add ``deepstack[i]`` to layer ``i``'s output at the visual slots it ran on.
+
+        Each slot gets the feature of the token its ``src`` names: a kept token its own, a merged
+        token its representative's, a filler the dropped token's (masked anyway).
+        """
+        state = self.state
+        if not self.prefill or state is None:
+            return None
+        src = state.slots.src
+        hidden = add_at_visual(
+            compat.output_hidden(output),
+            self.deepstack[i],
+            self.visual.gather(1, src),
+            self.visual_rank.gather(1, src),
+        )
+        return compat.with_output_hidden(output, hidden)
 
     # -- pre-hook ----------------------------------------------------------------------------------
 
@@ -773,6 +801,9 @@ def _shorten(inputs: DecoderInputs, kept: torch.Tensor, contiguous: bool = False
         position_ids=short_positions,
         layout=short_layout,
         vision_saliency=None if saliency is None else saliency.gather(1, kept),
+        deepstack=None
+        if inputs.deepstack is None
+        else tuple(_gather_rows(f, kept) for f in inputs.deepstack),
     )
 
 
@@ -825,6 +856,8 @@ def prune(decoder: nn.Module, pruner: Pruner, inputs: DecoderInputs) -> Iterator
     num_visual = inputs.layout.num_visual
     pruner.check_budget(len(layers), num_visual)
     pruner.camera_ratios(num_cameras(inputs))  # a ratio list for the wrong camera count fails here
+    if inputs.deepstack is not None:
+        check_deepstack(inputs.deepstack, inputs.layout.visual_mask.bool(), len(layers))
     pruner.setup(decoder)
     run_inputs, kept = _preselect(pruner, inputs, len(layers))
     b = inputs.inputs_embeds.shape[0]
@@ -834,7 +867,7 @@ def prune(decoder: nn.Module, pruner: Pruner, inputs: DecoderInputs) -> Iterator
         else torch.arange(num_visual, device=inputs.inputs_embeds.device).expand(b, -1)
     )
     record = PruningRecord(
-        inputs=run_inputs,
+        inputs=run_inputs.with_(deepstack=None),  # the engine adds them (_add_deepstack)
         num_layers=len(layers),
         num_visual=num_visual,
         accounting=pruner.accounting,
