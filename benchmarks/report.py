@@ -9,6 +9,7 @@ from typing import Any
 from vla_autoprune.pipeline.table import to_markdown
 
 GPU_RECIPE = "python -m benchmarks.run --device cuda"
+E2E_PHASES = ("data", "vision", "decoder", "engine", "other")  # benchmarks.end_to_end.PHASES
 PREFILL_COLUMNS = (
     "pruner",
     "budget_label",
@@ -61,6 +62,14 @@ def _targets(results: dict[str, dict[str, Any]]) -> str:
                 lines.append(
                     f"| engine overhead <= 3 % of pruned prefill (GPU LLaVA shape) | {r['pruner']}: {100 * r['overhead_share']:.1f} % | {key} ({result['machine']['device']}) |"
                 )
+    e2e = results.get("end_to_end")
+    if e2e:
+        where = f"end_to_end ({e2e['machine']['device']})"
+        for r in e2e["rows"]:
+            split = ", ".join(f"{p} {100 * r[f'{p}_share']:.0f} %" for p in E2E_PHASES)
+            lines.append(
+                f"| end-to-end evaluate loop (issue 14, item 6) | {r['pruner']}: {r['samples_per_s']:.1f} samples/s ({split}) | {where} |"
+            )
     return "\n".join(lines) + "\n"
 
 
