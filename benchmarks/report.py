@@ -98,7 +98,8 @@ def write_report(folder: Path, path: Path) -> None:
         "whole-prefill CUDA graph cannot be captured and `torch.compile` breaks the graph at each "
         "pruning layer; compiling each decoder layer on its own is the form that can work.\n",
         "How to read: `time_over_ideal` is the pruned prefill over the plain layer stack fed the same "
-        "per-layer token counts (no scoring, no engine); `realised_over_predicted` is the measured "
+        "per-layer token counts (no scoring, no engine; on padded inputs, the bundled batches, with the "
+        "padding mask any engine must pass); `realised_over_predicted` is the measured "
         "speedup over `none` divided by the one the executed FLOPs predict. Budgets below a pruner's "
         "reachable range are raised to its lowest reachable budget (the `budget` column).\n",
         "## Targets (issue 14)\n",

@@ -40,8 +40,9 @@ Everything in the record is counted in the hooks from the tensors the layers rec
 Cost (issue 14): scoring reuses the layer's own ``input_layernorm`` and ``k_proj`` outputs
 (captured by hooks on those submodules); positions, masks and record counts are built once per set
 of slots and reused until the next drop. Host syncs: none in a layer that hands everything on (the
-schedule and each row's live count are on the host), one in a layer that prunes (the kept width),
-one more when it merges, and one copy of each new schedule to the host.
+schedule and each row's live count are on the host), one in a layer that prunes (the kept width
+and the merge sizes), one more when it merges (how many merged tokens are valid), one copy of each
+new schedule to the host, and one at ``prune()`` entry (text width, whether every row has it).
 """
 
 from __future__ import annotations
