@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import statistics
@@ -79,6 +80,11 @@ class Subject:
     @property
     def batch(self) -> int:
         return int(self.inputs.inputs_embeds.shape[0])
+
+    @functools.cached_property
+    def padded(self) -> bool:
+        """Whether some row has padding (then every layer, pruned or not, runs with a mask)."""
+        return not bool(self.inputs.attention_mask.bool().all())
 
     def forward(self, inputs: DecoderInputs) -> torch.Tensor:
         """The decoder's prefill: the base model (no LM head), as DrivingVLA.decode runs it."""
@@ -194,7 +200,12 @@ def plain_run(subject: Subject) -> None:
 
 
 def ideal_run(subject: Subject, seq_len: list[int]) -> None:
-    """The plain layer stack fed exactly ``seq_len[l]`` tokens at layer ``l`` (sliced, no scoring)."""
+    """The plain layer stack fed exactly ``seq_len[l]`` tokens at layer ``l`` (sliced, no scoring).
+
+    Padded inputs (the bundled batches) get what any engine must give them, a 4D bool mask (causal
+    AND real keys, built once per forward as the model builds its own, sliced per layer); unpadded
+    ones run SDPA's ``is_causal`` path.
+    """
     base = subject.base
     layers = compat.decoder_layers(base)
     inputs = subject.inputs
@@ -203,12 +214,17 @@ def ideal_run(subject: Subject, seq_len: list[int]) -> None:
         pos = inputs.position_ids
         assert pos is not None  # shaped and prepared inputs carry explicit position ids
         cos, sin = base.rotary_emb(hidden, pos)
+        mask = None
+        if subject.padded:
+            n0 = hidden.shape[1]
+            causal = torch.ones(n0, n0, dtype=torch.bool, device=hidden.device).tril()
+            mask = causal & inputs.attention_mask.bool()[:, None, None, :]
         for layer, n in zip(layers, seq_len, strict=True):
             if n < hidden.shape[1]:
                 hidden = hidden[:, :n].contiguous()
             out = layer(
                 hidden,
-                attention_mask=None,
+                attention_mask=None if mask is None else mask[:, :, :n, :n],
                 position_ids=pos[:, :n],
                 position_embeddings=(cos[:, :n], sin[:, :n]),
             )

@@ -9,6 +9,7 @@ from typing import Any
 from vla_autoprune.pipeline.table import to_markdown
 
 GPU_RECIPE = "python -m benchmarks.run --device cuda"
+E2E_PHASES = ("data", "vision", "decoder", "engine", "other")  # benchmarks.end_to_end.PHASES
 PREFILL_COLUMNS = (
     "pruner",
     "budget_label",
@@ -61,6 +62,14 @@ def _targets(results: dict[str, dict[str, Any]]) -> str:
                 lines.append(
                     f"| engine overhead <= 3 % of pruned prefill (GPU LLaVA shape) | {r['pruner']}: {100 * r['overhead_share']:.1f} % | {key} ({result['machine']['device']}) |"
                 )
+    e2e = results.get("end_to_end")
+    if e2e:
+        where = f"end_to_end ({e2e['machine']['device']})"
+        for r in e2e["rows"]:
+            split = ", ".join(f"{p} {100 * r[f'{p}_share']:.0f} %" for p in E2E_PHASES)
+            lines.append(
+                f"| end-to-end evaluate loop (issue 14, item 6) | {r['pruner']}: {r['samples_per_s']:.1f} samples/s ({split}) | {where} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -89,7 +98,8 @@ def write_report(folder: Path, path: Path) -> None:
         "whole-prefill CUDA graph cannot be captured and `torch.compile` breaks the graph at each "
         "pruning layer; compiling each decoder layer on its own is the form that can work.\n",
         "How to read: `time_over_ideal` is the pruned prefill over the plain layer stack fed the same "
-        "per-layer token counts (no scoring, no engine); `realised_over_predicted` is the measured "
+        "per-layer token counts (no scoring, no engine; on padded inputs, the bundled batches, with the "
+        "padding mask any engine must pass); `realised_over_predicted` is the measured "
         "speedup over `none` divided by the one the executed FLOPs predict. Budgets below a pruner's "
         "reachable range are raised to its lowest reachable budget (the `budget` column).\n",
         "## Targets (issue 14)\n",

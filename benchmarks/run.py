@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import flops_check, memory, overhead, prefill, scaling
+from benchmarks import end_to_end, flops_check, memory, overhead, prefill, scaling
 from benchmarks.common import BUDGET_FRACTIONS, Shape, bundled_subject, shaped_subject, write_result
 from benchmarks.report import write_report
 
 logger = logging.getLogger("benchmarks")
 
-BENCHMARKS = ("prefill", "overhead", "memory", "flops", "scaling")
+BENCHMARKS = ("prefill", "overhead", "memory", "flops", "scaling", "end_to_end")
 LLAVA_7B = Shape("llava-1.5-7b", 32, 4096, 32, 11008, 1, 576, 60, note="LLaVA-1.5-7B shape, random weights")
 
 
@@ -40,6 +40,8 @@ class Plan:
     rounds: int = 5
     rounds_large: int = 3  # rounds at batch 8 on the scaled LLaVA shape
     dtype: torch.dtype = torch.float32
+    e2e_samples: int | None = None  # end to end: the first samples of the synthetic val split (None: all 16)
+    e2e_batch: int = 8
     fractions: dict[str, float] = field(default_factory=lambda: dict(BUDGET_FRACTIONS))
 
 
@@ -48,7 +50,9 @@ def plan_for(quick: bool, device: torch.device) -> Plan:
     if quick:
         tiny = Shape("llava-shaped-tiny", 4, 128, 4, 344, 1, 64, 12, prefix=8, note="smoke-test size")
         scale = Shape("scaling-tiny", 2, 64, 2, 172, 6, 16, 12, prefix=8, note="smoke-test size")
-        return Plan(tiny, tiny, scale, (16, 36), batches=(1, 2), rounds=1, rounds_large=1)
+        return Plan(
+            tiny, tiny, scale, (16, 36), batches=(1, 2), rounds=1, rounds_large=1, e2e_samples=4, e2e_batch=2
+        )
     cpu_llava = Shape(
         "llava-shaped-cpu",
         8,
@@ -133,6 +137,22 @@ def main(argv: list[str] | None = None) -> None:
         }
         write_result(args.out, "scaling", device, config, rows, fits=fits)
         logger.info("scaling done (%.0f s)", time.perf_counter() - start)
+    if "end_to_end" in only:
+        rounds = max(1, plan.rounds_large)
+        rows = end_to_end.measure(
+            ("none", "autoprune"), plan.fractions["V/4"], rounds, plan.e2e_batch, plan.e2e_samples, device
+        )
+        config = mode | {
+            "model": "tiny-drive-vla",
+            "data": "synthetic val, 2 scenes x 8 samples, 192 x 192",
+            "samples": rows[0]["samples"],
+            "batch": plan.e2e_batch,
+            "budget": "V/4",
+            "rounds": rounds,
+            "scores": ["open_loop"],
+        }
+        write_result(args.out, "end_to_end", device, config, rows)
+        logger.info("end_to_end done (%.0f s)", time.perf_counter() - start)
     write_report(args.out, args.report)
     logger.info("wrote %s and %s in %.0f s", args.out, args.report, time.perf_counter() - start)
 

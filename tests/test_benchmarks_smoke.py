@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.end_to_end import PHASES
+
 ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = {
     "prefill_bundled_b1",
@@ -21,6 +23,7 @@ EXPECTED = {
     "memory",
     "flops",
     "scaling",
+    "end_to_end",
 }
 
 
@@ -51,5 +54,9 @@ def test_quick_benchmarks_write_results_and_report(tmp_path: Path) -> None:
     # The analytic FLOPs match torch.utils.flop_counter on the same forwards (a count, not a timing).
     assert all(r["within_1pct"] for r in results["flops"]["rows"])
     assert results["overhead_bundled_b2"]["profiles"]["autoprune"], "profiler top entries missing"
+    e2e = {r["pruner"]: r for r in results["end_to_end"]["rows"]}
+    assert set(e2e) == {"none", "autoprune"} and all(r["samples_per_s"] > 0 for r in e2e.values())
+    for row in e2e.values():  # the phases split the loop's time (shares, not speed)
+        assert row["engine_ms"] >= 0 and abs(sum(row[f"{p}_share"] for p in PHASES) - 1) < 0.01
     text = report.read_text()
     assert "python -m benchmarks.run --device cuda" in text and "## prefill_bundled_b1" in text

@@ -198,3 +198,45 @@ def test_pdrop_budget_error_names_the_first_stage_and_the_reachable_range() -> N
     assert "reaching down to 50.92" in message
     with pytest.raises(BudgetError, match=r"choose a budget in \[50\.92, 600\].*down to 1"):
         build_pruner("pdrop", budget=40).check_budget(12, 600)
+
+
+def test_pdrop_budget_that_needed_layer_one_runs_and_meets_it() -> None:
+    # 8 layers, V = 16: budget V/4 = 4 used to fail (the L/4 first stage at layer 2 allows >= 4.75).
+    # Matched mode now starts the first stage at layer 1 and processes exactly floor(4 * 8) = 32.
+    with pytest.raises(BudgetError, match=r"choose a budget in \[4\.75, 16\]"):
+        build_pruner("pdrop", budget=4, early_start=False).check_budget(8, NUM_VISUAL)
+    model = build_decoder(layers=8)
+    inputs = make_inputs(batch=2, text_lengths=(5, 3))
+    pruner = build_pruner("pdrop", budget=4)
+    assert pruner.stage_starts(8, NUM_VISUAL) == [1, 4, 6]
+    with prune(model, pruner, inputs) as record:
+        forward(model, record.inputs)
+    assert record.visual_tokens is not None
+    assert record.visual_tokens[:, 1].tolist() == [4, 4]  # layer 1 already sees the first stage
+    assert record.visual_tokens.sum(dim=1).tolist() == [token_layers(4, 8)] * 2
+    # Deeper: 12 layers, budget 3 (V/5.3), first stage at layer 1, within the budget contract.
+    model = build_decoder(layers=12)
+    with prune(model, build_pruner("pdrop", budget=3), inputs) as record:
+        forward(model, record.inputs)
+    assert record.visual_tokens is not None
+    total = record.visual_tokens.sum(dim=1)
+    assert bool((total <= token_layers(3, 12)).all()) and bool((total > token_layers(3, 12) - 12).all())
+
+
+def test_pdrop_faithful_keeps_the_paper_stages_and_counts_on_deep_models() -> None:
+    # LLaVA-1.5 shape: stages at layers 8, 16, 24 of 32, each keeping half of the previous stage.
+    faithful = build_pruner("pdrop", mode="faithful")
+    assert faithful.stage_starts(32, 576) == [8, 16, 24]
+    assert faithful.counts(32, 576) == [288, 144, 72]
+    # The budget never moves a faithful pyramid: it refuses a budget instead.
+    with pytest.raises(ConfigError, match="faithful"):
+        build_pruner("pdrop", mode="faithful", budget=64)
+
+
+def test_pdrop_budget_below_layer_one_is_a_one_line_error_naming_the_floor() -> None:
+    # Below even a first stage at layer 1 ((V + L - 1) / L): one line, the floor and the fix.
+    with pytest.raises(BudgetError) as err:
+        build_pruner("pdrop", budget=2).check_budget(8, NUM_VISUAL)
+    message = str(err.value)
+    assert "\n" not in message and "choose a budget in [2.875, 16]" in message
+    assert "down to 1" in message and "stage0=before" in message

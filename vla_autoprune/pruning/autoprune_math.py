@@ -42,6 +42,7 @@ Stage 0 ("actual" accounting)
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -122,7 +123,8 @@ def mutual_information(
     p_xy = probs / t  # [B, H, T, V]
     p_y = p_xy.sum(dim=2, keepdim=True)  # [B, H, 1, V]
     ratio = p_xy / (p_y / t + eps)  # p(x) p(y) = p(y) / T
-    mi_heads = (p_xy * torch.log2(ratio.clamp(min=eps))).sum(dim=(2, 3))  # [B, H]
+    # in place on the fresh ratio: the same values as p_xy * log2(clamp(ratio)), two [B, H, T, V] less
+    mi_heads = ratio.clamp_(min=eps).log2_().mul_(p_xy).sum(dim=(2, 3))  # [B, H]
     if head_reduce == "mean":
         return mi_heads.mean(dim=-1)
     if head_reduce == "sum_over_T":
@@ -358,7 +360,13 @@ class _ActualPlan:
     def first_curve_layer(self) -> int:
         return 0 if self.stage0_count is None else 1
 
+    @functools.cached_property
+    def recycle_table(self) -> np.ndarray:
+        """int64 ``[V + 1]``: ``recycle_count(d)`` for ``d = 0..V`` (a lookup per layer, not ~8 array ops)."""
+        return _recycle_count_np(np.arange(self.num_visual + 1, dtype=np.int64))
 
+
+@functools.lru_cache(maxsize=64)  # one problem per (budget, depth, V, options): reused every forward
 def _actual_plan(
     budget: float, num_layers: int, num_visual: int, stage0: Stage0, recycle: bool
 ) -> _ActualPlan:
@@ -430,11 +438,12 @@ def _actual_counts(log_s: np.ndarray, log_p: np.ndarray, plan: _ActualPlan) -> n
         wanted[..., 0] = plan.stage0_count  # stage 0 hands on v0 and recycles nothing
     if not plan.recycle:
         return np.minimum.accumulate(wanted, axis=-1)  # a layer cannot hand on more than it got
+    table = plan.recycle_table
     out = np.empty_like(wanted)
     cur = np.full(log_s.shape, plan.num_visual, dtype=np.int64)
     for layer in range(plan.num_layers):
         keep = np.minimum(wanted[..., layer], cur)
-        cur = keep + _recycle_count_np(cur - keep) if layer >= plan.first_curve_layer else keep
+        cur = keep + table[cur - keep] if layer >= plan.first_curve_layer else keep
         out[..., layer] = cur
     return out
 

@@ -44,14 +44,15 @@ Everything in the record is counted in the hooks from the tensors the layers rec
 Cost (issue 14): scoring reuses the layer's own ``input_layernorm`` and ``k_proj`` outputs
 (captured by hooks on those submodules); positions, masks and record counts are built once per set
 of slots and reused until the next drop. Host syncs: none in a layer that hands everything on (the
-schedule and each row's live count are on the host), one in a layer that prunes (the kept width),
-one more when it merges, and one copy of each new schedule to the host.
+schedule and each row's live count are on the host), one in a layer that prunes (the kept width
+and the merge sizes), one more when it merges (how many merged tokens are valid), one copy of each
+new schedule to the host, and one at ``prune()`` entry (text width, whether every row has it).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -296,7 +297,12 @@ class _Engine:
         self.visual_rank = self.visual.long().cumsum(dim=1) - 1  # index among the visual tokens
         rank = self.visual_rank.clamp(min=0, max=visual_origin.shape[1] - 1)
         self.visual_origin = visual_origin.gather(1, rank)  # ... mapped to the given inputs' indices
-        self.text_width = int(self.text.sum(dim=1).max()) if self.text.numel() else 0  # never dropped
+        # Text is never dropped: its width, and whether every row has that many (one sync, here).
+        self.text_width, self.text_full = 0, True
+        if self.text.numel():
+            lo, hi = self.text.sum(dim=1).aminmax()
+            lo_host, self.text_width = torch.stack([lo, hi]).tolist()
+            self.text_full = lo_host == self.text_width
         self.camera = layout.camera_index
         self.camera_ratios = pruner.camera_ratios(num_cameras(inputs))
         self.deepstack = inputs.deepstack or ()  # per-layer [B, V, D], added in _add_deepstack
@@ -600,12 +606,13 @@ class _Engine:
         if bool((hand_on >= alive).all()):  # on the host: a layer that keeps all costs no sync
             return None
         kept, clusters = self.pruner.split(view, hand_on.to(view.hidden.device))
-        # the one host sync of a pruning layer: the block's shape (merging needs one more)
-        merges, *kept_host = torch.cat([(clusters > 0).any().long().view(1), kept]).tolist()
+        # the one host sync of a pruning layer: the block's shape and the merge sizes
+        counts = torch.cat([kept, clusters]).tolist()
+        kept_host, clusters_host = counts[: len(alive)], counts[len(alive) :]
+        merges = any(c > 0 for c in clusters_host)
+        view.merge_host = ([a - k for a, k in zip(alive.tolist(), kept_host, strict=True)], clusters_host)
         scores = self.pruner.score(view)
-        state.slots, new_hidden = self._drop(
-            view, state.slots, scores, kept, clusters, bool(merges), kept_host
-        )
+        state.slots, new_hidden = self._drop(view, state.slots, scores, kept, clusters, merges, kept_host)
         return compat.with_output_hidden(output, new_hidden)
 
     def _view(
@@ -636,6 +643,7 @@ class _Engine:
             next_layer=self.layers[i + 1] if i + 1 < self.num_layers else None,
             tokens=None if self.record.tokens is None else self.record.tokens[:, i],
             scoring_macs=self.record.scoring_flops,
+            text_full=self.text_full,
         )
 
     def _slot_index(self, slots: _Slots) -> SlotIndex:
@@ -731,12 +739,13 @@ class _Engine:
         pos = chosen.sort(dim=1).values[:, :width]  # index into the visual slots, in sequence order
         is_real = torch.arange(width, device=vs.device).expand(b, -1) < real
         pos = torch.where(is_real, pos, 0)
+        at = vs.gather(1, pos)  # the block's slots (in this layer's sequence)
         block = _Block(
-            src=slots.src.gather(1, vs.gather(1, pos)),
+            src=slots.src.gather(1, at),
             valid=is_real & is_kept.gather(1, pos),
-            merged=~is_real | slots.merged.gather(1, vs.gather(1, pos)),  # merged earlier stay merged
-            hidden=_gather_rows(view.output, vs.gather(1, pos)),
-            keys=torch.where(is_real, 2 * vs.gather(1, pos), 2 * vs[:, -1:] + 1),
+            merged=~is_real | slots.merged.gather(1, at),  # merged earlier stay merged
+            hidden=_gather_rows(view.output, at),
+            keys=torch.where(is_real, 2 * at, 2 * vs[:, -1:] + 1),
         )
         if merge is not None:
             assert self.state is not None
@@ -899,17 +908,26 @@ def _finish(record: PruningRecord, config: Any, camera_index: torch.Tensor) -> N
         value = getattr(record, name)
         if value is not None:
             setattr(record, name, value.cpu())
-    record.kept_visual = [None if k is None else _pack_kept(k.cpu()) for k in record.kept_visual]
+    record.kept_visual = _per_distinct(record.kept_visual, lambda k: _pack_kept(k.cpu()))
     record.merged_into = [None if m is None else m.cpu() for m in record.merged_into]
     record.stats = {key: value.detach().cpu() for key, value in record.stats.items()}
     assert record.tokens is not None
     record.flops = decoder_flops_from_config(record.tokens, config)
     cameras = camera_index.cpu()
     count = int(cameras.max()) + 1 if cameras.numel() else 0
-    per_layer = [
-        camera_counts(k, cameras, count)
-        if k is not None
-        else torch.zeros(cameras.shape[0], count, dtype=torch.long)
-        for k in record.kept_visual
-    ]
-    record.camera_tokens = torch.stack(per_layer, dim=1)
+    none = torch.zeros(cameras.shape[0], count, dtype=torch.long)
+    per_layer = _per_distinct(record.kept_visual, lambda k: camera_counts(k, cameras, count))
+    record.camera_tokens = torch.stack([none if c is None else c for c in per_layer], dim=1)
+
+
+def _per_distinct(
+    values: list[torch.Tensor | None], fn: Callable[[torch.Tensor], torch.Tensor]
+) -> list[torch.Tensor | None]:
+    """``fn`` of each entry, computed once per distinct tensor (layers that shared slots share one)."""
+    done: dict[int, torch.Tensor] = {}
+    out: list[torch.Tensor | None] = []
+    for value in values:
+        if value is not None and id(value) not in done:
+            done[id(value)] = fn(value)
+        out.append(None if value is None else done[id(value)])
+    return out

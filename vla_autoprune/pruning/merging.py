@@ -39,6 +39,7 @@ def dpc_knn_merge(
     num_clusters: int | Tensor,
     k: int | Tensor = DEFAULT_NEIGHBOURS,
     valid: Tensor | None = None,
+    max_clusters: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Merge ``M`` tokens per sample into ``C`` cluster means by DPC-kNN.
 
@@ -50,17 +51,19 @@ def dpc_knn_merge(
             valid tokens).
         valid: optional bool ``[B, M]``; False tokens are ignored (no density, never a centre,
             not merged).
+        max_clusters: ``max_b num_clusters_b`` when the caller knows it on the host (sizes the
+            output of a tensor ``num_clusters`` without a host sync).
 
     Returns:
         ``merged`` ``[B, C, D]`` in ``x``'s dtype, ``C = min(max_b num_clusters_b, M)``; slots
         ``>= c_b`` are zero. ``assign`` int64 ``[B, M]``: each token's cluster slot, -1 for
         invalid tokens. Slot order is by decreasing ``rho * delta``. No host sync for an int
-        ``num_clusters``; a tensor costs one (to size the output).
+        ``num_clusters`` (or a tensor with ``max_clusters``); a tensor alone costs one.
     """
     _check_inputs(x, num_clusters, k, valid)
     b, m, d = x.shape
     valid = torch.ones(b, m, dtype=torch.bool, device=x.device) if valid is None else valid
-    width, per_sample = _cluster_counts(num_clusters, valid, m)
+    width, per_sample = _cluster_counts(num_clusters, valid, m, max_clusters)
     dist = _pairwise_distance(x, valid)  # [B, M, M], inf on invalid pairs
     centres, slot_ok = _pick_centres(dist, valid, k, width, per_sample)
     assign = _assign(dist, centres, slot_ok, valid)
@@ -82,11 +85,15 @@ def _check_inputs(x: Tensor, num_clusters: int | Tensor, k: int | Tensor, valid:
         )
 
 
-def _cluster_counts(num_clusters: int | Tensor, valid: Tensor, m: int) -> tuple[int, Tensor]:
-    """Output width ``C`` and per-sample cluster counts int64 ``[B]``."""
+def _cluster_counts(
+    num_clusters: int | Tensor, valid: Tensor, m: int, max_clusters: int | None = None
+) -> tuple[int, Tensor]:
+    """Output width ``C`` and per-sample cluster counts int64 ``[B]`` (``max_clusters``: the host max)."""
     if isinstance(num_clusters, Tensor):
         requested = num_clusters.to(device=valid.device, dtype=torch.int64)
-        width = min(int(requested.max()), m) if requested.numel() else 0
+        if max_clusters is None:
+            max_clusters = int(requested.max()) if requested.numel() else 0
+        width = min(max_clusters, m)
     else:
         requested = torch.full((valid.shape[0],), num_clusters, dtype=torch.int64, device=valid.device)
         width = min(num_clusters, m)

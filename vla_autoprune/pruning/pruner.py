@@ -79,6 +79,10 @@ class LayerView:
             place by :meth:`attention_at` and :meth:`add_scoring_macs`), or None.
         projected: ``(normed, key_proj)``: this layer's own ``input_layernorm`` output ``[B, K, D]``
             and ``k_proj`` output ``[B, K, Hkv * hd]`` from its forward (scoring reuses them), or None.
+        text_full: known on the host: every row has all ``T`` text slots (``text_valid`` is all
+            True), so reductions over text rows need no masking.
+        merge_host: set by the engine before :meth:`Pruner.merge`: each row's dropped valid visual
+            tokens and wanted merged tokens, as host ints (merging sizes its tensors without a sync).
     """
 
     layer_idx: int
@@ -98,6 +102,8 @@ class LayerView:
     tokens: torch.Tensor | None = None
     scoring_macs: torch.Tensor | None = None
     projected: tuple[torch.Tensor, torch.Tensor] | None = None
+    text_full: bool = False
+    merge_host: tuple[list[int], list[int]] | None = None
     _attention: torch.Tensor | None = field(default=None, repr=False)
 
     @property
@@ -134,6 +140,10 @@ class LayerView:
     def text_valid(self) -> torch.Tensor:
         """bool ``[B, T]`` (class docstring)."""
         return self._slots().text_valid
+
+    def text_valid_or_none(self) -> torch.Tensor | None:
+        """``text_valid``, or None when every text slot is valid (``text_full``): nothing to mask."""
+        return None if self.text_full else self.text_valid
 
     def alive(self) -> torch.Tensor:
         """int64 ``[B]``: valid visual tokens entering this layer."""
@@ -191,6 +201,8 @@ class LayerView:
         """float32 ``[B, Kv]``: attention to each visual token, mean over heads and valid text rows."""
         per_row = self.attention().mean(dim=1)  # [B, T, Kv]
         valid = self.text_valid.unsqueeze(-1)
+        if self.text_full:  # no padded rows: the where below would select every row
+            return per_row.sum(1) / valid.sum(1).clamp(min=1)
         total = torch.where(valid, per_row, torch.zeros_like(per_row)).sum(1)  # where: padded rows are junk
         return total / valid.sum(1).clamp(min=1)
 

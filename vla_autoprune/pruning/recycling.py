@@ -7,6 +7,7 @@ placed right after the kept visual tokens. Merged tokens count against the budge
 
 from __future__ import annotations
 
+import math
 from typing import overload
 
 import torch
@@ -65,11 +66,33 @@ def split_handed_on(processed: Tensor, handed_on: Tensor, recycle: bool = True) 
         return handed_on, torch.zeros_like(handed_on)
     # keep_{i+1} = n - r(P - keep_i) decreases monotonically onto the largest solution
     keep = handed_on
-    for _ in range(SPLIT_ITERATIONS):
-        keep = handed_on - recycle_count(processed - keep)
+    if keep.device.type == "cpu" and processed.device.type == "cpu":
+        keep = _fixed_point_host(processed, handed_on)
+    else:  # on an accelerator: a fixed number of steps, no host sync
+        for _ in range(SPLIT_ITERATIONS):
+            keep = handed_on - recycle_count(processed - keep)
     room = recycle_count(processed) <= handed_on
     keep = torch.where(room, keep, handed_on)
     return keep, handed_on - keep
+
+
+def _fixed_point_host(processed: Tensor, handed_on: Tensor) -> Tensor:
+    """The fixed point of ``keep = n - r(P - keep)`` on host tensors (the same steps, stopped early).
+
+    ``recycle_count`` is looked up in a table (``P - keep >= 0`` throughout: ``keep <= n <= P``)
+    and the iteration stops once a step changes nothing (a fixed point stays one), so the result
+    equals ``SPLIT_ITERATIONS`` steps.
+    """
+    table = recycle_count(torch.arange(2 * int(processed.max()) + 2 if processed.numel() else 1))
+    keep = handed_on
+    for _ in range(SPLIT_ITERATIONS):
+        dropped = processed - keep
+        recycled = table[dropped] if int(dropped.max()) < table.numel() else recycle_count(dropped)
+        step = handed_on - recycled
+        if torch.equal(step, keep):
+            break
+        keep = step
+    return keep
 
 
 def recycle_dropped(
@@ -100,14 +123,21 @@ def recycle_dropped(
     pool_size = torch.minimum(torch.floor(d.double() * pool_fraction).long() + 1, d)
     ranked = torch.where(dropped, scores.float(), float("-inf"))
     order = torch.argsort(ranked, dim=1, descending=True, stable=True)
-    width = max(int(pool_size.max()), 1)
+    max_clusters = None
+    if view.merge_host is None:
+        width = max(int(pool_size.max()), 1)
+    else:  # the same sizes from the engine's host counts: no sync
+        dropped_host, clusters_host = view.merge_host
+        pools = [min(math.floor(n * pool_fraction) + 1, n) for n in dropped_host]
+        width = max(max(pools, default=0), 1)
+        max_clusters = max((min(c, p) for c, p in zip(clusters_host, pools, strict=True)), default=0)
     pool = order[:, :width]  # [B, M] indices into the visual block
     pool_ok = torch.arange(width, device=pool.device) < pool_size.unsqueeze(1)
     pool_slots = view.visual_slots.gather(1, pool)
     pool_hidden = view.output.gather(1, pool_slots.unsqueeze(-1).expand(-1, -1, view.output.shape[-1]))
     wanted = clusters.clamp(max=pool_size)
     k = wanted.clamp(min=1) if neighbours is None else neighbours
-    merged, assign = dpc_knn_merge(pool_hidden, wanted, k=k, valid=pool_ok)
+    merged, assign = dpc_knn_merge(pool_hidden, wanted, k=k, valid=pool_ok, max_clusters=max_clusters)
     c = merged.shape[1]
     member = assign.unsqueeze(-1) == torch.arange(c, device=assign.device)  # [B, M, C]
     pool_scores = ranked.gather(1, pool).unsqueeze(-1).expand(-1, -1, c)

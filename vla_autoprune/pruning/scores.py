@@ -26,12 +26,9 @@ from torch import nn
 from vla_autoprune import compat
 
 
-def _row_mask(attention_mask: torch.Tensor | None, rows: torch.Tensor, num_keys: int) -> torch.Tensor:
-    """bool ``[B, 1, T, N]``: which keys each query row may attend to (causal when mask is None)."""
+def _row_mask(attention_mask: torch.Tensor, rows: torch.Tensor, num_keys: int) -> torch.Tensor:
+    """bool ``[B, 1, T, N]``: which keys each query row may attend to under the layer's 4D mask."""
     b, t = rows.shape
-    if attention_mask is None:
-        keys = torch.arange(num_keys, device=rows.device)
-        return keys.view(1, 1, 1, -1) <= rows.view(b, 1, t, 1)
     allowed = compat.mask_to_bool(attention_mask).expand(b, -1, -1, -1)
     index = rows.view(b, 1, t, 1).expand(-1, allowed.shape[1], -1, allowed.shape[-1])
     return allowed.gather(2, index)
@@ -81,12 +78,16 @@ def text_visual_attention(
         q, k = compat.queries_keys(layer, hidden, cos, sin, text_rows)
     else:
         q, k = _queries_keys(layer, *projected, cos, sin, text_rows)
-    logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * compat.attention_scaling(layer)
+    logits = torch.matmul(q.float(), k.float().transpose(-1, -2))
+    logits.mul_(compat.attention_scaling(layer))  # in place: the same values, one [B, H, T, N] less
     # Each row may also see itself: a padding row (fully masked) then gives zeros, not NaN; real
-    # rows always see themselves already.
+    # rows always see themselves already (so plain causal attention needs no diagonal added).
     keys = torch.arange(n, device=hidden.device).view(1, 1, 1, -1)
-    allowed = _row_mask(attention_mask, text_rows, n) | (keys == text_rows.view(b, 1, -1, 1))
-    probs = logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1)  # [B, H, T, N]
+    if attention_mask is None:
+        blocked = keys > text_rows.view(b, 1, -1, 1)
+    else:
+        blocked = ~(_row_mask(attention_mask, text_rows, n) | (keys == text_rows.view(b, 1, -1, 1)))
+    probs = logits.masked_fill_(blocked, float("-inf")).softmax(dim=-1)  # [B, H, T, N]
     cols = visual_cols.view(b, 1, 1, -1).expand(-1, probs.shape[1], probs.shape[2], -1)
     return probs.gather(-1, cols)
 
@@ -117,4 +118,6 @@ def _queries_keys(
     )
     k = compat.apply_rotary(k, cos, sin)
     groups = q.shape[1] // k.shape[1]
+    if groups == 1:  # no GQA: repeat_interleave would only copy
+        return q, k
     return q, k.repeat_interleave(groups, dim=1)  # GQA: KV head j serves query heads j*g .. j*g+g-1

@@ -127,7 +127,7 @@ class AutoPrunePruner(Pruner):
             return torch.full((view.batch_size, view.num_layers), v0, dtype=torch.long)
         if view.layer_idx > ref and view.schedule is not None:
             return view.schedule
-        mi = ap.mutual_information(view.attention(), self.head_reduce, text_valid=view.text_valid)
+        mi = ap.mutual_information(view.attention(), self.head_reduce, text_valid=view.text_valid_or_none())
         k = ap.slope(mi, self.k0, self.gamma)
         view.stats["mi"] = mi.detach()
         view.stats["k"] = k.detach()
@@ -143,7 +143,7 @@ class AutoPrunePruner(Pruner):
         text = view.text_attention()
         if view.layer_idx > 0 or self.stage0 == "none":
             return text
-        mi0 = ap.mutual_information(view.attention(), "sum_over_T", text_valid=view.text_valid)
+        mi0 = ap.mutual_information(view.attention(), "sum_over_T", text_valid=view.text_valid_or_none())
         stage0 = STAGE0_TEXT_WEIGHT * mi0.unsqueeze(1) * text
         saliency = view.inputs.vision_saliency
         if saliency is None:

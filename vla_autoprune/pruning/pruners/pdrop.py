@@ -121,7 +121,11 @@ class PDropPruner(StagedPruner):
             return
         first = self.starts(num_layers)[0]
         if self._moves_first_stage():
-            where = f"; its first stage starts at layer {first} (stages[0]={self.stages[0]:g} x L) or earlier, down to 1"
+            where = (
+                f"; its first stage starts at layer {first} (stages[0]={self.stages[0]:g} x L) or earlier, "
+                "down to 1; lower budgets need a selection before the decoder (fastervlm, or autoprune "
+                "with stage0=before)"
+            )
         else:
             lowest = min_budget(num_layers, num_visual, 1)
             where = (
