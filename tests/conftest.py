@@ -156,12 +156,18 @@ def camera_batch() -> Callable[[int], dict[str, Any]]:
     return make
 
 
-# ---------------------------------------------------------------------- tiny Qwen2.5-VL (models helper)
+# ---------------------------------------------------------------------- tiny Qwen-VL (models helper)
 
 #: 4 px patches merged 2 x 2; 36 x 64 cameras are resized to 24 x 40 (max 1024 px): 3 x 5 tokens each.
 QWEN_PATCH_SIZE = 4
 QWEN_MERGE_SIZE = 2
 QWEN_MAX_PIXELS = 1024
+
+#: The tiny Qwen-VL families: each name is both the ``config.json`` model_type and the conf/model option.
+QWEN_FAMILIES = ("qwen2_5_vl", "qwen3_vl")
+
+#: Qwen3-VL: vision blocks 0..2 feed deepstack: the text model adds vision features after decoder layers 0..2.
+QWEN3_DEEPSTACK_LAYERS = 3
 
 
 def _qwen_tokenizer() -> Any:
@@ -182,48 +188,71 @@ def _qwen_tokenizer() -> Any:
     return fast
 
 
-def build_tiny_qwen(folder: Path, seed: int = 0) -> Path:
-    """Save a tiny random ``Qwen2_5_VLForConditionalGeneration`` (2-block vision tower, 4 text layers,
-    M-RoPE sections [2, 3, 3]) with its image processor and tokenizer into ``folder``."""
+def build_tiny_qwen(folder: Path, family: str = "qwen2_5_vl", seed: int = 0) -> Path:
+    """Save a tiny random Qwen-VL of ``family`` (one of :data:`QWEN_FAMILIES`) with its image processor
+    and tokenizer into ``folder``.
+
+    Both: 4 text layers (GQA, 4 query / 2 KV heads), M-RoPE sections [2, 3, 3], 4 px patches merged 2 x 2.
+    ``qwen2_5_vl``: ``Qwen2_5_VLForConditionalGeneration`` with a 2-block windowed vision tower (block 1
+    full attention). ``qwen3_vl``: ``Qwen3VLForConditionalGeneration`` with a 3-block vision tower whose
+    every block feeds deepstack, and interleaved M-RoPE.
+    """
     import torch
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+    )
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     tokenizer = _qwen_tokenizer()
     ids = tokenizer.convert_tokens_to_ids
-    config = Qwen2_5_VLConfig(
-        vision_config={
-            "depth": 2,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 2,
-            "patch_size": QWEN_PATCH_SIZE,
-            "spatial_merge_size": QWEN_MERGE_SIZE,
-            "temporal_patch_size": 2,
-            "window_size": 16,
-            "out_hidden_size": 64,
-            "fullatt_block_indexes": [1],
-        },
-        text_config={
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 4,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "vocab_size": len(tokenizer),
-            "max_position_embeddings": 4096,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-            "pad_token_id": tokenizer.pad_token_id,
-            "bos_token_id": tokenizer.pad_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-        },
+    vision: dict[str, Any] = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "patch_size": QWEN_PATCH_SIZE,
+        "spatial_merge_size": QWEN_MERGE_SIZE,
+        "temporal_patch_size": 2,
+        "out_hidden_size": 64,
+    }
+    text: dict[str, Any] = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": len(tokenizer),
+        "max_position_embeddings": 4096,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+    if family == "qwen2_5_vl":
+        config_class, model_class = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+        vision |= {"depth": 2, "window_size": 16, "fullatt_block_indexes": [1]}
+        text |= {"bos_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+    elif family == "qwen3_vl":
+        config_class, model_class = Qwen3VLConfig, Qwen3VLForConditionalGeneration
+        vision |= {
+            "depth": QWEN3_DEEPSTACK_LAYERS,
+            "num_position_embeddings": 16,  # a 4 x 4 learned grid, interpolated to each image
+            "deepstack_visual_indexes": list(range(QWEN3_DEEPSTACK_LAYERS)),
+        }
+        text |= {"head_dim": 16}
+        rope |= {"mrope_interleaved": True}
+    else:
+        raise ValueError(f"unknown Qwen-VL family {family!r}; expected one of {QWEN_FAMILIES}")
+    config = config_class(
+        vision_config=vision,
+        text_config={**text, "rope_parameters": rope},
         image_token_id=ids("<|image_pad|>"),
         video_token_id=ids("<|video_pad|>"),
         vision_start_token_id=ids("<|vision_start|>"),
         vision_end_token_id=ids("<|vision_end|>"),
     )
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config)
+    model = model_class(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.pad_token_id
@@ -242,80 +271,82 @@ def build_tiny_qwen(folder: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def qwen_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Qwen2.5-VL model + image processor + tokenizer, saved. Treat it as read-only."""
-    return build_tiny_qwen(tmp_path_factory.mktemp("tiny_qwen2_5_vl"))
-
-
-# ---------------------------------------------------------------------- tiny Qwen3-VL (models helper)
-
-#: Vision blocks 0..2 feed deepstack: the text model adds vision features after decoder layers 0..2.
-QWEN3_DEEPSTACK_LAYERS = 3
-
-
-def build_tiny_qwen3(folder: Path, seed: int = 0) -> Path:
-    """Save a tiny random ``Qwen3VLForConditionalGeneration`` (3-block vision tower, every block feeding
-    deepstack, 4 text layers, interleaved M-RoPE [2, 3, 3]) with its image processor and tokenizer."""
-    import torch
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    tokenizer = _qwen_tokenizer()
-    ids = tokenizer.convert_tokens_to_ids
-    config = Qwen3VLConfig(
-        vision_config={
-            "depth": QWEN3_DEEPSTACK_LAYERS,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 2,
-            "patch_size": QWEN_PATCH_SIZE,
-            "spatial_merge_size": QWEN_MERGE_SIZE,
-            "temporal_patch_size": 2,
-            "out_hidden_size": 64,
-            "num_position_embeddings": 16,  # a 4 x 4 learned grid, interpolated to each image
-            "deepstack_visual_indexes": list(range(QWEN3_DEEPSTACK_LAYERS)),
-        },
-        text_config={
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 4,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "head_dim": 16,
-            "vocab_size": len(tokenizer),
-            "max_position_embeddings": 4096,
-            "rope_parameters": {
-                "rope_type": "default",
-                "rope_theta": 10000.0,
-                "mrope_section": [2, 3, 3],
-                "mrope_interleaved": True,
-            },
-            "pad_token_id": tokenizer.pad_token_id,
-        },
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
-    )
-    torch.manual_seed(seed)
-    model = Qwen3VLForConditionalGeneration(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = tokenizer.pad_token_id
-    model.save_pretrained(folder)
-    Qwen2VLImageProcessorPil(
-        patch_size=QWEN_PATCH_SIZE,
-        merge_size=QWEN_MERGE_SIZE,
-        temporal_patch_size=2,
-        min_pixels=64,
-        max_pixels=QWEN_MAX_PIXELS,
-    ).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return build_tiny_qwen(tmp_path_factory.mktemp("tiny_qwen2_5_vl"), "qwen2_5_vl")
 
 
 @pytest.fixture(scope="session")
 def qwen3_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Qwen3-VL model + image processor + tokenizer, saved. Treat it as read-only."""
-    return build_tiny_qwen3(tmp_path_factory.mktemp("tiny_qwen3_vl"))
+    return build_tiny_qwen(tmp_path_factory.mktemp("tiny_qwen3_vl"), "qwen3_vl")
+
+
+@pytest.fixture(scope="module", params=QWEN_FAMILIES)
+def qwen_family(request: pytest.FixtureRequest) -> str:
+    """A Qwen-VL family: a test or fixture that uses it runs once per family. A family-specific test
+    narrows it with ``@pytest.mark.parametrize("qwen_family", [...], indirect=True)``."""
+    return cast(str, request.param)
+
+
+@pytest.fixture(scope="module")
+def qwen_family_folder(qwen_family: str, request: pytest.FixtureRequest) -> Path:
+    """The saved tiny model of ``qwen_family`` (``qwen_folder`` or ``qwen3_folder``). Read-only."""
+    fixture = {"qwen2_5_vl": "qwen_folder", "qwen3_vl": "qwen3_folder"}[qwen_family]
+    return cast(Path, request.getfixturevalue(fixture))
+
+
+def qwen_adapter_class(family: str) -> Any:
+    """The adapter class that loads a ``family`` folder (``QwenVLDrivingAdapter`` or its Qwen3 subclass)."""
+    from vla_autoprune.models import Qwen3VLDrivingAdapter, QwenVLDrivingAdapter
+
+    return {"qwen2_5_vl": QwenVLDrivingAdapter, "qwen3_vl": Qwen3VLDrivingAdapter}[family]
+
+
+def qwen_logits(model: Any, inputs: DecoderInputs) -> torch.Tensor:
+    """Logits ``[B, N, vocab]`` of a Qwen adapter's model on prepared ``inputs``; their deepstack
+    features (Qwen3-VL; none for Qwen2.5-VL) added by hooks, as the adapter's decode adds them."""
+    from vla_autoprune.models.deepstack import deepstack_hooks
+
+    with torch.no_grad(), deepstack_hooks(model.decoder, inputs):
+        return model.qwen(
+            inputs_embeds=inputs.inputs_embeds,
+            attention_mask=inputs.attention_mask,
+            position_ids=inputs.position_ids,
+        ).logits
+
+
+def qwen_native_logits(model: Any, batch: dict[str, Any]) -> torch.Tensor:
+    """Logits ``[B, N, vocab]`` of transformers' own path for a Qwen adapter's prompts: input_ids +
+    pixel_values, M-RoPE (and deepstack) computed by the model itself."""
+    from vla_autoprune import compat_qwen
+    from vla_autoprune.models.chat_adapter import batch_instructions
+    from vla_autoprune.models.qwen_adapter import camera_lines
+
+    encoded = model.image_processor(images=list(batch["images"].flatten(0, 1)), return_tensors="pt")
+    grid = compat_qwen.merged_grid(encoded["image_grid_thw"], model.merge_size)
+    lines = camera_lines(list(batch["cameras"]), grid[0] * grid[1])
+    prompts = [model.prompt_template.format(images=lines, instruction=t) for t in batch_instructions(batch)]
+    tokens = model.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
+    with torch.no_grad():
+        return model.qwen(
+            input_ids=tokens["input_ids"],
+            attention_mask=tokens["attention_mask"],
+            pixel_values=encoded["pixel_values"],
+            image_grid_thw=encoded["image_grid_thw"],
+            mm_token_type_ids=(tokens["input_ids"] == model.qwen.config.image_token_id).int(),
+        ).logits
+
+
+def kept_sources(inputs: DecoderInputs, record: PruningRecord, layer: int) -> torch.Tensor:
+    """int64 ``[B, K]``: input positions entering ``layer`` (all non-visual + the kept visual ones)."""
+    layout = inputs.layout
+    kept = record.kept_visual[layer]
+    assert kept is not None
+    rows = []
+    for b in range(kept.shape[0]):
+        keep = ~layout.visual_mask[b].clone()
+        keep[layout.visual_positions()[b, kept[b][kept[b] >= 0]]] = True
+        rows.append(keep.nonzero().squeeze(1))
+    return torch.stack(rows)
 
 
 #: The answer the "answering" tiny Qwen is trained to give, whatever it sees.

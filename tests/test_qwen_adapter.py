@@ -1,8 +1,12 @@
-"""The Qwen2.5-VL adapter on a tiny random model saved to disk: loading, prompt, layout, M-RoPE, parsing."""
+"""The Qwen-VL adapters on tiny random models saved to disk: loading, prompt, layout, M-RoPE, parsing.
+
+Tests taking ``model`` or ``qwen_family`` run on both tiny families (Qwen2.5-VL and Qwen3-VL, conftest's
+``qwen_family``); Qwen3-VL's deepstack (beyond where it points) and the refused families are tested in
+test_qwen3_vl.py.
+"""
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -10,10 +14,10 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import qwen_adapter_class, qwen_logits, qwen_native_logits
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from vla_autoprune import compat_qwen
 from vla_autoprune.errors import ModelLoadError
 from vla_autoprune.models import QwenVLDrivingAdapter, load
 from vla_autoprune.models.chat_adapter import batch_instructions
@@ -25,38 +29,10 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 @pytest.fixture(scope="module")
-def model(qwen_folder: Path) -> QwenVLDrivingAdapter:
-    model = QwenVLDrivingAdapter.from_pretrained(qwen_folder)
+def model(qwen_family: str, qwen_family_folder: Path) -> QwenVLDrivingAdapter:
+    model = qwen_adapter_class(qwen_family).from_pretrained(qwen_family_folder)
     model.max_new_tokens = 6
     return model
-
-
-def native_logits(model: QwenVLDrivingAdapter, batch: dict[str, Any]) -> torch.Tensor:
-    """Logits of transformers' own path: input_ids + pixel_values, M-RoPE computed by the model."""
-    encoded = model.image_processor(images=list(batch["images"].flatten(0, 1)), return_tensors="pt")
-    grid = compat_qwen.merged_grid(encoded["image_grid_thw"], model.merge_size)
-    lines = camera_lines(list(batch["cameras"]), grid[0] * grid[1])
-    prompts = [model.prompt_template.format(images=lines, instruction=t) for t in batch_instructions(batch)]
-    tokens = model.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
-    image_id = model.qwen.config.image_token_id
-    with torch.no_grad():
-        return model.qwen(
-            input_ids=tokens["input_ids"],
-            attention_mask=tokens["attention_mask"],
-            pixel_values=encoded["pixel_values"],
-            image_grid_thw=encoded["image_grid_thw"],
-            mm_token_type_ids=(tokens["input_ids"] == image_id).int(),
-        ).logits
-
-
-def adapter_logits(model: QwenVLDrivingAdapter, batch: dict[str, Any]) -> torch.Tensor:
-    inputs = model.prepare(batch)
-    with torch.no_grad():
-        return model.qwen(
-            inputs_embeds=inputs.inputs_embeds,
-            attention_mask=inputs.attention_mask,
-            position_ids=inputs.position_ids,
-        ).logits
 
 
 def test_prepare_matches_the_models_own_forward(model: QwenVLDrivingAdapter, camera_batch: Batch) -> None:
@@ -64,7 +40,7 @@ def test_prepare_matches_the_models_own_forward(model: QwenVLDrivingAdapter, cam
     inputs = model.prepare(batch)
     assert not inputs.attention_mask.all()  # left padding is exercised
     assert inputs.position_ids is not None and inputs.position_ids.shape[0] == 3
-    assert torch.allclose(adapter_logits(model, batch), native_logits(model, batch), atol=1e-5)
+    assert torch.allclose(qwen_logits(model, inputs), qwen_native_logits(model, batch), atol=1e-5)
 
 
 def test_from_pretrained_round_trip_gives_identical_outputs(
@@ -73,19 +49,21 @@ def test_from_pretrained_round_trip_gives_identical_outputs(
     model.qwen.save_pretrained(tmp_path)
     model.image_processor.save_pretrained(tmp_path)
     model.tokenizer.save_pretrained(tmp_path)
-    again = QwenVLDrivingAdapter.from_pretrained(tmp_path)
+    again = type(model).from_pretrained(tmp_path)
     again.max_new_tokens = model.max_new_tokens
     batch = camera_batch(2)
-    assert torch.equal(adapter_logits(model, batch), adapter_logits(again, batch))
+    assert torch.equal(qwen_logits(model, model.prepare(batch)), qwen_logits(again, again.prepare(batch)))
     assert (
         model.generate_waypoints(model.prepare(batch)).texts
         == again.generate_waypoints(again.prepare(batch)).texts
     )
 
 
-def test_layout_points_at_each_cameras_vision_tokens(
+def test_layout_and_deepstack_point_at_each_cameras_vision_tokens(
     model: QwenVLDrivingAdapter, camera_batch: Batch
 ) -> None:
+    """The layout names each visual token's camera and patch; its embedding (and, with Qwen3-VL, each
+    layer's deepstack feature) is that patch's, from the batch's vision run and that image's alone."""
     batch = camera_batch(2)
     inputs = model.prepare(batch)
     layout = inputs.layout
@@ -100,15 +78,24 @@ def test_layout_points_at_each_cameras_vision_tokens(
     for i in range(b):
         for cam in range(c):
             sel = layout.camera_index[i] == cam
+            patches = layout.patch_index[i, sel]
             got = inputs.inputs_embeds[i, positions[i, sel]]
-            assert torch.equal(got, features[i, cam, layout.patch_index[i, sel]])
+            assert torch.equal(got, features[i, cam, patches])
+            # the visual encoder run on this one image alone
+            alone = model.image_processor(images=[batch["images"][i, cam]], return_tensors="pt")
+            own, _, deepstack = model.vision_outputs(alone["pixel_values"], alone["image_grid_thw"])
+            assert torch.allclose(got, own[patches], atol=1e-6)
+            assert (deepstack is None) == (inputs.deepstack is None)  # Qwen3-VL has them (test_qwen3_vl.py)
+            for layer, per_layer in enumerate(deepstack or ()):
+                assert inputs.deepstack is not None
+                assert torch.allclose(inputs.deepstack[layer][i, sel], per_layer[patches], atol=1e-6)
             # the M-RoPE (h, w) offsets of each token are its patch's row and column
             t, h, w = inputs.position_ids[:, i, positions[i, sel]]
-            assert torch.equal(h - t, layout.patch_index[i, sel] // cols)
-            assert torch.equal(w - t, layout.patch_index[i, sel] % cols)
+            assert torch.equal(h - t, patches // cols)
+            assert torch.equal(w - t, patches % cols)
 
 
-def test_prompt_names_every_camera_before_its_image(model: QwenVLDrivingAdapter, camera_batch: Batch) -> None:
+def test_prompt_names_every_camera_before_its_image(camera_batch: Batch) -> None:
     batch = camera_batch(1)
     lines = camera_lines(list(batch["cameras"]), 2)
     for camera, line in zip(batch["cameras"], lines.splitlines(), strict=True):
@@ -123,37 +110,34 @@ def test_malformed_answers_are_counted_not_raised(model: QwenVLDrivingAdapter, c
     assert (model.parse_stats.total, model.parse_stats.malformed) == (2, 2)
 
 
-def test_load_describe_and_hydra_know_qwen_folders(qwen_folder: Path, camera_batch: Batch) -> None:
-    assert isinstance(load(qwen_folder), QwenVLDrivingAdapter)
-    shape = describe(qwen_folder, image_size=(64, 36))
-    layout = load(qwen_folder).prepare(camera_batch(1)).layout
-    assert shape.model_type == "qwen2_5_vl" and shape.num_layers == 4
+def test_load_describe_and_hydra_know_qwen_folders(
+    qwen_family: str, qwen_family_folder: Path, camera_batch: Batch
+) -> None:
+    folder, adapter = qwen_family_folder, qwen_adapter_class(qwen_family)
+    assert type(load(folder)) is adapter
+    shape = describe(folder, image_size=(64, 36))
+    layout = load(folder).prepare(camera_batch(1)).layout
+    assert shape.model_type == qwen_family and shape.num_layers == 4
     assert shape.num_visual(6) == layout.num_visual
     # nuScenes' native 1600 x 900 is shrunk to the 1024-pixel cap: 24 x 40 px -> 3 x 5 tokens
-    assert describe(qwen_folder).visual_per_camera == 15
+    assert describe(folder).visual_per_camera == 15
     for entry in ("evaluate", "visualize"):
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose(entry, overrides=["model=qwen2_5_vl", f"model.name_or_path={qwen_folder}"])
+            cfg = compose(entry, overrides=[f"model={qwen_family}", f"model.name_or_path={folder}"])
         planner = instantiate(cfg.planner)
         planner.setup()
-        assert isinstance(planner.model, QwenVLDrivingAdapter), entry
+        assert type(planner.model) is adapter, entry
 
 
-def test_qwen3_and_damaged_folders_give_one_line_errors(qwen_folder: Path, tmp_path: Path) -> None:
-    folder = tmp_path / "qwen3"
-    shutil.copytree(qwen_folder, folder)
-    config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "model_type": "qwen3_vl_moe"}))
-    for call in (load, describe, QwenVLDrivingAdapter.from_pretrained):
-        with pytest.raises(compat_qwen.Qwen3VLUnsupportedError, match="not supported") as refused:
-            call(folder)
-        assert "\n" not in str(refused.value)
+def test_a_folder_without_its_tokenizer_gives_a_one_line_error(
+    qwen_family: str, qwen_family_folder: Path, tmp_path: Path
+) -> None:
     broken = tmp_path / "no_tokenizer"
-    shutil.copytree(qwen_folder, broken)
+    shutil.copytree(qwen_family_folder, broken)
     (broken / "tokenizer.json").unlink()
     (broken / "tokenizer_config.json").unlink()
     with pytest.raises(ModelLoadError) as err:
-        QwenVLDrivingAdapter.from_pretrained(broken)
+        qwen_adapter_class(qwen_family).from_pretrained(broken)
     assert "\n" not in str(err.value)
 
 
@@ -195,7 +179,7 @@ def test_well_formed_answers_parse(qwen_answering_folder: Path, camera_batch: Ba
 
 
 def test_evaluate_runs_a_qwen_folder_end_to_end(
-    qwen_folder: Path, synthetic_root: Path, tmp_path: Path
+    qwen_family: str, qwen_family_folder: Path, synthetic_root: Path, tmp_path: Path
 ) -> None:
     from vla_autoprune.pipeline.app import evaluate
 
@@ -204,8 +188,8 @@ def test_evaluate_runs_a_qwen_folder_end_to_end(
         "device=cpu",
         "batch_size=3",
         "limit=3",
-        "model=qwen2_5_vl",
-        f"model.name_or_path={qwen_folder}",
+        f"model={qwen_family}",
+        f"model.name_or_path={qwen_family_folder}",
         "model.max_new_tokens=4",  # a random model: every answer is malformed
         "pruner=fastv",
         "budget=48",

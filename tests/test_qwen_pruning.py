@@ -1,7 +1,9 @@
-"""Pruning under M-RoPE: the engine on an unmodified Qwen2_5_VLForConditionalGeneration (3-D position ids).
+"""Pruning under M-RoPE: the engine on unmodified Qwen2.5-VL and Qwen3-VL models (3-D position ids).
 
-References as in test_llava_pruning.py (helpers in conftest.py): the unpruned sequence with, per
-layer, the visual tokens that layer did not get masked out of attention (dropping == masking).
+Every test that is not marked otherwise runs on both tiny families (conftest's ``qwen_family``);
+Qwen3-VL's deepstack under pruning is tested in test_qwen3_vl.py. References as in
+test_llava_pruning.py (helpers in conftest.py): the unpruned sequence with, per layer, the visual
+tokens that layer did not get masked out of attention (dropping == masking).
 """
 
 from __future__ import annotations
@@ -13,33 +15,49 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import ATOL, masked_keys, visible_keys
+from conftest import ATOL, kept_sources, masked_keys, qwen_adapter_class, qwen_logits, visible_keys
 
 from vla_autoprune import compat
 from vla_autoprune.compat_qwen import last_full_attention
 from vla_autoprune.models import QwenVLDrivingAdapter
 from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.models.qwen_saliency import received_attention
-from vla_autoprune.pruning import PRUNERS, PruningRecord, build_pruner, prune
+from vla_autoprune.pruning import PRUNERS, build_pruner, prune
 
 Batch = Callable[[int], dict[str, Any]]
 NEW_TOKENS = 5
 
+#: AutoPrune slope options (k = max(k0 - gamma MI, 0)) that give the two rows of ``camera_batch(2)``
+#: different schedules, tuned to each random model's MI.
+AUTOPRUNE_SLOPES: dict[str, dict[str, float]] = {
+    # MI barely varies: a steep slope in MI (k0 = 0, gamma = 5) makes it matter.
+    "qwen2_5_vl": {"k0": 0.0, "gamma": 5.0},
+    # MI is ~0.64 for both rows: a steep gamma and k0 just above 0.65 gamma give slopes 0.1 and 1.9.
+    "qwen3_vl": {"k0": 65.4, "gamma": 100.0},
+}
+
 
 @pytest.fixture(scope="module")
-def model(qwen_folder: Path) -> QwenVLDrivingAdapter:
-    model = QwenVLDrivingAdapter.from_pretrained(qwen_folder)
+def model(qwen_family: str, qwen_family_folder: Path) -> QwenVLDrivingAdapter:
+    model = qwen_adapter_class(qwen_family).from_pretrained(qwen_family_folder)
     model.max_new_tokens = NEW_TOKENS
     return model
 
 
 def prefill_logits(model: QwenVLDrivingAdapter, inputs: DecoderInputs) -> torch.Tensor:
-    with torch.no_grad():
-        return model.qwen(
-            inputs_embeds=inputs.inputs_embeds,
-            attention_mask=inputs.attention_mask,
-            position_ids=inputs.position_ids,
-        ).logits[:, -1]
+    """Last-position logits of the decoder on ``inputs`` (deepstack, if any, added by hooks)."""
+    return qwen_logits(model, inputs)[:, -1]
+
+
+@contextmanager
+def step_logits(model: QwenVLDrivingAdapter) -> Iterator[list[torch.Tensor]]:
+    """Per forward (prefill, then each decode step), the last-position logits ``[B, vocab]``."""
+    logits: list[torch.Tensor] = []
+    handle = model.qwen.lm_head.register_forward_hook(lambda _m, _a, out: logits.append(out[:, -1].detach()))
+    try:
+        yield logits
+    finally:
+        handle.remove()
 
 
 @contextmanager
@@ -60,32 +78,48 @@ def captured_rotary(model: QwenVLDrivingAdapter) -> Iterator[list[torch.Tensor]]
 
 
 def test_keep_all_equals_unpruned_for_every_pruner(model: QwenVLDrivingAdapter, camera_batch: Batch) -> None:
+    """Keeping everything reproduces the unpruned model (with Qwen3-VL: the engine's deepstack addition
+    is exact)."""
     inputs = model.prepare(camera_batch(2))
     reference = prefill_logits(model, inputs)
     ref_texts = model.generate_waypoints(inputs).texts
     for name in sorted(PRUNERS):
         pruner = build_pruner(name, budget=float(inputs.layout.num_visual))
         with prune(model.decoder, pruner, inputs) as record:
+            assert record.inputs.deepstack is None  # the engine adds them, not the caller
             logits = prefill_logits(model, record.inputs)
         assert torch.equal(logits, reference), name
         with prune(model.decoder, pruner, inputs) as record:
             assert model.generate_waypoints(record.inputs).texts == ref_texts, name
 
 
-@pytest.mark.parametrize(("name", "kwargs"), [("fastv", {}), ("pdrop", {"position_ids": "original"})])
+@pytest.mark.parametrize(
+    ("name", "kwargs", "reduced_from"),
+    [
+        ("fastv", {}, -1),
+        ("fastv", {"layer": 1}, 1),
+        ("pdrop", {"position_ids": "original"}, 1),
+        ("fastervlm", {"position_ids": "original"}, 1),
+    ],
+    ids=["fastv", "fastv-layer1", "pdrop", "fastervlm"],
+)
 def test_dropping_equals_masking_and_decode_follows(
-    model: QwenVLDrivingAdapter, camera_batch: Batch, name: str, kwargs: dict[str, Any]
+    model: QwenVLDrivingAdapter, camera_batch: Batch, name: str, kwargs: dict[str, Any], reduced_from: int
 ) -> None:
+    """Pruned prefill + generation == the unpruned model (with Qwen3-VL: deepstack on every visual
+    token) with the dropped tokens masked out of attention. Layers ``reduced_from..`` see fewer visual
+    tokens: fastv (layer=1) and pdrop drop before Qwen3-VL's deepstack layer 1, fastervlm before the
+    decoder."""
     inputs = model.prepare(camera_batch(2))
     v = inputs.layout.num_visual
     with prune(model.decoder, build_pruner(name, budget=0.5 * v, **kwargs), inputs) as record:
-        with step_logits_qwen(model) as logits:
+        with step_logits(model) as logits:
             texts = model.generate_waypoints(record.inputs).texts
-    assert record.visual_tokens is not None and bool((record.visual_tokens[:, -1] < v).all())
+    assert record.visual_tokens is not None and bool((record.visual_tokens[:, reduced_from:] < v).all())
     with masked_keys(model.decoder, visible_keys(inputs, record), inputs.attention_mask.bool()):
-        with step_logits_qwen(model) as masked:
+        with step_logits(model) as masked:
             masked_texts = model.generate_waypoints(inputs).texts
-    with step_logits_qwen(model) as unpruned:
+    with step_logits(model) as unpruned:
         model.generate_waypoints(inputs)
     pruned_l, masked_l = torch.stack(logits), torch.stack(masked)
     assert pruned_l.shape == (NEW_TOKENS, 2, pruned_l.shape[-1])
@@ -94,36 +128,15 @@ def test_dropping_equals_masking_and_decode_follows(
     assert bool(((pruned_l[0] - torch.stack(unpruned)[0]).abs().amax(-1) > 100 * ATOL).all())  # teeth
 
 
-@contextmanager
-def step_logits_qwen(model: QwenVLDrivingAdapter) -> Iterator[list[torch.Tensor]]:
-    logits: list[torch.Tensor] = []
-    handle = model.qwen.lm_head.register_forward_hook(lambda _m, _a, out: logits.append(out[:, -1].detach()))
-    try:
-        yield logits
-    finally:
-        handle.remove()
-
-
-def kept_sources(inputs: DecoderInputs, record: PruningRecord, layer: int) -> torch.Tensor:
-    """int64 ``[B, K]``: input positions entering ``layer`` (all non-visual + the kept visual ones)."""
-    layout = inputs.layout
-    kept = record.kept_visual[layer]
-    assert kept is not None
-    rows = []
-    for b in range(kept.shape[0]):
-        keep = ~layout.visual_mask[b].clone()
-        keep[layout.visual_positions()[b, kept[b][kept[b] >= 0]]] = True
-        rows.append(keep.nonzero().squeeze(1))
-    return torch.stack(rows)
-
-
 def test_each_layer_gets_the_original_mrope_rows_of_its_survivors(
     model: QwenVLDrivingAdapter, camera_batch: Batch
 ) -> None:
     inputs = model.prepare(camera_batch(2))
     assert inputs.position_ids is not None
     rotary = compat.rotary_embedding(model.decoder)
-    full_cos, _ = rotary(inputs.inputs_embeds, inputs.position_ids)  # [B, N, d], (t, h, w) recomposed
+    full_cos, _ = rotary(
+        inputs.inputs_embeds, inputs.position_ids
+    )  # [B, N, d], (t, h, w) recomposed (Qwen3: interleaved)
     v = inputs.layout.num_visual
     with prune(
         model.decoder, build_pruner("pdrop", budget=0.4 * v, position_ids="original"), inputs
@@ -190,13 +203,12 @@ def test_rope_deltas_continue_a_pruned_prefill(
 
 
 def test_batch_equals_one_by_one_with_per_sample_autoprune_schedules(
-    model: QwenVLDrivingAdapter, camera_batch: Batch
+    model: QwenVLDrivingAdapter, qwen_family: str, camera_batch: Batch
 ) -> None:
     batch = camera_batch(2)
     inputs = model.prepare(batch)
     v = inputs.layout.num_visual
-    # A random model's MI barely varies: a steep slope in MI (k0 = 0, gamma = 5) makes it matter.
-    options: dict[str, Any] = {"budget": 0.85 * v, "recycle": False, "k0": 0.0, "gamma": 5.0}
+    options: dict[str, Any] = {"budget": 0.85 * v, "recycle": False, **AUTOPRUNE_SLOPES[qwen_family]}
     pruner = build_pruner("autoprune", **options)
     with prune(model.decoder, pruner, inputs) as record:
         batched = prefill_logits(model, record.inputs)
@@ -211,16 +223,24 @@ def test_batch_equals_one_by_one_with_per_sample_autoprune_schedules(
         assert torch.allclose(alone[0], batched[i], atol=ATOL)
 
 
-def test_vision_saliency_is_each_merged_tokens_received_attention(
-    model: QwenVLDrivingAdapter, camera_batch: Batch
-) -> None:
-    """Per image it sums to 1 (a distribution over its tokens), in the merger's output order."""
-    batch = camera_batch(2)
-    inputs = model.prepare(batch)
+def test_vision_saliency_sums_to_one_per_camera(model: QwenVLDrivingAdapter, camera_batch: Batch) -> None:
+    """Per image it is a distribution over its tokens (Qwen3-VL's tower has no windows to undo)."""
+    inputs = model.prepare(camera_batch(2))
     saliency = inputs.vision_saliency
     assert saliency is not None and saliency.shape == (2, inputs.layout.num_visual)
     per_camera = saliency.view(2, 6, -1).sum(-1)
     assert torch.allclose(per_camera, torch.ones_like(per_camera), atol=1e-5)
+
+
+@pytest.mark.parametrize("qwen_family", ["qwen2_5_vl"], indirect=True)  # windowed vision tower
+def test_vision_saliency_is_each_merged_tokens_received_attention(
+    model: QwenVLDrivingAdapter, camera_batch: Batch
+) -> None:
+    """In the merger's output order: Qwen2.5-VL's window permutation undone."""
+    batch = camera_batch(2)
+    inputs = model.prepare(batch)
+    saliency = inputs.vision_saliency
+    assert saliency is not None
     # The window permutation, found independently: where each merger output row lands in the output.
     visual = model.qwen.model.visual
     encoded = model.image_processor(images=list(batch["images"].flatten(0, 1)), return_tensors="pt")
@@ -258,7 +278,7 @@ def test_fastervlm_keeps_the_most_salient_tokens_and_decodes_like_masking(
     count = 20
     pruner = build_pruner("fastervlm", budget=float(count), position_ids="original")
     with prune(model.decoder, pruner, inputs) as record:
-        with step_logits_qwen(model) as logits:
+        with step_logits(model) as logits:
             texts = model.generate_waypoints(record.inputs).texts
     assert record.preselected is not None and record.preselected.shape == (2, count)
     top = inputs.vision_saliency.topk(count, dim=1).indices.sort(dim=1).values
@@ -266,7 +286,7 @@ def test_fastervlm_keeps_the_most_salient_tokens_and_decodes_like_masking(
     short = record.inputs.position_ids
     assert short is not None and short.shape == (3, 2, record.inputs.attention_mask.shape[1])
     with masked_keys(model.decoder, visible_keys(inputs, record), inputs.attention_mask.bool()):
-        with step_logits_qwen(model) as masked:
+        with step_logits(model) as masked:
             masked_texts = model.generate_waypoints(inputs).texts
     assert torch.allclose(torch.stack(logits), torch.stack(masked), atol=ATOL)
     assert texts == masked_texts
