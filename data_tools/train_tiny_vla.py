@@ -28,11 +28,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from data_tools.embedded import SYNTHETIC_VERSION, ensure_synthetic
-from planners.metrics import collision_at, l2_at
+from planners.metrics import collision_at, l2_at, l2_errors, sample_terms_at
 from vla_autoprune.data.collate import collate
 from vla_autoprune.data.nuscenes_dataset import NuScenesDrivingDataset
 from vla_autoprune.data.schema import CAMERAS, COMMANDS, KEYFRAME_DT_S, NUM_FUTURE_STEPS
@@ -43,6 +44,7 @@ from vla_autoprune.models.driving_vla import (
     DrivingVLAConfig,
     sub_config,
 )
+from vla_autoprune.pipeline.bootstrap import paired_ratio, stratified_weights
 from vla_autoprune.pruning import Pruner, build_pruner, run_pruned
 
 logger = logging.getLogger(__name__)
@@ -54,15 +56,25 @@ CACHED_BOXES = 96
 #: The bundled architecture: 192 px cameras cut into 24 px patches, an 8 x 8 grid = 64 visual
 #: tokens per camera, 384 for the six (real VLAs have 576 to thousands). A bigger patch costs
 #: the vision tower almost nothing (one linear layer) and keeps small objects a few pixels wide.
+#: Decoder depth. At 8 layers a mean of about V/9 tokens per layer (layer 0 seeing all V) leaves
+#: an in-decoder pruner one visual token after layer 0. Tried (session 3): the same recipe at 16
+#: layers and 2400 steps reached only the blind fit's val L2@3s (1.98 m vs 1.94) and lost just 3 %
+#: to random pruning at V/9 = 43 (~20 tokens after layer 0): its action queries read the cameras
+#: in the first layers, so it separates pruners less, not more. Not adopted.
+BUNDLED_LAYERS = 8
 BUNDLED_VISION_CONFIG: dict[str, Any] = {**TINY_VISION_CONFIG, "image_size": 192, "patch_size": 24}
 BUNDLED_CONFIG: dict[str, Any] = {
     "vision_config": BUNDLED_VISION_CONFIG,
-    "text_config": dict(TINY_TEXT_CONFIG),
+    "text_config": {**TINY_TEXT_CONFIG, "num_hidden_layers": BUNDLED_LAYERS},
 }
 #: The second generator seed whose val split checks that the model generalises.
 SECOND_SEED = 1
 #: Samples per forward when loading / evaluating: bounds memory, does not change results.
 EVAL_BATCH = 16
+#: Pruners whose L2@3s retention at about V/9 is recorded with its 95 % CI (the main job's default
+#: sweep), and the report's bootstrap settings (stratified by scenario family, resampling scenes).
+CI_PRUNERS = ("random", "fastv", "fastervlm", "autoprune")
+RESAMPLES, BOOTSTRAP_SEED = 2000, 0
 #: Gradient-norm clip: guards the first steps, when the randomly initialised head is far off.
 GRAD_CLIP = 1.0
 
@@ -87,10 +99,12 @@ class TrainArgs:
     #: scene stream: never a training scene).
     data_seed: int = 0
     train_scenes: int = 180
-    val_scenes: int = 36
+    val_scenes: int = 144
     samples_per_scene: int = 12
     image_size: tuple[int, int] = (192, 192)
     dataroot: Path | None = None
+    #: CPU threads (the bundled weights came from 2; on a machine shared with other jobs, 1 is
+    #: much faster: two threads waiting on each other's barriers ran 5-10x slower there).
     threads: int = 2
     #: Probability of mirroring a sample left <-> right (images, camera slots, command, y, yaw rate).
     flip_prob: float = 0.5
@@ -111,12 +125,18 @@ class TrainArgs:
 # ---------------------------------------------------------------------- data
 
 
-def load_split(root: Path, split: str, model: DrivingVLA) -> dict[str, Any]:
+def load_split(root: Path, split: str, model: DrivingVLA, full_future_only: bool = False) -> dict[str, Any]:
     """All samples of ``split`` at ``root`` as stacked tensors, images decoded at the model's
-    input size, plus ``scenario`` (list of str) and ``scene`` (scene index per sample, ``[N]``)."""
+    input size, plus ``scenario`` (list of str) and ``scene`` (scene index per sample, ``[N]``);
+    ``full_future_only`` keeps the samples with a full 3 s future (the main job's evaluation set)."""
     height, width = model.image_size
     dataset = NuScenesDrivingDataset(
-        root, SYNTHETIC_VERSION, split, image_size=(width, height), max_boxes=CACHED_BOXES
+        root,
+        SYNTHETIC_VERSION,
+        split,
+        image_size=(width, height),
+        max_boxes=CACHED_BOXES,
+        full_future_only=full_future_only,
     )
     parts: list[dict[str, Any]] = []
     for start in range(0, len(dataset), EVAL_BATCH):
@@ -281,6 +301,28 @@ def evaluate(
     return out
 
 
+def retention_at_ninth(model: DrivingVLA, data: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per pruner of :data:`CI_PRUNERS` at about V/9: L2@3s (stp3) retention against the unpruned
+    model in %, with its paired 95 % CI from the report's scene bootstrap stratified by family."""
+    gt, mask = data["gt_trajectory"], data["gt_mask"].numpy()
+
+    def terms(pred: torch.Tensor) -> tuple[Any, Any]:
+        num, den = sample_terms_at(np.asarray(l2_errors(pred.numpy(), gt.numpy())), mask, "stp3")
+        return num[:, -1], den  # the 3 s column
+
+    ref_num, ref_den = terms(predict(model, data))
+    weights = stratified_weights(data["scene"].numpy(), data["scenario"], RESAMPLES, BOOTSTRAP_SEED)
+    budget, out = ninth_budget(model), {}
+    for name in CI_PRUNERS:
+        num, den = terms(predict(model, data, pruner=build_pruner(name, budget=budget)))
+        interval = paired_ratio(weights, num, den, ref_num, ref_den)
+        out[f"{name}_b{budget}"] = {
+            key: round(100.0 * float(value), 2)
+            for key, value in zip(("retention", "low", "high"), interval, strict=True)
+        }
+    return out
+
+
 def blind_features(data: dict[str, torch.Tensor]) -> torch.Tensor:
     """``[N, 6]``: speed x one-hot command and the one-hot command (what the model sees besides images)."""
     onehot = nn.functional.one_hot(data["command"], len(COMMANDS)).double()
@@ -407,7 +449,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
         seed=SECOND_SEED,
     )
     model = DrivingVLA(DrivingVLAConfig(**args.config_overrides))
-    splits = {s: load_split(root, s, model) for s in ("train", "val")}
+    splits = {"train": load_split(root, "train", model), "val": load_split(root, "val", model, True)}
     logger.info(
         "train %d samples, val %d samples", len(splits["train"]["command"]), len(splits["val"]["command"])
     )
@@ -415,11 +457,9 @@ def train(args: TrainArgs) -> dict[str, Any]:
     losses = train_model(model, splits["train"], args)
     seconds = time.monotonic() - start
     blind = blind_fit(splits["train"])
-    metrics = {
-        f"seed{args.data_seed}_val": evaluate(model, splits["val"], blind),
-        f"seed{SECOND_SEED}_val": evaluate(model, load_split(second, "val", model), blind),
-    }
-    logger.info("val metrics (stp3): %s", json.dumps(metrics))
+    vals = {args.data_seed: splits["val"], SECOND_SEED: load_split(second, "val", model, True)}
+    measured = measure(model, vals, blind, args.val_scenes)
+    logger.info("val metrics (stp3): %s", json.dumps(measured))
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out)
     record = {
@@ -429,7 +469,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
         "train_seconds": round(seconds, 1),
         "total_seconds": round(time.monotonic() - started, 1),
         "loss_curve": {stage: [round(x, 4) for x in curve] for stage, curve in losses.items()},
-        "val_stp3": metrics,
+        **measured,
         "blind_fit_weights": blind.tolist(),
         "torch_version": torch.__version__,
     }
@@ -439,25 +479,44 @@ def train(args: TrainArgs) -> dict[str, Any]:
 
 
 def evaluate_folder(args: TrainArgs) -> dict[str, Any]:
-    """Re-measure a trained folder (``args.out``) on the val splits its ``training.json`` names and
-    rewrite ``training.json`` / ``TRAINING.md`` with the numbers (the weights are not touched)."""
+    """Re-measure a trained folder (``args.out``) on the val splits of its data seed and of the
+    second seed, ``args.val_scenes`` scenes each (the samples with a full 3 s future, as the main
+    job evaluates), and rewrite ``training.json`` / ``TRAINING.md`` (the weights are not touched)."""
     torch.set_num_threads(args.threads)
     record = json.loads((args.out / "training.json").read_text())
     a = record["args"]
     model = DrivingVLA.from_pretrained(args.out)
     blind = torch.tensor(record["blind_fit_weights"], dtype=torch.float64)
-    metrics = {}
+    vals = {}
     for seed in (a["data_seed"], SECOND_SEED):
-        own = seed == a["data_seed"]
-        scenes = {"train": a["train_scenes"], "val": a["val_scenes"]} if own else {"val": a["val_scenes"]}
         root = ensure_synthetic(
-            scenes=scenes, samples_per_scene=a["samples_per_scene"], image_size=a["image_size"], seed=seed
+            scenes={"val": args.val_scenes},
+            samples_per_scene=a["samples_per_scene"],
+            image_size=a["image_size"],
+            seed=seed,
         )
-        metrics[f"seed{seed}_val"] = evaluate(model, load_split(root, "val", model), blind)
-    record["val_stp3"] = metrics
+        vals[seed] = load_split(root, "val", model, True)
+    record.update(measure(model, vals, blind, args.val_scenes))
     (args.out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     (args.out / "TRAINING.md").write_text(training_markdown(record))
     return record
+
+
+def measure(
+    model: DrivingVLA, vals: dict[int, dict[str, Any]], blind: torch.Tensor, val_scenes: int
+) -> dict[str, Any]:
+    """The ``training.json`` fields measured on the held-out val splits ``vals`` (seed -> split)."""
+    return {
+        "evaluation": {
+            "val_scenes": val_scenes,
+            "full_future_only": True,
+            "val_samples": {f"seed{seed}_val": len(data["command"]) for seed, data in vals.items()},
+        },
+        "val_stp3": {f"seed{seed}_val": evaluate(model, data, blind) for seed, data in vals.items()},
+        "retention_l2_3s": {
+            f"seed{seed}_val": retention_at_ninth(model, data) for seed, data in vals.items()
+        },
+    }
 
 
 def _metric_rows(metrics: dict[str, dict[str, float]]) -> str:
@@ -483,9 +542,18 @@ def training_markdown(record: dict[str, Any]) -> str:
 {_metric_rows(m)}"""
         for name, m in record["val_stp3"].items()
     )
+    retention = "\n".join(
+        f"| {name.removeprefix('seed').removesuffix('_val')} | {run} | {r['retention']:.1f} "
+        f"[{r['low']:.1f}, {r['high']:.1f}] | {(r['high'] - r['low']) / 2:.1f} |"
+        for name, runs in record.get("retention_l2_3s", {}).items()
+        for run, r in runs.items()
+    )
+    layers = a["config_overrides"]["text_config"]["num_hidden_layers"]
+    ev = record.get("evaluation", {"val_scenes": a["val_scenes"], "val_samples": {}})
+    samples = ", ".join(f"{n} samples ({name.removesuffix('_val')})" for name, n in ev["val_samples"].items())
     return f"""# tiny-drive-vla
 
-A tiny DrivingVLA (SigLIP vision tower, LLaVA projector, 8-layer Llama decoder with GQA, action
+A tiny DrivingVLA (SigLIP vision tower, LLaVA projector, {layers}-layer Llama decoder with GQA, action
 queries + MLP waypoint head on a constant-speed prior) trained from scratch on the synthetic
 nuScenes world (version 2: scenario families whose triggers only the cameras show). It sees the
 six cameras ({vision["image_size"]} px, {vision["patch_size"]} px patches: {grid * grid} visual tokens per camera,
@@ -495,12 +563,11 @@ away a braking or turning already under way).
 Reproduce (CPU, {a["threads"]} threads, deterministic: the same machine and thread count give the
 same weights bit for bit):
 
-    python -m data_tools.train_tiny_vla --out vla_autoprune/assets/tiny-drive-vla --seed {a["seed"]} --steps {a["steps"]}
+    python -m data_tools.train_tiny_vla --out vla_autoprune/assets/tiny-drive-vla --seed {a["seed"]} --steps {a["steps"]} --threads {a["threads"]}
 
-- data: synthetic generator seed {a["data_seed"]}, train split {a["train_scenes"]} scenes and val split {a["val_scenes"]}
-  scenes (separate scene streams: no val scene is a training scene) x {a["samples_per_scene"]} keyframes at
-  {a["image_size"][0]}x{a["image_size"][1]}; {record["train_samples"]} train / {record["val_samples"]} val samples. The val split is the
-  main job's default evaluation set (`conf/data/synthetic.yaml`).
+- data: synthetic generator seed {a["data_seed"]}, train split {a["train_scenes"]} scenes x {a["samples_per_scene"]} keyframes at
+  {a["image_size"][0]}x{a["image_size"][1]} ({record["train_samples"]} samples); the val split (its own scene stream: no val
+  scene is a training scene) does not affect the weights.
 - stage 1: {a["vision_steps"]} steps training the vision tower alone on an auxiliary loss (waypoints from
   the pooled features of {", ".join(a["aux_cameras"])} + speed + command)
 - stage 2: {a["steps"]} steps training everything on the L1 loss of valid waypoints (+ {a["aux_weight"]} x the
@@ -510,7 +577,9 @@ same weights bit for bit):
 - augmentation: each sample mirrored left <-> right with probability {a["flip_prob"]}; no token masking
   or any other pruning-robustness trick
 
-Validation, stp3 convention (L2 in m, collision rate in % of future steps):
+Validation on held-out val splits of {ev["val_scenes"]} scenes per seed, the samples with a full 3 s future
+({samples}; the main job's default evaluation set, `conf/data/synthetic.yaml`), stp3 convention (L2 in
+m, collision rate in % of future steps):
 
 {tables}
 
@@ -521,6 +590,14 @@ decoder (`build_pruner("random", budget=N)`): without pruning-robustness trainin
 current speed along +x. `blind_speed_x_command` is a least-squares fit (on train) of the waypoints
 on speed x command, i.e. everything the model sees except the cameras: the honest yardstick of
 what the cameras add beyond the prompt.
+
+L2@3s (stp3) retention of pruners at about V/9 against the unpruned model, in % (`none` / pruned),
+with paired 95 % intervals from 2000 scene-bootstrap resamples stratified by scenario family (the
+main job's report does the same):
+
+| val seed | pruner_budget | retention [95 % CI] | half-width (points) |
+|---|---|---|---|
+{retention}
 """
 
 

@@ -571,3 +571,26 @@ def test_logged_plan_is_safe_and_loses_only_progress(synthetic_root: Path) -> No
         assert out["tracking_error_m"][0] < 0.5
         assert 0.0 < out["ep"][0] <= 1.0
         assert out["pdms"][0] == pytest.approx((7 + 5 * out["ep"][0]) / 12)
+
+
+def test_reference_projects_valid_boxes_as_the_batched_projection_does() -> None:
+    """Projecting only valid agent boxes gives, at every valid box, the batched projection's values."""
+    from planners.closed_loop.agents import AgentTracks
+    from planners.closed_loop.geometry import pad_polylines, point_at_station, project_to_polyline
+    from planners.closed_loop.reference import _project_valid
+
+    rng = np.random.default_rng(0)
+    batch, steps, slots = 3, 4, 5
+    lines = pad_polylines([np.cumsum(rng.normal(1.0, 0.3, (n, 2)), axis=0) for n in (4, 7, 2)])
+    boxes = rng.normal(0.0, 3.0, (batch, steps, slots, 5))
+    valid = rng.random((batch, steps, slots)) < 0.5
+    valid[2] = False  # a sample without agents
+    tracks = AgentTracks(boxes, valid, np.ones((batch, steps, slots)), np.ones((batch, slots), dtype=bool))
+    station, lateral, tangent = _project_valid(tracks, lines)
+    full_station, full_lateral = project_to_polyline(boxes[..., :2].reshape(batch, -1, 2), lines)
+    full_tangent = point_at_station(lines, full_station)[1]
+    flat = valid.reshape(batch, -1)
+    assert np.array_equal(station.reshape(batch, -1)[flat], full_station[flat])
+    assert np.array_equal(lateral.reshape(batch, -1)[flat], full_lateral[flat])
+    assert np.array_equal(tangent.reshape(batch, -1)[flat], full_tangent[flat])
+    assert np.isinf(lateral[~valid]).all()  # an invalid slot is never on the ego's path

@@ -50,14 +50,16 @@ def test_default_config_generates_and_loads_the_held_out_val_split(tmp_path: Pat
             "evaluate",
             overrides=[
                 "data.dataset.scenes.val=2",
-                "data.dataset.samples_per_scene=3",
+                "data.dataset.samples_per_scene=8",
                 "data.dataset.image_size=[48,48]",
             ],
         )
     assert cfg.data.dataset._target_ == "data_tools.embedded.synthetic_dataset"
     ds = instantiate(cfg.data.dataset)
-    assert isinstance(ds, NuScenesDrivingDataset) and len(ds) == 6 and ds.split == "val"
-    assert ds.dataroot == synthetic_dataroot({"val": 2}, 3, (48, 48), 0)
+    # The default evaluates the samples with a full 3 s future: 2 of each 8-keyframe scene.
+    assert isinstance(ds, NuScenesDrivingDataset) and len(ds) == 4 and ds.split == "val"
+    assert all(bool(ds[i]["gt_mask"].all()) for i in range(len(ds)))
+    assert ds.dataroot == synthetic_dataroot({"val": 2}, 8, (48, 48), 0)
     assert ds.dataroot.parent.parent == tmp_path and ds[0]["images"].shape[-2:] == (48, 48)
 
 

@@ -40,7 +40,13 @@ def _cfg(root: Path, *overrides: str) -> DictConfig:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(
             "evaluate",
-            overrides=[f"data.dataset.dataroot={root}", "device=cpu", "batch_size=4", *overrides],
+            overrides=[
+                f"data.dataset.dataroot={root}",
+                "data.dataset.full_future_only=false",
+                "device=cpu",
+                "batch_size=4",
+                *overrides,
+            ],
         )
 
 

@@ -185,6 +185,7 @@ def test_evaluate_runs_a_qwen_folder_end_to_end(
 
     overrides = [
         f"data.dataset.dataroot={synthetic_root}",
+        "data.dataset.full_future_only=false",
         "device=cpu",
         "batch_size=3",
         "limit=3",

@@ -31,7 +31,15 @@ ENV = {**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}, "OMP_
 
 def _cfg(root: Path, *overrides: str) -> DictConfig:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("evaluate", overrides=[f"data.dataset.dataroot={root}", "device=cpu", *overrides])
+        return compose(
+            "evaluate",
+            overrides=[
+                f"data.dataset.dataroot={root}",
+                "data.dataset.full_future_only=false",
+                "device=cpu",
+                *overrides,
+            ],
+        )
 
 
 def _run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -149,6 +157,7 @@ def test_stage0_multirun_gives_two_runs_two_rows_and_different_numbers(
         "pruner.stage0=reference,before",
         "budget=64",
         f"data.dataset.dataroot={synthetic_root}",
+        "data.dataset.full_future_only=false",
         "device=cpu",
         "limit=3",
         f"hydra.sweep.dir={sweep}",
@@ -186,6 +195,7 @@ def test_readme_shard_command_gives_one_folder_per_shard_and_one_row(
     _run(
         *command[3:],
         f"data.dataset.dataroot={synthetic_root}",
+        "data.dataset.full_future_only=false",
         "device=cpu",
         "limit=2",
         f"hydra.sweep.dir={sweep}",

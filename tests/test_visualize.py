@@ -62,7 +62,11 @@ def runs(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
         folder = tmp_path_factory.mktemp(pruner)
         evaluate(
             _cfg(
-                "evaluate", f"data.dataset.dataroot={synthetic_root}", f"pruner={pruner}", f"budget={BUDGET}"
+                "evaluate",
+                f"data.dataset.dataroot={synthetic_root}",
+                "data.dataset.full_future_only=false",
+                f"pruner={pruner}",
+                f"budget={BUDGET}",
             ),
             folder,
         )
@@ -245,6 +249,7 @@ def test_page_compares_runs_and_live_mode_draws_a_sample(
         _cfg(
             "visualize",
             f"data.dataset.dataroot={synthetic_root}",
+            "data.dataset.full_future_only=false",
             "pruner=fastv",
             f"budget={BUDGET}",
             f"sample={token}",

@@ -54,6 +54,8 @@ class _PatchIndex:
                 for r in records
             ]
             self._layers[layer] = ([r["token"] for r in records], shapely.STRtree(geoms))
+        self._map = nusc_map
+        self._paths: dict[str, list[Any]] = {}
 
     def records_in_patch(self, patch: tuple[float, float, float, float]) -> dict[str, list[str]]:
         """Tokens per layer whose geometry intersects the box ``(x_min, y_min, x_max, y_max)``."""
@@ -63,17 +65,29 @@ class _PatchIndex:
             for layer, (tokens, tree) in self._layers.items()
         }
 
+    def lane_paths(self, tokens: list[str]) -> dict[str, list[Any]]:
+        """``nusc_map.discretize_lanes(tokens, LANE_RESOLUTION_M)``, each lane discretised once
+        (a lane's poses depend on that lane alone; neighbouring samples share most lanes)."""
+        missing = [t for t in tokens if t not in self._paths]
+        if missing:
+            self._paths.update(self._map.discretize_lanes(missing, LANE_RESOLUTION_M))
+        return {t: self._paths[t] for t in tokens if t in self._paths}
+
 
 _INDEXES: weakref.WeakKeyDictionary[Any, _PatchIndex] = weakref.WeakKeyDictionary()
 
 
-def records_in_patch(nusc_map: Any, patch: tuple[float, float, float, float]) -> dict[str, list[str]]:
-    """``nusc_map.get_records_in_patch(patch, scene layers, mode="intersect")``, through an index
-    built on the map's first query and kept for as long as the map lives."""
+def _index(nusc_map: Any) -> _PatchIndex:
+    """The map's index, built on its first use and kept for as long as the map lives."""
     index = _INDEXES.get(nusc_map)
     if index is None:
         index = _INDEXES[nusc_map] = _PatchIndex(nusc_map)
-    return index.records_in_patch(patch)
+    return index
+
+
+def records_in_patch(nusc_map: Any, patch: tuple[float, float, float, float]) -> dict[str, list[str]]:
+    """``nusc_map.get_records_in_patch(patch, scene layers, mode="intersect")``, through the map's index."""
+    return _index(nusc_map).records_in_patch(patch)
 
 
 def map_path(dataroot: str | Path, location: str) -> Path:
@@ -133,7 +147,7 @@ def _lanes(
 ) -> dict[str, tuple[Any, np.ndarray]]:
     """token -> (ego-frame polygon or None, ego-frame centre line float [P, 3] (x, y, yaw))."""
     layers = {token: layer for layer in _LANE_LAYERS for token in records[layer]}
-    paths = nusc_map.discretize_lanes(list(layers), LANE_RESOLUTION_M)
+    paths = _index(nusc_map).lane_paths(list(layers))
     out = {}
     for token, layer in layers.items():
         points = np.asarray(paths.get(token, []), dtype=np.float64).reshape(-1, 3)

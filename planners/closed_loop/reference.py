@@ -25,6 +25,26 @@ def progress_along(states: np.ndarray, centrelines: np.ndarray, config: PDMConfi
     return np.maximum(station[:, 1] - station[:, 0], 0.0)
 
 
+def _project_valid(tracks: AgentTracks, centrelines: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Station, lateral offset and centreline heading at each valid agent box centre, float
+    [B, T, N] each (invalid slots: station 0, lateral inf, heading 0). Only valid boxes are
+    projected (most slots are padding); each value is what the batched projection gives.
+    """
+    batch, steps, slots = tracks.valid.shape
+    centres = tracks.boxes[..., :2].reshape(batch, steps * slots, 2)
+    valid = tracks.valid.reshape(batch, steps * slots)
+    station, tangent = np.zeros((batch, steps * slots)), np.zeros((batch, steps * slots))
+    lateral = np.full((batch, steps * slots), np.inf)
+    for b in range(batch):
+        idx = np.flatnonzero(valid[b])
+        if idx.size:
+            line = centrelines[b : b + 1]
+            st, la = project_to_polyline(centres[b : b + 1, idx], line)
+            station[b, idx], lateral[b, idx], tangent[b, idx] = st[0], la[0], point_at_station(line, st)[1][0]
+    shape = (batch, steps, slots)
+    return station.reshape(shape), lateral.reshape(shape), tangent.reshape(shape)
+
+
 def reference_progress(
     ego_speed: np.ndarray, centrelines: np.ndarray, tracks: AgentTracks, config: PDMConfig
 ) -> np.ndarray:
@@ -36,10 +56,7 @@ def reference_progress(
     """
     ref, ego, dt = config.reference, config.ego, config.tracker.dt_s
     batch, steps, slots = tracks.valid.shape
-    centres = tracks.boxes[..., :2].reshape(batch, steps * slots, 2)
-    station, lateral = project_to_polyline(centres, centrelines)  # [B, T*N]
-    _, tangent = point_at_station(centrelines, station)
-    station, lateral, tangent = (a.reshape(batch, steps, slots) for a in (station, lateral, tangent))
+    station, lateral, tangent = _project_valid(tracks, centrelines)
     on_path = tracks.valid & (np.abs(lateral) < (ego.width_m + tracks.boxes[..., 2]) / 2)
     along_speed = tracks.speed * np.maximum(np.cos(wrap_angle(tracks.boxes[..., 4] - tangent)), 0.0)
     start = project_to_polyline(np.array([[[ego.rear_axle_to_centre_m, 0.0]]]).repeat(batch, 0), centrelines)
