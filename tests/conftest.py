@@ -24,6 +24,27 @@ SYNTHETIC_SAMPLES_PER_SCENE = 8
 SYNTHETIC_IMAGE_SIZE = (192, 108)
 
 
+#: The project's Hydra configs (conf/).
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def evaluate_config(root: Path, *overrides: str) -> Any:
+    """The ``evaluate`` config on the dataroot ``root``, every keyframe (not only those with a full
+    3 s future: the fixtures' short scenes test what happens at scene ends), on the CPU."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(
+            "evaluate",
+            overrides=[
+                f"data.dataset.dataroot={root}",
+                "data.dataset.full_future_only=false",
+                "device=cpu",
+                *overrides,
+            ],
+        )
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A synthetic nuScenes-format dataroot (``v1.0-synthetic``), generated once per session.

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import evaluate_config
 from omegaconf import DictConfig
 
 from planners.constant_velocity import ConstantVelocityPlanner
@@ -31,23 +31,12 @@ from vla_autoprune.pipeline.results import read_records
 from vla_autoprune.pipeline.summary import summarize
 from vla_autoprune.pipeline.table import table_rows
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 #: Families whose conflict is a vehicle stopped (or stopping) in the ego lane.
 STOPPED_LEAD = ("lead_brake", "stopped_vehicle")
 
 
 def _cfg(root: Path, *overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(
-            "evaluate",
-            overrides=[
-                f"data.dataset.dataroot={root}",
-                "data.dataset.full_future_only=false",
-                "device=cpu",
-                "batch_size=4",
-                *overrides,
-            ],
-        )
+    return evaluate_config(root, "batch_size=4", *overrides)
 
 
 @pytest.fixture(scope="module")

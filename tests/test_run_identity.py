@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import evaluate_config
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
@@ -30,16 +31,7 @@ ENV = {**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}, "OMP_
 
 
 def _cfg(root: Path, *overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(
-            "evaluate",
-            overrides=[
-                f"data.dataset.dataroot={root}",
-                "data.dataset.full_future_only=false",
-                "device=cpu",
-                *overrides,
-            ],
-        )
+    return evaluate_config(root, *overrides)
 
 
 def _run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
