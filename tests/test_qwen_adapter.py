@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import qwen_adapter_class, qwen_logits, qwen_native_logits
+from conftest import evaluate_config, qwen_adapter_class, qwen_logits, qwen_native_logits
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
@@ -184,9 +184,6 @@ def test_evaluate_runs_a_qwen_folder_end_to_end(
     from vla_autoprune.pipeline.app import evaluate
 
     overrides = [
-        f"data.dataset.dataroot={synthetic_root}",
-        "data.dataset.full_future_only=false",
-        "device=cpu",
         "batch_size=3",
         "limit=3",
         f"model={qwen_family}",
@@ -195,8 +192,6 @@ def test_evaluate_runs_a_qwen_folder_end_to_end(
         "pruner=fastv",
         "budget=48",
     ]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("evaluate", overrides=overrides)
-    summary = evaluate(cfg, tmp_path / "run")
+    summary = evaluate(evaluate_config(synthetic_root, *overrides), tmp_path / "run")
     # a random model answers malformed text: every sample is counted, none crashes the run
     assert summary["num_samples"] == 3 and summary["num_malformed"] == 3

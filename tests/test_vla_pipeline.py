@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import evaluate_config
 
 from vla_autoprune.models import load
 from vla_autoprune.pipeline.app import evaluate
@@ -22,12 +22,10 @@ from vla_autoprune.pipeline.results import read_records
 from vla_autoprune.pruning.flops import decoder_flops_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
 
 
 def _cfg(root: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("evaluate", overrides=[f"data.dataset.dataroot={root}", "device=cpu", *overrides])
+    return evaluate_config(root, *overrides)
 
 
 @pytest.fixture(scope="module")
