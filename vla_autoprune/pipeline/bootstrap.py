@@ -49,7 +49,8 @@ def cluster_weights(clusters: Sequence[str] | np.ndarray, resamples: int, seed: 
     return stratified_weights(clusters, np.zeros(len(clusters), dtype=np.int64), resamples, seed)
 
 
-def _check_resamples(resamples: int) -> None:
+def check_resamples(resamples: int) -> None:
+    """A one-line :class:`ConfigError` unless ``resamples`` is a whole number >= 1."""
     if isinstance(resamples, bool) or not isinstance(resamples, (int, np.integer)) or resamples < 1:
         raise ConfigError(f"resamples={resamples!r}; pass a whole number >= 1 (e.g. 2000)")
 
@@ -70,7 +71,7 @@ def stratified_weights(
     :return: float64 [R, S]: how many times the sample's cluster was drawn in each replicate.
     :raises DataError: a cluster whose samples lie in more than one stratum.
     """
-    _check_resamples(resamples)
+    check_resamples(resamples)
     names, ids = np.unique(np.asarray(clusters), return_inverse=True)
     ids = ids.reshape(-1)
     _, stratum_ids = np.unique(np.asarray(strata), return_inverse=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from vla_autoprune.pipeline.bootstrap import cluster_weights, stratified_weights
+from vla_autoprune.pipeline.bootstrap import check_resamples, cluster_weights, stratified_weights
 
 #: ``scenario`` values that carry no family (the loop writes ``unknown`` when the data have none).
 UNKNOWN_SCENARIOS: frozenset[Any] = frozenset({None, "", "unknown"})
@@ -86,7 +86,7 @@ class Bootstrap:
     stratify: bool = True
 
     def __post_init__(self) -> None:
-        cluster_weights(["check"], self.resamples, self.seed)  # a bad resamples fails here, once
+        check_resamples(self.resamples)  # a bad resamples fails here, once
 
     def design(self, run: Run) -> Design:
         """The resampling ``run`` gets (see :func:`design_of`)."""
