@@ -284,39 +284,42 @@ def planner_metrics(pred: torch.Tensor, data: dict[str, Any]) -> dict[str, float
 
 
 def evaluate(
-    model: DrivingVLA, data: dict[str, Any], blind: torch.Tensor | None = None
-) -> dict[str, dict[str, float]]:
-    """stp3 L2 and collision of the model, the model with zeroed visual tokens, constant velocity
-    and (given its ``[B, 12]`` weights) the blind speed x command fit."""
-    ninth = ninth_budget(model)
-    random_ninth = build_pruner("random", budget=ninth)
-    out = {
-        "model": planner_metrics(predict(model, data), data),
+    model: DrivingVLA, data: dict[str, Any], blind: torch.Tensor
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """On one held-out split: stp3 L2 and collision of the model, the model with zeroed visual
+    tokens, the model pruned at random to about V/9, constant velocity and the blind speed x command
+    fit (its ``[B, 12]`` weights); and :func:`retention_intervals` of :data:`CI_PRUNERS` at about
+    V/9. Each prediction is made once."""
+    budget = ninth_budget(model)
+    unpruned = predict(model, data)
+    pruned = {name: predict(model, data, pruner=build_pruner(name, budget=budget)) for name in CI_PRUNERS}
+    metrics = {
+        "model": planner_metrics(unpruned, data),
         "model_visual_zeroed": planner_metrics(predict(model, data, zero_visual=True), data),
-        f"model_random_b{ninth}": planner_metrics(predict(model, data, pruner=random_ninth), data),
+        f"model_random_b{budget}": planner_metrics(pruned["random"], data),
         "constant_velocity": planner_metrics(constant_velocity(data["ego_state"]), data),
+        "blind_speed_x_command": planner_metrics(blind_predict(blind, data), data),
     }
-    if blind is not None:
-        out["blind_speed_x_command"] = planner_metrics(blind_predict(blind, data), data)
-    return out
+    return metrics, retention_intervals(unpruned, {f"{n}_b{budget}": p for n, p in pruned.items()}, data)
 
 
-def retention_at_ninth(model: DrivingVLA, data: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Per pruner of :data:`CI_PRUNERS` at about V/9: L2@3s (stp3) retention against the unpruned
-    model in %, with its paired 95 % CI from the report's scene bootstrap stratified by family."""
+def retention_intervals(
+    unpruned: torch.Tensor, pruned: dict[str, torch.Tensor], data: dict[str, Any]
+) -> dict[str, dict[str, float]]:
+    """Per pruned run (name -> waypoints ``[N, 6, 2]``): L2@3s (stp3) retention against ``unpruned``
+    in %, with its paired 95 % CI from the report's scene bootstrap stratified by family."""
     gt, mask = data["gt_trajectory"], data["gt_mask"].numpy()
 
     def terms(pred: torch.Tensor) -> tuple[Any, Any]:
         num, den = sample_terms_at(np.asarray(l2_errors(pred.numpy(), gt.numpy())), mask, "stp3")
         return num[:, -1], den  # the 3 s column
 
-    ref_num, ref_den = terms(predict(model, data))
+    ref_num, ref_den = terms(unpruned)
     weights = stratified_weights(data["scene"].numpy(), data["scenario"], RESAMPLES, BOOTSTRAP_SEED)
-    budget, out = ninth_budget(model), {}
-    for name in CI_PRUNERS:
-        num, den = terms(predict(model, data, pruner=build_pruner(name, budget=budget)))
-        interval = paired_ratio(weights, num, den, ref_num, ref_den)
-        out[f"{name}_b{budget}"] = {
+    out = {}
+    for name, pred in pruned.items():
+        interval = paired_ratio(weights, *terms(pred), ref_num, ref_den)
+        out[name] = {
             key: round(100.0 * float(value), 2)
             for key, value in zip(("retention", "low", "high"), interval, strict=True)
         }
@@ -506,16 +509,15 @@ def measure(
     model: DrivingVLA, vals: dict[int, dict[str, Any]], blind: torch.Tensor, val_scenes: int
 ) -> dict[str, Any]:
     """The ``training.json`` fields measured on the held-out val splits ``vals`` (seed -> split)."""
+    measured = {f"seed{seed}_val": evaluate(model, data, blind) for seed, data in vals.items()}
     return {
         "evaluation": {
             "val_scenes": val_scenes,
             "full_future_only": True,
             "val_samples": {f"seed{seed}_val": len(data["command"]) for seed, data in vals.items()},
         },
-        "val_stp3": {f"seed{seed}_val": evaluate(model, data, blind) for seed, data in vals.items()},
-        "retention_l2_3s": {
-            f"seed{seed}_val": retention_at_ninth(model, data) for seed, data in vals.items()
-        },
+        "val_stp3": {split: metrics for split, (metrics, _) in measured.items()},
+        "retention_l2_3s": {split: retention for split, (_, retention) in measured.items()},
     }
 
 
@@ -545,11 +547,11 @@ def training_markdown(record: dict[str, Any]) -> str:
     retention = "\n".join(
         f"| {name.removeprefix('seed').removesuffix('_val')} | {run} | {r['retention']:.1f} "
         f"[{r['low']:.1f}, {r['high']:.1f}] | {(r['high'] - r['low']) / 2:.1f} |"
-        for name, runs in record.get("retention_l2_3s", {}).items()
+        for name, runs in record["retention_l2_3s"].items()
         for run, r in runs.items()
     )
     layers = a["config_overrides"]["text_config"]["num_hidden_layers"]
-    ev = record.get("evaluation", {"val_scenes": a["val_scenes"], "val_samples": {}})
+    ev = record["evaluation"]
     samples = ", ".join(f"{n} samples ({name.removesuffix('_val')})" for name, n in ev["val_samples"].items())
     return f"""# tiny-drive-vla
 
