@@ -78,6 +78,14 @@ BREAKDOWN_COLUMNS: tuple[str, ...] = (
     "L2@3s retention stp3 %",
     "PDMS",
 )
+#: The pruner-vs-pruner columns the sweep's log shows (report.md / pairwise.csv have them all).
+PAIRWISE_LOG_COLUMNS: tuple[str, ...] = (
+    "budget",
+    "pruner A",
+    "pruner B",
+    "L2@3s stp3 A/B",
+    "L2@3s stp3 A/B excludes 1",
+)
 PAIRWISE_COLUMNS: tuple[str, ...] = (
     "planner",
     "run A",
@@ -309,6 +317,11 @@ def write_report(
     for key in ("mi", "k"):
         plot_stats_by_scenario(tables["autoprune_stats.csv"], key, out / f"autoprune_{key}_by_scenario.png")
     logger.info(
-        "Report of %d configurations in %s\n%s", len(runs), out, to_markdown(rows, ("run", *SHORT_COLUMNS))
+        "Report of %d configurations in %s (report.md: every figure, breakdowns, plots)\n%s\n"
+        "Pruner vs pruner on the same samples (A/B < 1: A has the lower L2@3s):\n%s",
+        len(runs),
+        out,
+        to_markdown(rows, ("run", *SHORT_COLUMNS)),
+        to_markdown(tables["pairwise.csv"], PAIRWISE_LOG_COLUMNS) if tables["pairwise.csv"] else "(no pairs)",
     )
     return rows
