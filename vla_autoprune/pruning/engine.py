@@ -66,6 +66,7 @@ from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.models.deepstack import add_at_visual, check_deepstack
 from vla_autoprune.pruning.cameras import camera_choice, camera_counts, rank_order
 from vla_autoprune.pruning.flops import decoder_flops_from_config
+from vla_autoprune.pruning.indexing import gather_rows, scatter_rows_
 from vla_autoprune.pruning.pruner import LayerView, Merge, Pruner, SlotIndex
 
 logger = logging.getLogger(__name__)
@@ -263,12 +264,6 @@ def _projected(
     if normed.shape != hidden.shape or key_proj.shape[:2] != hidden.shape[:2]:
         return None
     return normed, key_proj
-
-
-def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``x`` [B, N, ...] gathered along dim 1 at ``index`` [B, K]."""
-    shape = (*index.shape, *x.shape[2:])
-    return x.gather(1, index.view(*index.shape, *([1] * (x.dim() - 2))).expand(shape))
 
 
 class _Engine:
@@ -489,7 +484,7 @@ class _Engine:
             pos = state.position_ids.gather(1, slots.src)
             return {
                 compat.KW_POS_IDS: pos,
-                compat.KW_POS_EMB: (_gather_rows(state.cos, slots.src), _gather_rows(state.sin, slots.src)),
+                compat.KW_POS_EMB: (gather_rows(state.cos, slots.src), gather_rows(state.sin, slots.src)),
             }
         # Contiguous: the row's first real position, plus the real valid slots before each slot.
         counted = (slots.valid & self.real.gather(1, slots.src)).long()
@@ -686,7 +681,7 @@ class _Engine:
         order = torch.argsort(keys, dim=1, stable=True)[:, :length]
 
         def arrange(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-            return _gather_rows(torch.cat([old, new], dim=1), order)
+            return gather_rows(torch.cat([old, new], dim=1), order)
 
         new_slots = _Slots(
             src=arrange(slots.src, block.src),
@@ -744,7 +739,7 @@ class _Engine:
             src=slots.src.gather(1, at),
             valid=is_real & is_kept.gather(1, pos),
             merged=~is_real | slots.merged.gather(1, at),  # merged earlier stay merged
-            hidden=_gather_rows(view.output, at),
+            hidden=gather_rows(view.output, at),
             keys=torch.where(is_real, 2 * at, 2 * vs[:, -1:] + 1),
         )
         if merge is not None:
@@ -753,7 +748,7 @@ class _Engine:
             m = (torch.arange(width, device=vs.device) - real).clamp(min=0, max=merge.hidden.shape[1] - 1)
             rep_src = slots.src.gather(1, vs.gather(1, merge.representative.gather(1, m)))
             block.src = torch.where(is_real, block.src, rep_src)
-            merged_hidden = _gather_rows(merge.hidden.to(block.hidden.dtype), m)
+            merged_hidden = gather_rows(merge.hidden.to(block.hidden.dtype), m)
             block.hidden = torch.where(is_real.unsqueeze(-1), block.hidden, merged_hidden)
             block.valid = block.valid | (~is_real & merge.valid.gather(1, m))
         return block, alive
@@ -764,8 +759,7 @@ class _Engine:
         n = self.real.shape[1]
         keep = slots.valid & ~slots.merged
         target = torch.where(keep, slots.src, n)  # dropped rows go to a spare column, cut below
-        full = hidden.new_zeros(b, n + 1, d)
-        full.scatter_(1, target.unsqueeze(-1).expand(-1, -1, d), hidden)
+        full = scatter_rows_(hidden.new_zeros(b, n + 1, d), target, hidden)
         return full[:, :n]
 
 
@@ -804,15 +798,13 @@ def _shorten(inputs: DecoderInputs, kept: torch.Tensor, contiguous: bool = False
     if contiguous:
         short_positions = _renumber(short_positions, attention_mask)
     return inputs.with_(
-        inputs_embeds=_gather_rows(inputs.inputs_embeds, index),
+        inputs_embeds=gather_rows(inputs.inputs_embeds, index),
         # An explicit 2D mask, even all ones: gapped position ids without one read as packed sequences.
         attention_mask=attention_mask,
         position_ids=short_positions,
         layout=short_layout,
         vision_saliency=None if saliency is None else saliency.gather(1, kept),
-        deepstack=None
-        if inputs.deepstack is None
-        else tuple(_gather_rows(f, kept) for f in inputs.deepstack),
+        deepstack=None if inputs.deepstack is None else tuple(gather_rows(f, kept) for f in inputs.deepstack),
     )
 
 

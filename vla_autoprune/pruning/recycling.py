@@ -13,6 +13,7 @@ from typing import overload
 import torch
 from torch import Tensor
 
+from vla_autoprune.pruning.indexing import gather_rows
 from vla_autoprune.pruning.merging import DEFAULT_NEIGHBOURS, dpc_knn_merge
 from vla_autoprune.pruning.pruner import LayerView, Merge
 
@@ -134,7 +135,7 @@ def recycle_dropped(
     pool = order[:, :width]  # [B, M] indices into the visual block
     pool_ok = torch.arange(width, device=pool.device) < pool_size.unsqueeze(1)
     pool_slots = view.visual_slots.gather(1, pool)
-    pool_hidden = view.output.gather(1, pool_slots.unsqueeze(-1).expand(-1, -1, view.output.shape[-1]))
+    pool_hidden = gather_rows(view.output, pool_slots)
     wanted = clusters.clamp(max=pool_size)
     k = wanted.clamp(min=1) if neighbours is None else neighbours
     merged, assign = dpc_knn_merge(pool_hidden, wanted, k=k, valid=pool_ok, max_clusters=max_clusters)
