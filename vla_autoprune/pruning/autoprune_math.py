@@ -439,11 +439,12 @@ def _actual_counts(log_s: np.ndarray, log_p: np.ndarray, plan: _ActualPlan) -> n
     if not plan.recycle:
         return np.minimum.accumulate(wanted, axis=-1)  # a layer cannot hand on more than it got
     table = plan.recycle_table
+    first = plan.first_curve_layer  # read once: the loop runs for every bisection round
     out = np.empty_like(wanted)
     cur = np.full(log_s.shape, plan.num_visual, dtype=np.int64)
     for layer in range(plan.num_layers):
         keep = np.minimum(wanted[..., layer], cur)
-        cur = keep + table[cur - keep] if layer >= plan.first_curve_layer else keep
+        cur = keep + table[cur - keep] if layer >= first else keep
         out[..., layer] = cur
     return out
 

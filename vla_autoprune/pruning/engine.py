@@ -153,6 +153,7 @@ class _Slots:
     # What every layer that runs on these slots gets (computed at the first, reused until a drop).
     counted_at: int | None = None  # the layer whose record counts are these slots'
     layer_kwargs: dict[str, Any] | None = None  # position ids, (cos, sin) and mask
+    index: SlotIndex | None = None  # where the visual and text tokens sit (on first use, or from the drop)
 
     @property
     def length(self) -> int:
@@ -184,8 +185,9 @@ class _Block:
     src: torch.Tensor
     valid: torch.Tensor
     merged: torch.Tensor
-    hidden: torch.Tensor  # [B, W, D]
+    rows: torch.Tensor  # where each entry's hidden state is: a slot of the layer output, or K + merged index
     keys: torch.Tensor
+    merged_hidden: torch.Tensor | None = None  # [B, R, D] in the output's dtype, when some row merges
 
 
 def num_cameras(inputs: DecoderInputs) -> int:
@@ -509,8 +511,8 @@ class _Engine:
         k = slots.length
         causal = torch.ones(k, k, dtype=torch.bool, device=hidden.device).tril()
         keys = self.real.gather(1, slots.src) & slots.valid
-        diagonal = torch.eye(k, dtype=torch.bool, device=hidden.device)
-        allowed = (causal & keys[:, None, None, :]) | diagonal  # [B, 1, K, K]
+        allowed = causal & keys[:, None, None, :]  # [B, 1, K, K], a new tensor: ...
+        allowed.diagonal(dim1=-2, dim2=-1).fill_(True)  # ... OR the diagonal in place (no eye, no OR pass)
         new[compat.KW_MASK] = compat.bool_to_mask_like(allowed, state.mask_template, hidden.dtype)
         return new
 
@@ -642,17 +644,42 @@ class _Engine:
         )
 
     def _slot_index(self, slots: _Slots) -> SlotIndex:
-        """Where the visual and text tokens sit among ``slots`` (computed only when a pruner asks)."""
+        """Where the visual and text tokens sit among ``slots`` (computed only when a pruner asks, once)."""
+        if slots.index is not None:
+            return slots.index
         src = slots.src
         # Every row has visual_width visual slots (_check_layout, and each drop keeps rows equal).
         visual_slots, _ = _true_indices(self.visual.gather(1, src), slots.visual_width)
         text_slots, text_ok = _true_indices(self.text.gather(1, src) & slots.valid, self.text_width)
-        return SlotIndex(
+        slots.index = SlotIndex(
             visual_slots=visual_slots,
             visual_valid=slots.valid.gather(1, visual_slots),
             visual_index=self.visual_rank.gather(1, src.gather(1, visual_slots)),
             text_slots=text_slots,
             text_valid=text_ok,
+        )
+        return slots.index
+
+    def _moved_index(self, old: SlotIndex, perm: torch.Tensor, block: _Block, k: int) -> SlotIndex | None:
+        """The new slots' :class:`SlotIndex` from the drop's sort ``perm`` ``[B, K + W]`` (no index sorts).
+
+        Block entry ``j`` (sort input ``K + j``) lands at ``inv[K + j]``, ascending in ``j`` (distinct
+        keys, ties in entry order), so those are the new visual slots in order; text slots keep their
+        order and only move. Padded text entries (rows with fewer text tokens) could point at a dropped
+        slot, so with them (not ``text_full``) this returns None and the index is recomputed.
+        """
+        if not self.text_full:
+            return None
+        b = perm.shape[0]
+        inv = torch.empty_like(perm).scatter_(
+            1, perm, torch.arange(perm.shape[1], device=perm.device).expand(b, -1)
+        )
+        return SlotIndex(
+            visual_slots=inv[:, k:].contiguous(),
+            visual_valid=block.valid,
+            visual_index=self.visual_rank.gather(1, block.src),
+            text_slots=inv.gather(1, old.text_slots),
+            text_valid=old.text_valid,
         )
 
     def _drop(
@@ -678,10 +705,11 @@ class _Engine:
         old_keys = torch.where(visual, _NO_SLOT, 2 * torch.arange(k, device=visual.device))
         keys = torch.cat([old_keys, block.keys], dim=1)
         length = k - view.visual_slots.shape[1] + block.keys.shape[1]
-        order = torch.argsort(keys, dim=1, stable=True)[:, :length]
+        perm = torch.argsort(keys, dim=1, stable=True)
+        order = perm[:, :length]
 
         def arrange(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-            return gather_rows(torch.cat([old, new], dim=1), order)
+            return torch.cat([old, new], dim=1).gather(1, order)
 
         new_slots = _Slots(
             src=arrange(slots.src, block.src),
@@ -692,7 +720,14 @@ class _Engine:
             alive=torch.tensor(alive, dtype=torch.long),
             ragged=min(alive) < block.keys.shape[1],
         )
-        return new_slots, arrange(view.output, block.hidden)
+        if slots.index is not None:
+            new_slots.index = self._moved_index(slots.index, perm, block, k)
+        # One gather of the hidden states: each new slot's row of the output (or of the merged ones).
+        rows = arrange(torch.arange(k, device=visual.device).expand(b, k), block.rows)
+        source = (
+            view.output if block.merged_hidden is None else torch.cat([view.output, block.merged_hidden], 1)
+        )
+        return new_slots, gather_rows(source, rows)
 
     def _visual_block(
         self,
@@ -739,7 +774,7 @@ class _Engine:
             src=slots.src.gather(1, at),
             valid=is_real & is_kept.gather(1, pos),
             merged=~is_real | slots.merged.gather(1, at),  # merged earlier stay merged
-            hidden=gather_rows(view.output, at),
+            rows=at,
             keys=torch.where(is_real, 2 * at, 2 * vs[:, -1:] + 1),
         )
         if merge is not None:
@@ -748,8 +783,8 @@ class _Engine:
             m = (torch.arange(width, device=vs.device) - real).clamp(min=0, max=merge.hidden.shape[1] - 1)
             rep_src = slots.src.gather(1, vs.gather(1, merge.representative.gather(1, m)))
             block.src = torch.where(is_real, block.src, rep_src)
-            merged_hidden = gather_rows(merge.hidden.to(block.hidden.dtype), m)
-            block.hidden = torch.where(is_real.unsqueeze(-1), block.hidden, merged_hidden)
+            block.rows = torch.where(is_real, at, view.output.shape[1] + m)
+            block.merged_hidden = merge.hidden.to(view.output.dtype)
             block.valid = block.valid | (~is_real & merge.valid.gather(1, m))
         return block, alive
 
