@@ -29,6 +29,8 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from vla_autoprune import compat
 from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.pruning import PRUNERS, LayerView, Pruner, build_pruner, prune
+from vla_autoprune.pruning.engine import _Engine
+from vla_autoprune.pruning.indexing import gather_rows, scatter_rows_
 from vla_autoprune.pruning.pruners.autoprune import AutoPrunePruner
 from vla_autoprune.pruning.recycling import split_handed_on
 from vla_autoprune.pruning.scores import text_visual_attention
@@ -423,3 +425,52 @@ def test_autoprune_split_table_equals_splitting_each_layer(stage0: str, budget: 
     with prune(model, pruner, inputs) as record:
         forward(model, record.inputs)
     assert len(pruner.checked) >= 3
+
+
+def test_row_gathers_and_scatters_equal_element_wise_gather_and_scatter() -> None:
+    gen = torch.Generator().manual_seed(0)
+    index = torch.randint(0, 9, (3, 5), generator=gen)
+    for x in (torch.randn(3, 9, 4, generator=gen), torch.randn(1, 9, 4, generator=gen).expand(3, -1, -1)):
+        expected = x.gather(1, index.unsqueeze(-1).expand(-1, -1, 4))
+        assert torch.equal(gather_rows(x, index), expected)
+    flags = torch.rand(3, 9, generator=gen) > 0.5
+    assert torch.equal(gather_rows(flags, index), flags.gather(1, index))
+    target = torch.stack([torch.randperm(9, generator=gen)[:5] for _ in range(3)])
+    rows = torch.randn(3, 5, 4, generator=gen)
+    expected = torch.zeros(3, 9, 4).scatter_(1, target.unsqueeze(-1).expand(-1, -1, 4), rows)
+    assert torch.equal(scatter_rows_(torch.zeros(3, 9, 4), target, rows), expected)
+
+
+@pytest.mark.parametrize("lengths", [(4, 4, 4), (5, 2, 4)], ids=["full-text", "padded-text"])
+def test_slot_index_moved_by_the_drop_equals_recomputing_it(
+    monkeypatch: pytest.MonkeyPatch, lengths: tuple[int, ...]
+) -> None:
+    # The drop hands the next layer its slot index (inverse of its own sort); recomputing it from
+    # the slots must give the same record and logits bit for bit (AutoPrune: merges, fillers).
+    model = build_decoder(layers=8)
+    inputs = make_inputs(batch=3, text_lengths=lengths)
+    moved: list[bool] = []
+    original = _Engine._moved_index
+
+    def counting(self: Any, *args: Any) -> Any:
+        index = original(self, *args)
+        moved.append(index is not None)
+        return index
+
+    def run() -> tuple[torch.Tensor, Any]:
+        with prune(model, build_pruner("autoprune", budget=6.0), inputs) as record:
+            logits = forward(model, record.inputs)
+        return logits, record
+
+    monkeypatch.setattr(_Engine, "_moved_index", counting)
+    logits, record = run()
+    assert moved and all(moved) == (len(set(lengths)) == 1)
+    monkeypatch.setattr(_Engine, "_moved_index", lambda self, *args: None)
+    recomputed_logits, recomputed = run()
+    assert torch.equal(logits, recomputed_logits)
+    for name in ("visual_tokens", "merged_tokens", "tokens", "seq_len"):
+        assert torch.equal(getattr(record, name), getattr(recomputed, name))
+    for a, b in zip(
+        record.kept_visual + record.merged_into, recomputed.kept_visual + recomputed.merged_into, strict=True
+    ):
+        assert (a is None and b is None) or torch.equal(a, b)
