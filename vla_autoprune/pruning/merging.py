@@ -113,13 +113,17 @@ def _pairwise_distance(x: Tensor, valid: Tensor) -> Tensor:
 
 def _log_density(dist: Tensor, valid: Tensor, k: int | Tensor) -> Tensor:
     """``[B, M]``: ``log rho = -mean squared distance to the k nearest valid tokens`` (``k`` per sample)."""
-    per_sample = (
-        k.to(dist.device).long() if isinstance(k, Tensor) else torch.full_like(dist[:, 0, 0], k).long()
-    )
-    k_eff = max(min(int(per_sample.max()) if per_sample.numel() else 1, dist.shape[-1]), 1)
-    nearest = dist.topk(k_eff, dim=-1, largest=False).values  # [B, M, k]
-    within = torch.arange(k_eff, device=dist.device) < per_sample.view(-1, 1, 1)
-    finite = torch.isfinite(nearest) & within
+    if not isinstance(k, Tensor):  # one k for all: every one of the k_eff <= k nearest counts (no sync)
+        k_eff = max(min(k, dist.shape[-1]), 1)
+        nearest = dist.topk(k_eff, dim=-1, largest=False).values  # [B, M, k]
+        finite = torch.isfinite(nearest)
+    else:
+        per_sample = k.to(dist.device).long()
+        k_eff = max(min(int(per_sample.max()) if per_sample.numel() else 1, dist.shape[-1]), 1)
+        nearest = dist.topk(k_eff, dim=-1, largest=False).values  # [B, M, k]
+        finite = torch.isfinite(nearest) & (
+            torch.arange(k_eff, device=dist.device) < per_sample.view(-1, 1, 1)
+        )
     sq = torch.where(finite, nearest.square(), torch.zeros_like(nearest))
     count = finite.sum(dim=-1).clamp(min=1)
     return -(sq.sum(dim=-1) / count)
