@@ -25,11 +25,11 @@ from vla_autoprune.errors import ConfigError, DataNotFoundError
 from vla_autoprune.pipeline.app import evaluate
 from vla_autoprune.pipeline.ci_tables import Bootstrap, Run, main_rows
 from vla_autoprune.pipeline.closed_loop_scores import DEFAULT_SCORES, SHORT_LOG, check_scores
-from vla_autoprune.pipeline.loop import RECORDS_FILE, run_split
+from vla_autoprune.pipeline.loop import run_split
 from vla_autoprune.pipeline.report_files import write_report
-from vla_autoprune.pipeline.results import read_records
 from vla_autoprune.pipeline.summary import summarize
 from vla_autoprune.pipeline.table import table_rows
+from vla_autoprune.run_files import RECORDS_FILE, read_records
 
 #: Families whose conflict is a vehicle stopped (or stopping) in the ego lane.
 STOPPED_LEAD = ("lead_brake", "stopped_vehicle")

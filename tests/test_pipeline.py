@@ -16,10 +16,10 @@ from planners.metrics import l2_at
 from vla_autoprune.data.schema import CAMERAS
 from vla_autoprune.models.describe import describe
 from vla_autoprune.pipeline.app import evaluate
-from vla_autoprune.pipeline.loop import RECORDS_FILE, run_split, shard_indices
+from vla_autoprune.pipeline.loop import run_split, shard_indices
 from vla_autoprune.pipeline.merge import find_runs, merge_runs
 from vla_autoprune.pipeline.report_files import write_report
-from vla_autoprune.pipeline.results import RecordWriter, atomic_write_json, read_records
+from vla_autoprune.run_files import RECORDS_FILE, RecordWriter, atomic_write_json, read_records
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -21,9 +21,8 @@ from hydra_plugins.vla_autoprune_sweeper.default_sweeper import DefaultSweeper
 from vla_autoprune.errors import ConfigError
 from vla_autoprune.pipeline.app import evaluate
 from vla_autoprune.pipeline.identity import check_resume, config_key, variant
-from vla_autoprune.pipeline.loop import RECORDS_FILE
 from vla_autoprune.pipeline.merge import find_runs, merge_runs
-from vla_autoprune.pipeline.results import read_records
+from vla_autoprune.run_files import RECORDS_FILE, read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

@@ -19,9 +19,9 @@ from vla_autoprune.data import NuScenesDrivingDataset
 from vla_autoprune.errors import DataNotFoundError
 from vla_autoprune.models import load
 from vla_autoprune.pipeline.app import evaluate
-from vla_autoprune.pipeline.loop import RECORDS_FILE, run_split
-from vla_autoprune.pipeline.results import read_records
+from vla_autoprune.pipeline.loop import run_split
 from vla_autoprune.pruning import FastVPruner
+from vla_autoprune.run_files import RECORDS_FILE, read_records
 from vla_autoprune.visualize import visualize
 from vla_autoprune.viz.mosaic import (
     DIM,

@@ -17,9 +17,8 @@ from conftest import evaluate_config
 
 from vla_autoprune.models import load
 from vla_autoprune.pipeline.app import evaluate
-from vla_autoprune.pipeline.loop import RECORDS_FILE
-from vla_autoprune.pipeline.results import read_records
 from vla_autoprune.pruning.flops import decoder_flops_from_config
+from vla_autoprune.run_files import RECORDS_FILE, read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,10 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from vla_autoprune.errors import DataNotFoundError, UserError
 from vla_autoprune.pipeline.loop import run_split
-from vla_autoprune.pipeline.results import atomic_write_json
+from vla_autoprune.run_files import RUN_FILE, atomic_write_json
 from vla_autoprune.viz.render import render_scene, select_scenes
 from vla_autoprune.viz.runs import (
-    RUN_FILE,
     build_dataset,
     dataset_config,
     distinct_labels,

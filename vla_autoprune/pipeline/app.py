@@ -31,17 +31,16 @@ from vla_autoprune.models.describe import describe
 from vla_autoprune.models.loading import BUNDLED_MODELS
 from vla_autoprune.pipeline.closed_loop_scores import DEFAULT_SCORES, check_scores
 from vla_autoprune.pipeline.identity import (
-    RUN_FILE,
     check_resume,
     data_digest,
     dataset_selection,
     variant,
 )
-from vla_autoprune.pipeline.loop import RECORDS_FILE, run_split, shard_indices
+from vla_autoprune.pipeline.loop import run_split, shard_indices
 from vla_autoprune.pipeline.merge import samples_digest
-from vla_autoprune.pipeline.results import atomic_write_json, read_records
 from vla_autoprune.pipeline.summary import summarize
 from vla_autoprune.pipeline.table import SHORT_COLUMNS, table_rows, to_markdown
+from vla_autoprune.run_files import CONFIG_FILE, RECORDS_FILE, RUN_FILE, atomic_write_json, read_records
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +169,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path, overrides: Sequence[str] = ()
         meta["wall_time_s"] = previous["wall_time_s"]
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / RUN_FILE, meta)
-    OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+    OmegaConf.save(cfg, out_dir / CONFIG_FILE, resolve=True)
     records = run_split(
         planner,
         dataset,

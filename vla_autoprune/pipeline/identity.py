@@ -20,8 +20,6 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from vla_autoprune.errors import ConfigError
 
-RUN_FILE = "run.json"
-
 #: run.json keys that differ between the shards or reruns of one configuration.
 PER_JOB_KEYS: tuple[str, ...] = ("shard", "num_shards", "data_digest", "wall_time_s", "output_dir", "device")
 #: run.json keys a resumed job may change (a rerun on another device continues the same run).

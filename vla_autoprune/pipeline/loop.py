@@ -26,14 +26,12 @@ from planners.metrics import collision_flags, l2_errors
 from planners.vla import VLAPlanner
 from vla_autoprune.data import collate
 from vla_autoprune.pipeline.closed_loop_scores import DEFAULT_SCORES, ClosedLoopScorer, check_scores
-from vla_autoprune.pipeline.results import RecordWriter, read_records
 from vla_autoprune.pipeline.summary import COLLISION_KEYS
+from vla_autoprune.run_files import RECORDS_FILE, RecordWriter, read_records
 from vla_autoprune.viz.collect import chunk_from_record, image_region
 from vla_autoprune.viz.persistence import KEPT_DIR, write_chunk
 
 logger = logging.getLogger(__name__)
-
-RECORDS_FILE = "records.jsonl"
 
 
 def shard_indices(num_samples: int, shard: int, num_shards: int, limit: int | None = None) -> list[int]:

@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from vla_autoprune.errors import DataNotFoundError
-from vla_autoprune.pipeline.identity import PER_JOB_KEYS, RUN_FILE, config_key
-from vla_autoprune.pipeline.loop import RECORDS_FILE
-from vla_autoprune.pipeline.results import read_records
+from vla_autoprune.pipeline.identity import PER_JOB_KEYS, config_key
 from vla_autoprune.pipeline.summary import summarize
+from vla_autoprune.run_files import RECORDS_FILE, RUN_FILE, read_records
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RUN_FILE", "config_key", "find_runs", "merge_runs", "samples_digest"]
+__all__ = ["config_key", "find_runs", "merge_runs", "samples_digest"]
 
 
 def find_runs(roots: Iterable[str | Path]) -> list[Path]:

@@ -13,12 +13,11 @@ from matplotlib.figure import Figure
 
 from vla_autoprune.errors import DataNotFoundError
 from vla_autoprune.pipeline.ci_tables import breakdown_rows, main_rows, numbered_runs, stat_rows
-from vla_autoprune.pipeline.loop import RECORDS_FILE
-from vla_autoprune.pipeline.merge import RUN_FILE, config_key, find_runs, merge_runs
+from vla_autoprune.pipeline.merge import config_key, find_runs, merge_runs
 from vla_autoprune.pipeline.pairwise import pairwise_rows
 from vla_autoprune.pipeline.resampling import Bootstrap, Run
-from vla_autoprune.pipeline.results import atomic_write_json, atomic_write_text, read_records
 from vla_autoprune.pipeline.table import SHORT_COLUMNS, to_csv, to_markdown
+from vla_autoprune.run_files import RECORDS_FILE, RUN_FILE, atomic_write_json, atomic_write_text, read_records
 
 logger = logging.getLogger(__name__)
 

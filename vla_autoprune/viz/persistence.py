@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from vla_autoprune.errors import DataError, DataNotFoundError
-from vla_autoprune.pipeline.results import atomic_write_bytes
+from vla_autoprune.run_files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -14,14 +14,10 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from vla_autoprune.errors import ConfigError, DataNotFoundError
-from vla_autoprune.pipeline.loop import RECORDS_FILE
-from vla_autoprune.pipeline.results import read_records
+from vla_autoprune.run_files import CONFIG_FILE, RECORDS_FILE, RUN_FILE, read_records
 from vla_autoprune.viz.persistence import KEPT_DIR, KeptStore
 
 logger = logging.getLogger(__name__)
-
-RUN_FILE = "run.json"  # written by vla_autoprune.pipeline.app
-CONFIG_FILE = "config.yaml"  # ditto: the run's resolved Hydra config
 
 
 @dataclass

@@ -1,4 +1,6 @@
-"""Crash-safe result files: append-only JSONL records and atomically replaced JSON documents.
+"""A run folder's file names and its crash-safe files: append-only JSONL records and atomically
+replaced documents. The bottom layer of both the pipeline (which writes runs) and the viewer
+(which reads them).
 
 A run appends one JSON line per evaluated sample and fsyncs after every batch, so a killed run
 loses at most the batch in flight. On resume, :func:`read_records` drops a torn last line (the
@@ -18,6 +20,13 @@ from typing import Any
 from vla_autoprune.errors import DataError
 
 logger = logging.getLogger(__name__)
+
+#: One JSON line per evaluated sample (:class:`RecordWriter`, :func:`read_records`).
+RECORDS_FILE = "records.jsonl"
+#: The run's identity and status (written by :mod:`vla_autoprune.pipeline.app`).
+RUN_FILE = "run.json"
+#: The run's resolved Hydra config.
+CONFIG_FILE = "config.yaml"
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
