@@ -186,8 +186,10 @@ def test_random_pruning_at_a_ninth_of_the_tokens_hurts(model: DrivingVLA, held_o
     assert pruned >= MIN_RANDOM_WORSENING * unpruned, (budget, pruned, unpruned)
 
 
-def test_training_is_bit_reproducible(synthetic_root: Path) -> None:
-    """Two short runs of the recipe from the same seed give identical weights (CPU, same threads)."""
+@pytest.mark.parametrize("patch_weight", [0.0, 1.0])
+def test_training_is_bit_reproducible(synthetic_root: Path, patch_weight: float) -> None:
+    """Two short runs of the recipe from the same seed give identical weights (CPU, same threads),
+    with and without the per-patch perception loss."""
     torch.use_deterministic_algorithms(True)
     try:
         states = []
@@ -195,7 +197,14 @@ def test_training_is_bit_reproducible(synthetic_root: Path) -> None:
             torch.manual_seed(0)
             model = DrivingVLA(DrivingVLAConfig(**BUNDLED_CONFIG))
             data = load_split(synthetic_root, "train", model)
-            args = TrainArgs(out=Path("unused"), vision_steps=3, steps=2, batch_size=4, warmup_steps=1)
+            args = TrainArgs(
+                out=Path("unused"),
+                vision_steps=3,
+                steps=2,
+                batch_size=4,
+                warmup_steps=1,
+                patch_weight=patch_weight,
+            )
             train_model(model, data, args)
             states.append({k: v.clone() for k, v in model.state_dict().items()})
     finally:
