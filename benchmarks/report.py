@@ -93,10 +93,13 @@ def write_report(folder: Path, path: Path) -> None:
         "LLaVA-1.5-7B shape (32 x 4096, bf16) runs only with the GPU recipe.\n",
         f"**GPU recipe** (one command, writes `benchmarks/results/*.json` and this file): `{GPU_RECIPE}`. "
         "No GPU was lent to the task that wrote these benchmarks, so no GPU figure exists yet.\n",
-        "**CUDA graphs, torch.compile**: not measured (no GPU). Expected: a pruning layer sizes its "
-        "output from one host sync (the kept width) and the shapes change from layer to layer, so a "
-        "whole-prefill CUDA graph cannot be captured and `torch.compile` breaks the graph at each "
-        "pruning layer; compiling each decoder layer on its own is the form that can work.\n",
+        "**CUDA graphs, torch.compile**: a pruning layer sizes its output from one host sync (the "
+        "kept width) and the shapes change from layer to layer, so a whole-prefill CUDA graph cannot "
+        "be captured; compiling each decoder layer on its own (`nn.Module.compile(dynamic=True)`) "
+        "works with the engine's hooks attached: section `compiled` (same per-layer token counts as "
+        "eager, outputs within float32 noise; dynamo traces the hooks with the layer and runs them "
+        "eagerly once their shapes have changed more than its recompile limit). CUDA graphs are not "
+        "measured (no GPU).\n",
         "How to read: `time_over_ideal` is the pruned prefill over the plain layer stack fed the same "
         "per-layer token counts (no scoring, no engine; on padded inputs, the bundled batches, with the "
         "padding mask any engine must pass); `realised_over_predicted` is the measured "

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import end_to_end, flops_check, memory, overhead, prefill, scaling
+from benchmarks import compiled, end_to_end, flops_check, memory, overhead, prefill, scaling
 from benchmarks.common import BUDGET_FRACTIONS, Shape, bundled_subject, shaped_subject, write_result
 from benchmarks.report import write_report
 
 logger = logging.getLogger("benchmarks")
 
-BENCHMARKS = ("prefill", "overhead", "memory", "flops", "scaling", "end_to_end")
+BENCHMARKS = ("prefill", "overhead", "memory", "flops", "scaling", "end_to_end", "compiled")
 LLAVA_7B = Shape("llava-1.5-7b", 32, 4096, 32, 11008, 1, 576, 60, note="LLaVA-1.5-7B shape, random weights")
 
 
@@ -153,6 +153,13 @@ def main(argv: list[str] | None = None) -> None:
         }
         write_result(args.out, "end_to_end", device, config, rows)
         logger.info("end_to_end done (%.0f s)", time.perf_counter() - start)
+    if "compiled" in only:  # last: it compiles the subject's layers in place
+        subject = shaped_subject(plan.llava, 1, device, plan.dtype)
+        rows = compiled.measure(subject, plan.rounds, ("none", "fastv", "autoprune"), plan.fractions["V/4"])
+        config = mode | {"shape": plan.llava.describe(), "batch": 1, "budget": "V/4", "rounds": plan.rounds,
+                         "compile": "each decoder layer, nn.Module.compile(dynamic=True)"}  # fmt: skip
+        write_result(args.out, "compiled", device, config, rows)
+        logger.info("compiled done (%.0f s)", time.perf_counter() - start)
     write_report(args.out, args.report)
     logger.info("wrote %s and %s in %.0f s", args.out, args.report, time.perf_counter() - start)
 
