@@ -485,6 +485,24 @@ def test_indexed_patch_query_equals_the_devkit_scan(synthetic_root: Path) -> Non
     assert found_any
 
 
+def test_a_map_and_its_index_are_freed_together(synthetic_root: Path) -> None:
+    """The per-map index does not keep its map alive (in-process sweep jobs each load their maps)."""
+    import gc
+    import weakref
+
+    from planners.closed_loop.map_geometry import _INDEXES, _index, load_map, records_in_patch
+
+    location = sorted(synthetic_root.glob("maps/expansion/*.json"))[0].stem
+    nusc_map = load_map(synthetic_root, location)
+    found = records_in_patch(nusc_map, (-1e6, -1e6, 1e6, 1e6))
+    assert _index(nusc_map).lane_paths(found["lane"][:2])  # the index reads the map through its reference
+    assert nusc_map in _INDEXES
+    alive = weakref.ref(nusc_map)
+    del nusc_map
+    gc.collect()
+    assert alive() is None and len(_INDEXES) == 0
+
+
 def test_missing_map_names_the_map_expansion(tmp_path: Path) -> None:
     from planners.closed_loop.map_geometry import load_map
 

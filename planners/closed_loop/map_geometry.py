@@ -54,7 +54,10 @@ class _PatchIndex:
                 for r in records
             ]
             self._layers[layer] = ([r["token"] for r in records], shapely.STRtree(geoms))
-        self._map = nusc_map
+        # Not a strong reference: _INDEXES maps each live map to its index, and a value that
+        # references its WeakKeyDictionary key keeps the key alive forever (every sweep job's maps
+        # leaked, ~150 MB each).
+        self._map = weakref.proxy(nusc_map)
         self._paths: dict[str, list[Any]] = {}
 
     def records_in_patch(self, patch: tuple[float, float, float, float]) -> dict[str, list[str]]:
