@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from planners.raster import box_corners as footprint_corners
 from vla_autoprune.data.schema import CATEGORIES
 
 #: Patch classes: nothing annotated, a vehicle, a person.
@@ -41,17 +42,11 @@ def class_of_labels(labels: torch.Tensor) -> torch.Tensor:
 
 def box_corners(boxes: torch.Tensor, heights: torch.Tensor) -> torch.Tensor:
     """The 8 corners ``[..., 8, 3]`` of boxes ``[..., 5]`` (x, y, width, length, yaw) standing on
-    the ground (z from 0 to ``heights [...]``)."""
-    x, y, w, length, yaw = boxes.unbind(-1)
-    sx = torch.tensor([1.0, 1.0, -1.0, -1.0] * 2) / 2.0
-    sy = torch.tensor([1.0, -1.0, -1.0, 1.0] * 2) / 2.0
-    sz = torch.tensor([0.0] * 4 + [1.0] * 4)
-    dx, dy = length[..., None] * sx, w[..., None] * sy
-    cos, sin = yaw.cos()[..., None], yaw.sin()[..., None]
-    gx = x[..., None] + cos * dx - sin * dy
-    gy = y[..., None] + sin * dx + cos * dy
-    gz = heights[..., None] * sz
-    return torch.stack([gx, gy, gz], dim=-1)
+    the ground (z from 0 to ``heights [...]``): the footprint at both heights."""
+    foot = torch.from_numpy(footprint_corners(boxes.numpy())).float()  # [..., 4, 2]
+    ground = torch.cat([foot, torch.zeros_like(foot[..., :1])], dim=-1)
+    top = torch.cat([foot, heights[..., None, None].expand_as(foot[..., :1])], dim=-1)
+    return torch.cat([ground, top], dim=-2)
 
 
 def patch_labels(
@@ -63,8 +58,8 @@ def patch_labels(
     image_hw: tuple[int, int],
     patch: int,
 ) -> torch.Tensor:
-    """Class per patch ``[B, C, P]`` (``P = (H / patch) * (W / patch)``, row-major like the vision
-    tower's patch sequence; index into :data:`PATCH_CLASSES`; a person wins over a vehicle).
+    """Class per patch ``[B, C, H / patch, W / patch]`` (flattened row-major, the vision tower's
+    patch sequence; index into :data:`PATCH_CLASSES`; a person wins over a vehicle).
 
     :param boxes: ``[B, A, 5]`` current-keyframe boxes in the ego frame (``agent_boxes[:, 0]``).
     :param valid: ``[B, A]`` the box is annotated at the current keyframe.
@@ -97,13 +92,10 @@ def patch_labels(
     over_v = (hi[..., None, 1] > edges_v) & (lo[..., None, 1] < edges_v + patch)  # [B, C, A, rows]
     hit = over_v[..., :, None] & over_u[..., None, :] & seen[..., None, None]  # [B, C, A, rows, cols]
     graded = hit.long() * cls[:, None, :, None, None]
-    return (
-        graded.amax(dim=2).flatten(2) if graded.shape[2] else graded.new_zeros(*graded.shape[:2], rows * cols)
-    )
+    return graded.amax(dim=2) if graded.shape[2] else graded.new_zeros(*graded.shape[:2], rows, cols)
 
 
-def mirror_patch_labels(labels: torch.Tensor, cols: int, camera_order: list[int]) -> torch.Tensor:
-    """Labels ``[B, C, P]`` of the left <-> right mirrored frames: cameras permuted by
+def mirror_patch_labels(labels: torch.Tensor, camera_order: list[int]) -> torch.Tensor:
+    """Labels ``[B, C, rows, cols]`` of the left <-> right mirrored frames: cameras permuted by
     ``camera_order`` and each grid row reversed."""
-    b, c, p = labels.shape
-    return labels[:, camera_order].view(b, c, p // cols, cols).flip(-1).reshape(b, c, p)
+    return labels[:, camera_order].flip(-1)

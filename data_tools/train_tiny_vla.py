@@ -133,10 +133,13 @@ class TrainArgs:
 # ---------------------------------------------------------------------- data
 
 
-def load_split(root: Path, split: str, model: DrivingVLA, full_future_only: bool = False) -> dict[str, Any]:
+def load_split(
+    root: Path, split: str, model: DrivingVLA, full_future_only: bool = False, with_patch_labels: bool = False
+) -> dict[str, Any]:
     """All samples of ``split`` at ``root`` as stacked tensors, images decoded at the model's
     input size, plus ``scenario`` (list of str) and ``scene`` (scene index per sample, ``[N]``);
-    ``full_future_only`` keeps the samples with a full 3 s future (the main job's evaluation set)."""
+    ``full_future_only`` keeps the samples with a full 3 s future (the main job's evaluation set);
+    ``with_patch_labels`` adds ``patch_labels`` (:func:`~data_tools.patch_labels.patch_labels`)."""
     height, width = model.image_size
     dataset = NuScenesDrivingDataset(
         root,
@@ -154,6 +157,8 @@ def load_split(root: Path, split: str, model: DrivingVLA, full_future_only: bool
     scene_ids = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
     out["scene"] = torch.tensor([scene_ids[t] for t in tokens])
     out["scenario"] = [s for p in parts for s in p["scenario"]]
+    if not with_patch_labels:
+        return out
     patch = sub_config(model.config, "vision_config").patch_size
     out["patch_labels"] = torch.cat(
         [
@@ -173,8 +178,10 @@ def load_split(root: Path, split: str, model: DrivingVLA, full_future_only: bool
 
 
 def batch_at(data: dict[str, Any], index: torch.Tensor) -> dict[str, Any]:
-    """The model batch of the samples ``index`` (cached tensors, patch labels, the camera names)."""
-    return {**{k: data[k][index] for k in (*CACHED_KEYS, "patch_labels")}, "cameras": CAMERAS}
+    """The model batch of the samples ``index`` (cached tensors, patch labels if loaded, the camera
+    names)."""
+    keys = [k for k in (*CACHED_KEYS, "patch_labels") if k in data]
+    return {**{k: data[k][index] for k in keys}, "cameras": CAMERAS}
 
 
 def constant_velocity(ego_state: torch.Tensor) -> torch.Tensor:
@@ -223,10 +230,7 @@ def mirror(batch: dict[str, Any], flip: torch.Tensor) -> dict[str, Any]:
         out["future_boxes"] = torch.where(flip.view(-1, 1, 1, 1), boxes * flip_box, boxes)
     if "patch_labels" in batch:
         labels = batch["patch_labels"]
-        cols = math.isqrt(labels.shape[-1])
-        out["patch_labels"] = torch.where(
-            flip.view(-1, 1, 1), mirror_patch_labels(labels, cols, order), labels
-        )
+        out["patch_labels"] = torch.where(flip.view(-1, 1, 1, 1), mirror_patch_labels(labels, order), labels)
     return out
 
 
@@ -264,7 +268,7 @@ PATCH_CLASS_WEIGHTS = (1.0, 4.0, 4.0)
 
 def patch_loss(head: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Weighted cross-entropy of ``head`` on the vision tower's patch features ``[B * C, P, Dv]``
-    against :func:`~data_tools.patch_labels.patch_labels` ``[B, C, P]``."""
+    against :func:`~data_tools.patch_labels.patch_labels` ``[B, C, rows, cols]`` (``P = rows * cols``)."""
     logits = head(features).flatten(0, 1)  # [B * C * P, classes]
     weights = torch.tensor(PATCH_CLASS_WEIGHTS, dtype=logits.dtype)
     return nn.functional.cross_entropy(logits, labels.flatten(), weight=weights)
@@ -519,7 +523,10 @@ def train(args: TrainArgs) -> dict[str, Any]:
         seed=SECOND_SEED,
     )
     model = DrivingVLA(DrivingVLAConfig(**args.config_overrides))
-    splits = {"train": load_split(root, "train", model), "val": load_split(root, "val", model, True)}
+    splits = {
+        "train": load_split(root, "train", model, with_patch_labels=args.patch_weight > 0),
+        "val": load_split(root, "val", model, full_future_only=True),
+    }
     logger.info(
         "train %d samples, val %d samples", len(splits["train"]["command"]), len(splits["val"]["command"])
     )

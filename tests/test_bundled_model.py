@@ -196,7 +196,7 @@ def test_training_is_bit_reproducible(synthetic_root: Path, patch_weight: float)
         for _ in range(2):
             torch.manual_seed(0)
             model = DrivingVLA(DrivingVLAConfig(**BUNDLED_CONFIG))
-            data = load_split(synthetic_root, "train", model)
+            data = load_split(synthetic_root, "train", model, with_patch_labels=patch_weight > 0)
             args = TrainArgs(
                 out=Path("unused"),
                 vision_steps=3,

@@ -26,9 +26,9 @@ def _front_camera() -> tuple[torch.Tensor, torch.Tensor]:
 def _labels(boxes: list[list[float]], cats: list[int], valid: list[bool] | None = None) -> torch.Tensor:
     k, cam2ego = _front_camera()
     valid_t = torch.tensor([valid if valid is not None else [True] * len(cats)])
-    return patch_labels(torch.tensor([boxes]), valid_t, torch.tensor([cats]), k, cam2ego, (192, 192), 24)[
-        0, 0
-    ]
+    grid = patch_labels(torch.tensor([boxes]), valid_t, torch.tensor([cats]), k, cam2ego, (192, 192), 24)
+    assert grid.shape == (1, 1, 8, 8)
+    return grid[0, 0].flatten()  # row-major: the vision tower's patch order
 
 
 def test_car_ahead_marks_the_four_patches_its_box_covers() -> None:
@@ -61,14 +61,14 @@ def test_mirrored_labels_are_the_labels_of_the_mirrored_world() -> None:
     left = _labels([[10.0, 3.0, 2.0, 4.0, 0.3]], [CAR])
     right = _labels([[10.0, -3.0, 2.0, 4.0, -0.3]], [CAR])
     assert left.any() and not torch.equal(left, right)
-    assert torch.equal(mirror_patch_labels(left.view(1, 1, 64), 8, [0])[0, 0], right)
+    assert torch.equal(mirror_patch_labels(left.view(1, 1, 8, 8), [0]).flatten(), right)
 
 
 def test_training_mirror_keeps_patch_labels_on_their_pixels() -> None:
     """``mirror`` moves each label with the pixels it describes (camera slots swapped, rows reversed)."""
     from data_tools.train_tiny_vla import mirror
 
-    labels = torch.randint(0, len(PATCH_CLASSES), (2, 6, 64), generator=torch.Generator().manual_seed(0))
+    labels = torch.randint(0, len(PATCH_CLASSES), (2, 6, 8, 8), generator=torch.Generator().manual_seed(0))
     # Each 24 px patch of each camera is painted with its own label.
     images = labels.view(2, 6, 1, 8, 1, 8, 1).expand(2, 6, 3, 8, 24, 8, 24).reshape(2, 6, 3, 192, 192)
     batch = {
@@ -80,7 +80,7 @@ def test_training_mirror_keeps_patch_labels_on_their_pixels() -> None:
         "patch_labels": labels,
     }
     out = mirror(batch, torch.tensor([True, False]))
-    painted = out["images"][:, :, 0, ::24, ::24].reshape(2, 6, 64).long()
+    painted = out["images"][:, :, 0, ::24, ::24].long()
     assert torch.equal(out["patch_labels"], painted)
     assert not torch.equal(out["patch_labels"][0], labels[0]) and torch.equal(
         out["patch_labels"][1], labels[1]
