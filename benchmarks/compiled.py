@@ -17,17 +17,13 @@ import torch
 
 from benchmarks.common import Subject, interleaved, make_pruner, pruned_run
 from vla_autoprune import compat
+from vla_autoprune.pruning import prune
 
 
 def _hidden(subject: Subject, pruner: Any) -> tuple[torch.Tensor, list[int]]:
     """Final hidden states (float32) and per-layer token counts of one pruned prefill."""
-    from vla_autoprune.pruning import prune
-
     with torch.inference_mode(), prune(subject.decoder, pruner, subject.inputs) as record:
-        out = subject.forward(record.inputs)
-    hidden = getattr(out, "last_hidden_state", None)
-    if hidden is None:
-        hidden = getattr(out, "logits", out)
+        hidden = subject.forward(record.inputs)
     counts = [] if record.seq_len is None else [int(n) for n in record.seq_len]
     return hidden.float().clone(), counts
 
