@@ -131,6 +131,20 @@ def test_beats_the_blind_fit_by_a_quarter_on_the_full_splits(record: dict[str, A
         assert ratio <= MAX_L2_VS_BLIND, (split, ratio)
 
 
+#: training.json's stronger camera-free yardstick (``blind_speed_x_command_median``: the median
+#: future of the 32 train samples of the same command with the nearest speeds) reaches L2@3s
+#: 1.647 / 1.699 m on the full held-out splits, against the model's 1.718 / 1.651: the bundled
+#: model's cameras do not beat what speed and command alone give. Not an acceptance number of issue
+#: 9, but the truth about this model; a strict xfail, so a model that beats it on both seeds XPASSes.
+BLIND_MEDIAN_GAP = "bundled model v2 is 4 % worse (seed 0) / 3 % better (seed 1) than the camera-free median"
+
+
+@pytest.mark.xfail(reason=BLIND_MEDIAN_GAP, strict=True)
+def test_beats_the_camera_free_median_on_the_full_splits(record: dict[str, Any]) -> None:
+    for split, m in record["val_stp3"].items():
+        assert m["model"]["l2_3s"] < m["blind_speed_x_command_median"]["l2_3s"], split
+
+
 def test_recorded_retention_intervals_are_narrow_and_random_pruning_hurts(record: dict[str, Any]) -> None:
     """training.json's L2@3s retention at about V/9 on the full held-out splits (2000 stratified
     scene-bootstrap resamples): every default-sweep pruner's CI half-width <= 5 points, and random

@@ -35,7 +35,7 @@ class DecoderInputs:
         layout: which positions are visual / text tokens.
         vision_saliency: float ``[B, V]`` or None: per-visual-token saliency from the vision
             tower ([CLS] / pooling-head attention), used by pre-decoder pruners.
-        extras: model-specific values ``decode`` reads (DrivingVLA: ``ego_speed`` ``[B]``), or None.
+        extras: model-specific values ``decode`` reads (DrivingVLA: ``ego_speed``, ``command`` ``[B]``), or None.
         sample_ids: one stable id per row (the batch's ``sample_token``s) or None; per-sample
             seeded pruners (``random``) key on it, so a row's choice does not depend on its batch.
         readout_tokens: how many readout queries (not instruction text) end every row's prompt,

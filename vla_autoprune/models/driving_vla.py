@@ -9,7 +9,8 @@ Architecture (all transformers modules unmodified):
   token and that camera's visual tokens, then command + ego-state text tokens closed by one
   learned projection of the ego state (``<ego>``), then ``K`` learned action-query embeddings;
 - head: an MLP regresses the 6 waypoints from the final hidden states of ``<ego>`` and the
-  action queries, as a correction to a constant-speed rollout (``kinematic_prior``).
+  action queries, as a correction to a constant-speed rollout (``kinematic_prior``) or to a
+  learned linear map of speed x command (``command_prior``, :mod:`~vla_autoprune.models.waypoint_prior`).
 
 Batches are left padded so ``<ego>`` and the action queries are always the last ``K + 1``
 positions, which is how :meth:`DrivingVLA.decode` finds them in whatever (possibly pruned)
@@ -33,7 +34,7 @@ from transformers.activations import ACT2FN
 
 from vla_autoprune.compat import SubConfigSpec
 from vla_autoprune.compat import weight_init as init
-from vla_autoprune.data.schema import COMMANDS, EGO_STATE_FIELDS, KEYFRAME_DT_S, NUM_FUTURE_STEPS
+from vla_autoprune.data.schema import COMMANDS, EGO_STATE_FIELDS, NUM_FUTURE_STEPS
 from vla_autoprune.errors import ConfigError, DataError
 from vla_autoprune.models.base import DecoderInputs, DrivingModel
 from vla_autoprune.models.layout import build_layout
@@ -42,6 +43,11 @@ from vla_autoprune.models.prompt import (
     PromptTokenizer,
     build_prompt_ids,
     check_ego_fields,
+)
+from vla_autoprune.models.waypoint_prior import (
+    SpeedCommandPrior,
+    constant_speed_rollout,
+    constant_speed_weight,
 )
 
 logger = logging.getLogger(__name__)
@@ -86,6 +92,10 @@ class DrivingVLAConfig(PreTrainedConfig):
             regression targets O(1): 3 s at urban speeds is a few tens of metres).
         kinematic_prior: the head predicts a correction to a constant-speed rollout of the ego
             speed instead of the whole trajectory (see :meth:`DrivingVLA.decode`).
+        command_prior: with ``kinematic_prior``, the rollout the head corrects is a learned linear
+            map of speed x one-hot command (:class:`SpeedCommandPrior`, initialised to the
+            constant-speed rollout): the model starts from what the prompt alone predicts and its
+            decoder learns what the cameras change.
         ego_state_fields: which ``ego_state`` columns the model sees (``speed``, ``accel``,
             ``yaw_rate``), as text and through the ego projection. The bundled model sees the speed
             only: with the yaw rate and acceleration a kinematic extrapolation alone is already
@@ -112,6 +122,7 @@ class DrivingVLAConfig(PreTrainedConfig):
     head_hidden_size: int = 256
     waypoint_scale_m: float = 10.0
     kinematic_prior: bool = True
+    command_prior: bool = False
     ego_state_fields: list[str] | tuple[str, ...] = ("speed",)
     ego_state_scale: list[float] | tuple[float, ...] = (10.0, 2.0, 0.5)
     image_mean: list[float] | tuple[float, ...] = (0.5, 0.5, 0.5)
@@ -188,12 +199,17 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
         self.ego_projector = nn.Linear(len(config.ego_state_fields) + len(COMMANDS), text_size)
         self.action_queries = nn.Parameter(torch.empty(config.num_action_queries, text_size))
         self.waypoint_head = WaypointHead(config.num_action_queries + 1, text_size, config.head_hidden_size)
+        self.command_prior = (
+            SpeedCommandPrior(len(COMMANDS)) if config.kinematic_prior and config.command_prior else None
+        )
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if module is self:
             init.normal_(self.action_queries, mean=0.0, std=self.config.initializer_range)
+        if isinstance(module, SpeedCommandPrior):
+            init.copy_(module.weight, constant_speed_weight(module.num_commands))
 
     # ------------------------------------------------------------------ DrivingModel API
 
@@ -211,8 +227,8 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
         """Encode a collated batch (``images`` uint8 ``[B, C, 3, H, W]``, ``command``, ``ego_state``).
 
         Returns left-padded decoder inputs of length ``N = max_b N_b`` with explicit position ids
-        (``cumsum(attention_mask) - 1``) and ``extras = {"ego_speed": [B]}`` (the kinematic prior's
-        speed, read by :meth:`decode`).
+        (``cumsum(attention_mask) - 1``) and ``extras = {"ego_speed": [B], "command": [B]}`` (what
+        the waypoint prior reads in :meth:`decode`).
         """
         images = batch["images"]
         if images.dim() != 5 or images.shape[2] != 3:
@@ -231,7 +247,8 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
         prompt = build_prompt_ids(self.tokenizer, cameras, batch["command"], batch["ego_state"], fields)
         ego = self.ego_projector(self.ego_features(batch["ego_state"], batch["command"]))
         ego_speed = batch["ego_state"][:, EGO_STATE_FIELDS.index("speed")].to(self.device, torch.float32)
-        inputs = self._assemble(prompt, visual, ego, saliency, ego_speed)
+        extras = {"ego_speed": ego_speed, "command": batch["command"].to(self.device)}
+        inputs = self._assemble(prompt, visual, ego, saliency, extras)
         return inputs.with_(sample_ids=tuple(batch["sample_token"]) if "sample_token" in batch else None)
 
     def decode(self, inputs: DecoderInputs) -> torch.Tensor:
@@ -240,9 +257,10 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
         The head reads the final hidden states of the last ``K + 1`` positions (``<ego>`` and the
         ``K`` action queries; left padding keeps them last, also when a pruner shortened the
         sequence). With ``kinematic_prior`` its output is a correction added to a constant-speed
-        rollout of ``extras["ego_speed"]``, so the decoder only has to learn what the command and
-        the cameras change (turns, braking); a tiny model trained from scratch learns that far
-        faster than the whole trajectory.
+        rollout of ``extras["ego_speed"]`` (with ``command_prior``: to the learned speed x command
+        map of ``extras["ego_speed"]`` and ``extras["command"]``), so the decoder only has to learn
+        what the command and the cameras change (turns, braking); a tiny model trained from scratch
+        learns that far faster than the whole trajectory.
         """
         readout = self.config.num_action_queries + 1
         position_ids = inputs.position_ids
@@ -257,8 +275,10 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
         waypoints = (
             self.waypoint_head(out.last_hidden_state[:, -readout:]).float() * self.config.waypoint_scale_m
         )
-        if self.config.kinematic_prior:
-            waypoints = waypoints + constant_speed_rollout(_ego_speed(inputs))
+        if self.command_prior is not None:
+            waypoints = waypoints + self.command_prior(_extra(inputs, "ego_speed"), _extra(inputs, "command"))
+        elif self.config.kinematic_prior:
+            waypoints = waypoints + constant_speed_rollout(_extra(inputs, "ego_speed"))
         return waypoints
 
     # ------------------------------------------------------------------ encoding pieces
@@ -339,7 +359,7 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
         visual: torch.Tensor,
         ego: torch.Tensor,
         saliency: torch.Tensor | None,
-        ego_speed: torch.Tensor,
+        extras: dict[str, torch.Tensor],
     ) -> DecoderInputs:
         """Lay out ``prompt`` + visual tokens ``[B, V, D]`` + ego ``[B, D]`` + action queries, left padded."""
         ids, kinds = _sequence_ids(
@@ -361,7 +381,7 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
             position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0),
             layout=layout,
             vision_saliency=saliency,
-            extras={"ego_speed": ego_speed},
+            extras=extras,
             readout_tokens=self.config.num_action_queries,
         )
 
@@ -442,21 +462,14 @@ def cls_attention(attn: Any, hidden: torch.Tensor) -> torch.Tensor:
     return logits.softmax(dim=-1).mean(dim=1)
 
 
-def constant_speed_rollout(speed: torch.Tensor) -> torch.Tensor:
-    """Waypoints float32 ``[B, 6, 2]`` of driving straight (+x) at ``speed`` m/s ``[B]``."""
-    times = KEYFRAME_DT_S * torch.arange(1, NUM_FUTURE_STEPS + 1, device=speed.device, dtype=torch.float32)
-    x = speed.float().unsqueeze(1) * times  # [B, 6]
-    return torch.stack([x, torch.zeros_like(x)], dim=-1)
-
-
-def _ego_speed(inputs: DecoderInputs) -> torch.Tensor:
+def _extra(inputs: DecoderInputs, name: str) -> torch.Tensor:
     extras = inputs.extras or {}
-    if "ego_speed" not in extras:
+    if name not in extras:
         raise ValueError(
-            "DecoderInputs.extras has no 'ego_speed' (the kinematic prior needs it); keep the extras of "
+            f"DecoderInputs.extras has no {name!r} (the waypoint prior needs it); keep the extras of "
             "DrivingVLA.prepare when building new inputs (DecoderInputs.with_ does)"
         )
-    return extras["ego_speed"]
+    return extras[name]
 
 
 def patch_grid(vision_config: PreTrainedConfig) -> tuple[int, int]:

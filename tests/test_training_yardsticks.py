@@ -1,0 +1,59 @@
+"""The training tool's camera-free yardsticks and its record writing, on hand-made values."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from data_tools.train_tiny_vla import HAND_WRITTEN, blind_median, write_record
+from vla_autoprune.data.schema import COMMANDS
+
+LEFT, STRAIGHT = COMMANDS.index("left"), COMMANDS.index("straight")
+
+
+def _split(speeds: list[float], commands: list[int], x3: list[float]) -> dict[str, torch.Tensor]:
+    """Samples whose futures are x = x3 * t / 3 (y = 0) at the 6 future times."""
+    t = 0.5 * torch.arange(1, 7)
+    x = torch.tensor(x3).unsqueeze(1) * t / 3.0
+    return {
+        "ego_state": torch.tensor([[s, 0.0, 0.0] for s in speeds]),
+        "command": torch.tensor(commands),
+        "gt_trajectory": torch.stack([x, torch.zeros_like(x)], -1),
+        "gt_mask": torch.ones(len(speeds), 6, dtype=torch.bool),
+    }
+
+
+def test_blind_median_takes_the_median_of_the_nearest_speeds_of_the_same_command() -> None:
+    # straight: speeds 1, 2, 3, 10 going 3 s -> 5, 30, 6, 40 m; left: one sample at speed 2.1
+    train = _split([1.0, 2.0, 3.0, 10.0, 2.1], [STRAIGHT] * 4 + [LEFT], [5.0, 30.0, 6.0, 40.0, 99.0])
+    train["gt_mask"][3, 5] = False  # an incomplete future never counts (else 40 m would be a neighbour)
+    data = _split([2.2, 9.0, 2.0], [STRAIGHT, STRAIGHT, LEFT], [0.0, 0.0, 0.0])
+    out = blind_median(train, data, k=3)
+    # 2.2 m/s straight: neighbours 2, 3, 1 -> median of (30, 6, 5) = 6 m at 3 s; the stop and the
+    # go are not averaged into 13.7 m. 9 m/s: the same three remain (the 10 m/s one is incomplete).
+    assert out[0, 5].tolist() == pytest.approx([6.0, 0.0])
+    assert out[1, 5].tolist() == pytest.approx([6.0, 0.0])
+    assert out[2, 5].tolist() == pytest.approx([99.0, 0.0])  # left reads only left samples
+    assert out[0, 2].tolist() == pytest.approx([3.0, 0.0])  # 1.5 s: half of 6 m
+
+
+def test_blind_median_without_a_command_in_train_says_so() -> None:
+    train = _split([1.0], [STRAIGHT], [5.0])
+    with pytest.raises(ValueError, match="no train sample has command 'left'"):
+        blind_median(train, _split([1.0], [LEFT], [0.0]))
+
+
+def test_write_record_keeps_the_hand_written_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import data_tools.train_tiny_vla as training
+
+    monkeypatch.setattr(training, "training_markdown", lambda record: f"# generated {record['n']}\n")
+    write_record(tmp_path, {"n": 1})
+    assert (tmp_path / "TRAINING.md").read_text() == "# generated 1\n"
+    notes = f"## Against the issue {HAND_WRITTEN} note)\n\nkept\n"
+    (tmp_path / "TRAINING.md").write_text("# generated 1\n\n" + notes)
+    write_record(tmp_path, {"n": 2})
+    assert (tmp_path / "TRAINING.md").read_text() == "# generated 2\n\n" + notes
+    assert json.loads((tmp_path / "training.json").read_text()) == {"n": 2}
