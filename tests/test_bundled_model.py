@@ -23,8 +23,6 @@ from data_tools.train_tiny_vla import (
     CI_PRUNERS,
     EVAL_BATCH,
     TrainArgs,
-    blind_predict,
-    constant_velocity,
     load_split,
     mirror,
     ninth_budget,
@@ -32,6 +30,7 @@ from data_tools.train_tiny_vla import (
     predict,
     train_model,
 )
+from data_tools.yardsticks import blind_predict, constant_velocity
 from vla_autoprune.data import CAMERAS
 from vla_autoprune.models import BUNDLED_MODELS, DrivingVLA, DrivingVLAConfig, load
 from vla_autoprune.models.loading import resolve_model_path

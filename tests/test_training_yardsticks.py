@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_tools.train_tiny_vla import HAND_WRITTEN, blind_median, write_record
+from data_tools.training_record import HAND_WRITTEN, write_record
+from data_tools.yardsticks import blind_median
 from vla_autoprune.data.schema import COMMANDS
 
 LEFT, STRAIGHT = COMMANDS.index("left"), COMMANDS.index("straight")
@@ -47,7 +48,7 @@ def test_blind_median_without_a_command_in_train_says_so() -> None:
 
 
 def test_write_record_keeps_the_hand_written_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import data_tools.train_tiny_vla as training
+    import data_tools.training_record as training
 
     monkeypatch.setattr(training, "training_markdown", lambda record: f"# generated {record['n']}\n")
     write_record(tmp_path, {"n": 1})

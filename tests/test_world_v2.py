@@ -23,7 +23,7 @@ from data_tools.synthetic.scene_writer import ego_to_global
 from data_tools.synthetic.traffic import EGO_FRONT_M
 from data_tools.synthetic.world import SceneTrajectory, simulate
 from data_tools.synthetic_nuscenes import generate, plan_scenes
-from data_tools.train_tiny_vla import constant_velocity
+from data_tools.yardsticks import constant_velocity
 from planners.metrics import collision_at
 from vla_autoprune.data import NuScenesDrivingDataset, collate
 from vla_autoprune.data.schema import UNKNOWN_SCENARIO

@@ -1,0 +1,70 @@
+"""Camera-free yardsticks of the training report: what a planner gets without looking.
+
+``constant_velocity`` keeps the current speed; ``blind_fit`` is the least-squares fit of the
+waypoints on speed x command that issue 9 measures the model against; ``blind_median`` is the
+stronger non-linear one (the median future of the nearest speeds under the same command).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from vla_autoprune.data.schema import COMMANDS, KEYFRAME_DT_S, NUM_FUTURE_STEPS
+
+
+def constant_velocity(ego_state: torch.Tensor) -> torch.Tensor:
+    """Baseline ``[B, 6, 2]``: keep the current speed straight along +x."""
+    times = KEYFRAME_DT_S * torch.arange(1, NUM_FUTURE_STEPS + 1, dtype=torch.float32)
+    x = ego_state[:, :1].float() * times
+    return torch.stack([x, torch.zeros_like(x)], dim=-1)
+
+
+def blind_features(data: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``[N, 6]``: speed x one-hot command and the one-hot command (what the model sees besides images)."""
+    onehot = nn.functional.one_hot(data["command"], len(COMMANDS)).double()
+    return torch.cat([data["ego_state"][:, :1].double() * onehot, onehot], dim=1)
+
+
+def blind_fit(train: dict[str, Any]) -> torch.Tensor:
+    """Least-squares weights ``[6, 12]`` (float64) of the waypoints on speed x command (train samples with a
+    full future): everything the model sees except the cameras, the honest yardstick of what the
+    cameras add."""
+    complete = train["gt_mask"].all(1)
+    x, y = blind_features(train)[complete], train["gt_trajectory"][complete].flatten(1).double()
+    return torch.linalg.lstsq(x, y).solution
+
+
+def blind_predict(weights: torch.Tensor, data: dict[str, Any]) -> torch.Tensor:
+    """Waypoints ``[N, 6, 2]`` of the blind fit."""
+    return (blind_features(data) @ weights).view(-1, NUM_FUTURE_STEPS, 2).float()
+
+
+#: Neighbours of :func:`blind_median`. On the seed-0 val split (180 train scenes) 16-64 neighbours
+#: all give L2@3s 1.65-1.74 m; fewer are noisy, more blur the speed dependence.
+BLIND_NEIGHBOURS = 32
+
+
+def blind_median(train: dict[str, Any], data: dict[str, Any], k: int = BLIND_NEIGHBOURS) -> torch.Tensor:
+    """Waypoints ``[N, 6, 2]``: per sample of ``data``, the coordinate-wise median future of the ``k``
+    train samples (with a full future) of the same command and the nearest speeds.
+
+    A second camera-free yardstick, stronger than the linear :func:`blind_fit`: it is non-linear in
+    the speed (a creeping ego at a red light goes, a fast one follows the road) and, being a median,
+    it does not average a stop and a go into a plan that is wrong for both, which is what L2 rewards
+    when a command's futures split into stopping and going.
+    """
+    complete = train["gt_mask"].all(1)
+    speed, command = train["ego_state"][complete, 0], train["command"][complete]
+    futures = train["gt_trajectory"][complete]
+    out = torch.zeros(len(data["command"]), NUM_FUTURE_STEPS, 2)
+    for c in data["command"].unique():
+        rows, pool = data["command"] == c, command == c
+        if int(pool.sum()) == 0:
+            raise ValueError(f"no train sample has command {COMMANDS[int(c)]!r}; train on more scenes")
+        gap = (data["ego_state"][rows, :1] - speed[pool].unsqueeze(0)).abs()  # [n, M]
+        nearest = gap.argsort(dim=1, stable=True)[:, :k]
+        out[rows] = futures[pool][nearest].median(dim=1).values.float()
+    return out
