@@ -27,10 +27,10 @@ from torch import nn
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from vla_autoprune import compat
+from vla_autoprune.indexing import gather_rows, scatter_rows_
 from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.pruning import PRUNERS, LayerView, Pruner, build_pruner, prune
 from vla_autoprune.pruning.engine import _Engine
-from vla_autoprune.pruning.indexing import gather_rows, scatter_rows_
 from vla_autoprune.pruning.pruners.autoprune import AutoPrunePruner
 from vla_autoprune.pruning.recycling import split_handed_on
 from vla_autoprune.pruning.scores import text_visual_attention

@@ -27,6 +27,7 @@ from torch import nn
 
 from vla_autoprune import compat
 from vla_autoprune.errors import ModelLoadError
+from vla_autoprune.indexing import gather_rows
 
 
 def add_at_visual(
@@ -37,8 +38,8 @@ def add_at_visual(
     ``features`` float ``[B, V, D]``; ``rank`` int64 ``[B, K]`` (index among the ``V`` visual
     tokens; ignored where not visual). Non-visual rows are returned unchanged.
     """
-    index = rank.clamp(min=0, max=features.shape[1] - 1).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
-    added = hidden + features.to(hidden.device, hidden.dtype).gather(1, index)
+    index = rank.clamp(min=0, max=features.shape[1] - 1)
+    added = hidden + gather_rows(features.to(hidden.device, hidden.dtype), index)
     return torch.where(visual.unsqueeze(-1), added, hidden)
 
 

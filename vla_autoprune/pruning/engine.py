@@ -62,11 +62,11 @@ import torch
 from torch import nn
 
 from vla_autoprune import compat
+from vla_autoprune.indexing import gather_rows, scatter_rows_
 from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.models.deepstack import add_at_visual, check_deepstack
 from vla_autoprune.pruning.cameras import camera_choice, camera_counts, rank_order
 from vla_autoprune.pruning.flops import decoder_flops_from_config
-from vla_autoprune.pruning.indexing import gather_rows, scatter_rows_
 from vla_autoprune.pruning.pruner import LayerView, Merge, Pruner, SlotIndex
 
 logger = logging.getLogger(__name__)

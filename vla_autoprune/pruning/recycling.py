@@ -13,7 +13,7 @@ from typing import overload
 import torch
 from torch import Tensor
 
-from vla_autoprune.pruning.indexing import gather_rows
+from vla_autoprune.indexing import gather_rows
 from vla_autoprune.pruning.merging import DEFAULT_NEIGHBOURS, dpc_knn_merge
 from vla_autoprune.pruning.pruner import LayerView, Merge
 

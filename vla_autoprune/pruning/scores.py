@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from vla_autoprune import compat
-from vla_autoprune.pruning.indexing import gather_rows
+from vla_autoprune.indexing import gather_rows
 
 
 def _row_mask(attention_mask: torch.Tensor, rows: torch.Tensor, num_keys: int) -> torch.Tensor:
