@@ -70,7 +70,8 @@ def box_corners(boxes: np.ndarray) -> np.ndarray:
     """Corners of agent boxes in our frame.
 
     :param boxes: float [..., 5] (x, y, width, length, yaw), length along the heading.
-    :return: float64 [..., 4, 2] (x, y) corners in cyclic order.
+    :return: float64 [..., 4, 2] (x, y) corners in cyclic order: front-left, rear-left, rear-right,
+        front-right (nuPlan's ``OrientedBox.all_corners`` order; corners 3 -> 0 are the front bumper).
     """
     boxes = boxes.astype(np.float64)
     centre, yaw = boxes[..., None, 0:2], boxes[..., None, 4]

@@ -17,12 +17,12 @@ from shapely.geometry.base import BaseGeometry
 
 from planners.closed_loop.config import EgoGeometry, State
 from planners.closed_loop.geometry import (
-    box_corners,
     ego_boxes,
     point_at_station,
     project_to_polyline,
     wrap_angle,
 )
+from planners.raster import box_corners
 
 
 @dataclass(frozen=True)

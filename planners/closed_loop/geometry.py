@@ -10,9 +10,6 @@ import numpy as np
 from planners.closed_loop.config import EgoGeometry, State
 
 _EPS = 1e-9
-#: Corner signs (along length, along width): front-left, rear-left, rear-right, front-right
-#: (nuPlan's ``OrientedBox.all_corners`` order; 0 -> 3 is the front bumper).
-_CORNER_SIGNS = np.array([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]])
 
 
 def wrap_angle(angle: np.ndarray) -> np.ndarray:
@@ -23,21 +20,6 @@ def wrap_angle(angle: np.ndarray) -> np.ndarray:
 def unit(angle: np.ndarray) -> np.ndarray:
     """Unit vectors of headings. :param angle: float [...]. :return: float [..., 2]."""
     return np.stack([np.cos(angle), np.sin(angle)], axis=-1)
-
-
-def box_corners(boxes: np.ndarray) -> np.ndarray:
-    """Corners of rotated boxes, front-left first (see ``_CORNER_SIGNS``).
-
-    :param boxes: float [..., 5] (x, y, width, length, yaw). :return: float [..., 4, 2].
-    """
-    along, across = unit(boxes[..., 4]), unit(boxes[..., 4] + np.pi / 2)  # [..., 2]
-    half_l, half_w = boxes[..., 3, None, None] / 2, boxes[..., 2, None, None] / 2
-    signs = _CORNER_SIGNS  # [4, 2]
-    return (
-        boxes[..., None, :2]
-        + signs[:, :1] * half_l * along[..., None, :]
-        + signs[:, 1:] * half_w * across[..., None, :]
-    )
 
 
 def ego_boxes(states: np.ndarray, ego: EgoGeometry) -> np.ndarray:
