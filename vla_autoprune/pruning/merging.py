@@ -106,9 +106,9 @@ def _pairwise_distance(x: Tensor, valid: Tensor) -> Tensor:
     feats = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
     # the direct (non-matmul) kernel: exact zeros on the diagonal, symmetric, deterministic
     dist = torch.cdist(feats, feats, compute_mode="donot_use_mm_for_euclid_dist")
-    dist = dist / math.sqrt(max(x.shape[-1], 1))
+    dist.div_(math.sqrt(max(x.shape[-1], 1)))  # in place on cdist's fresh output: the same values
     pair_ok = valid[:, :, None] & valid[:, None, :]
-    return dist.masked_fill(~pair_ok, math.inf)
+    return dist.masked_fill_(~pair_ok, math.inf)
 
 
 def _log_density(dist: Tensor, valid: Tensor, k: int | Tensor) -> Tensor:
@@ -136,8 +136,8 @@ def _log_delta(dist: Tensor, log_rho: Tensor, valid: Tensor) -> Tensor:
     rho_i, rho_j = log_rho[:, :, None], log_rho[:, None, :]
     tie_lower = (rho_j == rho_i) & (index[None, None, :] < index[None, :, None])
     denser = ((rho_j > rho_i) | tie_lower) & valid[:, None, :]  # [B, i, j]: j denser than i
-    finite = torch.where(torch.isfinite(dist), dist, torch.zeros_like(dist))
-    max_dist = finite.flatten(1).max(dim=-1).values[:, None]  # [B, 1]
+    finite = dist.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)  # non-finite -> 0, one pass
+    max_dist = finite.flatten(1).amax(dim=-1, keepdim=True)  # [B, 1]
     to_denser = dist.masked_fill(~denser, math.inf).min(dim=-1).values
     delta = torch.where(torch.isfinite(to_denser), to_denser, max_dist)
     return torch.log(delta.clamp(min=_TINY))
