@@ -116,14 +116,14 @@ def _euclidean(feats: Tensor) -> Tensor:
     """float ``[B, M, M]``: ``cdist``'s direct (non-matmul) kernel: exact zeros on the diagonal, deterministic.
 
     Each entry is computed from its two rows alone, and ``|a - b| == |b - a|`` exactly, so the
-    matrix is symmetric bit for bit. On the CPU, for ``M >= 2 * _BLOCK_ROWS``, it is built from row
+    matrix is symmetric bit for bit. On the CPU, for ``M >= 3 * _BLOCK_ROWS``, it is built from row
     blocks: block ``i`` against itself and the later rows, mirrored below the diagonal, which skips
     ~40% of the kernel's work (issue 14) and gives the same values as one call.
     """
     direct = "donot_use_mm_for_euclid_dist"
     b, m, _ = feats.shape
     blocks = min(m // _BLOCK_ROWS, _MAX_BLOCKS)
-    if feats.device.type != "cpu" or blocks < 2:
+    if feats.device.type != "cpu" or blocks < 3:  # small M: the extra calls cost more than they skip
         return torch.cdist(feats, feats, compute_mode=direct)
     dist = feats.new_empty(b, m, m)
     bounds = [m * i // blocks for i in range(blocks + 1)]
