@@ -549,3 +549,21 @@ def test_scoring_flops_are_the_recomputed_rows_and_keys() -> None:
         with prune(model, build_pruner(name, **kwargs), inputs) as free:
             forward(model, free.inputs)
         assert free.scoring_flops is not None and free.scoring_flops.tolist() == [0, 0], name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("layout", ["heads_last", "contiguous"])
+def test_full_width_rotary_equals_the_generic_formula(dtype, layout):
+    """The full-width RoPE path gives ``x cos + rotate_half(x) sin`` bit for bit, in the same strides."""
+    gen = torch.Generator().manual_seed(3)
+    b, n, h, hd = 2, 11, 4, 16
+    x = torch.randn(b, n, h * hd, generator=gen).to(dtype).view(b, n, h, hd).transpose(1, 2)
+    if layout == "contiguous":
+        x = x.contiguous()
+    cos, sin = (torch.randn(b, n, hd, generator=gen).to(dtype) for _ in range(2))
+    c, s = cos.unsqueeze(1), sin.unsqueeze(1)
+    half = hd // 2
+    expected = x * c + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * s
+    got = compat.apply_rotary(x, cos, sin)
+    assert torch.equal(got, expected)
+    assert got.stride() == (x * c).stride()

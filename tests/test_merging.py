@@ -92,3 +92,16 @@ def test_keeps_dtype_and_rejects_bad_input():
         dpc_knn_merge(torch.randn(8, 4), 2)
     with pytest.raises(MergeError, match="k=0"):
         dpc_knn_merge(torch.randn(1, 8, 4), 2, k=0)
+
+
+@pytest.mark.parametrize("m", [5, 47, 48, 95, 130, 200])
+def test_blocked_distances_equal_one_cdist_call(m):
+    """The row-blocked, mirrored distance matrix is cdist's own, bit for bit (issue 14)."""
+    from vla_autoprune.pruning.merging import _euclidean
+
+    gen = torch.Generator().manual_seed(m)
+    for dtype in (torch.float32, torch.float64):
+        x = (torch.randn(2, m, 37, generator=gen) * 10.0 ** (m % 5 - 2)).to(dtype)
+        x[1, m // 2] = x[1, 0]  # a duplicate row: an exact zero off the diagonal
+        direct = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
+        assert torch.equal(_euclidean(x), direct)

@@ -189,10 +189,26 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def _rotate_whole(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``x * cos + rotate_half(x) * sin`` for full-width RoPE, every tensor in ``x``'s memory layout.
+
+    The same values and output strides as the generic path, without its ``cat`` into a different
+    layout than the ``[B, N, H, hd]``-ordered product it is added to (~20% less time on the CPU,
+    issue 14).
+    """
+    half = x.shape[-1] // 2
+    rotated = torch.empty_like(x)  # x is dense: the same strides
+    rotated[..., :half] = -x[..., half:]
+    rotated[..., half:] = x[..., :half]
+    return (x * cos).add_(rotated.mul_(sin))
+
+
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate ``x`` [B, H, N, hd] by per-position ``cos``/``sin`` [B, N, rd] (rd <= hd: partial RoPE)."""
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     rot_dim = cos.shape[-1]
+    if rot_dim == x.shape[-1] and (x.is_contiguous() or x.transpose(1, 2).is_contiguous()):
+        return _rotate_whole(x, cos, sin)
     x_rot, x_pass = x[..., :rot_dim], x[..., rot_dim:]
     rotated = x_rot * cos + _rotate_half(x_rot) * sin
     return torch.cat((rotated, x_pass), dim=-1) if x_pass.shape[-1] else rotated

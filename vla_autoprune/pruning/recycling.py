@@ -120,16 +120,17 @@ def recycle_dropped(
             AutoPrune reference code do (:mod:`vla_autoprune.pruning.merging`).
     """
     b, kv = dropped.shape
-    d = dropped.sum(dim=1)
-    pool_size = torch.minimum(torch.floor(d.double() * pool_fraction).long() + 1, d)
     ranked = torch.where(dropped, scores.float(), float("-inf"))
-    order = torch.argsort(ranked, dim=1, descending=True, stable=True)
+    ranked_sorted, order = torch.sort(ranked, dim=1, descending=True, stable=True)
     max_clusters = None
     if view.merge_host is None:
+        d = dropped.sum(dim=1)
+        pool_size = torch.minimum(torch.floor(d.double() * pool_fraction).long() + 1, d)
         width = max(int(pool_size.max()), 1)
-    else:  # the same sizes from the engine's host counts: no sync
+    else:  # the same sizes from the engine's host counts (float64 on both sides): no sync
         dropped_host, clusters_host = view.merge_host
         pools = [min(math.floor(n * pool_fraction) + 1, n) for n in dropped_host]
+        pool_size = torch.tensor(pools, dtype=torch.int64, device=dropped.device)
         width = max(max(pools, default=0), 1)
         max_clusters = max((min(c, p) for c, p in zip(clusters_host, pools, strict=True)), default=0)
     pool = order[:, :width]  # [B, M] indices into the visual block
@@ -141,7 +142,7 @@ def recycle_dropped(
     merged, assign = dpc_knn_merge(pool_hidden, wanted, k=k, valid=pool_ok, max_clusters=max_clusters)
     c = merged.shape[1]
     member = assign.unsqueeze(-1) == torch.arange(c, device=assign.device)  # [B, M, C]
-    pool_scores = ranked.gather(1, pool).unsqueeze(-1).expand(-1, -1, c)
+    pool_scores = ranked_sorted[:, :width].unsqueeze(-1).expand(-1, -1, c)  # = ranked.gather(1, pool)
     best = torch.where(member, pool_scores, float("-inf")).argmax(dim=1)  # [B, C] index into pool
     valid = torch.arange(c, device=pool.device) < torch.minimum(clusters, pool_size).unsqueeze(1)
     valid = valid & member.any(1)
