@@ -12,14 +12,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from vla_autoprune.data.schema import COMMANDS, KEYFRAME_DT_S, NUM_FUTURE_STEPS
+from vla_autoprune.data.schema import COMMANDS, NUM_FUTURE_STEPS
+from vla_autoprune.models.waypoint_prior import constant_speed_rollout
 
 
 def constant_velocity(ego_state: torch.Tensor) -> torch.Tensor:
-    """Baseline ``[B, 6, 2]``: keep the current speed straight along +x."""
-    times = KEYFRAME_DT_S * torch.arange(1, NUM_FUTURE_STEPS + 1, dtype=torch.float32)
-    x = ego_state[:, :1].float() * times
-    return torch.stack([x, torch.zeros_like(x)], dim=-1)
+    """Baseline ``[B, 6, 2]``: keep the current speed (``ego_state`` column 0) straight along +x."""
+    return constant_speed_rollout(ego_state[:, 0])
 
 
 def blind_features(data: dict[str, torch.Tensor]) -> torch.Tensor:
