@@ -10,10 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from vla_autoprune.data.schema import COMMANDS, NUM_FUTURE_STEPS
-from vla_autoprune.models.waypoint_prior import constant_speed_rollout
+from vla_autoprune.models.waypoint_prior import (
+    constant_speed_rollout,
+    fit_speed_command,
+    speed_command_features,
+)
 
 
 def constant_velocity(ego_state: torch.Tensor) -> torch.Tensor:
@@ -21,24 +24,18 @@ def constant_velocity(ego_state: torch.Tensor) -> torch.Tensor:
     return constant_speed_rollout(ego_state[:, 0])
 
 
-def blind_features(data: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``[N, 6]``: speed x one-hot command and the one-hot command (what the model sees besides images)."""
-    onehot = nn.functional.one_hot(data["command"], len(COMMANDS)).double()
-    return torch.cat([data["ego_state"][:, :1].double() * onehot, onehot], dim=1)
-
-
 def blind_fit(train: dict[str, Any]) -> torch.Tensor:
     """Least-squares weights ``[6, 12]`` (float64) of the waypoints on speed x command (train samples with a
     full future): everything the model sees except the cameras, the honest yardstick of what the
     cameras add."""
-    complete = train["gt_mask"].all(1)
-    x, y = blind_features(train)[complete], train["gt_trajectory"][complete].flatten(1).double()
-    return torch.linalg.lstsq(x, y).solution
+    speed, command = train["ego_state"][:, 0], train["command"]
+    return fit_speed_command(speed, command, train["gt_trajectory"], train["gt_mask"], len(COMMANDS))
 
 
 def blind_predict(weights: torch.Tensor, data: dict[str, Any]) -> torch.Tensor:
     """Waypoints ``[N, 6, 2]`` of the blind fit."""
-    return (blind_features(data) @ weights).view(-1, NUM_FUTURE_STEPS, 2).float()
+    features = speed_command_features(data["ego_state"][:, 0], data["command"], len(COMMANDS))
+    return (features @ weights).view(-1, NUM_FUTURE_STEPS, 2).float()
 
 
 #: Neighbours of :func:`blind_median`. On the seed-0 val split (180 train scenes) 16-64 neighbours

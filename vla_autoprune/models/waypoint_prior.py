@@ -31,6 +31,33 @@ def constant_speed_weight(num_commands: int) -> torch.Tensor:
     return weight
 
 
+def speed_command_features(
+    speed: torch.Tensor, command: torch.Tensor, num_commands: int, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
+    """``[B, 2C]``: ``[speed * onehot(command), onehot(command)]`` from speed (m/s) ``[B]`` and
+    command int64 ``[B]``: everything the model knows besides its cameras."""
+    onehot = nn.functional.one_hot(command.long(), num_commands).to(dtype)
+    return torch.cat([speed.to(dtype).unsqueeze(1) * onehot, onehot], dim=1)
+
+
+def fit_speed_command(
+    speed: torch.Tensor,
+    command: torch.Tensor,
+    trajectory: torch.Tensor,
+    mask: torch.Tensor,
+    num_commands: int,
+) -> torch.Tensor:
+    """Least-squares weights float64 ``[2C, 12]`` of the flattened waypoints on
+    :func:`speed_command_features`, over the samples whose 6 future waypoints are all valid.
+
+    :param speed: float ``[N]``; ``command``: int64 ``[N]``; ``trajectory``: float ``[N, 6, 2]``;
+        ``mask``: bool ``[N, 6]``.
+    """
+    complete = mask.all(dim=1)
+    x = speed_command_features(speed, command, num_commands)[complete]
+    return torch.linalg.lstsq(x, trajectory[complete].flatten(1).double()).solution
+
+
 class SpeedCommandPrior(nn.Module):
     """Waypoints ``[B, 6, 2]`` linear in ``[speed * onehot(command), onehot(command)]``.
 
@@ -47,9 +74,8 @@ class SpeedCommandPrior(nn.Module):
         self.weight = nn.Parameter(constant_speed_weight(num_commands))
 
     def features(self, speed: torch.Tensor, command: torch.Tensor) -> torch.Tensor:
-        """``[B, 2C]`` from speed (m/s) float ``[B]`` and command int64 ``[B]``."""
-        onehot = nn.functional.one_hot(command.long(), self.num_commands).to(self.weight.dtype)
-        return torch.cat([speed.to(onehot.dtype).unsqueeze(1) * onehot, onehot], dim=1)
+        """:func:`speed_command_features` in the weight's dtype."""
+        return speed_command_features(speed, command, self.num_commands, self.weight.dtype)
 
     def forward(self, speed: torch.Tensor, command: torch.Tensor) -> torch.Tensor:
         """float32 ``[B, 6, 2]`` waypoints (m, ego frame)."""
@@ -65,13 +91,11 @@ class SpeedCommandPrior(nn.Module):
             ``mask``: bool ``[N, 6]``.
         :raises ValueError: when fewer samples than features have a full future.
         """
-        complete = mask.all(dim=1)
-        x = self.features(speed, command)[complete].double()
-        if len(x) < x.shape[1]:
+        complete, features = int(mask.all(dim=1).sum()), 2 * self.num_commands
+        if complete < features:
             raise ValueError(
-                f"{len(x)} samples with a full future cannot fit {x.shape[1]} prior features; "
+                f"{complete} samples with a full future cannot fit {features} prior features; "
                 "fit on more samples"
             )
-        y = trajectory[complete].flatten(1).double()
-        solution = torch.linalg.lstsq(x, y).solution  # [2C, 12]
+        solution = fit_speed_command(speed, command, trajectory, mask, self.num_commands)  # [2C, 12]
         self.weight.copy_(solution.T.to(self.weight.dtype))
