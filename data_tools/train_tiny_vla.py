@@ -130,6 +130,9 @@ class TrainArgs:
     #: the head corrects a linear map of speed x command, fitted in closed form on the train split
     #: and its mirror before training and then frozen, instead of a constant-speed rollout.
     command_prior: bool = False
+    #: Decoder layer from which the prompt and the readout may attend to the visual tokens
+    #: (``DrivingVLAConfig.vision_from_layer``, deep fusion); 0 is LLaVA-style early fusion.
+    vision_from_layer: int = 0
     log_every: int = 100
     #: Only re-measure the model already in ``out`` (see :func:`evaluate_folder`).
     evaluate_only: bool = False
@@ -520,7 +523,13 @@ def train(args: TrainArgs) -> dict[str, Any]:
         image_size=args.image_size,
         seed=SECOND_SEED,
     )
-    model = DrivingVLA(DrivingVLAConfig(**args.config_overrides, command_prior=args.command_prior))
+    model = DrivingVLA(
+        DrivingVLAConfig(
+            **args.config_overrides,
+            command_prior=args.command_prior,
+            vision_from_layer=args.vision_from_layer,
+        )
+    )
     splits = {
         "train": load_split(root, "train", model, with_patch_labels=args.patch_weight > 0),
         "val": load_split(root, "val", model, full_future_only=True),
@@ -623,6 +632,12 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
     parser.add_argument("--patch-weight", type=float, default=defaults.patch_weight, help="0: no patch loss")
     parser.add_argument(
         "--command-prior", action="store_true", help="head corrects a fitted speed x command prior"
+    )
+    parser.add_argument(
+        "--vision-from-layer",
+        type=int,
+        default=defaults.vision_from_layer,
+        help="decoder layer from which the prompt reads the cameras (0: early fusion)",
     )
     parser.add_argument(
         "--evaluate-only", action="store_true", help="re-measure the trained --out folder, do not train"

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,11 +32,13 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedConfig, PreTrainedModel
 from transformers.activations import ACT2FN
 
+from vla_autoprune import compat
 from vla_autoprune.compat import SubConfigSpec
 from vla_autoprune.compat import weight_init as init
 from vla_autoprune.data.schema import COMMANDS, EGO_STATE_FIELDS, NUM_FUTURE_STEPS
 from vla_autoprune.errors import ConfigError, DataError
 from vla_autoprune.models.base import DecoderInputs, DrivingModel
+from vla_autoprune.models.fusion import vision_from_layer
 from vla_autoprune.models.layout import build_layout
 from vla_autoprune.models.prompt import (
     PromptIds,
@@ -96,6 +98,9 @@ class DrivingVLAConfig(PreTrainedConfig):
             map of speed x one-hot command (:class:`SpeedCommandPrior`, initialised to the
             constant-speed rollout): the model starts from what the prompt alone predicts and its
             decoder learns what the cameras change.
+        vision_from_layer: the non-visual tokens (prompt, ``<ego>``, action queries) attend to the
+            visual tokens only from this decoder layer on (:mod:`~vla_autoprune.models.fusion`,
+            deep fusion); 0 (the default) is plain LLaVA-style early fusion.
         ego_state_fields: which ``ego_state`` columns the model sees (``speed``, ``accel``,
             ``yaw_rate``), as text and through the ego projection. The bundled model sees the speed
             only: with the yaw rate and acceleration a kinematic extrapolation alone is already
@@ -123,6 +128,7 @@ class DrivingVLAConfig(PreTrainedConfig):
     waypoint_scale_m: float = 10.0
     kinematic_prior: bool = True
     command_prior: bool = False
+    vision_from_layer: int = 0
     ego_state_fields: list[str] | tuple[str, ...] = ("speed",)
     ego_state_scale: list[float] | tuple[float, ...] = (10.0, 2.0, 0.5)
     image_mean: list[float] | tuple[float, ...] = (0.5, 0.5, 0.5)
@@ -196,6 +202,11 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
         self.projector = VisionProjector(vision_config.hidden_size, text_size, config.projector_hidden_act)
         self.language_model = AutoModelForCausalLM.from_config(text_config)
         check_ego_fields(config.ego_state_fields)
+        if not 0 <= config.vision_from_layer < text_config.num_hidden_layers:
+            raise ConfigError(
+                f"vision_from_layer={config.vision_from_layer} is outside the decoder's "
+                f"{text_config.num_hidden_layers} layers; use 0 (early fusion) up to {text_config.num_hidden_layers - 1}"
+            )
         self.ego_projector = nn.Linear(len(config.ego_state_fields) + len(COMMANDS), text_size)
         self.action_queries = nn.Parameter(torch.empty(config.num_action_queries, text_size))
         self.waypoint_head = WaypointHead(config.num_action_queries + 1, text_size, config.head_hidden_size)
@@ -266,12 +277,24 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
         position_ids = inputs.position_ids
         if position_ids is None:
             position_ids = (inputs.attention_mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.language_model.model(
-            inputs_embeds=inputs.inputs_embeds,
-            attention_mask=inputs.attention_mask,
-            position_ids=position_ids,
-            use_cache=False,
+        first = self.config.vision_from_layer
+        if first and inputs.layout is None:
+            raise ConfigError(
+                f"this model reads its cameras from decoder layer {first} on (vision_from_layer) and needs "
+                "inputs.layout to find the visual tokens; pass the inputs prepare() returned"
+            )
+        fusion = (
+            vision_from_layer(compat.decoder_layers(self.language_model), first, inputs.layout.visual_mask)
+            if first and inputs.layout is not None
+            else nullcontext()
         )
+        with fusion:
+            out = self.language_model.model(
+                inputs_embeds=inputs.inputs_embeds,
+                attention_mask=inputs.attention_mask,
+                position_ids=position_ids,
+                use_cache=False,
+            )
         waypoints = (
             self.waypoint_head(out.last_hidden_state[:, -readout:]).float() * self.config.waypoint_scale_m
         )

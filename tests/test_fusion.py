@@ -1,0 +1,136 @@
+"""Deep fusion (``DrivingVLAConfig.vision_from_layer``): the prompt reads the cameras only from a
+given decoder layer on, also under every pruner; nothing else changes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from vla_autoprune import compat
+from vla_autoprune.data.schema import CAMERAS
+from vla_autoprune.errors import ConfigError
+from vla_autoprune.models import DrivingVLA, DrivingVLAConfig
+from vla_autoprune.models.driving_vla import TINY_TEXT_CONFIG
+from vla_autoprune.models.fusion import fusion_mask
+from vla_autoprune.pruning import build_pruner, run_pruned
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+LAYERS = 4
+
+
+def _batch(b: int = 2) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(1)
+    ego = torch.tensor([[5.3, 0.1, 0.01], [12.25, -1.0, -0.2], [0.0, 0.0, 0.0]])
+    return {
+        "images": torch.randint(0, 256, (b, len(CAMERAS), 3, 45, 80), dtype=torch.uint8, generator=g),
+        "cameras": CAMERAS,
+        "command": torch.tensor([0, 1, 2])[:b],
+        "ego_state": ego[:b],
+    }
+
+
+def _model(first: int, attn: str = "sdpa") -> DrivingVLA:
+    torch.manual_seed(0)
+    config = DrivingVLAConfig(
+        vision_from_layer=first,
+        text_config={
+            **TINY_TEXT_CONFIG,
+            "model_type": "llama",
+            "num_hidden_layers": LAYERS,
+            "attn_implementation": attn,
+        },
+    )
+    return DrivingVLA(config).eval()
+
+
+def _layer0_output(model: DrivingVLA, inputs: Any) -> torch.Tensor:
+    store: list[torch.Tensor] = []
+    layer = compat.decoder_layers(model.language_model)[0]
+    handle = layer.register_forward_hook(lambda m, a, out: store.append(compat.output_hidden(out)))
+    try:
+        with torch.no_grad():
+            model.decode(inputs)
+    finally:
+        handle.remove()
+    return store[0]
+
+
+def test_fusion_mask_blocks_only_non_visual_rows_from_visual_columns() -> None:
+    visual = torch.tensor([[False, True, True, False, False]])
+    allowed = torch.ones(5, 5, dtype=torch.bool).tril().expand(1, 1, 5, 5)
+    got = fusion_mask(allowed, visual)[0, 0].int()
+    expected = torch.tensor(
+        [
+            [1, 0, 0, 0, 0],
+            [1, 1, 0, 0, 0],  # visual rows still read the text before them and each other
+            [1, 1, 1, 0, 0],
+            [1, 0, 0, 1, 0],  # text after the cameras: not the visual columns
+            [1, 0, 0, 1, 1],
+        ]
+    )
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_layer_zero_text_ignores_the_cameras_and_later_layers_read_them(attn: str) -> None:
+    model = _model(first=1, attn=attn)
+    inputs = model.prepare(_batch())
+    visual = inputs.layout.visual_mask
+    other = inputs.with_(inputs_embeds=inputs.inputs_embeds + 3.0 * visual.unsqueeze(-1))
+    before, after = _layer0_output(model, inputs), _layer0_output(model, other)
+    text = ~visual & inputs.attention_mask.bool()
+    assert torch.equal(before[text], after[text])  # bit for bit: layer 0's text never saw them
+    assert not torch.allclose(before[visual], after[visual])
+    with torch.no_grad():
+        assert not torch.allclose(model.decode(inputs), model.decode(other), atol=1e-4)  # read later
+    plain = _model(first=0, attn=attn)
+    plain_text = (_layer0_output(plain, inputs) - _layer0_output(plain, other))[text]
+    assert plain_text.abs().max() > 1e-4  # early fusion: layer 0's text reads the cameras
+    assert all(not layer._forward_pre_hooks for layer in compat.decoder_layers(model.language_model))
+
+
+def test_padded_batch_equals_one_by_one() -> None:
+    model = _model(first=2)
+    batch = _batch(3)
+    with torch.no_grad():
+        joint = model.plan(batch)
+        single = torch.cat(
+            [
+                model.plan({k: (v[i : i + 1] if torch.is_tensor(v) else v) for k, v in batch.items()})
+                for i in range(3)
+            ]
+        )
+    assert torch.allclose(joint, single, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["random", "fastv", "autoprune", "fastervlm", "pdrop", "sparsevlm"])
+def test_pruners_run_on_a_deep_fusion_model_and_keep_all_is_unpruned(name: str) -> None:
+    model = _model(first=1)
+    batch = _batch()
+    with torch.no_grad():
+        unpruned = model.plan(batch)
+        visual = model.prepare(batch).layout.num_visual
+        keep_all, _ = run_pruned(model, batch, build_pruner(name, budget=visual))
+        pruned, record = run_pruned(model, batch, build_pruner(name, budget=visual / 2))
+    assert torch.allclose(keep_all, unpruned, atol=1e-5)
+    assert torch.isfinite(pruned).all() and not torch.allclose(pruned, unpruned, atol=1e-4)
+    assert record.mean_visual_tokens is not None
+
+
+def test_pruning_before_the_fusion_layer_is_a_clear_error() -> None:
+    model = _model(first=3)
+    batch = _batch()
+    with pytest.raises(ConfigError, match="reads the cameras only from layer 3"):
+        run_pruned(model, batch, build_pruner("random", budget=150))  # drops from layer 1
+
+
+def test_out_of_range_layer_and_missing_layout_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="vision_from_layer=4 is outside"):
+        _model(first=LAYERS)
+    model = _model(first=1)
+    inputs = model.prepare(_batch())
+    with pytest.raises(ConfigError, match="needs inputs.layout"):
+        model.decode(inputs.with_(layout=None))
