@@ -548,6 +548,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
     model.save_pretrained(args.out)
     record = {
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(args).items() if k != "out"},
+        "command": reproduce_command(args),
         "train_samples": len(splits["train"]["command"]),
         "val_samples": len(splits["val"]["command"]),
         "train_seconds": round(seconds, 1),
@@ -559,6 +560,25 @@ def train(args: TrainArgs) -> dict[str, Any]:
     }
     write_record(args.out, record)
     return record
+
+
+#: Flags :func:`reproduce_command` names when they differ from the defaults (seed, steps and
+#: threads are always named).
+RECIPE_FLAGS = ("train_scenes", "vision_steps", "vision_from_layer", "patch_weight", "command_prior")
+
+
+def reproduce_command(args: TrainArgs) -> str:
+    """The ``train_tiny_vla`` command line that reruns ``args`` (its non-default recipe flags)."""
+    defaults = TrainArgs(out=args.out)
+    parts = [f"python -m data_tools.train_tiny_vla --out {args.out}"]
+    parts += [f"--seed {args.seed}", f"--steps {args.steps}"]
+    for name in RECIPE_FLAGS:
+        value = getattr(args, name)
+        if value != getattr(defaults, name):
+            flag = "--" + name.replace("_", "-")
+            parts.append(flag if value is True else f"{flag} {value}")
+    parts.append(f"--threads {args.threads}")
+    return " ".join(parts)
 
 
 def evaluate_folder(args: TrainArgs) -> dict[str, Any]:

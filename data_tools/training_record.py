@@ -14,7 +14,7 @@ def write_record(folder: Path, record: dict[str, Any]) -> None:
     """Write ``training.json`` and ``TRAINING.md``, keeping the hand-written sections of an existing
     ``TRAINING.md`` (from the first ``##`` heading that contains :data:`HAND_WRITTEN` on)."""
     (folder / "training.json").write_text(json.dumps(record, indent=2) + "\n")
-    text = training_markdown(record)
+    text = training_markdown(record, folder.name)
     old = folder / "TRAINING.md"
     if old.is_file():
         lines = old.read_text().splitlines(keepends=True)
@@ -34,9 +34,21 @@ def _metric_rows(metrics: dict[str, dict[str, float]]) -> str:
     )
 
 
-def training_markdown(record: dict[str, Any]) -> str:
-    """Short human-readable account of a training run."""
+def training_markdown(record: dict[str, Any], name: str = "tiny-drive-vla") -> str:
+    """Short human-readable account of the training run of the model folder ``name``."""
     a = record["args"]
+    command = record.get(
+        "command",
+        f"python -m data_tools.train_tiny_vla --out vla_autoprune/assets/{name} --seed {a['seed']} "
+        f"--steps {a['steps']} --threads {a['threads']}",
+    )
+    first = a.get("vision_from_layer", 0)
+    fusion = (
+        f" The prompt and the readout attend to the visual tokens only from decoder layer {first} on\n"
+        "(deep fusion, `vision_from_layer`): a pruner inside the decoder decides what they can read."
+        if first
+        else ""
+    )
     vision = a["config_overrides"]["vision_config"]
     grid = vision["image_size"] // vision["patch_size"]
     tables = "\n\n".join(
@@ -56,19 +68,19 @@ def training_markdown(record: dict[str, Any]) -> str:
     layers = a["config_overrides"]["text_config"]["num_hidden_layers"]
     ev = record["evaluation"]
     samples = ", ".join(f"{n} samples ({name.removesuffix('_val')})" for name, n in ev["val_samples"].items())
-    return f"""# tiny-drive-vla
+    return f"""# {name}
 
 A tiny DrivingVLA (SigLIP vision tower, LLaVA projector, {layers}-layer Llama decoder with GQA, action
 queries + MLP waypoint head on a constant-speed prior) trained from scratch on the synthetic
 nuScenes world (version 2: scenario families whose triggers only the cameras show). It sees the
 six cameras ({vision["image_size"]} px, {vision["patch_size"]} px patches: {grid * grid} visual tokens per camera,
 {6 * grid * grid} in all), the command and the ego speed (not the acceleration or yaw rate, which would give
-away a braking or turning already under way).
+away a braking or turning already under way).{fusion}
 
 Reproduce (CPU, {a["threads"]} threads, deterministic: the same machine and thread count give the
 same weights bit for bit):
 
-    python -m data_tools.train_tiny_vla --out vla_autoprune/assets/tiny-drive-vla --seed {a["seed"]} --steps {a["steps"]} --threads {a["threads"]}
+    {command}
 
 - data: synthetic generator seed {a["data_seed"]}, train split {a["train_scenes"]} scenes x {a["samples_per_scene"]} keyframes at
   {a["image_size"][0]}x{a["image_size"][1]} ({record["train_samples"]} samples); the val split (its own scene stream: no val
