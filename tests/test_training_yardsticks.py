@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from data_tools.train_tiny_vla import TrainArgs, reproduce_command
 from data_tools.training_record import HAND_WRITTEN, write_record
 from data_tools.yardsticks import blind_median
 from vla_autoprune.data.schema import COMMANDS
@@ -50,7 +51,7 @@ def test_blind_median_without_a_command_in_train_says_so() -> None:
 def test_write_record_keeps_the_hand_written_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import data_tools.training_record as training
 
-    monkeypatch.setattr(training, "training_markdown", lambda record: f"# generated {record['n']}\n")
+    monkeypatch.setattr(training, "training_markdown", lambda record, name: f"# generated {record['n']}\n")
     write_record(tmp_path, {"n": 1})
     assert (tmp_path / "TRAINING.md").read_text() == "# generated 1\n"
     notes = f"## Against the issue {HAND_WRITTEN} note)\n\nkept\n"
@@ -58,3 +59,17 @@ def test_write_record_keeps_the_hand_written_part(tmp_path: Path, monkeypatch: p
     write_record(tmp_path, {"n": 2})
     assert (tmp_path / "TRAINING.md").read_text() == "# generated 2\n\n" + notes
     assert json.loads((tmp_path / "training.json").read_text()) == {"n": 2}
+
+
+def test_reproduce_command_names_every_non_default_recipe_flag() -> None:
+    out = Path("vla_autoprune/assets/m")
+    assert reproduce_command(TrainArgs(out=out)) == (
+        f"python -m data_tools.train_tiny_vla --out {out} --seed 0 --steps 700 --threads 2"
+    )
+    args = TrainArgs(
+        out=out, steps=3000, train_scenes=720, vision_from_layer=1, command_prior=True, threads=1
+    )
+    assert reproduce_command(args) == (
+        f"python -m data_tools.train_tiny_vla --out {out} --seed 0 --steps 3000 --train-scenes 720 "
+        "--vision-from-layer 1 --command-prior --threads 1"
+    )
