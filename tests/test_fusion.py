@@ -3,13 +3,13 @@ given decoder layer on, also under every pruner; nothing else changes."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
 
 from vla_autoprune import compat
-from vla_autoprune.data.schema import CAMERAS
 from vla_autoprune.errors import ConfigError
 from vla_autoprune.models import DrivingVLA, DrivingVLAConfig
 from vla_autoprune.models.driving_vla import TINY_TEXT_CONFIG
@@ -19,17 +19,7 @@ from vla_autoprune.pruning import build_pruner, run_pruned
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 LAYERS = 4
-
-
-def _batch(b: int = 2) -> dict[str, Any]:
-    g = torch.Generator().manual_seed(1)
-    ego = torch.tensor([[5.3, 0.1, 0.01], [12.25, -1.0, -0.2], [0.0, 0.0, 0.0]])
-    return {
-        "images": torch.randint(0, 256, (b, len(CAMERAS), 3, 45, 80), dtype=torch.uint8, generator=g),
-        "cameras": CAMERAS,
-        "command": torch.tensor([0, 1, 2])[:b],
-        "ego_state": ego[:b],
-    }
+Batches = Callable[[int], dict[str, Any]]
 
 
 def _model(first: int, attn: str = "sdpa") -> DrivingVLA:
@@ -75,9 +65,11 @@ def test_fusion_mask_blocks_only_non_visual_rows_from_visual_columns() -> None:
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_layer_zero_text_ignores_the_cameras_and_later_layers_read_them(attn: str) -> None:
+def test_layer_zero_text_ignores_the_cameras_and_later_layers_read_them(
+    attn: str, camera_batch: Batches
+) -> None:
     model = _model(first=1, attn=attn)
-    inputs = model.prepare(_batch())
+    inputs = model.prepare(camera_batch())
     visual = inputs.layout.visual_mask
     other = inputs.with_(inputs_embeds=inputs.inputs_embeds + 3.0 * visual.unsqueeze(-1))
     before, after = _layer0_output(model, inputs), _layer0_output(model, other)
@@ -92,9 +84,9 @@ def test_layer_zero_text_ignores_the_cameras_and_later_layers_read_them(attn: st
     assert all(not layer._forward_pre_hooks for layer in compat.decoder_layers(model.language_model))
 
 
-def test_padded_batch_equals_one_by_one() -> None:
+def test_padded_batch_equals_one_by_one(camera_batch: Batches) -> None:
     model = _model(first=2)
-    batch = _batch(3)
+    batch = camera_batch(3)
     with torch.no_grad():
         joint = model.plan(batch)
         single = torch.cat(
@@ -107,9 +99,11 @@ def test_padded_batch_equals_one_by_one() -> None:
 
 
 @pytest.mark.parametrize("name", ["random", "fastv", "autoprune", "fastervlm", "pdrop", "sparsevlm"])
-def test_pruners_run_on_a_deep_fusion_model_and_keep_all_is_unpruned(name: str) -> None:
+def test_pruners_run_on_a_deep_fusion_model_and_keep_all_is_unpruned(
+    name: str, camera_batch: Batches
+) -> None:
     model = _model(first=1)
-    batch = _batch()
+    batch = camera_batch()
     with torch.no_grad():
         unpruned = model.plan(batch)
         visual = model.prepare(batch).layout.num_visual
@@ -120,17 +114,17 @@ def test_pruners_run_on_a_deep_fusion_model_and_keep_all_is_unpruned(name: str) 
     assert record.mean_visual_tokens is not None
 
 
-def test_pruning_before_the_fusion_layer_is_a_clear_error() -> None:
+def test_pruning_before_the_fusion_layer_is_a_clear_error(camera_batch: Batches) -> None:
     model = _model(first=3)
-    batch = _batch()
+    batch = camera_batch()
     with pytest.raises(ConfigError, match="reads the cameras only from layer 3"):
         run_pruned(model, batch, build_pruner("random", budget=150))  # drops from layer 1
 
 
-def test_out_of_range_layer_and_missing_layout_are_config_errors() -> None:
+def test_out_of_range_layer_and_missing_layout_are_config_errors(camera_batch: Batches) -> None:
     with pytest.raises(ConfigError, match="vision_from_layer=4 is outside"):
         _model(first=LAYERS)
     model = _model(first=1)
-    inputs = model.prepare(_batch())
+    inputs = model.prepare(camera_batch())
     with pytest.raises(ConfigError, match="needs inputs.layout"):
         model.decode(inputs.with_(layout=None))
