@@ -34,7 +34,7 @@ def _metric_rows(metrics: dict[str, dict[str, float]]) -> str:
     )
 
 
-def training_markdown(record: dict[str, Any], name: str = "tiny-drive-vla") -> str:
+def training_markdown(record: dict[str, Any], name: str) -> str:
     """Short human-readable account of the training run of the model folder ``name``."""
     a = record["args"]
     command = record.get(

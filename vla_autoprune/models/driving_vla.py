@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -278,16 +278,15 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
         if position_ids is None:
             position_ids = (inputs.attention_mask.cumsum(-1) - 1).clamp(min=0)
         first = self.config.vision_from_layer
-        if first and inputs.layout is None:
-            raise ConfigError(
-                f"this model reads its cameras from decoder layer {first} on (vision_from_layer) and needs "
-                "inputs.layout to find the visual tokens; pass the inputs prepare() returned"
-            )
-        fusion = (
-            vision_from_layer(compat.decoder_layers(self.language_model), first, inputs.layout.visual_mask)
-            if first and inputs.layout is not None
-            else nullcontext()
-        )
+        fusion: AbstractContextManager[None] = nullcontext()
+        if first:
+            if inputs.layout is None:
+                raise ConfigError(
+                    f"this model reads its cameras from decoder layer {first} on (vision_from_layer) and "
+                    "needs inputs.layout to find the visual tokens; pass the inputs prepare() returned"
+                )
+            layers = compat.decoder_layers(self.language_model)
+            fusion = vision_from_layer(layers, first, inputs.layout.visual_mask)
         with fusion:
             out = self.language_model.model(
                 inputs_embeds=inputs.inputs_embeds,
