@@ -158,31 +158,39 @@ def load_split(
         max_boxes=CACHED_BOXES,
         full_future_only=full_future_only,
     )
-    parts: list[dict[str, Any]] = []
+    # Filled in place, batch by batch: stacking per-batch parts at the end would hold every
+    # image twice (about 23 GB at 1440 scenes x 12 keyframes at 192 px).
+    out: dict[str, Any] = {}
+    tokens: list[str] = []
+    scenarios: list[str] = []
+    labels: list[torch.Tensor] = []
+    patch = sub_config(model.config, "vision_config").patch_size
     for start in range(0, len(dataset), EVAL_BATCH):
-        parts.append(collate([dataset[i] for i in range(start, min(start + EVAL_BATCH, len(dataset)))]))
-    out: dict[str, Any] = {k: torch.cat([p[k] for p in parts]) for k in CACHED_KEYS}
-    tokens = [t for p in parts for t in p["scene_token"]]
+        stop = min(start + EVAL_BATCH, len(dataset))
+        part = collate([dataset[i] for i in range(start, stop)])
+        for key in CACHED_KEYS:
+            if key not in out:
+                out[key] = part[key].new_empty((len(dataset), *part[key].shape[1:]))
+            out[key][start:stop] = part[key]
+        tokens += part["scene_token"]
+        scenarios += part["scenario"]
+        if with_patch_labels:
+            labels.append(
+                patch_labels(
+                    part["agent_boxes"][:, 0],
+                    part["agent_valid"][:, 0],
+                    part["agent_labels"],
+                    part["intrinsics"],
+                    part["cam2ego"],
+                    (height, width),
+                    patch,
+                )
+            )
     scene_ids = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
     out["scene"] = torch.tensor([scene_ids[t] for t in tokens])
-    out["scenario"] = [s for p in parts for s in p["scenario"]]
-    if not with_patch_labels:
-        return out
-    patch = sub_config(model.config, "vision_config").patch_size
-    out["patch_labels"] = torch.cat(
-        [
-            patch_labels(
-                p["agent_boxes"][:, 0],
-                p["agent_valid"][:, 0],
-                p["agent_labels"],
-                p["intrinsics"],
-                p["cam2ego"],
-                (height, width),
-                patch,
-            )
-            for p in parts
-        ]
-    )
+    out["scenario"] = scenarios
+    if with_patch_labels:
+        out["patch_labels"] = torch.cat(labels)
     return out
 
 
