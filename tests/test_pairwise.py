@@ -145,6 +145,8 @@ def test_report_writes_one_pairwise_table_per_budget_and_pairwise_csv(tmp_path: 
     write_report([tmp_path / "sweep"], tmp_path / "out", resamples=200, seed=0)
     text = (tmp_path / "out" / "report.md").read_text()
     assert "## Pruner vs pruner at each budget" in text
+    # a ranking is the model's own: the section says which model it was measured on
+    assert "Rankings measured on m; another model can rank the pruners differently" in text
     assert "### Budget 32" in text and "### Budget 64" in text
     assert "scenes per stratum: cut_in 3, easy 3" in text
     rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "pairwise.csv").read_text())))

@@ -255,7 +255,7 @@ def _sections(runs: Sequence[Run], boot: Bootstrap) -> tuple[str, dict[str, list
     breakdown = breakdown_rows(runs, boot)
     stats = stat_rows(runs, boot)
     pairs = pairwise_rows(runs, boot)
-    text = "## Results\n\n" + to_markdown(rows, MAIN_COLUMNS) + _pairwise_section(pairs)
+    text = "## Results\n\n" + to_markdown(rows, MAIN_COLUMNS) + _pairwise_section(pairs, ranking_scope(runs))
     if any(_number(r.get("PDMS")) is not None for r in rows):
         text += (
             "\n## Closed-loop-style score (`run` = row of the results table)\n\n"
@@ -275,7 +275,7 @@ def _sections(runs: Sequence[Run], boot: Bootstrap) -> tuple[str, dict[str, list
     return text, tables | {"autoprune_stats.csv": stats}
 
 
-def _pairwise_section(pairs: Sequence[dict[str, Any]]) -> str:
+def _pairwise_section(pairs: Sequence[dict[str, Any]], scope: str) -> str:
     """report.md's pruner-vs-pruner section: one table per budget ("" when no budget has two runs)."""
     if not pairs:
         return ""
@@ -285,12 +285,22 @@ def _pairwise_section(pairs: Sequence[dict[str, Any]]) -> str:
         "`A-B` = difference of the figure, `A/B` = ratio of L2@3s (below 1: A has the lower error), "
         "with the same bootstrap draws for both runs. `excludes 0` / `excludes 1` = `yes` when the "
         "95 % interval lies wholly on one side; the sign of the estimate says which run is ahead. "
-        "All pairs are in pairwise.csv.\n"
+        f"All pairs are in pairwise.csv. Rankings {scope}.\n"
     )
     for budget in dict.fromkeys(r["budget"] for r in pairs):
         part = [r for r in pairs if r["budget"] == budget]
         text += f"\n### Budget {budget}\n\n" + to_markdown(part, PAIRWISE_COLUMNS)
     return text
+
+
+def ranking_scope(runs: Sequence[Run]) -> str:
+    """Which model(s) a ranking of pruners was measured on: it holds for them, not in general (a
+    model that reads its cameras at another layer can order the pruners the other way round)."""
+    models = sorted({str(r.summary.get("model", "?")) for r in runs})
+    return (
+        f"measured on {', '.join(models)}; another model can rank the pruners differently, "
+        "see the README's Models section"
+    )
 
 
 def write_report(
@@ -317,10 +327,11 @@ def write_report(
         plot_stats_by_scenario(tables["autoprune_stats.csv"], key, out / f"autoprune_{key}_by_scenario.png")
     logger.info(
         "Report of %d configurations in %s (report.md: every figure, breakdowns, plots)\n%s\n"
-        "Pruner vs pruner on the same samples (A/B < 1: A has the lower L2@3s):\n%s",
+        "Pruner vs pruner on the same samples (A/B < 1: A has the lower L2@3s; %s):\n%s",
         len(runs),
         out,
         to_markdown(rows, ("run", *SHORT_COLUMNS)),
+        ranking_scope(runs),
         to_markdown(tables["pairwise.csv"], PAIRWISE_LOG_COLUMNS) if tables["pairwise.csv"] else "(no pairs)",
     )
     return rows
