@@ -2,11 +2,13 @@
 
 Overhead = pruned prefill - ideal (the same per-layer token counts through the plain stack): the
 scoring, MI, schedule solve, top-k, gather, merging, mask building and Python of the engine. One
-pruned prefill is profiled with ``torch.profiler``; the top entries by self time are kept.
+pruned prefill is profiled with ``torch.profiler``; the top entries by self time are kept, and the
+aten ops issued from Python are counted for the pruned prefill and for the ideal.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -37,6 +39,8 @@ def measure(
             subject.device,
         )
         share = (times["pruned"] - times["ideal"]) / times["pruned"]
+        ops = top_level_ops(partial(pruned_run, subject, pruner))
+        ideal_ops = top_level_ops(partial(ideal_run, subject, seq_len))
         rows.append(
             {
                 "pruner": pruner.label,
@@ -45,10 +49,26 @@ def measure(
                 "ideal_ms": round(1000 * times["ideal"], 3),
                 "overhead_ms": round(1000 * (times["pruned"] - times["ideal"]), 3),
                 "overhead_share": round(share, 4),
+                "aten_ops": ops,
+                "ideal_aten_ops": ideal_ops,
             }
         )
         profiles[pruner.label] = profile_top(subject, pruner)
     return rows, profiles
+
+
+def top_level_ops(fn: Callable[[], Any]) -> int:
+    """How many aten ops ``fn`` issues from Python (ops called inside another aten op not counted):
+    on small shapes each costs microseconds of dispatch whatever its size, so the count explains
+    a fixed overhead that timing alone does not."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(
+        1
+        for e in prof.events()
+        if e.name.startswith("aten::")
+        and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
+    )
 
 
 def profile_top(subject: Subject, pruner: Any) -> list[dict[str, Any]]:

@@ -43,6 +43,7 @@ class Plan:
     e2e_samples: int | None = None  # end to end: the first samples of the synthetic val split (None: all 16)
     e2e_batch: int = 8
     fractions: dict[str, float] = field(default_factory=lambda: dict(BUDGET_FRACTIONS))
+    wide: Shape | None = None  # prefill at batch 1, fastv and autoprune only (None: skipped)
 
 
 def plan_for(quick: bool, device: torch.device) -> Plan:
@@ -75,7 +76,10 @@ def plan_for(quick: bool, device: torch.device) -> Plan:
             rounds_large=10,
             dtype=torch.bfloat16,
         )
-    return Plan(cpu_llava, cpu_llava, cpu_scale, (64, 144, 256, 576))
+    # The shape issue 14 measured AutoPrune on: wide enough that the layers' own work, not the
+    # engine's fixed per-layer cost, dominates a pruned prefill.
+    wide = Shape("wide-cpu", 12, 1024, 16, 2752, 6, 100, 60, note="issue 14's CPU shape: 12 x 1024, V = 600")
+    return Plan(cpu_llava, cpu_llava, cpu_scale, (64, 144, 256, 576), wide=wide)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -188,6 +192,13 @@ def run_prefill(plan: Plan, device: torch.device, out: Path, mode: dict) -> None
             rows,
         )
         logger.info("prefill %s b%d done", plan.llava.name, batch)
+    if plan.wide is not None:
+        subject = shaped_subject(plan.wide, 1, device, plan.dtype)
+        budgets = {k: v for k, v in plan.fractions.items() if k != "V"}
+        rows = prefill.measure(subject, plan.rounds_large, pruners=("fastv", "autoprune"), budgets=budgets)
+        config = {"shape": plan.wide.describe(), "batch": 1, "rounds": plan.rounds_large}
+        write_result(out, f"prefill_{plan.wide.name}_b1", device, mode | config, rows)
+        logger.info("prefill %s b1 done", plan.wide.name)
 
 
 def run_overhead(plan: Plan, device: torch.device, out: Path, mode: dict) -> None:

@@ -55,6 +55,9 @@ def test_quick_benchmarks_write_results_and_report(tmp_path: Path) -> None:
     # The analytic FLOPs match torch.utils.flop_counter on the same forwards (a count, not a timing).
     assert all(r["within_1pct"] for r in results["flops"]["rows"])
     assert results["overhead_bundled_b2"]["profiles"]["autoprune"], "profiler top entries missing"
+    # The engine issues ops of its own on top of the ideal stack's (a count, not a timing).
+    for row in results["overhead_bundled_b2"]["rows"]:
+        assert row["aten_ops"] > row["ideal_aten_ops"] > 0, row
     e2e = {r["pruner"]: r for r in results["end_to_end"]["rows"]}
     assert set(e2e) == {"none", "autoprune"} and all(r["samples_per_s"] > 0 for r in e2e.values())
     for row in e2e.values():  # the phases split the loop's time (shares, not speed)
