@@ -39,8 +39,8 @@ def measure(
             subject.device,
         )
         share = (times["pruned"] - times["ideal"]) / times["pruned"]
-        ops = top_level_ops(partial(pruned_run, subject, pruner))
-        ideal_ops = top_level_ops(partial(ideal_run, subject, seq_len))
+        top, ops = profile_top(subject, pruner)
+        ideal_ops = top_level_ops(_profiled(partial(ideal_run, subject, seq_len), subject.device))
         rows.append(
             {
                 "pruner": pruner.label,
@@ -53,16 +53,22 @@ def measure(
                 "ideal_aten_ops": ideal_ops,
             }
         )
-        profiles[pruner.label] = profile_top(subject, pruner)
+        profiles[pruner.label] = top
     return rows, profiles
 
 
-def top_level_ops(fn: Callable[[], Any]) -> int:
-    """How many aten ops ``fn`` issues from Python (ops called inside another aten op not counted):
-    on small shapes each costs microseconds of dispatch whatever its size, so the count explains
-    a fixed overhead that timing alone does not."""
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+def _profiled(fn: Callable[[], Any], device: torch.device) -> Any:
+    """The torch.profiler result of one call of ``fn`` (CPU, plus CUDA on a GPU)."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
         fn()
+    return prof
+
+
+def top_level_ops(prof: Any) -> int:
+    """How many aten ops a profiled call issued from Python (ops called inside another aten op not
+    counted): on small shapes each costs microseconds of dispatch whatever its size, so the count
+    explains a fixed overhead that timing alone does not."""
     return sum(
         1
         for e in prof.events()
@@ -71,11 +77,9 @@ def top_level_ops(fn: Callable[[], Any]) -> int:
     )
 
 
-def profile_top(subject: Subject, pruner: Any) -> list[dict[str, Any]]:
-    """Top profiler entries (self time) of one pruned prefill."""
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if subject.device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        pruned_run(subject, pruner)
+def profile_top(subject: Subject, pruner: Any) -> tuple[list[dict[str, Any]], int]:
+    """Top profiler entries (self time) of one pruned prefill, and its top-level aten op count."""
+    prof = _profiled(partial(pruned_run, subject, pruner), subject.device)
     cuda = subject.device.type == "cuda"
     events = sorted(
         prof.key_averages(),
@@ -95,4 +99,4 @@ def profile_top(subject: Subject, pruner: Any) -> list[dict[str, Any]]:
             }
         )
     torch.cuda.empty_cache() if cuda else None
-    return top
+    return top, top_level_ops(prof)
