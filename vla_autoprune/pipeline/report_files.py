@@ -249,13 +249,15 @@ def _has_pdm(run: Run) -> bool:
     return "pdm" in run.summary
 
 
-def _sections(runs: Sequence[Run], boot: Bootstrap) -> tuple[str, dict[str, list[dict[str, Any]]]]:
-    """report.md's body and the CSV tables (name -> rows)."""
+def _sections(
+    runs: Sequence[Run], boot: Bootstrap, scope: str
+) -> tuple[str, dict[str, list[dict[str, Any]]]]:
+    """report.md's body and the CSV tables (name -> rows); ``scope``: :func:`ranking_scope`."""
     rows = main_rows(runs, boot)
     breakdown = breakdown_rows(runs, boot)
     stats = stat_rows(runs, boot)
     pairs = pairwise_rows(runs, boot)
-    text = "## Results\n\n" + to_markdown(rows, MAIN_COLUMNS) + _pairwise_section(pairs, ranking_scope(runs))
+    text = "## Results\n\n" + to_markdown(rows, MAIN_COLUMNS) + _pairwise_section(pairs, scope)
     if any(_number(r.get("PDMS")) is not None for r in rows):
         text += (
             "\n## Closed-loop-style score (`run` = row of the results table)\n\n"
@@ -312,7 +314,8 @@ def write_report(
     scene bootstrap even where scenario families are known."""
     boot = Bootstrap(resamples=resamples, seed=seed, stratify=stratify)
     runs = load_runs(dirs)
-    body, tables = _sections(runs, boot)
+    scope = ranking_scope(runs)
+    body, tables = _sections(runs, boot, scope)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "report.md", _header(boot, runs) + body)
     for name, table in tables.items():
@@ -331,7 +334,7 @@ def write_report(
         len(runs),
         out,
         to_markdown(rows, ("run", *SHORT_COLUMNS)),
-        ranking_scope(runs),
+        scope,
         to_markdown(tables["pairwise.csv"], PAIRWISE_LOG_COLUMNS) if tables["pairwise.csv"] else "(no pairs)",
     )
     return rows
