@@ -263,15 +263,30 @@ def time_once(fn: Callable[[], Any], device: torch.device) -> float:
     return time.process_time() - begin
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, device: torch.device) -> dict[str, float]:
-    """Median seconds per call of each function, over ``rounds`` round-robin rounds (after a warm-up)."""
+def interleaved_rounds(
+    fns: dict[str, Callable[[], Any]], rounds: int, device: torch.device
+) -> dict[str, list[float]]:
+    """Seconds of each function in each of ``rounds`` round-robin rounds (after a warm-up call each):
+    entry ``r`` of every list comes from the same round, so ratios of entries are paired."""
     for fn in fns.values():
         fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
             times[name].append(time_once(fn, device))
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, device: torch.device) -> dict[str, float]:
+    """Median seconds per call of each function, over ``rounds`` round-robin rounds (after a warm-up)."""
+    return {name: statistics.median(ts) for name, ts in interleaved_rounds(fns, rounds, device).items()}
+
+
+def paired_range(name: str, num: list[float], den: list[float]) -> dict[str, float]:
+    """``{"<name> lo": min, "<name> hi": max}`` over rounds of ``num[r] / den[r]`` (rounded): how far
+    one round's ratio strays (the report's tables show them as ``value [lo, hi]``)."""
+    ratios = [a / b for a, b in zip(num, den, strict=True)]
+    return {f"{name} lo": round(min(ratios), 3), f"{name} hi": round(max(ratios), 3)}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -3,11 +3,13 @@
 For each pruner and budget: median time per prefill, samples/s, the speedup over ``none`` (the
 engine with nothing to drop), the speedup its executed FLOPs predict, and its time over the
 *ideal*: the plain layer stack fed exactly the per-layer token counts the engine ran, sliced
-between layers, with no scoring (what a zero-overhead engine would cost).
+between layers, with no scoring (what a zero-overhead engine would cost), with the range of that
+ratio over the rounds (each round times the pruned prefill and its ideal back to back).
 """
 
 from __future__ import annotations
 
+import statistics
 from functools import partial
 from typing import Any
 
@@ -17,8 +19,9 @@ from benchmarks.common import (
     Subject,
     executed_macs,
     ideal_run,
-    interleaved,
+    interleaved_rounds,
     make_pruner,
+    paired_range,
     plain_run,
     pruned_run,
 )
@@ -53,7 +56,8 @@ def measure(
         }
         fns[key] = partial(pruned_run, subject, pruner)
         fns[f"ideal:{key}"] = partial(ideal_run, subject, seq_len)
-    times = interleaved(fns, rounds, subject.device)
+    per_round = interleaved_rounds(fns, rounds, subject.device)
+    times = {name: statistics.median(ts) for name, ts in per_round.items()}
     base = cases["none@-"]
     t_none = times["none@-"]
     rows = []
@@ -71,6 +75,8 @@ def measure(
                 "realised_over_predicted": round(speedup / predicted, 3),
                 "ideal_ms": round(1000 * t_ideal, 3),
                 "time_over_ideal": round(t / t_ideal, 3),
+                # the lowest and highest paired (same-round) ratio: the spread of the figure above
+                **paired_range("time_over_ideal", per_round[key], per_round[f"ideal:{key}"]),
                 "ideal_speedup_vs_none": round(t_none / t_ideal, 3),
             }
         )

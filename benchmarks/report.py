@@ -21,7 +21,7 @@ PREFILL_COLUMNS = (
     "flops_predicted_speedup",
     "realised_over_predicted",
     "ideal_ms",
-    "time_over_ideal",
+    "time_over_ideal",  # shown with its per-round range, "time_over_ideal lo" / "hi"
 )
 
 
@@ -38,29 +38,56 @@ def _machine_line(result: dict[str, Any]) -> str:
     )
 
 
+#: What a target measured on a device it is not set for says in the ``met`` column.
+FOR_REFERENCE = "GPU target: this CPU figure is for reference"
+
+
+def _met(ok: bool) -> str:
+    return "yes" if ok else "no"
+
+
 def _targets(results: dict[str, dict[str, Any]]) -> str:
-    lines = ["| target | measured | where |", "|---|---|---|"]
+    """The issue-14 targets, one row per result they apply to, with whether each is met.
+
+    The CPU target (AutoPrune <= 1.05 x ideal) is judged on the median of interleaved rounds; the
+    range of the paired per-round ratios is shown next to it. The GPU targets are judged only on
+    CUDA results (on CPU results their figures are shown for reference).
+    """
+    lines = ["| target | measured | met | where |", "|---|---|---|---|"]
     for key, result in results.items():
         if not key.startswith("prefill_"):
             continue
         ap = [r for r in result["rows"] if r["pruner"] == "autoprune" and r.get("budget_label") != "V"]
-        if ap:
-            worst = max(r["time_over_ideal"] for r in ap)
-            where = f"{key} ({result['machine']['device']})"
+        if not ap:
+            continue
+        cuda = result["machine"]["device"] == "cuda"
+        where = f"{key} ({result['machine']['device']})"
+        worst = max(ap, key=lambda r: r["time_over_ideal"])
+        spread = (
+            f" [{worst['time_over_ideal lo']:.3f}, {worst['time_over_ideal hi']:.3f}]"
+            if "time_over_ideal lo" in worst
+            else ""
+        )
+        lines.append(
+            f"| AutoPrune prefill <= 1.05 x ideal (CPU shapes) | {worst['time_over_ideal']:.3f}{spread} x ideal "
+            f"(worst of V/2..V/9: {worst['budget_label']}) | "
+            f"{'n/a (GPU run)' if cuda else _met(worst['time_over_ideal'] <= 1.05)} | {where} |"
+        )
+        tight = [r for r in ap if r["budget_label"] == "V/9"]
+        if tight:
+            ratio = tight[0]["realised_over_predicted"]
+            met = _met(ratio >= 0.9) if cuda else FOR_REFERENCE
             lines.append(
-                f"| AutoPrune prefill <= 1.05 x ideal (CPU shapes) | {worst:.3f} x ideal (worst of V/2..V/9) | {where} |"
+                f"| realised >= 0.9 x FLOPs-predicted speedup at ~89 % pruned (GPU shape) | {ratio:.3f} | {met} | {where} |"
             )
-            tight = [r for r in ap if r["budget_label"] == "V/9"]
-            if tight:
-                ratio = tight[0]["realised_over_predicted"]
-                lines.append(
-                    f"| realised >= 0.9 x FLOPs-predicted speedup at ~89 % pruned (GPU shape) | {ratio:.3f} | {where} |"
-                )
     for key, result in results.items():
         if key.startswith("overhead_"):
+            cuda = result["machine"]["device"] == "cuda"
             for r in result["rows"]:
+                share = r["overhead_share"]
+                met = _met(share <= 0.03) if cuda else FOR_REFERENCE
                 lines.append(
-                    f"| engine overhead <= 3 % of pruned prefill (GPU LLaVA shape) | {r['pruner']}: {100 * r['overhead_share']:.1f} %{_ops(r)} | {key} ({result['machine']['device']}) |"
+                    f"| engine overhead <= 3 % of pruned prefill (GPU LLaVA shape) | {r['pruner']}: {100 * share:.1f} %{_ops(r)} | {met} | {key} ({result['machine']['device']}) |"
                 )
     e2e = results.get("end_to_end")
     if e2e:
@@ -68,7 +95,7 @@ def _targets(results: dict[str, dict[str, Any]]) -> str:
         for r in e2e["rows"]:
             split = ", ".join(f"{p} {100 * r[f'{p}_share']:.0f} %" for p in E2E_PHASES)
             lines.append(
-                f"| end-to-end evaluate loop (issue 14, item 6) | {r['pruner']}: {r['samples_per_s']:.1f} samples/s ({split}) | {where} |"
+                f"| end-to-end evaluate loop (issue 14, item 6) | {r['pruner']}: {r['samples_per_s']:.1f} samples/s ({split}) | - | {where} |"
             )
     return "\n".join(lines) + "\n"
 

@@ -195,8 +195,8 @@ def run_prefill(plan: Plan, device: torch.device, out: Path, mode: dict) -> None
     if plan.wide is not None:
         subject = shaped_subject(plan.wide, 1, device, plan.dtype)
         budgets = {k: v for k, v in plan.fractions.items() if k != "V"}
-        rows = prefill.measure(subject, plan.rounds_large, pruners=("fastv", "autoprune"), budgets=budgets)
-        config = {"shape": plan.wide.describe(), "batch": 1, "rounds": plan.rounds_large}
+        rows = prefill.measure(subject, plan.rounds, pruners=("fastv", "autoprune"), budgets=budgets)
+        config = {"shape": plan.wide.describe(), "batch": 1, "rounds": plan.rounds}
         write_result(out, f"prefill_{plan.wide.name}_b1", device, mode | config, rows)
         logger.info("prefill %s b1 done", plan.wide.name)
 

@@ -41,8 +41,9 @@ decoder on ``record.inputs``.
 
 Everything in the record is counted in the hooks from the tensors the layers received.
 
-Cost (issue 14): scoring reuses the layer's own ``input_layernorm`` and ``k_proj`` outputs
-(captured by hooks on those submodules); positions, masks and record counts are built once per set
+Cost (issue 14): scoring reuses the layer's own ``q_proj`` and ``k_proj`` outputs (captured by
+hooks on those submodules: no projection is recomputed, and the queries are the very ones the
+layer attended with); positions, masks and record counts are built once per set
 of slots and reused until the next drop. Host syncs: none in a layer that hands everything on (the
 schedule and each row's live count are on the host), one in a layer that prunes (the kept width
 and the merge sizes), one more when it merges (how many merged tokens are valid), one copy of each
@@ -259,13 +260,13 @@ def _true_indices(mask: torch.Tensor, width: int | None = None) -> tuple[torch.T
 def _projected(
     captured: dict[str, torch.Tensor], hidden: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The layer's captured ``(normed, key_proj)``, if both were seen on ``hidden``'s ``[B, K]`` tokens."""
-    normed, key_proj = captured.get("normed"), captured.get("key_proj")
-    if normed is None or key_proj is None:
+    """The layer's captured ``(query_proj, key_proj)``, if both were seen on ``hidden``'s ``[B, K]`` tokens."""
+    query_proj, key_proj = captured.get("query_proj"), captured.get("key_proj")
+    if query_proj is None or key_proj is None:
         return None
-    if normed.shape != hidden.shape or key_proj.shape[:2] != hidden.shape[:2]:
+    if query_proj.shape[:2] != hidden.shape[:2] or key_proj.shape[:2] != hidden.shape[:2]:
         return None
-    return normed, key_proj
+    return query_proj, key_proj
 
 
 class _Engine:
@@ -305,7 +306,7 @@ class _Engine:
         self.deepstack = inputs.deepstack or ()  # per-layer [B, V, D], added in _add_deepstack
         self.state: _Forward | None = None
         self.prefill = False
-        self.captured: dict[str, torch.Tensor] = {}  # this layer's normed input and k_proj output
+        self.captured: dict[str, torch.Tensor] = {}  # this layer's q_proj and k_proj outputs
 
     # -- installation ----------------------------------------------------------------------------
 
@@ -318,14 +319,14 @@ class _Engine:
             if i < len(self.deepstack):  # before _post: the pruner sees what layer i + 1 would get
                 handles.append(layer.register_forward_hook(partial(self._add_deepstack, i), with_kwargs=True))
             handles.append(layer.register_forward_hook(partial(self._post, i), with_kwargs=True))
-            # Scoring reuses the layer's own normed input and key projection instead of recomputing.
-            for name, path in (("normed", "input_layernorm"), ("key_proj", "self_attn.k_proj")):
+            # Scoring reuses the layer's own query and key projections instead of recomputing them.
+            for name, path in (("query_proj", "self_attn.q_proj"), ("key_proj", "self_attn.k_proj")):
                 hook = partial(self._capture, name)
                 handles.append(layer.get_submodule(path).register_forward_hook(hook))
         return handles
 
     def _capture(self, name: str, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        """Keep a prefill layer's ``input_layernorm`` / ``k_proj`` output until its forward hook."""
+        """Keep a prefill layer's ``q_proj`` / ``k_proj`` output until its forward hook."""
         if self.prefill and isinstance(output, torch.Tensor):
             self.captured[name] = output
 

@@ -77,7 +77,7 @@ class LayerView:
         tokens: int64 ``[B]``, real tokens entering this layer (the keys a score row sees), or None.
         scoring_macs: int64 ``[B]``, the record's running count of scoring MACs (added to in
             place by :meth:`attention_at` and :meth:`add_scoring_macs`), or None.
-        projected: ``(normed, key_proj)``: this layer's own ``input_layernorm`` output ``[B, K, D]``
+        projected: ``(query_proj, key_proj)``: this layer's own ``q_proj`` output ``[B, K, H * hd]``
             and ``k_proj`` output ``[B, K, Hkv * hd]`` from its forward (scoring reuses them), or None.
         text_full: known on the host: every row has all ``T`` text slots (``text_valid`` is all
             True), so reductions over text rows need no masking.

@@ -9,9 +9,10 @@ then keeps the visual columns. Probabilities are NOT renormalised over the visua
 of attention that goes to vision is part of AutoPrune's signal. This equals eager attention's
 ``output_attentions`` rows (tested to ~1e-6).
 
-When the layer's own ``input_layernorm`` output and ``k_proj`` output are at hand (the engine
-captures them with hooks while the layer runs), they are used as they are instead of being
-recomputed: the same tensors, so the same probabilities bit for bit. This recomputation is extra
+When the layer's own ``q_proj`` and ``k_proj`` outputs are at hand (the engine captures them with
+hooks while the layer runs), they are used as they are instead of being recomputed: the text rows'
+queries are then the very ones the layer attended with (a matmul over the text rows alone can
+differ from them in the last bit, as CPU BLAS picks other kernels for few rows). This recomputation is extra
 work beyond the decoder's own; :func:`attention_macs` counts it so the record can report it apart
 from the decoder FLOPs (as if nothing were reused, which keeps the count independent of hooks).
 """
@@ -70,7 +71,7 @@ def text_visual_attention(
             plain causal attention.
         text_rows: int64 ``[B, T]``, sequence indices of the text queries (pad with any valid row).
         visual_cols: int64 ``[B, V]``, sequence indices of the visual keys.
-        projected: ``(normed, key_proj)``, the layer's own ``input_layernorm(hidden)`` ``[B, N, D]``
+        projected: ``(query_proj, key_proj)``, the layer's own ``q_proj`` output ``[B, N, H * hd]``
             and ``k_proj`` output ``[B, N, Hkv * hd]`` from its forward; None recomputes them.
 
     Returns:
@@ -106,21 +107,20 @@ def text_visual_attention(
 
 def _queries_keys(
     layer: nn.Module,
-    normed: torch.Tensor,
+    query_proj: torch.Tensor,
     key_proj: torch.Tensor,
     cos: torch.Tensor,
     sin: torch.Tensor,
     query_rows: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`compat.queries_keys` from the layer's own normed input and ``k_proj`` output.
+    """:func:`compat.queries_keys` from the layer's own ``q_proj`` and ``k_proj`` outputs.
 
-    ``normed`` ``[B, N, D]``, ``key_proj`` ``[B, N, Hkv * hd]``, ``cos``/``sin`` ``[B, N, rd]``,
-    ``query_rows`` int64 ``[B, T]`` -> ``q`` ``[B, H, T, hd]``, ``k`` ``[B, H, N, hd]``.
+    ``query_proj`` ``[B, N, H * hd]``, ``key_proj`` ``[B, N, Hkv * hd]``, ``cos``/``sin``
+    ``[B, N, rd]``, ``query_rows`` int64 ``[B, T]`` -> ``q`` ``[B, H, T, hd]``, ``k`` ``[B, H, N, hd]``.
     """
     attn: Any = layer.self_attn
-    normed_rows = gather_rows(normed, query_rows)
     head_dim = int(attn.head_dim)
-    q = compat.split_heads(attn.q_proj(normed_rows), head_dim, getattr(attn, "q_norm", None))
+    q = compat.split_heads(gather_rows(query_proj, query_rows), head_dim, getattr(attn, "q_norm", None))
     k = compat.split_heads(key_proj, head_dim, getattr(attn, "k_norm", None))
     q = compat.apply_rotary(q, gather_rows(cos, query_rows), gather_rows(sin, query_rows))
     k = compat.apply_rotary(k, cos, sin)
