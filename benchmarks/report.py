@@ -70,7 +70,7 @@ def _targets(results: dict[str, dict[str, Any]]) -> str:
         )
         lines.append(
             f"| AutoPrune prefill <= 1.05 x ideal (CPU shapes) | {worst['time_over_ideal']:.3f}{spread} x ideal "
-            f"(worst of V/2..V/9: {worst['budget_label']}) | "
+            f"(worst of V/2..V/9: {worst['budget_label']}{_per_drop(worst)}) | "
             f"{'n/a (GPU run)' if cuda else _met(worst['time_over_ideal'] <= 1.05)} | {where} |"
         )
         tight = [r for r in ap if r["budget_label"] == "V/9"]
@@ -98,6 +98,16 @@ def _targets(results: dict[str, dict[str, Any]]) -> str:
                 f"| end-to-end evaluate loop (issue 14, item 6) | {r['pruner']}: {r['samples_per_s']:.1f} samples/s ({split}) | - | {where} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _per_drop(row: dict[str, Any]) -> str:
+    """ ", +X ms per pruning layer": the time over the ideal spread over the layers that dropped
+    tokens (``seq_len`` shrinks after them), i.e. what each pruning step costs beyond its layer."""
+    seq = row.get("seq_len") or []
+    drops = sum(1 for a, b in zip(seq, seq[1:], strict=False) if b < a)
+    if not drops or "ideal_ms" not in row:
+        return ""
+    return f", +{(row['ms'] - row['ideal_ms']) / drops:.2f} ms per pruning layer"
 
 
 def _ops(row: dict[str, Any]) -> str:
