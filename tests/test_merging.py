@@ -105,3 +105,29 @@ def test_blocked_distances_equal_one_cdist_call(m):
         x[1, m // 2] = x[1, 0]  # a duplicate row: an exact zero off the diagonal
         direct = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
         assert torch.equal(_euclidean(x), direct)
+
+
+@pytest.mark.parametrize("counts", [1, torch.tensor([1, 0, 1])])
+def test_one_cluster_shortcut_equals_the_full_clustering(counts):
+    """With one cluster every valid token joins it, whichever token is its centre: the shortcut
+    (no distances, issue 14) gives the general path's assignment and means bit for bit."""
+    from vla_autoprune.pruning.merging import (
+        _assign,
+        _cluster_counts,
+        _cluster_means,
+        _pairwise_distance,
+        _pick_centres,
+    )
+
+    x = torch.randn(3, 9, 16, generator=torch.Generator().manual_seed(8))
+    valid = torch.ones(3, 9, dtype=torch.bool)
+    valid[1, 4:] = False
+    valid[2, 0] = False
+    merged, assign = dpc_knn_merge(x, counts, valid=valid)
+    width, per_sample = _cluster_counts(counts, valid, 9)
+    dist = _pairwise_distance(x, valid)
+    centres, slot_ok = _pick_centres(dist, valid, 5, width, per_sample)
+    expected = _assign(dist, centres, slot_ok, valid)
+    assert torch.equal(assign, expected)
+    assert torch.equal(merged, _cluster_means(x, expected, width))
+    assert bool((assign[~valid] == -1).all()) and bool((assign[valid & (per_sample > 0)[:, None]] == 0).all())

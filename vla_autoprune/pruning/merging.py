@@ -66,6 +66,9 @@ def dpc_knn_merge(
     b, m, d = x.shape
     valid = torch.ones(b, m, dtype=torch.bool, device=x.device) if valid is None else valid
     width, per_sample = _cluster_counts(num_clusters, valid, m, max_clusters)
+    if width == 1:  # one cluster takes every valid token, whichever is its centre: no distances
+        assign = torch.where(valid & (per_sample > 0).unsqueeze(1), 0, -1)
+        return _cluster_means(x, assign, width), assign
     dist = _pairwise_distance(x, valid)  # [B, M, M], inf on invalid pairs
     centres, slot_ok = _pick_centres(dist, valid, k, width, per_sample)
     assign = _assign(dist, centres, slot_ok, valid)
