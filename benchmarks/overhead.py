@@ -8,6 +8,7 @@ aten ops issued from Python are counted for the pruned prefill and for the ideal
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.common import Subject, ideal_run, interleaved, make_pruner, pruned_run
+from benchmarks.common import Subject, ideal_run, interleaved_rounds, make_pruner, pruned_run
 
 PROFILE_TOP = 15
 
@@ -30,7 +31,7 @@ def measure(
         record = pruned_run(subject, pruner)
         assert record.seq_len is not None
         seq_len = [int(n) for n in record.seq_len]
-        times = interleaved(
+        per_round = interleaved_rounds(
             {
                 "pruned": partial(pruned_run, subject, pruner),
                 "ideal": partial(ideal_run, subject, seq_len),
@@ -38,7 +39,10 @@ def measure(
             rounds,
             subject.device,
         )
+        times = {name: statistics.median(ts) for name, ts in per_round.items()}
         share = (times["pruned"] - times["ideal"]) / times["pruned"]
+        # the same share in each round (pruned and ideal timed back to back): its spread
+        shares = [(p - i) / p for p, i in zip(per_round["pruned"], per_round["ideal"], strict=True)]
         top, ops = profile_top(subject, pruner)
         ideal_ops = top_level_ops(_profiled(partial(ideal_run, subject, seq_len), subject.device))
         rows.append(
@@ -49,6 +53,8 @@ def measure(
                 "ideal_ms": round(1000 * times["ideal"], 3),
                 "overhead_ms": round(1000 * (times["pruned"] - times["ideal"]), 3),
                 "overhead_share": round(share, 4),
+                "overhead_share lo": round(min(shares), 4),
+                "overhead_share hi": round(max(shares), 4),
                 "aten_ops": ops,
                 "ideal_aten_ops": ideal_ops,
             }

@@ -86,8 +86,13 @@ def _targets(results: dict[str, dict[str, Any]]) -> str:
             for r in result["rows"]:
                 share = r["overhead_share"]
                 met = _met(share <= 0.03) if cuda else FOR_REFERENCE
+                spread = (
+                    f" [{100 * r['overhead_share lo']:.1f}, {100 * r['overhead_share hi']:.1f}]"
+                    if "overhead_share lo" in r
+                    else ""
+                )
                 lines.append(
-                    f"| engine overhead <= 3 % of pruned prefill (GPU LLaVA shape) | {r['pruner']}: {100 * share:.1f} %{_ops(r)} | {met} | {key} ({result['machine']['device']}) |"
+                    f"| engine overhead <= 3 % of pruned prefill (GPU LLaVA shape) | {r['pruner']}: {100 * share:.1f}{spread} %{_ops(r)} | {met} | {key} ({result['machine']['device']}) |"
                 )
     e2e = results.get("end_to_end")
     if e2e:
@@ -98,6 +103,12 @@ def _targets(results: dict[str, dict[str, Any]]) -> str:
                 f"| end-to-end evaluate loop (issue 14, item 6) | {r['pruner']}: {r['samples_per_s']:.1f} samples/s ({split}) | - | {where} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    """Every column of ``rows`` but the ``<c> lo`` / ``<c> hi`` bounds, which show inside ``c``."""
+    keys = dict.fromkeys(k for r in rows for k in r)
+    return [k for k in keys if not (k.endswith((" lo", " hi")) and k[:-3] in keys)]
 
 
 def _per_drop(row: dict[str, Any]) -> str:
@@ -155,7 +166,7 @@ def write_report(folder: Path, path: Path) -> None:
     for key, result in results.items():
         parts.append(f"## {key}\n")
         parts.append(_machine_line(result))
-        columns = PREFILL_COLUMNS if key.startswith("prefill_") else None
+        columns = PREFILL_COLUMNS if key.startswith("prefill_") else _columns(result["rows"])
         parts.append(to_markdown(result["rows"], columns))
         for extra in ("fits", "llava_7b_reduction"):
             if extra in result:

@@ -204,11 +204,15 @@ def run_prefill(plan: Plan, device: torch.device, out: Path, mode: dict) -> None
 def run_overhead(plan: Plan, device: torch.device, out: Path, mode: dict) -> None:
     fraction = plan.fractions["V/4"]
     big = max(plan.batches)
-    subjects = (
-        (f"bundled_b{big}", bundled_subject(big, device)),
-        (f"{plan.llava.name}_b1", shaped_subject(plan.llava, 1, device, plan.dtype)),
-    )
-    for name, subject in subjects:
+    subjects = [
+        (f"bundled_b{big}", lambda: bundled_subject(big, device)),
+        (f"{plan.llava.name}_b1", lambda: shaped_subject(plan.llava, 1, device, plan.dtype)),
+    ]
+    wide = plan.wide
+    if wide is not None:  # where the layers' work dominates: what is left of the engine's cost
+        subjects.append((f"{wide.name}_b1", lambda: shaped_subject(wide, 1, device, plan.dtype)))
+    for name, make in subjects:
+        subject = make()  # one model in memory at a time
         rows, profiles = overhead.measure(subject, plan.rounds, ("fastv", "autoprune"), fraction)
         config = mode | subject.config | {"batch": subject.batch, "budget": "V/4", "rounds": plan.rounds}
         write_result(out, f"overhead_{name}", device, config, rows, profiles=profiles)
