@@ -277,16 +277,20 @@ def interleaved_rounds(
     return times
 
 
+def medians(per_round: dict[str, list[float]]) -> dict[str, float]:
+    """The median of each function's rounds (:func:`interleaved_rounds`)."""
+    return {name: statistics.median(ts) for name, ts in per_round.items()}
+
+
 def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, device: torch.device) -> dict[str, float]:
     """Median seconds per call of each function, over ``rounds`` round-robin rounds (after a warm-up)."""
-    return {name: statistics.median(ts) for name, ts in interleaved_rounds(fns, rounds, device).items()}
+    return medians(interleaved_rounds(fns, rounds, device))
 
 
-def paired_range(name: str, num: list[float], den: list[float]) -> dict[str, float]:
-    """``{"<name> lo": min, "<name> hi": max}`` over rounds of ``num[r] / den[r]`` (rounded): how far
-    one round's ratio strays (the report's tables show them as ``value [lo, hi]``)."""
-    ratios = [a / b for a, b in zip(num, den, strict=True)]
-    return {f"{name} lo": round(min(ratios), 3), f"{name} hi": round(max(ratios), 3)}
+def round_range(name: str, values: list[float], digits: int = 3) -> dict[str, float]:
+    """``{"<name> lo": min, "<name> hi": max}`` of a figure computed in each round (rounded): how far
+    one round strays (the report's tables show them as ``value [lo, hi]``)."""
+    return {f"{name} lo": round(min(values), digits), f"{name} hi": round(max(values), digits)}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ aten ops issued from Python are counted for the pruned prefill and for the ideal
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -16,7 +15,15 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.common import Subject, ideal_run, interleaved_rounds, make_pruner, pruned_run
+from benchmarks.common import (
+    Subject,
+    ideal_run,
+    interleaved_rounds,
+    make_pruner,
+    medians,
+    pruned_run,
+    round_range,
+)
 
 PROFILE_TOP = 15
 
@@ -39,7 +46,7 @@ def measure(
             rounds,
             subject.device,
         )
-        times = {name: statistics.median(ts) for name, ts in per_round.items()}
+        times = medians(per_round)
         share = (times["pruned"] - times["ideal"]) / times["pruned"]
         # the same share in each round (pruned and ideal timed back to back): its spread
         shares = [(p - i) / p for p, i in zip(per_round["pruned"], per_round["ideal"], strict=True)]
@@ -53,8 +60,7 @@ def measure(
                 "ideal_ms": round(1000 * times["ideal"], 3),
                 "overhead_ms": round(1000 * (times["pruned"] - times["ideal"]), 3),
                 "overhead_share": round(share, 4),
-                "overhead_share lo": round(min(shares), 4),
-                "overhead_share hi": round(max(shares), 4),
+                **round_range("overhead_share", shares, digits=4),
                 "aten_ops": ops,
                 "ideal_aten_ops": ideal_ops,
             }

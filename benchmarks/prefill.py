@@ -9,7 +9,6 @@ ratio over the rounds (each round times the pruned prefill and its ideal back to
 
 from __future__ import annotations
 
-import statistics
 from functools import partial
 from typing import Any
 
@@ -21,9 +20,10 @@ from benchmarks.common import (
     ideal_run,
     interleaved_rounds,
     make_pruner,
-    paired_range,
+    medians,
     plain_run,
     pruned_run,
+    round_range,
 )
 
 
@@ -57,7 +57,7 @@ def measure(
         fns[key] = partial(pruned_run, subject, pruner)
         fns[f"ideal:{key}"] = partial(ideal_run, subject, seq_len)
     per_round = interleaved_rounds(fns, rounds, subject.device)
-    times = {name: statistics.median(ts) for name, ts in per_round.items()}
+    times = medians(per_round)
     base = cases["none@-"]
     t_none = times["none@-"]
     rows = []
@@ -76,7 +76,7 @@ def measure(
                 "ideal_ms": round(1000 * t_ideal, 3),
                 "time_over_ideal": round(t / t_ideal, 3),
                 # the lowest and highest paired (same-round) ratio: the spread of the figure above
-                **paired_range("time_over_ideal", per_round[key], per_round[f"ideal:{key}"]),
+                **round_range("time_over_ideal", _ratios(per_round[key], per_round[f"ideal:{key}"])),
                 "ideal_speedup_vs_none": round(t_none / t_ideal, 3),
             }
         )
@@ -89,3 +89,8 @@ def measure(
         }
     )
     return rows
+
+
+def _ratios(num: list[float], den: list[float]) -> list[float]:
+    """``num[r] / den[r]`` for each round ``r`` (both timed in the same round: paired)."""
+    return [a / b for a, b in zip(num, den, strict=True)]

@@ -63,13 +63,8 @@ def _targets(results: dict[str, dict[str, Any]]) -> str:
         cuda = result["machine"]["device"] == "cuda"
         where = f"{key} ({result['machine']['device']})"
         worst = max(ap, key=lambda r: r["time_over_ideal"])
-        spread = (
-            f" [{worst['time_over_ideal lo']:.3f}, {worst['time_over_ideal hi']:.3f}]"
-            if "time_over_ideal lo" in worst
-            else ""
-        )
         lines.append(
-            f"| AutoPrune prefill <= 1.05 x ideal (CPU shapes) | {worst['time_over_ideal']:.3f}{spread} x ideal "
+            f"| AutoPrune prefill <= 1.05 x ideal (CPU shapes) | {_with_range(worst, 'time_over_ideal', 1, 3)} x ideal "
             f"(worst of V/2..V/9: {worst['budget_label']}{_per_drop(worst)}) | "
             f"{'n/a (GPU run)' if cuda else _met(worst['time_over_ideal'] <= 1.05)} | {where} |"
         )
@@ -86,13 +81,8 @@ def _targets(results: dict[str, dict[str, Any]]) -> str:
             for r in result["rows"]:
                 share = r["overhead_share"]
                 met = _met(share <= 0.03) if cuda else FOR_REFERENCE
-                spread = (
-                    f" [{100 * r['overhead_share lo']:.1f}, {100 * r['overhead_share hi']:.1f}]"
-                    if "overhead_share lo" in r
-                    else ""
-                )
                 lines.append(
-                    f"| engine overhead <= 3 % of pruned prefill (GPU LLaVA shape) | {r['pruner']}: {100 * share:.1f}{spread} %{_ops(r)} | {met} | {key} ({result['machine']['device']}) |"
+                    f"| engine overhead <= 3 % of pruned prefill (GPU LLaVA shape) | {r['pruner']}: {_with_range(r, 'overhead_share', 100, 1)} %{_ops(r)} | {met} | {key} ({result['machine']['device']}) |"
                 )
     e2e = results.get("end_to_end")
     if e2e:
@@ -103,6 +93,14 @@ def _targets(results: dict[str, dict[str, Any]]) -> str:
                 f"| end-to-end evaluate loop (issue 14, item 6) | {r['pruner']}: {r['samples_per_s']:.1f} samples/s ({split}) | - | {where} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _with_range(row: dict[str, Any], key: str, scale: float, digits: int) -> str:
+    """``row[key]`` times ``scale``, with its per-round ``[lo, hi]`` where the row has them."""
+    text = f"{scale * row[key]:.{digits}f}"
+    if f"{key} lo" in row:
+        text += f" [{scale * row[f'{key} lo']:.{digits}f}, {scale * row[f'{key} hi']:.{digits}f}]"
+    return text
 
 
 def _columns(rows: list[dict[str, Any]]) -> list[str]:
