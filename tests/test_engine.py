@@ -33,7 +33,7 @@ from vla_autoprune.pruning import PRUNERS, LayerView, Pruner, build_pruner, prun
 from vla_autoprune.pruning.engine import _Engine
 from vla_autoprune.pruning.pruners.autoprune import AutoPrunePruner
 from vla_autoprune.pruning.recycling import split_handed_on
-from vla_autoprune.pruning.scores import text_visual_attention
+from vla_autoprune.pruning.scores import attention_macs, attention_macs_host, text_visual_attention
 
 FAMILIES = ("llama", "qwen2")
 
@@ -274,6 +274,61 @@ def test_record_counts_equal_tensor_sizes_seen_by_layers() -> None:
     assert (record.tokens[0] - non_visual).tolist() == record.visual_tokens[0].tolist()
     assert record.seq_len.tolist() == record.tokens[0].tolist()  # B=1: no padding, no fillers
     assert record.flops is not None and record.flops[0] < build_flops_unpruned(model, inputs)
+
+
+def test_record_counts_equal_a_count_of_what_the_layers_saw_on_a_padded_merging_batch() -> None:
+    # Visual and real-token counts are kept on the host (from each row's live visual tokens); check
+    # them against the hidden states each layer received, on padded rows with recycled tokens.
+    model = build_decoder("llama", layers=6)
+    inputs = make_inputs(batch=3, text_lengths=(5, 2, 4))
+    seen: list[int] = []
+
+    def observe(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        seen.append(args[0].shape[1])
+
+    with prune(model, build_pruner("autoprune", budget=8, stage0="none"), inputs) as record:
+        handles = [
+            layer.register_forward_pre_hook(observe, with_kwargs=True)
+            for layer in compat.decoder_layers(model)
+        ]
+        forward(model, record.inputs)
+        for h in handles:
+            h.remove()
+    assert record.visual_tokens is not None and record.tokens is not None and record.merged_tokens is not None
+    assert int(record.merged_tokens.sum()) > 0  # the case has teeth: some layer recycles
+    real_non_visual = (inputs.attention_mask.bool() & ~inputs.layout.visual_mask.bool()).sum(1)
+    for layer, kept in enumerate(record.kept_visual):
+        assert kept is not None
+        original = (kept >= 0).sum(1)
+        assert torch.equal(record.visual_tokens[:, layer], original + record.merged_tokens[:, layer])
+        assert torch.equal(record.tokens[:, layer], real_non_visual + record.visual_tokens[:, layer])
+    assert record.seq_len is not None and record.seq_len.tolist() == seen
+
+
+def test_scoring_macs_on_the_host_equal_the_tensor_count() -> None:
+    model = build_decoder("qwen2", layers=2)  # GQA: query and key widths differ
+    layer = compat.decoder_layers(model)[0]
+    rows, keys = [5, 2, 0], [40, 31, 7]
+    expected = attention_macs(layer, torch.tensor(rows), torch.tensor(keys)).tolist()
+    assert attention_macs_host(layer, rows, keys) == expected
+
+
+def test_keep_all_schedules_reuse_the_previous_answer() -> None:
+    # A new tensor at every layer would cost the engine a copy to the host per layer.
+    model = build_decoder("llama", layers=4)
+    answers: list[torch.Tensor] = []
+    pruner = build_pruner("none")
+    original = pruner.schedule
+
+    def spy(view: LayerView) -> torch.Tensor:
+        answers.append(original(view))
+        return answers[-1]
+
+    pruner.schedule = spy  # type: ignore[method-assign]
+    with prune(model, pruner, make_inputs(batch=2)) as record:
+        forward(model, record.inputs)
+    assert len(answers) == 3 and all(a is answers[0] for a in answers)
+    assert answers[0].tolist() == [[NUM_VISUAL] * 4] * 2
 
 
 def build_flops_unpruned(model: nn.Module, inputs: DecoderInputs) -> int:

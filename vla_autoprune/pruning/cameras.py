@@ -82,17 +82,20 @@ def camera_quotas(kept: int, alive: Sequence[int], ratios: Sequence[float]) -> l
 
 
 def rank_order(
-    scores: torch.Tensor, valid: torch.Tensor, preferred: torch.Tensor | None = None
+    scores: torch.Tensor, valid: torch.Tensor | None, preferred: torch.Tensor | None = None
 ) -> torch.Tensor:
     """int64 ``[B, K]``: slots ranked valid first, then ``preferred`` (bool ``[B, K]``), then by score.
 
-    Stable sorts, so equal keys keep slot order (deterministic).
+    Stable sorts, so equal keys keep slot order (deterministic). ``valid`` None: every slot is
+    valid (that stable sort would keep the order as it is, so it is skipped).
     """
     order = torch.argsort(scores.float(), dim=1, descending=True, stable=True)
     if preferred is not None:
         order = order.gather(
             1, torch.argsort((~preferred.gather(1, order)).to(torch.int8), dim=1, stable=True)
         )
+    if valid is None:
+        return order
     return order.gather(1, torch.argsort((~valid.gather(1, order)).to(torch.int8), dim=1, stable=True))
 
 

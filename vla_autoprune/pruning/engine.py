@@ -140,8 +140,8 @@ class _Slots:
     representative's); ``valid`` bool ``[B, K]`` (False for fillers); ``merged`` bool ``[B, K]``;
     ``identity``: nothing has been dropped (the slots are the input sequence itself). Known on the
     host, so the hooks need no sync for them: ``visual_width``, the visual slots per row (every row
-    has as many), ``alive``, each row's valid visual tokens, and ``ragged``, whether some slot is
-    a filler.
+    has as many), ``alive``, each row's valid visual tokens, ``ragged``, whether some slot is a
+    filler, and ``has_merged``, whether some slot may be a merged token.
     """
 
     src: torch.Tensor
@@ -149,10 +149,16 @@ class _Slots:
     merged: torch.Tensor
     identity: bool
     visual_width: int
-    alive: torch.Tensor  # int64 [B] on the host: valid visual tokens per row
+    alive: list[int]  # on the host: valid visual tokens per row
     ragged: bool = False
+    has_merged: bool = False
     # What every layer that runs on these slots gets (computed at the first, reused until a drop).
-    counted_at: int | None = None  # the layer whose record counts are these slots'
+    counted: bool = False  # the record entries below are filled
+    kept_visual: torch.Tensor | None = None  # [B, K]: PruningRecord.kept_visual before packing
+    merged_into: torch.Tensor | None = None  # [B, V]: PruningRecord.merged_into
+    merged_count: torch.Tensor | None = None  # [B]: valid merged tokens (None: no merged slot)
+    tokens: list[int] | None = None  # on the host: valid real tokens per row
+    tokens_tensor: torch.Tensor | None = None  # the same as a tensor (LayerView.tokens)
     layer_kwargs: dict[str, Any] | None = None  # position ids, (cos, sin) and mask
     index: SlotIndex | None = None  # where the visual and text tokens sit (on first use, or from the drop)
 
@@ -173,7 +179,7 @@ class _Forward:
     first_position: torch.Tensor  # [B, 1]: position id of each row's first real token
     mask_template: torch.Tensor | None  # layer 0's mask: None (SDPA causal) or its encoding
     schedule: torch.Tensor | None = None
-    schedule_host: torch.Tensor | None = None  # the same, on the host (copied once per change)
+    schedule_host: list[list[int]] | None = None  # the same, on the host (copied once per change)
     scratch: dict[str, Any] = field(default_factory=dict)
     # [B, V + 1]: src of the merged slot holding each original visual token (-1: none; last: spare)
     owner: torch.Tensor | None = None
@@ -195,6 +201,11 @@ def num_cameras(inputs: DecoderInputs) -> int:
     """``C``: cameras are numbered ``0..C-1`` in ``layout.camera_index``."""
     camera = inputs.layout.camera_index
     return int(camera.max()) + 1 if camera.numel() else 0
+
+
+def _batched(x: torch.Tensor, b: int) -> torch.Tensor:
+    """``x`` ``[1 or B, N, d]`` as ``[B, N, d]`` (itself when it already has ``B`` rows)."""
+    return x if x.shape[0] == b else x.expand(b, -1, -1)
 
 
 def _first_real_position(position_ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -295,12 +306,20 @@ class _Engine:
         self.visual_rank = self.visual.long().cumsum(dim=1) - 1  # index among the visual tokens
         rank = self.visual_rank.clamp(min=0, max=visual_origin.shape[1] - 1)
         self.visual_origin = visual_origin.gather(1, rank)  # ... mapped to the given inputs' indices
-        # Text is never dropped: its width, and whether every row has that many (one sync, here).
-        self.text_width, self.text_full = 0, True
-        if self.text.numel():
-            lo, hi = self.text.sum(dim=1).aminmax()
-            lo_host, self.text_width = torch.stack([lo, hi]).tolist()
-            self.text_full = lo_host == self.text_width
+        # Never dropped, so known per row for the whole forward (one sync, here): text tokens, real
+        # non-visual tokens, and visual tokens that are padding (normally none).
+        per_row = torch.stack(
+            [
+                self.text.sum(dim=1),
+                (self.real & ~self.visual).sum(dim=1),
+                (self.visual & ~self.real).sum(dim=1),
+            ]
+        ).tolist()
+        self.text_counts, self.fixed_tokens, padded_visual = per_row
+        self.text_width = max(self.text_counts, default=0)
+        self.text_full = min(self.text_counts, default=0) == self.text_width
+        self.visual_real = not any(padded_visual)  # then a row's real tokens are fixed + alive visual
+        self.scoring_host: list[int] = []  # scoring MACs counted on the host (added to the record once)
         self.camera = layout.camera_index
         self.camera_ratios = pruner.camera_ratios(num_cameras(inputs))
         self.deepstack = inputs.deepstack or ()  # per-layer [B, V, D], added in _add_deepstack
@@ -372,7 +391,7 @@ class _Engine:
                 f"{state.slots.length}: is another hook changing the hidden states?"
             )
         state.layer_slots[i] = state.slots
-        self._count(i, state.slots)
+        self._count(state.slots)
         if state.slots.identity:
             return None
         return args, self._prefill_kwargs(state, hidden, kwargs)
@@ -399,7 +418,7 @@ class _Engine:
                 merged=flags,
                 identity=True,
                 visual_width=self.num_visual,
-                alive=torch.full((b,), self.num_visual, dtype=torch.long),
+                alive=[self.num_visual] * b,
             ),
             layer_slots=[None] * self.num_layers,
             cos=cos.expand(b, -1, -1),
@@ -408,42 +427,72 @@ class _Engine:
             first_position=_first_real_position(pos.expand(b, -1), self.real),
             mask_template=compat.check_mask(kwargs.get(compat.KW_MASK), 0),
         )
-        # Counts stay on the device while the decoder runs (no per-layer host sync); see _finish.
+        # The per-layer counts are filled after the last layer (_fill_record), from each layer's slots.
         rec = self.record
-        zeros = partial(torch.zeros, dtype=torch.long, device=hidden.device)
-        rec.visual_tokens = zeros(b, self.num_layers)
-        rec.merged_tokens = zeros(b, self.num_layers)
-        rec.tokens = zeros(b, self.num_layers)
-        rec.seq_len = torch.zeros(self.num_layers, dtype=torch.long)  # host: filled from host ints
-        rec.scoring_flops = zeros(b)
+        rec.visual_tokens = rec.merged_tokens = rec.tokens = rec.seq_len = None
+        rec.scoring_flops = torch.zeros(b, dtype=torch.long, device=hidden.device)
+        self.scoring_host = [0] * b
         rec.kept_visual = [None] * self.num_layers
         rec.merged_into = [None] * self.num_layers
         rec.schedule = None
         rec.stats = {}
 
-    def _count(self, i: int, slots: _Slots) -> None:
-        rec = self.record
-        assert rec.visual_tokens is not None and rec.tokens is not None
-        assert rec.merged_tokens is not None and rec.seq_len is not None
-        rec.seq_len[i] = slots.length
-        j = slots.counted_at
-        if j is not None:  # the same slots as layer j: the same counts
-            for counts in (rec.visual_tokens, rec.merged_tokens, rec.tokens):
-                counts[:, i] = counts[:, j]
-            rec.kept_visual[i] = rec.kept_visual[j]
-            rec.merged_into[i] = rec.merged_into[j]
+    def _count(self, slots: _Slots) -> None:
+        """The record entries of a layer running on ``slots`` (once per set of slots; host counts are free).
+
+        Visual tokens per row are ``slots.alive``; merged ones are all valid merged slots (a merged
+        slot holds a visual token), counted only when some slot may be merged.
+        """
+        if slots.counted:
             return
-        slots.counted_at = i
+        slots.counted = True
         visual = self.visual.gather(1, slots.src) & slots.valid
-        rec.visual_tokens[:, i] = visual.sum(1)
-        rec.merged_tokens[:, i] = (visual & slots.merged).sum(1)
-        rec.tokens[:, i] = (self.real.gather(1, slots.src) & slots.valid).sum(1)
-        original = visual & ~slots.merged
+        original = visual & ~slots.merged if slots.has_merged else visual
         # [B, K], -1 where no original visual token sits; packed to [B, Kv] in _finish (no sync here)
-        rec.kept_visual[i] = self.visual_origin.gather(1, slots.src).masked_fill(~original, -1)
-        state = self.state
-        if state is not None and state.owner is not None:
-            rec.merged_into[i] = self._merged_into(state.owner, slots, visual & slots.merged)
+        slots.kept_visual = self.visual_origin.gather(1, slots.src).masked_fill(~original, -1)
+        if slots.has_merged:
+            merged = visual & slots.merged
+            slots.merged_count = merged.sum(1)
+            state = self.state
+            if state is not None and state.owner is not None:
+                slots.merged_into = self._merged_into(state.owner, slots, merged)
+
+    def _tokens(self, slots: _Slots) -> list[int]:
+        """Valid real tokens per row on the host: the fixed ones plus the live visual ones."""
+        if slots.tokens is None:
+            if self.visual_real:
+                slots.tokens = [f + a for f, a in zip(self.fixed_tokens, slots.alive, strict=True)]
+            else:  # some visual token is padding (unusual inputs): count them, one sync
+                slots.tokens = (self.real.gather(1, slots.src) & slots.valid).sum(1).tolist()
+        return slots.tokens
+
+    def _fill_record(self, state: _Forward, device: torch.device) -> None:
+        """The record's per-layer counts from the slots each layer ran on (after the last layer)."""
+        rec = self.record
+        layers = [s for s in state.layer_slots if s is not None]
+        if len(layers) != self.num_layers:
+            raise RuntimeError("the prefill skipped a decoder layer the engine hooked")
+        b, num = len(state.slots.alive), self.num_layers
+
+        def per_row(values: list[list[int]]) -> torch.Tensor:  # [L][B] host ints -> int64 [B, L]
+            return torch.tensor([v[r] for r in range(b) for v in values], dtype=torch.long).view(b, num)
+
+        rec.seq_len = torch.tensor([s.length for s in layers], dtype=torch.long)
+        rec.visual_tokens = per_row([s.alive for s in layers])
+        rec.tokens = per_row([self._tokens(s) for s in layers])
+        if any(s.merged_count is not None for s in layers):
+            zeros = torch.zeros(b, dtype=torch.long, device=device)
+            rec.merged_tokens = torch.stack(
+                [zeros if s.merged_count is None else s.merged_count for s in layers], 1
+            )
+        else:
+            rec.merged_tokens = torch.zeros(b, num, dtype=torch.long, device=device)
+        rec.kept_visual = [s.kept_visual for s in layers]
+        rec.merged_into = [s.merged_into for s in layers]
+        if any(self.scoring_host) and rec.scoring_flops is not None:
+            rec.scoring_flops += torch.tensor(self.scoring_host, dtype=torch.long).to(
+                rec.scoring_flops.device
+            )
 
     def _merged_into(self, owner: torch.Tensor, slots: _Slots, merged: torch.Tensor) -> torch.Tensor:
         """int64 ``[B, V]``: rank (in slot order) of the live merged slot holding each original token."""
@@ -582,6 +631,7 @@ class _Engine:
             return None
         hidden_out = compat.output_hidden(output)
         if i == self.num_layers - 1:
+            self._fill_record(state, hidden_out.device)
             if state.slots.identity:
                 return None
             return compat.with_output_hidden(output, self._restore(state.slots, hidden_out))
@@ -595,20 +645,23 @@ class _Engine:
                 f"expected [B={view.batch_size}, L={self.num_layers}]"
             )
         if schedule is not state.schedule:  # a new answer: one copy to the host (once per forward)
-            state.schedule, state.schedule_host = schedule, schedule.detach().cpu()
+            state.schedule, state.schedule_host = schedule, schedule.detach().cpu().tolist()
             self.record.schedule = schedule.detach()
         assert state.schedule_host is not None
         alive = state.slots.alive
-        # At least one visual token survives: scoring and the visual block need one.
-        hand_on = torch.minimum(state.schedule_host[:, i].clamp(min=1), alive)
-        if bool((hand_on >= alive).all()):  # on the host: a layer that keeps all costs no sync
+        # At least one visual token survives: scoring and the visual block need one. Host ints: a
+        # layer that keeps all issues no tensor op.
+        hand_on = [min(max(row[i], 1), a) for row, a in zip(state.schedule_host, alive, strict=True)]
+        if all(h >= a for h, a in zip(hand_on, alive, strict=True)):
             return None
-        kept, clusters = self.pruner.split(view, hand_on.to(view.hidden.device))
+        kept, clusters = self.pruner.split(
+            view, torch.tensor(hand_on, dtype=torch.long, device=view.hidden.device)
+        )
         # the one host sync of a pruning layer: the block's shape and the merge sizes
         counts = torch.cat([kept, clusters]).tolist()
         kept_host, clusters_host = counts[: len(alive)], counts[len(alive) :]
         merges = any(c > 0 for c in clusters_host)
-        view.merge_host = ([a - k for a, k in zip(alive.tolist(), kept_host, strict=True)], clusters_host)
+        view.merge_host = ([a - k for a, k in zip(alive, kept_host, strict=True)], clusters_host)
         scores = self.pruner.score(view)
         state.slots, new_hidden = self._drop(view, state.slots, scores, kept, clusters, merges, kept_host)
         return compat.with_output_hidden(output, new_hidden)
@@ -624,6 +677,9 @@ class _Engine:
     ) -> LayerView:
         cos, sin = kwargs[compat.KW_POS_EMB]
         b = hidden.shape[0]
+        slots = state.slots
+        if slots.tokens_tensor is None:
+            slots.tokens_tensor = torch.tensor(self._tokens(slots), dtype=torch.long, device=hidden.device)
         return LayerView(
             layer_idx=i,
             num_layers=self.num_layers,
@@ -631,7 +687,7 @@ class _Engine:
             layer=module,
             hidden=hidden,
             output=hidden_out,
-            position_embeddings=(cos.expand(b, -1, -1), sin.expand(b, -1, -1)),
+            position_embeddings=(_batched(cos, b), _batched(sin, b)),
             attention_mask=kwargs.get(compat.KW_MASK),
             slot_index=partial(self._slot_index, state.slots),
             inputs=self.inputs,
@@ -639,9 +695,12 @@ class _Engine:
             scratch=state.scratch,
             stats=self.record.stats,
             next_layer=self.layers[i + 1] if i + 1 < self.num_layers else None,
-            tokens=None if self.record.tokens is None else self.record.tokens[:, i],
+            tokens=slots.tokens_tensor,
             scoring_macs=self.record.scoring_flops,
             text_full=self.text_full,
+            tokens_host=slots.tokens,
+            text_host=self.text_counts,
+            scoring_host=self.scoring_host,
         )
 
     def _slot_index(self, slots: _Slots) -> SlotIndex:
@@ -718,8 +777,9 @@ class _Engine:
             merged=arrange(slots.merged, block.merged),
             identity=False,
             visual_width=int(block.keys.shape[1]),
-            alive=torch.tensor(alive, dtype=torch.long),
+            alive=alive,
             ragged=min(alive) < block.keys.shape[1],
+            has_merged=slots.has_merged or block.merged_hidden is not None,
         )
         if slots.index is not None:
             new_slots.index = self._moved_index(slots.index, perm, block, k)
@@ -752,42 +812,63 @@ class _Engine:
         if self.camera_ratios is not None:
             camera = self.camera.gather(1, view.visual_index)
             preferred = camera_choice(scores, vv, camera, kept, self.camera_ratios)
-        order = rank_order(scores, vv, preferred)
-        rank = torch.empty_like(order).scatter_(1, order, torch.arange(kv, device=vs.device).expand(b, kv))
+        order = rank_order(scores, vv if slots.ragged else None, preferred)  # not ragged: all valid
+        slot_range = torch.arange(kv, device=vs.device)
+        rank = torch.empty_like(order).scatter_(1, order, slot_range.expand(b, kv))
         is_kept = rank < kept.unsqueeze(1)
         merge = self.pruner.merge(view, scores, vv & ~is_kept, clusters) if merges else None
         if merge is None:
-            r = torch.zeros_like(kept)
-            width, alive = max(kept_host), kept_host
-        else:
-            r = merge.valid.sum(1)
-            # a row's block: kept + r real entries, the first r merged ones, each valid or a filler
-            first_r = torch.arange(merge.valid.shape[1], device=r.device) < r.unsqueeze(1)
-            entries, alive = torch.stack([kept + r, kept + (first_r & merge.valid).sum(1)]).tolist()
-            width = max(entries)
+            return self._kept_block(vs, slots, rank, is_kept, slot_range, max(kept_host)), kept_host
+        r = merge.valid.sum(1)
+        # a row's block: kept + r real entries, the first r merged ones, each valid or a filler
+        first_r = torch.arange(merge.valid.shape[1], device=r.device) < r.unsqueeze(1)
+        entries, alive = torch.stack([kept + r, kept + (first_r & merge.valid).sum(1)]).tolist()
+        width = max(entries)
         real = (width - r).unsqueeze(1)  # real (kept + filler) entries per row
-        chosen = torch.where(rank < real, torch.arange(kv, device=vs.device), _NO_SLOT)
+        chosen = torch.where(rank < real, slot_range, _NO_SLOT)
         pos = chosen.sort(dim=1).values[:, :width]  # index into the visual slots, in sequence order
-        is_real = torch.arange(width, device=vs.device).expand(b, -1) < real
+        entry = torch.arange(width, device=vs.device)
+        is_real = entry.expand(b, -1) < real
         pos = torch.where(is_real, pos, 0)
         at = vs.gather(1, pos)  # the block's slots (in this layer's sequence)
+        assert self.state is not None
+        self._track_members(self.state, slots, vs, merge)
+        m = (entry - real).clamp(min=0, max=merge.hidden.shape[1] - 1)
+        rep_src = slots.src.gather(1, vs.gather(1, merge.representative.gather(1, m)))
         block = _Block(
-            src=slots.src.gather(1, at),
-            valid=is_real & is_kept.gather(1, pos),
+            src=torch.where(is_real, slots.src.gather(1, at), rep_src),
+            valid=(is_real & is_kept.gather(1, pos)) | (~is_real & merge.valid.gather(1, m)),
             merged=~is_real | slots.merged.gather(1, at),  # merged earlier stay merged
-            rows=at,
+            rows=torch.where(is_real, at, view.output.shape[1] + m),
             keys=torch.where(is_real, 2 * at, 2 * vs[:, -1:] + 1),
+            merged_hidden=merge.hidden.to(view.output.dtype),
         )
-        if merge is not None:
-            assert self.state is not None
-            self._track_members(self.state, slots, vs, merge)
-            m = (torch.arange(width, device=vs.device) - real).clamp(min=0, max=merge.hidden.shape[1] - 1)
-            rep_src = slots.src.gather(1, vs.gather(1, merge.representative.gather(1, m)))
-            block.src = torch.where(is_real, block.src, rep_src)
-            block.rows = torch.where(is_real, at, view.output.shape[1] + m)
-            block.merged_hidden = merge.hidden.to(view.output.dtype)
-            block.valid = block.valid | (~is_real & merge.valid.gather(1, m))
         return block, alive
+
+    @staticmethod
+    def _kept_block(
+        vs: torch.Tensor,
+        slots: _Slots,
+        rank: torch.Tensor,
+        is_kept: torch.Tensor,
+        slot_range: torch.Tensor,
+        width: int,
+    ) -> _Block:
+        """:meth:`_visual_block` without merged tokens: each row's ``width`` top-ranked visual slots.
+
+        ``vs`` ``[B, Kv]`` visual slots, ``rank`` / ``is_kept`` ``[B, Kv]`` their rank and whether
+        they are kept, ``slot_range`` ``0..Kv-1``; every entry is real (a kept token or a filler).
+        """
+        chosen = torch.where(rank < width, slot_range, _NO_SLOT)
+        pos = chosen.sort(dim=1).values[:, :width]  # index into the visual slots, in sequence order
+        at = vs.gather(1, pos)  # the block's slots (in this layer's sequence)
+        return _Block(
+            src=slots.src.gather(1, at),
+            valid=is_kept.gather(1, pos),
+            merged=slots.merged.gather(1, at),  # merged earlier stay merged
+            rows=at,
+            keys=2 * at,
+        )
 
     def _restore(self, slots: _Slots, hidden: torch.Tensor) -> torch.Tensor:
         """Scatter the last layer's output back to the input length (dropped positions stay zero)."""
@@ -937,7 +1018,7 @@ def _finish(record: PruningRecord, config: Any, camera_index: torch.Tensor) -> N
         if value is not None:
             setattr(record, name, value.cpu())
     record.kept_visual = _per_distinct(record.kept_visual, lambda k: _pack_kept(k.cpu()))
-    record.merged_into = [None if m is None else m.cpu() for m in record.merged_into]
+    record.merged_into = _per_distinct(record.merged_into, lambda m: m.cpu())
     record.stats = {key: value.detach().cpu() for key, value in record.stats.items()}
     assert record.tokens is not None
     record.flops = decoder_flops_from_config(record.tokens, config)

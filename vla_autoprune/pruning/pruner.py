@@ -31,7 +31,7 @@ from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.pruning.budget import check_reachable, min_budget, validate_budget
 from vla_autoprune.pruning.cameras import camera_ratios, check_per_camera
 from vla_autoprune.pruning.options import Accounting, PositionIds, check_choice
-from vla_autoprune.pruning.scores import attention_macs, text_visual_attention
+from vla_autoprune.pruning.scores import attention_macs, attention_macs_host, text_visual_attention
 
 
 @dataclass
@@ -83,6 +83,9 @@ class LayerView:
             True), so reductions over text rows need no masking.
         merge_host: set by the engine before :meth:`Pruner.merge`: each row's dropped valid visual
             tokens and wanted merged tokens, as host ints (merging sizes its tensors without a sync).
+        tokens_host, text_host: ``tokens`` and each row's valid text rows as host ints, or None;
+            with ``scoring_host`` (per-row MACs the engine adds to the record), :meth:`attention`
+            counts its scoring MACs on the host, with no tensor op.
     """
 
     layer_idx: int
@@ -104,6 +107,9 @@ class LayerView:
     projected: tuple[torch.Tensor, torch.Tensor] | None = None
     text_full: bool = False
     merge_host: tuple[list[int], list[int]] | None = None
+    tokens_host: list[int] | None = None
+    text_host: list[int] | None = None
+    scoring_host: list[int] | None = None
     _attention: torch.Tensor | None = field(default=None, repr=False)
 
     @property
@@ -152,7 +158,7 @@ class LayerView:
     def attention(self) -> torch.Tensor:
         """float32 ``[B, H, T, Kv]``: text -> visual attention at this layer (computed once)."""
         if self._attention is None:
-            self._attention = self.attention_at(self.text_slots, self.text_valid)
+            self._attention = self._attention_rows(self.text_slots, self.text_valid, self.text_host)
         return self._attention
 
     def attention_at(
@@ -167,6 +173,17 @@ class LayerView:
         By default this layer's projections on its input; PDrop passes ``layer=view.next_layer``
         and ``hidden=view.output``. Counts its MACs (``rows_valid`` bool ``[B, R]``) as scoring work.
         """
+        return self._attention_rows(rows, rows_valid, None, layer, hidden)
+
+    def _attention_rows(
+        self,
+        rows: torch.Tensor,
+        rows_valid: torch.Tensor,
+        rows_host: list[int] | None,
+        layer: nn.Module | None = None,
+        hidden: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """:meth:`attention_at`; ``rows_host``: each row's valid query rows on the host, if known."""
         own = layer is None and hidden is None  # this layer on its input: reuse its projections
         layer = self.layer if layer is None else layer
         hidden = self.hidden if hidden is None else hidden
@@ -179,7 +196,10 @@ class LayerView:
             self.visual_slots,
             self.projected if own else None,
         )
-        if self.tokens is not None:
+        if rows_host is not None and self.tokens_host is not None and self.scoring_host is not None:
+            macs = attention_macs_host(layer, rows_host, self.tokens_host)
+            self.scoring_host[:] = [total + m for total, m in zip(self.scoring_host, macs, strict=True)]
+        elif self.tokens is not None:
             self.add_scoring_macs(attention_macs(layer, rows_valid.sum(dim=1), self.tokens))
         return attn
 
@@ -205,6 +225,16 @@ class LayerView:
             return per_row.sum(1) / valid.sum(1).clamp(min=1)
         total = torch.where(valid, per_row, torch.zeros_like(per_row)).sum(1)  # where: padded rows are junk
         return total / valid.sum(1).clamp(min=1)
+
+
+def keep_all_schedule(view: LayerView) -> torch.Tensor:
+    """int64 ``[B, L]``: every layer hands on all ``V`` visual tokens (the previous answer, if any).
+
+    Reusing the answer spares the engine a new tensor and its copy to the host at every layer.
+    """
+    if view.schedule is not None:
+        return view.schedule
+    return torch.full((view.batch_size, view.num_layers), view.num_visual, dtype=torch.long)
 
 
 @dataclass

@@ -45,11 +45,24 @@ def attention_macs(layer: nn.Module, rows: torch.Tensor, keys: torch.Tensor) -> 
     ``q_proj`` on the rows, ``k_proj`` on every key and ``Q K^T`` (norms, rotary and softmax are not
     counted, as in :mod:`vla_autoprune.pruning.flops`).
     """
-    attn: Any = layer.self_attn  # transformers modules expose the projections as attributes
-    hidden, query_width = attn.q_proj.in_features, attn.q_proj.out_features
-    kv_width = attn.k_proj.out_features
+    hidden, query_width, kv_width = _projection_widths(layer)
     rows, keys = rows.long(), keys.long().to(rows.device)
     return rows * hidden * query_width + keys * hidden * kv_width + rows * keys * query_width
+
+
+def attention_macs_host(layer: nn.Module, rows: list[int], keys: list[int]) -> list[int]:
+    """:func:`attention_macs` on host ints (the same integers, no tensor op): one entry per row."""
+    hidden, query_width, kv_width = _projection_widths(layer)
+    return [
+        r * hidden * query_width + k * hidden * kv_width + r * k * query_width
+        for r, k in zip(rows, keys, strict=True)
+    ]
+
+
+def _projection_widths(layer: nn.Module) -> tuple[int, int, int]:
+    """``(hidden, query width, key width)`` of the layer's ``q_proj`` and ``k_proj``."""
+    attn: Any = layer.self_attn  # transformers modules expose the projections as attributes
+    return int(attn.q_proj.in_features), int(attn.q_proj.out_features), int(attn.k_proj.out_features)
 
 
 def text_visual_attention(

@@ -29,7 +29,7 @@ from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.pruning import autoprune_math as ap
 from vla_autoprune.pruning.budget import stage0_count
 from vla_autoprune.pruning.options import Accounting, HeadReduce, Stage0, check_choice
-from vla_autoprune.pruning.pruner import LayerView, Merge, Pruner
+from vla_autoprune.pruning.pruner import LayerView, Merge, Pruner, keep_all_schedule
 from vla_autoprune.pruning.pruners.fastervlm import top_saliency
 from vla_autoprune.pruning.recycling import recycle_dropped, split_handed_on
 from vla_autoprune.pruning.registry import register_pruner
@@ -117,7 +117,7 @@ class AutoPrunePruner(Pruner):
     def schedule(self, view: LayerView) -> torch.Tensor:
         """Stage 0 count first, then the per-sample logistic schedule from MI at the reference layer."""
         if self.budget is None:
-            return torch.full((view.batch_size, view.num_layers), view.num_visual, dtype=torch.long)
+            return keep_all_schedule(view)
         ref = self.reference_layer()
         if view.layer_idx < ref:
             # Only entry 0 (stage 0's v0) is used before the reference layer. It does not depend on

@@ -36,7 +36,7 @@ from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.pruning.budget import min_budget
 from vla_autoprune.pruning.cameras import camera_quotas
 from vla_autoprune.pruning.options import PositionIds
-from vla_autoprune.pruning.pruner import LayerView, Pruner
+from vla_autoprune.pruning.pruner import LayerView, Pruner, keep_all_schedule
 from vla_autoprune.pruning.registry import register_pruner
 
 # A group rule: (row b, group token indices int64 [M], count k) -> local indices int64 [k] into the group.
@@ -137,7 +137,7 @@ class PreDecoderPruner(Pruner):
 
     def schedule(self, view: LayerView) -> torch.Tensor:
         """Nothing more is dropped inside the decoder."""
-        return torch.full((view.batch_size, view.num_layers), view.num_visual, dtype=torch.long)
+        return keep_all_schedule(view)
 
 
 @register_pruner

@@ -32,7 +32,7 @@ from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.pruning.budget import min_budget
 from vla_autoprune.pruning.cameras import camera_choice, rank_order
 from vla_autoprune.pruning.options import Mode, PositionIds, check_choice, variant_label
-from vla_autoprune.pruning.pruner import LayerView, Pruner
+from vla_autoprune.pruning.pruner import LayerView, Pruner, keep_all_schedule
 from vla_autoprune.pruning.registry import register_pruner
 
 
@@ -126,4 +126,4 @@ class FasterVLMPruner(Pruner):
 
     def schedule(self, view: LayerView) -> torch.Tensor:
         """Nothing more is dropped inside the decoder."""
-        return torch.full((view.batch_size, view.num_layers), view.num_visual, dtype=torch.long)
+        return keep_all_schedule(view)

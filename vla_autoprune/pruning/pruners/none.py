@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vla_autoprune.pruning.pruner import LayerView, Pruner
+from vla_autoprune.pruning.pruner import LayerView, Pruner, keep_all_schedule
 from vla_autoprune.pruning.registry import register_pruner
 
 
@@ -23,4 +23,4 @@ class NoPruner(Pruner):
 
     def schedule(self, view: LayerView) -> torch.Tensor:
         """Every layer hands on all ``V`` visual tokens."""
-        return torch.full((view.batch_size, view.num_layers), view.num_visual, dtype=torch.long)
+        return keep_all_schedule(view)
