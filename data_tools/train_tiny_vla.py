@@ -34,6 +34,8 @@ from torch import nn
 
 from data_tools.embedded import SYNTHETIC_VERSION, ensure_synthetic
 from data_tools.patch_labels import PATCH_CLASSES, mirror_patch_labels, patch_labels
+from data_tools.synthetic.events import FAMILIES
+from data_tools.synthetic.scenario import WORLD_VERSION
 from data_tools.training_record import write_record
 from data_tools.yardsticks import BLIND_NEIGHBOURS, blind_fit, blind_median, blind_predict, constant_velocity
 from planners.metrics import collision_at, l2_at, l2_errors, sample_terms_at
@@ -126,6 +128,13 @@ class TrainArgs:
     #: instead of +53 %, random pruning at 49 +9 % instead of +27 %) and its vision saliency
     #: stopped marking what matters (FasterVLM at 49 retained 49 % instead of 90 %). Not adopted.
     patch_weight: float = 0.0
+    #: Weight of a scenario-family loss (cross-entropy of a linear head on the aux cameras' pooled
+    #: features against the family in the generator's ``scenarios.json``) in both stages; 0 (the
+    #: bundled recipe) turns it off. Training-only supervision from what the simulator knows, as
+    #: driving stacks train perception heads: the family is never a model input. Measured (session
+    #: 10, stage 1 alone on 720 world-v3 scenes, CAM_FRONT): the aux head's val L2@3s 1.295 m at
+    #: 1.0 against 1.601 m without it (the linear blind fit: 1.899 m); see the deep-fusion TRAINING.md.
+    family_weight: float = 0.0
     #: Build the model with ``command_prior`` (:class:`~vla_autoprune.models.waypoint_prior.SpeedCommandPrior`):
     #: the head corrects a linear map of speed x command, fitted in closed form on the train split
     #: and its mirror before training and then frozen, instead of a constant-speed rollout.
@@ -192,6 +201,18 @@ def load_split(
     if with_patch_labels:
         out["patch_labels"] = torch.cat(labels)
     return out
+
+
+def family_labels(scenarios: Sequence[str]) -> torch.Tensor:
+    """int64 ``[N]``: each sample's scenario family as its index in :data:`FAMILIES`."""
+    unknown = sorted(set(scenarios) - set(FAMILIES))
+    if unknown:
+        raise ValueError(
+            f"--family-weight needs every training sample's scenario family, got {unknown[:3]}: "
+            "train on the synthetic set (its scenarios.json) or drop --family-weight"
+        )
+    index = {name: i for i, name in enumerate(FAMILIES)}
+    return torch.tensor([index[name] for name in scenarios], dtype=torch.long)
 
 
 def batch_at(data: dict[str, Any], index: torch.Tensor) -> dict[str, Any]:
@@ -387,7 +408,7 @@ def retention_intervals(
 class Trainer:
     """The optimisation state shared by the two stages (vision pre-training, then everything)."""
 
-    def __init__(self, model: DrivingVLA, data: dict[str, torch.Tensor], args: TrainArgs) -> None:
+    def __init__(self, model: DrivingVLA, data: dict[str, Any], args: TrainArgs) -> None:
         self.model, self.data, self.args = model, data, args
         self.generator = torch.Generator().manual_seed(args.seed)
         vision = sub_config(model.config, "vision_config").hidden_size
@@ -397,6 +418,10 @@ class Trainer:
         self.order, self.cursor = torch.randperm(len(data["command"]), generator=self.generator), 0
         self.pooled: list[torch.Tensor] = []
         self.aux_index = [CAMERAS.index(c) for c in args.aux_cameras]
+        self.family_head = (
+            nn.Linear(len(args.aux_cameras) * vision, len(FAMILIES)) if args.family_weight > 0 else None
+        )
+        self.family = family_labels(data["scenario"]) if args.family_weight > 0 else None
 
     def next_batch(self) -> dict[str, Any]:
         """The next shuffled training batch, randomly mirrored."""
@@ -406,7 +431,18 @@ class Trainer:
         index = self.order[self.cursor : self.cursor + size]
         self.cursor += size
         flip = torch.rand(len(index), generator=self.generator) < self.args.flip_prob
-        return mirror(batch_at(self.data, index), flip)
+        batch = mirror(batch_at(self.data, index), flip)
+        if self.family is not None:
+            batch["family"] = self.family[index]  # mirroring keeps the family
+        return batch
+
+    def family_loss(self, pooled: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """Weighted family cross-entropy on the aux cameras' pooled features ``[B, C_aux, Dv]``
+        (zero without a family weight)."""
+        if self.family_head is None:
+            return pooled.new_zeros(())
+        logits = self.family_head(pooled.flatten(1))
+        return self.args.family_weight * nn.functional.cross_entropy(logits, batch["family"])
 
     def vision_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """Stage 1: the auxiliary losses alone (vision tower + probe + aux head on the aux cameras;
@@ -417,8 +453,9 @@ class Trainer:
         out = self.model.vision_tower(pixel_values=self.model.preprocess_images(images))
         pooled = out.pooler_output.view(*images.shape[:2], -1)
         if self.patch_head is None:
-            return aux_loss(self.model, self.aux, pooled, batch)
-        loss = aux_loss(self.model, self.aux, pooled[:, self.aux_index], batch)
+            return aux_loss(self.model, self.aux, pooled, batch) + self.family_loss(pooled, batch)
+        aux_pooled = pooled[:, self.aux_index]
+        loss = aux_loss(self.model, self.aux, aux_pooled, batch) + self.family_loss(aux_pooled, batch)
         return loss + self.args.patch_weight * patch_loss(
             self.patch_head, out.last_hidden_state, batch["patch_labels"]
         )
@@ -428,10 +465,12 @@ class Trainer:
         self.pooled.clear()
         self.features.clear()
         loss = waypoint_loss(self.model.plan(batch), batch["gt_trajectory"], batch["gt_mask"])
-        if self.args.aux_weight > 0:
+        if self.args.aux_weight > 0 or self.family_head is not None:
             b = len(batch["command"])
             pooled = self.pooled[0].view(b, len(CAMERAS), -1)[:, self.aux_index]
-            loss = loss + self.args.aux_weight * aux_loss(self.model, self.aux, pooled, batch)
+            loss = loss + self.family_loss(pooled, batch)
+            if self.args.aux_weight > 0:
+                loss = loss + self.args.aux_weight * aux_loss(self.model, self.aux, pooled, batch)
         if self.patch_head is not None:
             features = self.features[0]
             loss = loss + self.args.patch_weight * patch_loss(
@@ -501,7 +540,8 @@ def train_model(model: DrivingVLA, data: dict[str, torch.Tensor], args: TrainArg
     logged losses."""
     fit_command_prior(model, data)
     trainer = Trainer(model, data, args)
-    heads = [*trainer.aux.parameters(), *(trainer.patch_head.parameters() if trainer.patch_head else ())]
+    extra = [h for h in (trainer.patch_head, trainer.family_head) if h is not None]
+    heads = [*trainer.aux.parameters(), *(p for h in extra for p in h.parameters())]
     vision_params = [*model.vision_tower.parameters(), *heads]
     losses = {"vision": trainer.run("vision", args.vision_steps, vision_params, args.lr)}
     all_params = [*(p for p in model.parameters() if p.requires_grad), *heads]
@@ -557,6 +597,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
     record = {
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(args).items() if k != "out"},
         "command": reproduce_command(args),
+        "world_version": WORLD_VERSION,
         "train_samples": len(splits["train"]["command"]),
         "val_samples": len(splits["val"]["command"]),
         "train_seconds": round(seconds, 1),
@@ -572,7 +613,14 @@ def train(args: TrainArgs) -> dict[str, Any]:
 
 #: Flags :func:`reproduce_command` names when they differ from the defaults (seed, steps and
 #: threads are always named).
-RECIPE_FLAGS = ("train_scenes", "vision_steps", "vision_from_layer", "patch_weight", "command_prior")
+RECIPE_FLAGS = (
+    "train_scenes",
+    "vision_steps",
+    "vision_from_layer",
+    "patch_weight",
+    "family_weight",
+    "command_prior",
+)
 
 
 def reproduce_command(args: TrainArgs) -> str:
@@ -658,6 +706,9 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
     parser.add_argument("--dataroot", type=Path, default=None, help="dataset folder (default: the cache)")
     parser.add_argument("--threads", type=int, default=defaults.threads)
     parser.add_argument("--patch-weight", type=float, default=defaults.patch_weight, help="0: no patch loss")
+    parser.add_argument(
+        "--family-weight", type=float, default=defaults.family_weight, help="0: no scenario-family loss"
+    )
     parser.add_argument(
         "--command-prior", action="store_true", help="head corrects a fitted speed x command prior"
     )

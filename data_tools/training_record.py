@@ -42,6 +42,7 @@ def training_markdown(record: dict[str, Any], name: str) -> str:
         f"python -m data_tools.train_tiny_vla --out vla_autoprune/assets/{name} --seed {a['seed']} "
         f"--steps {a['steps']} --threads {a['threads']}",
     )
+    world = record.get("world_version", "world2").replace("world", "version ")
     first = a.get("vision_from_layer", 0)
     fusion = (
         f" The prompt and the readout attend to the visual tokens only from decoder layer {first} on\n"
@@ -72,7 +73,7 @@ def training_markdown(record: dict[str, Any], name: str) -> str:
 
 A tiny DrivingVLA (SigLIP vision tower, LLaVA projector, {layers}-layer Llama decoder with GQA, action
 queries + MLP waypoint head on a constant-speed prior) trained from scratch on the synthetic
-nuScenes world (version 2: scenario families whose triggers only the cameras show). It sees the
+nuScenes world ({world}: scenario families whose triggers only the cameras show). It sees the
 six cameras ({vision["image_size"]} px, {vision["patch_size"]} px patches: {grid * grid} visual tokens per camera,
 {6 * grid * grid} in all), the command and the ego speed (not the acceleration or yaw rate, which would give
 away a braking or turning already under way).{fusion}

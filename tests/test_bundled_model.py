@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 
+from data_tools.synthetic.scenario import WORLD_VERSION
 from data_tools.synthetic_nuscenes import generate
 from data_tools.train_tiny_vla import (
     BUNDLED_CONFIG,
@@ -114,6 +115,18 @@ def test_bundled_folder_is_complete_small_and_recorded(record: dict[str, Any]) -
     assert torch.tensor(record["blind_fit_weights"]).shape == (6, 12)
 
 
+@pytest.mark.parametrize("name", BUNDLED_MODELS)
+def test_bundled_models_were_trained_on_this_world(name: str) -> None:
+    """A bundled model's recorded numbers and the main job's hold only on the world it learned: a
+    change of the generator's :data:`WORLD_VERSION` must come with retrained bundled models."""
+    record = json.loads((resolve_model_path(name) / "training.json").read_text())
+    trained_on = record.get("world_version")
+    assert trained_on == WORLD_VERSION, (
+        f"{name} was trained on synthetic world {trained_on!r}, the generator draws {WORLD_VERSION!r}: "
+        f"retrain it with the command in its TRAINING.md"
+    )
+
+
 def test_recorded_full_split_numbers_meet_the_acceptance(record: dict[str, Any]) -> None:
     """training.json's numbers on the full held-out val splits of both seeds."""
     for split, metrics in record["val_stp3"].items():
@@ -204,12 +217,15 @@ def test_random_pruning_at_a_ninth_of_the_tokens_hurts(model: DrivingVLA, held_o
     assert pruned >= MIN_RANDOM_WORSENING * unpruned, (budget, pruned, unpruned)
 
 
-@pytest.mark.parametrize(("patch_weight", "vision_from_layer"), [(0.0, 0), (1.0, 0), (0.0, 1)])
+@pytest.mark.parametrize(
+    ("patch_weight", "vision_from_layer", "family_weight"),
+    [(0.0, 0, 0.0), (1.0, 0, 0.0), (0.0, 1, 0.0), (0.0, 1, 1.0)],
+)
 def test_training_is_bit_reproducible(
-    synthetic_root: Path, patch_weight: float, vision_from_layer: int
+    synthetic_root: Path, patch_weight: float, vision_from_layer: int, family_weight: float
 ) -> None:
     """Two short runs of the recipe from the same seed give identical weights (CPU, same threads),
-    with and without the per-patch perception loss, and with deep fusion."""
+    with and without the per-patch perception loss, with deep fusion, and with the family loss."""
     torch.use_deterministic_algorithms(True)
     try:
         states = []
@@ -224,6 +240,7 @@ def test_training_is_bit_reproducible(
                 batch_size=4,
                 warmup_steps=1,
                 patch_weight=patch_weight,
+                family_weight=family_weight,
             )
             train_model(model, data, args)
             states.append({k: v.clone() for k, v in model.state_dict().items()})

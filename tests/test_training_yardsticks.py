@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_tools.train_tiny_vla import TrainArgs, reproduce_command
+from data_tools.synthetic.events import FAMILIES
+from data_tools.train_tiny_vla import TrainArgs, family_labels, parse_args, reproduce_command
 from data_tools.training_record import HAND_WRITTEN, write_record
 from data_tools.yardsticks import blind_median
 from vla_autoprune.data.schema import COMMANDS
@@ -73,3 +74,18 @@ def test_reproduce_command_names_every_non_default_recipe_flag() -> None:
         f"python -m data_tools.train_tiny_vla --out {out} --seed 0 --steps 3000 --train-scenes 720 "
         "--vision-from-layer 1 --command-prior --threads 1"
     )
+    args = TrainArgs(out=out, family_weight=1.0)
+    assert reproduce_command(args) == (
+        f"python -m data_tools.train_tiny_vla --out {out} --seed 0 --steps 700 --family-weight 1.0 --threads 2"
+    )
+    assert parse_args(reproduce_command(args).split()[3:]) == args  # the command parses back
+
+
+def test_family_labels_index_the_families_and_refuse_unknown_ones() -> None:
+    assert family_labels(["easy", "traffic_light", "easy"]).tolist() == [
+        FAMILIES.index("easy"),
+        FAMILIES.index("traffic_light"),
+        FAMILIES.index("easy"),
+    ]
+    with pytest.raises(ValueError, match="--family-weight needs every training sample's scenario family"):
+        family_labels(["easy", "unknown"])
