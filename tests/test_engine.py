@@ -6,6 +6,7 @@ The decoder and input builders live in conftest.py.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from vla_autoprune import compat
 from vla_autoprune.indexing import gather_rows, scatter_rows_
 from vla_autoprune.models.base import DecoderInputs
-from vla_autoprune.pruning import PRUNERS, LayerView, Pruner, build_pruner, prune
+from vla_autoprune.pruning import PRUNERS, LayerView, Pruner, PruningRecord, build_pruner, prune
 from vla_autoprune.pruning.engine import _Engine
 from vla_autoprune.pruning.pruners.autoprune import AutoPrunePruner
 from vla_autoprune.pruning.recycling import split_handed_on
@@ -260,20 +261,30 @@ def test_record_counts_equal_tensor_sizes_seen_by_layers() -> None:
         assert cos.shape[1] == hidden.shape[1] == kwargs["position_ids"].shape[1]
         seen.append((hidden.shape[1], cos.shape[1]))
 
-    with prune(model, build_pruner("autoprune", budget=7), inputs) as record:
-        handles = [
-            layer.register_forward_pre_hook(observe, with_kwargs=True)
-            for layer in compat.decoder_layers(model)
-        ]
-        forward(model, record.inputs)
-        for h in handles:
-            h.remove()
+    record = _run_observing(model, build_pruner("autoprune", budget=7), inputs, observe)
     assert record.seq_len is not None and record.visual_tokens is not None and record.tokens is not None
     assert [s for s, _ in seen] == record.seq_len.tolist()
     non_visual = inputs.inputs_embeds.shape[1] - NUM_VISUAL
     assert (record.tokens[0] - non_visual).tolist() == record.visual_tokens[0].tolist()
     assert record.seq_len.tolist() == record.tokens[0].tolist()  # B=1: no padding, no fillers
     assert record.flops is not None and record.flops[0] < build_flops_unpruned(model, inputs)
+
+
+def _run_observing(
+    model: nn.Module, pruner: Pruner, inputs: DecoderInputs, observe: Callable
+) -> PruningRecord:
+    """One pruned forward with ``observe`` as a forward pre-hook (with kwargs) on every decoder layer."""
+    with prune(model, pruner, inputs) as record:
+        handles = [
+            layer.register_forward_pre_hook(observe, with_kwargs=True)
+            for layer in compat.decoder_layers(model)
+        ]
+        try:
+            forward(model, record.inputs)
+        finally:
+            for h in handles:
+                h.remove()
+    return record
 
 
 def test_record_counts_equal_a_count_of_what_the_layers_saw_on_a_padded_merging_batch() -> None:
@@ -286,14 +297,7 @@ def test_record_counts_equal_a_count_of_what_the_layers_saw_on_a_padded_merging_
     def observe(module: nn.Module, args: tuple, kwargs: dict) -> None:
         seen.append(args[0].shape[1])
 
-    with prune(model, build_pruner("autoprune", budget=8, stage0="none"), inputs) as record:
-        handles = [
-            layer.register_forward_pre_hook(observe, with_kwargs=True)
-            for layer in compat.decoder_layers(model)
-        ]
-        forward(model, record.inputs)
-        for h in handles:
-            h.remove()
+    record = _run_observing(model, build_pruner("autoprune", budget=8, stage0="none"), inputs, observe)
     assert record.visual_tokens is not None and record.tokens is not None and record.merged_tokens is not None
     assert int(record.merged_tokens.sum()) > 0  # the case has teeth: some layer recycles
     real_non_visual = (inputs.attention_mask.bool() & ~inputs.layout.visual_mask.bool()).sum(1)
