@@ -129,13 +129,13 @@ class TrainArgs:
     #: stopped marking what matters (FasterVLM at 49 retained 49 % instead of 90 %). Not adopted.
     patch_weight: float = 0.0
     #: Weight of a scenario-family loss (cross-entropy of a linear head on the aux cameras' pooled
-    #: features against the family in the generator's ``scenarios.json``) in both stages; 0 (the
-    #: bundled recipe) turns it off. Training-only supervision from what the simulator knows, as
-    #: driving stacks train perception heads: the family is never a model input. Measured (session
-    #: 10, stage 1 alone on 720 world-v3 scenes, CAM_FRONT): the aux head's val L2@3s 1.295 m at
-    #: 1.0 against 1.601 m without it (the linear blind fit: 1.899 m). The early-fusion default
-    #: recipe with it (world v2) reached 0.82 / 0.84 x the blind fit but lost nothing to random
-    #: pruning at 49: it reads its cameras in layer 0. Not adopted (tiny-drive-vla's TRAINING.md).
+    #: features against the family in the generator's ``scenarios.json``) in both stages; 0 turns
+    #: it off. Training-only supervision from what the simulator knows, as driving stacks train
+    #: perception heads: the family is never a model input. The default model (deep fusion, 720
+    #: scenes) is trained with 1.0: random pruning at 49 then costs it 35-38 % of its L2@3s
+    #: retention instead of 10-16 %, and it plans better (its TRAINING.md). The early-fusion recipe
+    #: with it reached 0.82 / 0.84 x the blind fit but lost nothing to random pruning at 49: it
+    #: reads its cameras in layer 0. Not adopted there (tiny-drive-vla's TRAINING.md).
     family_weight: float = 0.0
     #: Build the model with ``command_prior`` (:class:`~vla_autoprune.models.waypoint_prior.SpeedCommandPrior`):
     #: the head corrects a linear map of speed x command, fitted in closed form on the train split

@@ -50,6 +50,13 @@ def training_markdown(record: dict[str, Any], name: str) -> str:
         if first
         else ""
     )
+    family_weight = a.get("family_weight", 0.0)
+    family = (
+        f"\n  + {family_weight} x the cross-entropy of a linear head on the same features against the scene's\n"
+        "  scenario family (training-only supervision, in both stages; the family is never a model input)"
+        if family_weight
+        else ""
+    )
     vision = a["config_overrides"]["vision_config"]
     grid = vision["image_size"] // vision["patch_size"]
     tables = "\n\n".join(
@@ -87,7 +94,7 @@ same weights bit for bit):
   {a["image_size"][0]}x{a["image_size"][1]} ({record["train_samples"]} samples); the val split (its own scene stream: no val
   scene is a training scene) does not affect the weights.
 - stage 1: {a["vision_steps"]} steps training the vision tower alone on an auxiliary loss (waypoints from
-  the pooled features of {", ".join(a["aux_cameras"])} + speed + command)
+  the pooled features of {", ".join(a["aux_cameras"])} + speed + command){family}
 - stage 2: {a["steps"]} steps training everything on the L1 loss of valid waypoints (+ {a["aux_weight"]} x the
   auxiliary loss); both stages AdamW (lr {a["lr"]}, weight decay {a["weight_decay"]}),
   {a["warmup_steps"]} warm-up steps then cosine, batch {a["batch_size"]}; {record["train_seconds"]} s of training,

@@ -1,4 +1,5 @@
-"""The bundled tiny-drive-vla: small, honest about what it sees, and it really drives from its cameras.
+"""The bundled models (early-fusion tiny-drive-vla, the default deep-fusion one): small, honest about
+what they see, and they really drive from their cameras.
 
 Issue 9's acceptance numbers, checked on held-out scenes (statistical thresholds, not timings):
 the first scenes of the default val split (generator seed 0, val stream: never training scenes)
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import evaluate_config
 
 from data_tools.synthetic.scenario import WORLD_VERSION
 from data_tools.synthetic_nuscenes import generate
@@ -34,7 +36,7 @@ from data_tools.train_tiny_vla import (
 from data_tools.yardsticks import blind_predict, constant_velocity
 from vla_autoprune.data import CAMERAS
 from vla_autoprune.models import BUNDLED_MODELS, DrivingVLA, DrivingVLAConfig, load
-from vla_autoprune.models.loading import resolve_model_path
+from vla_autoprune.models.loading import DEFAULT_MODEL, resolve_model_path
 from vla_autoprune.pruning import build_pruner, run_pruned
 
 #: The default val split's generator settings (conf/data/synthetic.yaml), and the second seed.
@@ -56,7 +58,8 @@ MAX_RETENTION_HALF_WIDTH = 5.0
 
 
 #: The second bundled model: deep fusion (the prompt reads the cameras from decoder layer 1 on), 720
-#: training scenes. It beats the camera-free yardsticks; not every issue-9 check (its TRAINING.md).
+#: training scenes, a scenario-family loss on its vision tower. It beats the camera-free yardsticks
+#: and meets every issue-9 check but two (its TRAINING.md; the strict xfails below).
 DEEP_FUSION = "tiny-drive-vla-deep-fusion"
 
 
@@ -166,6 +169,12 @@ def test_recorded_retention_intervals_are_narrow_and_random_pruning_hurts(record
     """training.json's L2@3s retention at about V/9 on the full held-out splits (2000 stratified
     scene-bootstrap resamples): every default-sweep pruner's CI half-width <= 5 points, and random
     pruning worsens L2@3s by >= 15 % (retention <= 1 / 1.15) with a CI that excludes 1."""
+    _check_retention(record)
+
+
+def _check_retention(record: dict[str, Any]) -> None:
+    """Every default-sweep pruner's recorded retention CI half-width <= 5 points on both splits,
+    and random pruning at about V/9 worsens L2@3s by >= 15 % with a CI that excludes 1."""
     assert set(record["retention_l2_3s"]) == {f"seed{s}_val" for s in SEEDS}
     for split, runs in record["retention_l2_3s"].items():
         assert {name.rsplit("_b", 1)[0] for name in runs} == set(CI_PRUNERS), split
@@ -268,6 +277,12 @@ def deep_record() -> dict[str, Any]:
     return json.loads((resolve_model_path(DEEP_FUSION) / "training.json").read_text())
 
 
+def test_the_main_job_and_load_default_to_the_deep_fusion_model(tmp_path: Path) -> None:
+    """The README's main job (``evaluate``'s config) and ``load()`` use the same default model."""
+    assert DEFAULT_MODEL == DEEP_FUSION
+    assert evaluate_config(tmp_path).model.name_or_path == DEEP_FUSION
+
+
 def test_deep_fusion_folder_is_small_and_its_recipe_is_recorded(
     deep_fusion: DrivingVLA, deep_record: dict[str, Any]
 ) -> None:
@@ -285,30 +300,53 @@ def test_deep_fusion_folder_is_small_and_its_recipe_is_recorded(
 
 def test_deep_fusion_beats_the_camera_free_yardsticks_on_the_full_splits(deep_record: dict[str, Any]) -> None:
     """What makes it worth shipping: unlike the default model it plans better than every camera-free
-    yardstick on both held-out splits, and random pruning at about V/9 costs L2 with a CI excluding 1."""
+    yardstick on both held-out splits, and it meets every issue-9 check but two (the strict xfails
+    below): random pruning at about V/9 worsens L2@3s by >= 15 % with a CI excluding 1, and every
+    listed pruner's retention CI half-width is <= 5 points."""
+    assert set(deep_record["val_stp3"]) == {f"seed{s}_val" for s in SEEDS}
     for split, m in deep_record["val_stp3"].items():
-        model = m["model"]
-        assert model["l2_3s"] < m["blind_speed_x_command_median"]["l2_3s"], split
-        assert model["l2_3s"] < m["blind_speed_x_command"]["l2_3s"], split
-        assert model["l2_3s"] <= MAX_L2_VS_CV * m["constant_velocity"]["l2_3s"], split
-        assert model["col_3s"] <= MAX_COLLISION_VS_CV * m["constant_velocity"]["col_3s"], split
-        assert m["model_visual_zeroed"]["l2_3s"] > model["l2_3s"], split
-        random = next(
-            r for name, r in deep_record["retention_l2_3s"][split].items() if name.startswith("random")
-        )
-        assert random["high"] < 100.0, (split, random)
+        assert set(_acceptance(m)) <= {"images zeroed"}, (split, _acceptance(m), m)
+        assert m["model"]["l2_3s"] < m["blind_speed_x_command_median"]["l2_3s"], split
+        assert m["model_visual_zeroed"]["l2_3s"] > m["model"]["l2_3s"], split
+    _check_retention(deep_record)
+
+
+#: The deep-fusion model (family loss, 720 scenes) on the full held-out splits: images zeroed give
+#: L2@3s 1.988 / 2.017 m against the model's 1.396 / 1.497 (1.42 / 1.35 x), short of issue 9's 1.5 x:
+#: zeroed, it falls back towards what the prompt predicts instead of into inputs it never saw.
+DEEP_ZEROED_GAP = "deep-fusion model: images zeroed cost 42 / 35 % of L2@3s, not >= 50 % (issue 9)"
+
+
+@pytest.mark.xfail(reason=DEEP_ZEROED_GAP, strict=True)
+def test_deep_fusion_zeroed_images_cost_half_its_l2(deep_record: dict[str, Any]) -> None:
+    for split, m in deep_record["val_stp3"].items():
+        assert m["model_visual_zeroed"]["l2_3s"] >= MIN_ZEROED_RATIO * m["model"]["l2_3s"], split
+
+
+#: 1.396 / 1.899 = 0.735 on seed 0 (met), 1.497 / 1.866 = 0.802 on seed 1 (not).
+DEEP_BLIND_GAP = "deep-fusion model: 0.735 / 0.802 x the blind fit's L2@3s, seed 1 above 0.75 (issue 9)"
+
+
+@pytest.mark.xfail(reason=DEEP_BLIND_GAP, strict=True)
+def test_deep_fusion_beats_the_blind_fit_by_a_quarter_on_the_full_splits(deep_record: dict[str, Any]) -> None:
+    for split, m in deep_record["val_stp3"].items():
+        ratio = m["model"]["l2_3s"] / m["blind_speed_x_command"]["l2_3s"]
+        assert ratio <= MAX_L2_VS_BLIND, (split, ratio)
 
 
 def test_deep_fusion_on_held_out_scenes(
     deep_fusion: DrivingVLA, deep_record: dict[str, Any], held_out: dict
 ) -> None:
+    """Re-measured on the first val scenes of both seeds: every acceptance check but the zeroed one."""
     blind = torch.tensor(deep_record["blind_fit_weights"], dtype=torch.float64)
-    model = planner_metrics(predict(deep_fusion, held_out), held_out)
-    zeroed = planner_metrics(predict(deep_fusion, held_out, zero_visual=True), held_out)
-    cv = planner_metrics(constant_velocity(held_out["ego_state"]), held_out)
-    fit = planner_metrics(blind_predict(blind, held_out), held_out)
-    assert model["l2_3s"] <= MAX_L2_VS_CV * cv["l2_3s"], (model, cv)
-    assert model["l2_3s"] < fit["l2_3s"] and model["l2_3s"] < zeroed["l2_3s"], (model, fit, zeroed)
+    metrics = {
+        "model": planner_metrics(predict(deep_fusion, held_out), held_out),
+        "model_visual_zeroed": planner_metrics(predict(deep_fusion, held_out, zero_visual=True), held_out),
+        "constant_velocity": planner_metrics(constant_velocity(held_out["ego_state"]), held_out),
+        "blind_speed_x_command": planner_metrics(blind_predict(blind, held_out), held_out),
+    }
+    assert set(_acceptance(metrics)) <= {"images zeroed"}, (_acceptance(metrics), metrics)
+    assert metrics["model"]["l2_3s"] < metrics["model_visual_zeroed"]["l2_3s"], metrics
 
 
 def test_mirror_swaps_sides() -> None:

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from hydra_plugins.vla_autoprune_sweeper.default_sweeper import DefaultSweeper
 from vla_autoprune.errors import ConfigError
+from vla_autoprune.models.loading import DEFAULT_MODEL
 from vla_autoprune.pipeline.app import evaluate
 from vla_autoprune.pipeline.identity import check_resume, config_key, variant
 from vla_autoprune.pipeline.merge import find_runs, merge_runs
@@ -124,7 +125,7 @@ def test_run_json_records_what_ran_and_a_rerun_keeps_its_time(synthetic_root: Pa
     meta = json.loads((out / "run.json").read_text())
     assert meta["budget"] == 64 == meta["pruner_config"]["budget"]  # not the top-level budget (96)
     assert meta["pruner"] == "fastv" and meta["pruner_config"]["layer"] == 2
-    assert meta["model"] == "tiny-drive-vla" and meta["variant"] == "limit=2"
+    assert meta["model"] == DEFAULT_MODEL and meta["variant"] == "limit=2"  # the config's default model
     assert meta["data"]["dataroot"] == str(synthetic_root.resolve()) and len(meta["data_digest"]) == 12
     second = evaluate(cfg, out, overrides=["pruner=fastv", "pruner.budget=64", "limit=2"])
     assert second["wall_time_s"] == first["wall_time_s"] > 0  # nothing left to do: the time stays
