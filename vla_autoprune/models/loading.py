@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 #: Models shipped in ``vla_autoprune/assets/<name>``.
 BUNDLED_MODELS: tuple[str, ...] = ("tiny-drive-vla", "tiny-drive-vla-deep-fusion")
-DEFAULT_MODEL = "tiny-drive-vla-deep-fusion"
+DEFAULT_MODEL = "tiny-drive-vla"
 #: ``config.json`` model types :func:`load` has a driving model for.
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = (
     DrivingVLAConfig.model_type,
