@@ -131,7 +131,7 @@ class TrainArgs:
     #: Weight of a scenario-family loss (cross-entropy of a linear head on the aux cameras' pooled
     #: features against the family in the generator's ``scenarios.json``) in both stages; 0 turns
     #: it off. Training-only supervision from what the simulator knows, as driving stacks train
-    #: perception heads: the family is never a model input. The default model (deep fusion, 720
+    #: perception heads: the family is never a model input. The bundled deep-fusion model (720
     #: scenes) is trained with 1.0: random pruning at 49 then costs it 35-38 % of its L2@3s
     #: retention instead of 10-16 %, and it plans better (its TRAINING.md). The early-fusion recipe
     #: with it reached 0.82 / 0.84 x the blind fit but lost nothing to random pruning at 49: it
