@@ -1,5 +1,5 @@
-"""The bundled models (early-fusion tiny-drive-vla, the default deep-fusion one): small, honest about
-what they see, and they really drive from their cameras.
+"""The bundled models (the default early-fusion tiny-drive-vla, and the deep-fusion one): small,
+honest about what they see, and they really drive from their cameras.
 
 Issue 9's acceptance numbers, checked on held-out scenes (statistical thresholds, not timings):
 the first scenes of the default val split (generator seed 0, val stream: never training scenes)
@@ -202,14 +202,22 @@ def test_bundled_architecture(model: DrivingVLA) -> None:
     assert not model.training
 
 
-def test_acceptance_on_held_out_scenes(model: DrivingVLA, record: dict[str, Any], held_out: dict) -> None:
+def _held_out_metrics(
+    model: DrivingVLA, record: dict[str, Any], held_out: dict
+) -> dict[str, dict[str, float]]:
+    """:func:`_acceptance`'s planners measured on ``held_out``: the model, its images zeroed, constant
+    velocity and the blind fit recorded in ``record``."""
     blind = torch.tensor(record["blind_fit_weights"], dtype=torch.float64)
-    metrics = {
+    return {
         "model": planner_metrics(predict(model, held_out), held_out),
         "model_visual_zeroed": planner_metrics(predict(model, held_out, zero_visual=True), held_out),
         "constant_velocity": planner_metrics(constant_velocity(held_out["ego_state"]), held_out),
         "blind_speed_x_command": planner_metrics(blind_predict(blind, held_out), held_out),
     }
+
+
+def test_acceptance_on_held_out_scenes(model: DrivingVLA, record: dict[str, Any], held_out: dict) -> None:
+    metrics = _held_out_metrics(model, record, held_out)
     assert not _acceptance(metrics), (_acceptance(metrics), metrics)
 
 
@@ -344,13 +352,7 @@ def test_deep_fusion_on_held_out_scenes(
     deep_fusion: DrivingVLA, deep_record: dict[str, Any], held_out: dict
 ) -> None:
     """Re-measured on the first val scenes of both seeds: every acceptance check but the zeroed one."""
-    blind = torch.tensor(deep_record["blind_fit_weights"], dtype=torch.float64)
-    metrics = {
-        "model": planner_metrics(predict(deep_fusion, held_out), held_out),
-        "model_visual_zeroed": planner_metrics(predict(deep_fusion, held_out, zero_visual=True), held_out),
-        "constant_velocity": planner_metrics(constant_velocity(held_out["ego_state"]), held_out),
-        "blind_speed_x_command": planner_metrics(blind_predict(blind, held_out), held_out),
-    }
+    metrics = _held_out_metrics(deep_fusion, deep_record, held_out)
     assert set(_acceptance(metrics)) <= {"images zeroed"}, (_acceptance(metrics), metrics)
     assert metrics["model"]["l2_3s"] < metrics["model_visual_zeroed"]["l2_3s"], metrics
 
