@@ -351,6 +351,29 @@ def ninth_budget(model: DrivingVLA) -> int:
     return max(round(visual / 9), math.floor(visual / layers) + 1)
 
 
+def runnable_ci_pruners(model: DrivingVLA, budget: float) -> list[str]:
+    """:data:`CI_PRUNERS` that can run on ``model`` at ``budget``: a deep-fusion model's text cannot
+    see the cameras before ``vision_from_layer``, so a pruner that would rank by text attention there
+    (FastV at about V/9 on 8 layers) is left out, with a log line."""
+    visual = model.num_patches * len(CAMERAS)
+    layers = sub_config(model.config, "text_config").num_hidden_layers
+    first = model.config.vision_from_layer
+    names = []
+    for name in CI_PRUNERS:
+        ranked = build_pruner(name, budget=budget).text_ranked_from(layers, visual)
+        if ranked is not None and ranked < first:
+            logger.info(
+                "%s at %s would rank by layer %d's blind text (vision_from_layer=%d): not measured",
+                name,
+                budget,
+                ranked,
+                first,
+            )
+        else:
+            names.append(name)
+    return names
+
+
 def planner_metrics(pred: torch.Tensor, data: dict[str, Any]) -> dict[str, float]:
     """``l2_1s .. l2_3s`` and ``col_1s .. col_3s`` (stp3) of the plans ``pred [N, 6, 2]``."""
     gt, mask = data["gt_trajectory"], data["gt_mask"]
@@ -368,11 +391,12 @@ def evaluate(
     """On one held-out split: stp3 L2 and collision of the model, the model with zeroed visual
     tokens, the model pruned at random to about V/9, constant velocity, the blind speed x command
     fit (its ``[B, 12]`` weights) and the blind nearest-speed median of ``train``
-    (:func:`blind_median`); and :func:`retention_intervals` of :data:`CI_PRUNERS` at about V/9.
-    Each prediction is made once."""
+    (:func:`blind_median`); and :func:`retention_intervals` of :func:`runnable_ci_pruners` at about
+    V/9. Each prediction is made once."""
     budget = ninth_budget(model)
     unpruned = predict(model, data)
-    pruned = {name: predict(model, data, pruner=build_pruner(name, budget=budget)) for name in CI_PRUNERS}
+    names = runnable_ci_pruners(model, budget)
+    pruned = {name: predict(model, data, pruner=build_pruner(name, budget=budget)) for name in names}
     metrics = {
         "model": planner_metrics(unpruned, data),
         "model_visual_zeroed": planner_metrics(predict(model, data, zero_visual=True), data),

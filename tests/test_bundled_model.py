@@ -31,6 +31,7 @@ from data_tools.train_tiny_vla import (
     ninth_budget,
     planner_metrics,
     predict,
+    runnable_ci_pruners,
     train_model,
 )
 from data_tools.yardsticks import blind_predict, constant_velocity
@@ -170,19 +171,24 @@ def test_beats_the_camera_free_median_on_the_full_splits(record: dict[str, Any])
         assert m["model"]["l2_3s"] < m["blind_speed_x_command_median"]["l2_3s"], split
 
 
-def test_recorded_retention_intervals_are_narrow_and_random_pruning_hurts(record: dict[str, Any]) -> None:
+def test_recorded_retention_intervals_are_narrow_and_random_pruning_hurts(
+    model: DrivingVLA, record: dict[str, Any]
+) -> None:
     """training.json's L2@3s retention at about V/9 on the full held-out splits (2000 stratified
     scene-bootstrap resamples): every default-sweep pruner's CI half-width <= 5 points, and random
     pruning worsens L2@3s by >= 15 % (retention <= 1 / 1.15) with a CI that excludes 1."""
-    _check_retention(record)
+    _check_retention(record, runnable_ci_pruners(model, ninth_budget(model)))
 
 
-def _check_retention(record: dict[str, Any]) -> None:
+def _check_retention(record: dict[str, Any], runnable: list[str]) -> None:
     """Every default-sweep pruner's recorded retention CI half-width <= 5 points on both splits,
-    and random pruning at about V/9 worsens L2@3s by >= 15 % with a CI that excludes 1."""
+    and random pruning at about V/9 worsens L2@3s by >= 15 % with a CI that excludes 1;
+    ``runnable``: the pruners the model can run there (all must be recorded)."""
     assert set(record["retention_l2_3s"]) == {f"seed{s}_val" for s in SEEDS}
     for split, runs in record["retention_l2_3s"].items():
-        assert {name.rsplit("_b", 1)[0] for name in runs} == set(CI_PRUNERS), split
+        # Every CI pruner the model can run (FastV at V/9 cannot rank on a deep-fusion model's blind
+        # layer 0: not measured since session 12; older records still list what it measured then).
+        assert set(runnable) <= {name.rsplit("_b", 1)[0] for name in runs} <= set(CI_PRUNERS), split
         for name, r in runs.items():
             assert r["low"] <= r["retention"] <= r["high"], (split, name, r)
             assert (r["high"] - r["low"]) / 2 <= MAX_RETENTION_HALF_WIDTH, (split, name, r)
@@ -314,7 +320,9 @@ def test_deep_fusion_folder_is_small_and_its_recipe_is_recorded(
     assert f"--train-scenes {args['train_scenes']}" in (folder / "TRAINING.md").read_text()
 
 
-def test_deep_fusion_beats_the_camera_free_yardsticks_on_the_full_splits(deep_record: dict[str, Any]) -> None:
+def test_deep_fusion_beats_the_camera_free_yardsticks_on_the_full_splits(
+    deep_fusion: DrivingVLA, deep_record: dict[str, Any]
+) -> None:
     """What makes it worth shipping: unlike the default model it plans better than every camera-free
     yardstick on both held-out splits, and it meets every issue-9 check but two (the strict xfails
     below): random pruning at about V/9 worsens L2@3s by >= 15 % with a CI excluding 1, and every
@@ -324,7 +332,7 @@ def test_deep_fusion_beats_the_camera_free_yardsticks_on_the_full_splits(deep_re
         assert set(_acceptance(m)) <= {"images zeroed"}, (split, _acceptance(m), m)
         assert m["model"]["l2_3s"] < m["blind_speed_x_command_median"]["l2_3s"], split
         assert m["model_visual_zeroed"]["l2_3s"] > m["model"]["l2_3s"], split
-    _check_retention(deep_record)
+    _check_retention(deep_record, runnable_ci_pruners(deep_fusion, ninth_budget(deep_fusion)))
 
 
 #: The deep-fusion model (family loss, 720 scenes) on the full held-out splits: images zeroed give
@@ -379,3 +387,13 @@ def test_mirror_swaps_sides() -> None:
     assert out["ego_state"][1].tolist() == pytest.approx([5.0, 1.0, 0.2])
     assert out["future_boxes"][0, 0, 0].tolist() == pytest.approx([3.0, -1.5, 2.0, 4.0, -0.3])
     assert out["future_boxes"][1, 0, 0].tolist() == pytest.approx([3.0, 1.5, 2.0, 4.0, 0.3])
+
+
+def test_fastv_at_a_ninth_is_not_measured_on_the_deep_fusion_model(
+    model: DrivingVLA, deep_fusion: DrivingVLA
+) -> None:
+    """At 49 on 8 layers FastV ranks by layer 0's text, which the deep-fusion model leaves blind."""
+    assert runnable_ci_pruners(model, ninth_budget(model)) == list(CI_PRUNERS)
+    assert runnable_ci_pruners(deep_fusion, ninth_budget(deep_fusion)) == [
+        name for name in CI_PRUNERS if name != "fastv"
+    ]

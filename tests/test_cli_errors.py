@@ -52,6 +52,14 @@ def test_unreachable_budget_is_checked_against_the_model_config(tmp_path: Path) 
     assert "budget" in line and "384 visual tokens" in line  # 6 cameras x 64 tokens, 8 layers
 
 
+def test_pruner_blind_on_a_deep_fusion_layer_is_refused_before_loading(tmp_path: Path) -> None:
+    # FastV at 49 on 8 layers must rank by layer 0's text rows, which this model's text leaves blind.
+    line = _error_line("model=tiny_drive_vla_deep_fusion", "pruner=fastv", "budget=49", tmp_path=tmp_path)
+    assert (
+        "decoder layer 0" in line and "vision_from_layer=1" in line and "tiny-drive-vla-deep-fusion" in line
+    )
+
+
 def test_build_unwraps_user_errors_only() -> None:
     with pytest.raises(ConfigError, match="device='gpu'"):
         build(OmegaConf.create({"_target_": "vla_autoprune.devices.resolve_device", "name": "gpu"}))

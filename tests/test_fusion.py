@@ -108,7 +108,10 @@ def test_pruners_run_on_a_deep_fusion_model_and_keep_all_is_unpruned(
         unpruned = model.plan(batch)
         visual = model.prepare(batch).layout.num_visual
         keep_all, _ = run_pruned(model, batch, build_pruner(name, budget=visual))
-        pruned, record = run_pruned(model, batch, build_pruner(name, budget=visual / 2))
+        # 0.6 V: FastV keeps K = 2 (at V / 2 it would rank by layer 0's blind text, refused below)
+        # pdrop, sparsevlm: first stage at layer 2 of 4 (by default at layer 1, ranking at layer 0)
+        staged = {"stages": [0.5, 0.75]} if name in ("pdrop", "sparsevlm") else {}
+        pruned, record = run_pruned(model, batch, build_pruner(name, budget=0.6 * visual, **staged))
     assert torch.allclose(keep_all, unpruned, atol=1e-5)
     assert torch.isfinite(pruned).all() and not torch.allclose(pruned, unpruned, atol=1e-4)
     assert record.mean_visual_tokens is not None
@@ -119,6 +122,53 @@ def test_pruning_before_the_fusion_layer_is_a_clear_error(camera_batch: Batches)
     batch = camera_batch()
     with pytest.raises(ConfigError, match="reads the cameras only from layer 3"):
         run_pruned(model, batch, build_pruner("random", budget=150))  # drops from layer 1
+
+
+def test_ranking_by_text_attention_where_the_text_is_blind_is_a_clear_error(camera_batch: Batches) -> None:
+    """FastV at a budget that makes it score at layer 0, and AutoPrune measuring MI at layer 0,
+    would rank by all-zero scores (the top-k then keeps the first tokens): refused, naming why."""
+    model = _model(first=1)
+    batch = camera_batch()
+    visual = model.prepare(batch).layout.num_visual
+    fastv = build_pruner("fastv", budget=visual / 3)
+    assert fastv.plan(LAYERS, visual)[0] == 1  # K lowered to 1: ranks by layer 0's text rows
+    assert fastv.text_ranked_from(LAYERS, visual) == 0
+    with pytest.raises(
+        ConfigError, match=r"fastv\[matched\]: ranks visual tokens by the text's attention at decoder layer 0"
+    ):
+        run_pruned(model, batch, fastv)
+    with pytest.raises(ConfigError, match="vision_from_layer=1"):
+        run_pruned(model, batch, build_pruner("autoprune", budget=visual / 2, stage0="none"))
+    for name in ("random", "dart"):  # rank after layer 0 without the text's attention: allowed
+        assert build_pruner(name, budget=visual / 3).text_ranked_from(LAYERS, visual) is None
+        run_pruned(model, batch, build_pruner(name, budget=visual / 3))
+    # Early fusion: the same pruners rank at layer 0 as before.
+    plain = _model(first=0)
+    run_pruned(plain, batch, build_pruner("fastv", budget=visual / 3))
+    run_pruned(plain, batch, build_pruner("autoprune", budget=visual / 2, stage0="none"))
+
+
+def test_autoprune_stage0_ranks_by_saliency_alone_where_the_text_is_blind(camera_batch: Batches) -> None:
+    """On a deep-fusion model stage 0 (after layer 0) keeps the top tokens by vision saliency."""
+    model = _model(first=1)
+    batch = camera_batch()
+    inputs = model.prepare(batch)
+    visual = inputs.layout.num_visual
+    pruner = build_pruner("autoprune", budget=visual / 3)
+    kept: list[torch.Tensor] = []
+    original = pruner.score
+
+    def spy(view: Any) -> torch.Tensor:
+        scores = original(view)
+        if view.layer_idx == 0:
+            kept.append(scores)
+        return scores
+
+    pruner.score = spy  # type: ignore[method-assign]
+    with torch.no_grad():
+        run_pruned(model, batch, pruner)
+    assert inputs.vision_saliency is not None
+    assert torch.equal(kept[0], inputs.vision_saliency.float())
 
 
 def test_out_of_range_layer_and_missing_layout_are_config_errors(camera_batch: Batches) -> None:

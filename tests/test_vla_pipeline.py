@@ -127,6 +127,47 @@ def test_joblib_multirun_writes_summaries_and_a_merged_report(synthetic_root: Pa
     assert (sweep / "report.csv").exists() and (sweep / "collision_3s_vs_budget.png").exists()
 
 
+def test_a_sweep_runs_past_a_cell_the_model_cannot_run_and_reports_it(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vla_autoprune.evaluate",
+            "-m",
+            "pruner=fastv",
+            "budget=5,96",  # 5 is below FastV's reach on 8 layers x 384 tokens
+            f"hydra.sweep.dir={sweep}",
+            f"data.dataset.dataroot={synthetic_root}",
+            "device=cpu",
+            "limit=4",
+            "scores=[open_loop]",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    (skipped,) = sweep.rglob("skipped.json")
+    info = json.loads(skipped.read_text())
+    assert (info["pruner"], info["budget"], info["model"]) == ("fastv", 5, "tiny_drive_vla")
+    assert "budget=5" in info["overrides"] and "choose a budget in" in info["reason"]
+    assert not (skipped.parent / RECORDS_FILE).exists()
+    (summary,) = sweep.rglob("summary.json")
+    assert json.loads(summary.read_text())["budget"] == 96
+    report = (sweep / "report.md").read_text()
+    assert (
+        "## Not run" in report and "| tiny_drive_vla | fastv | 5 | fastv: budget 5 is not reachable" in report
+    )
+    assert report.count("| vla | fastv[matched] |") == 1
+
+
 def test_sigkilled_run_resumes_to_the_uninterrupted_summary(synthetic_root: Path, tmp_path: Path) -> None:
     def command(run_dir: Path) -> list[str]:
         return [

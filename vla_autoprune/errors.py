@@ -15,6 +15,11 @@ class ConfigError(UserError, ValueError):
     """A configuration value is missing, malformed or out of range."""
 
 
+class NotRunnableError(ConfigError):
+    """A valid configuration this model cannot run (an out-of-reach budget, a pruner that would rank
+    by attention the model's text does not pay there); a multirun records it and runs the rest."""
+
+
 class DataError(UserError, ValueError):
     """Dataset content is unusable (corrupt image, missing camera, unknown split, ...)."""
 

@@ -18,7 +18,8 @@ from hydra.core.plugins import Plugins
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from vla_autoprune.pipeline.app import USER_ERRORS, evaluate
+from vla_autoprune.errors import NotRunnableError
+from vla_autoprune.pipeline.app import USER_ERRORS, evaluate, record_skipped
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,14 @@ def run_app(cfg: DictConfig) -> None:
         )
     try:
         evaluate(cfg, hydra_cfg.runtime.output_dir, overrides=list(hydra_cfg.overrides.task))
+    except NotRunnableError as err:
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            logger.error("error: %s", err)
+            sys.exit(2)
+        # One impossible cell of a sweep (fastv at a budget out of its reach) must not stop the rest.
+        choices = hydra_cfg.runtime.choices
+        job = {"model": choices.get("model"), "pruner": choices.get("pruner"), "budget": cfg.get("budget")}
+        record_skipped(hydra_cfg.runtime.output_dir, err, job, list(hydra_cfg.overrides.task))
     except USER_ERRORS as err:
         # Bad input is the user's to fix: one line, no traceback. Anything else is a bug and keeps its.
         logger.error("error: %s", err)

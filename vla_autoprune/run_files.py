@@ -27,6 +27,8 @@ RECORDS_FILE = "records.jsonl"
 RUN_FILE = "run.json"
 #: The run's resolved Hydra config.
 CONFIG_FILE = "config.yaml"
+#: Why a multirun job did not run (:class:`~vla_autoprune.errors.NotRunnableError`): ``reason``, ``overrides``.
+SKIPPED_FILE = "skipped.json"
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

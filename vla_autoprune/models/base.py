@@ -46,6 +46,10 @@ class DecoderInputs:
             gets ``deepstack[i]`` added at the visual tokens (:mod:`vla_autoprune.models.deepstack`).
             Whoever runs the decoder on these inputs adds them: the adapter's ``decode``, or, inside
             ``prune()``, the engine (its ``record.inputs`` then carry None).
+        text_sees_visual_from: the first decoder layer whose non-visual tokens may attend to the
+            visual ones: 0 for LLaVA-style decoders; a deep-fusion model's ``vision_from_layer``
+            (:mod:`vla_autoprune.models.fusion`). Before it the text's attention to the cameras is
+            zero, so no pruner may rank visual tokens by it there.
     """
 
     inputs_embeds: torch.Tensor
@@ -57,6 +61,7 @@ class DecoderInputs:
     sample_ids: tuple[str, ...] | None = None
     readout_tokens: int = 0
     deepstack: tuple[torch.Tensor, ...] | None = None
+    text_sees_visual_from: int = 0
 
     def with_(self, **changes: Any) -> DecoderInputs:
         """A copy with some fields replaced."""

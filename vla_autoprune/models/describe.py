@@ -35,11 +35,14 @@ class ModelShape:
         model_type: ``config.json``'s ``model_type`` (``driving_vla`` or ``llava``).
         num_layers: decoder depth ``L``.
         visual_per_camera: visual tokens each camera image contributes to the decoder input.
+        text_sees_visual_from: the first layer whose text may attend to the visual tokens (a
+            deep-fusion DrivingVLA's ``vision_from_layer``; 0 otherwise).
     """
 
     model_type: str
     num_layers: int
     visual_per_camera: int
+    text_sees_visual_from: int = 0
 
     def num_visual(self, num_cameras: int) -> int:
         """``V``: visual tokens in the decoder input of a sample with ``num_cameras`` images."""
@@ -65,8 +68,10 @@ def describe(name_or_path: str | Path, image_size: tuple[int, int] | None = None
             f"{config_file} is not valid JSON ({err}); restore or re-save the model"
         ) from None
     config: PreTrainedConfig
+    text_from = 0
     if model_type == DrivingVLAConfig.model_type:
         config = DrivingVLAConfig.from_pretrained(folder)
+        text_from = int(config.vision_from_layer)
         vision = sub_config(config, "vision_config")
         rows, cols = patch_grid(vision)
         per_camera = rows * cols  # DrivingVLA drops CLIP's [CLS]: one token per patch
@@ -86,7 +91,7 @@ def describe(name_or_path: str | Path, image_size: tuple[int, int] | None = None
             f"{[DrivingVLAConfig.model_type, LLAVA_MODEL_TYPE, compat_qwen.QWEN2_5_VL_MODEL_TYPE, compat_qwen.QWEN3_VL_MODEL_TYPE]}"
         )
     num_layers = int(sub_config(config, "text_config").num_hidden_layers)
-    return ModelShape(model_type=str(model_type), num_layers=num_layers, visual_per_camera=per_camera)
+    return ModelShape(str(model_type), num_layers, per_camera, text_sees_visual_from=text_from)
 
 
 def _llava_tokens_per_image(config: PreTrainedConfig, config_file: Path) -> int:

@@ -405,6 +405,7 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
             vision_saliency=saliency,
             extras=extras,
             readout_tokens=self.config.num_action_queries,
+            text_sees_visual_from=self.config.vision_from_layer,
         )
 
 

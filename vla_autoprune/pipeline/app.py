@@ -26,7 +26,7 @@ from vla_autoprune.data import collate
 from vla_autoprune.data.errors import NuScenesDataError
 from vla_autoprune.data.schema import CAMERAS
 from vla_autoprune.devices import resolve_device, resolve_dtype
-from vla_autoprune.errors import ConfigError, UserError
+from vla_autoprune.errors import ConfigError, NotRunnableError, UserError
 from vla_autoprune.models.describe import describe
 from vla_autoprune.models.loading import BUNDLED_MODELS
 from vla_autoprune.pipeline.closed_loop_scores import DEFAULT_SCORES, check_scores
@@ -40,7 +40,14 @@ from vla_autoprune.pipeline.loop import run_split, shard_indices
 from vla_autoprune.pipeline.merge import samples_digest
 from vla_autoprune.pipeline.summary import summarize
 from vla_autoprune.pipeline.table import SHORT_COLUMNS, table_rows, to_markdown
-from vla_autoprune.run_files import CONFIG_FILE, RECORDS_FILE, RUN_FILE, atomic_write_json, read_records
+from vla_autoprune.run_files import (
+    CONFIG_FILE,
+    RECORDS_FILE,
+    RUN_FILE,
+    SKIPPED_FILE,
+    atomic_write_json,
+    read_records,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +99,12 @@ def model_name(cfg: DictConfig) -> str | None:
 
 
 def check_budget_before_loading(cfg: DictConfig, planner: Planner) -> None:
-    """The pruner's budget against the model's depth and visual tokens, from its config.json alone."""
+    """The pruner's budget against the model's depth and visual tokens, from its config.json alone;
+    raises :class:`~vla_autoprune.errors.NotRunnableError`.
+
+    Also refuses a pruner that would rank visual tokens by the text's attention at a layer where a
+    deep-fusion model's text cannot see them (every score 0).
+    """
     pruner = getattr(planner, "pruner", None)
     model = model_name(cfg)
     if pruner is None or model is None:
@@ -100,7 +112,29 @@ def check_budget_before_loading(cfg: DictConfig, planner: Planner) -> None:
     size = OmegaConf.select(cfg, "data.dataset.image_size", default=None)
     shape = describe(model, image_size=tuple(size) if size is not None else None)  # type: ignore[arg-type]
     cameras = OmegaConf.select(cfg, "data.dataset.cameras", default=None) or CAMERAS
-    pruner.check_budget(shape.num_layers, shape.num_visual(len(cameras)))
+    num_visual = shape.num_visual(len(cameras))
+    pruner.check_budget(shape.num_layers, num_visual)
+    ranked = pruner.text_ranked_from(shape.num_layers, num_visual)
+    first = shape.text_sees_visual_from
+    if ranked is not None and ranked < first:
+        budget = f"budget {pruner.budget:g}" if pruner.budget is not None else "its settings"
+        raise NotRunnableError(
+            f"{pruner.label} at {budget} ranks visual tokens by the text's attention at decoder layer "
+            f"{ranked}, but {Path(str(model)).name} reads its cameras only from layer {first} on "
+            f"(vision_from_layer={first}), so every score would be 0; raise the budget so it prunes "
+            f"after layer {first} or later, or use random, fastervlm or autoprune (stage0 reference)"
+        )
+
+
+def record_skipped(
+    out_dir: str | Path, err: NotRunnableError, job: dict[str, Any], overrides: Sequence[str]
+) -> None:
+    """Write why this multirun job did not run (:data:`SKIPPED_FILE`: ``job``, e.g. its model,
+    pruner and budget, the reason and the job's overrides); the sweep's report lists it."""
+    logger.error("not run (the sweep goes on; report.md lists it): %s", err)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / SKIPPED_FILE, {**job, "reason": str(err), "overrides": list(overrides)})
 
 
 def run_meta(
@@ -148,6 +182,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path, overrides: Sequence[str] = ()
     resolve_dtype(cfg.dtype)
     planner: Planner = build(cfg.planner)  # builds the pruner; weights load later, in setup()
     check_budget_before_loading(cfg, planner)
+    (out_dir / SKIPPED_FILE).unlink(missing_ok=True)  # an earlier attempt of this job was not runnable
     meta = run_meta(cfg, planner, device, out_dir, overrides)
     previous = _previous_meta(out_dir, cfg.resume)
     if previous is not None:

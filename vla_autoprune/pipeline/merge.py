@@ -18,11 +18,11 @@ from typing import Any
 from vla_autoprune.errors import DataNotFoundError
 from vla_autoprune.pipeline.identity import PER_JOB_KEYS, config_key
 from vla_autoprune.pipeline.summary import summarize
-from vla_autoprune.run_files import RECORDS_FILE, RUN_FILE, read_records
+from vla_autoprune.run_files import RECORDS_FILE, RUN_FILE, SKIPPED_FILE, read_records
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["config_key", "find_runs", "merge_runs", "samples_digest"]
+__all__ = ["config_key", "find_runs", "find_skipped", "merge_runs", "samples_digest"]
 
 
 def find_runs(roots: Iterable[str | Path]) -> list[Path]:
@@ -34,6 +34,12 @@ def find_runs(roots: Iterable[str | Path]) -> list[Path]:
             raise DataNotFoundError(f"{root} does not exist; pass a run or sweep output folder")
         runs.update(p.parent for p in root.rglob(RUN_FILE))
     return sorted(runs)
+
+
+def find_skipped(roots: Iterable[str | Path]) -> list[tuple[Path, dict[str, Any]]]:
+    """``(job folder, skipped.json)`` of every multirun job under ``roots`` that was not runnable, sorted."""
+    found = {p.parent: p for root in roots for p in Path(root).rglob(SKIPPED_FILE)}
+    return [(folder, json.loads(found[folder].read_text())) for folder in sorted(found)]
 
 
 def samples_digest(records: Iterable[dict[str, Any]]) -> str:

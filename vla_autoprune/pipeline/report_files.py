@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 
 from vla_autoprune.errors import DataNotFoundError
 from vla_autoprune.pipeline.ci_tables import breakdown_rows, main_rows, numbered_runs, stat_rows
-from vla_autoprune.pipeline.merge import config_key, find_runs, merge_runs
+from vla_autoprune.pipeline.merge import config_key, find_runs, find_skipped, merge_runs
 from vla_autoprune.pipeline.pairwise import pairwise_rows
 from vla_autoprune.pipeline.resampling import Bootstrap, Run
 from vla_autoprune.pipeline.table import SHORT_COLUMNS, to_csv, to_markdown
@@ -209,6 +209,22 @@ def _resampling(boot: Bootstrap, runs: Sequence[Run]) -> str:
     return "; ".join(f"runs {', '.join(map(str, ids))}: {text}" for text, ids in by_design.items())
 
 
+def _skipped_section(skipped: Sequence[tuple[Path, dict[str, Any]]]) -> str:
+    """report.md's list of the sweep's jobs that were not runnable on their model, with why."""
+    if not skipped:
+        return ""
+    lines = [
+        "\n## Not run\n",
+        "Jobs of the sweep that this model cannot run (each job folder's `skipped.json`):\n",
+        "| model | pruner | budget | why | job folder |",
+        "|---|---|---|---|---|",
+    ]
+    for folder, info in skipped:
+        cells = [info.get(key, "") for key in ("model", "pruner", "budget", "reason")]
+        lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + f" | `{folder.name}` |")
+    return "\n".join(lines) + "\n"
+
+
 def _per_run(values: Sequence[Any]) -> str:
     return ", ".join(map(str, sorted({v for v in values if v is not None})))
 
@@ -316,6 +332,8 @@ def write_report(
     runs = load_runs(dirs)
     scope = ranking_scope(runs)
     body, tables = _sections(runs, boot, scope)
+    skipped = find_skipped(dirs)
+    body += _skipped_section(skipped)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "report.md", _header(boot, runs) + body)
     for name, table in tables.items():
@@ -328,6 +346,10 @@ def write_report(
         plot_vs_budget(rows, "PDMS", out / "pdms_vs_budget.png")
     for key in ("mi", "k"):
         plot_stats_by_scenario(tables["autoprune_stats.csv"], key, out / f"autoprune_{key}_by_scenario.png")
+    for folder, info in skipped:
+        logger.warning(
+            "not run: %s (%s)", " ".join(info.get("overrides") or []) or folder, info.get("reason")
+        )
     logger.info(
         "Report of %d configurations in %s (report.md: every figure, breakdowns, plots)\n%s\n"
         "Pruner vs pruner on the same samples (A/B < 1: A has the lower L2@3s; %s):\n%s",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import numbers
 
-from vla_autoprune.errors import ConfigError
+from vla_autoprune.errors import ConfigError, NotRunnableError
 
 # Slack for budgets compared in floating point: keeps e.g. 64.0 * 3 from flooring to 191.
 BUDGET_SLACK = 1e-9
@@ -25,6 +25,10 @@ STAGE0_BUDGET_MULTIPLE = 2.5
 
 class BudgetError(ConfigError):
     """The budget is not a positive number, or this pruner cannot meet it on this decoder."""
+
+
+class UnreachableBudgetError(BudgetError, NotRunnableError):
+    """A valid budget this pruner cannot meet on this decoder (:func:`check_reachable`)."""
 
 
 def validate_budget(value: object, who: str) -> None:
@@ -86,7 +90,7 @@ def check_reachable(
     """Raise :class:`BudgetError` (one line, naming the reachable range) unless ``lo <= B <= hi``."""
     lo, hi = reachable
     if not lo - BUDGET_SLACK <= budget <= hi + BUDGET_SLACK:
-        raise BudgetError(
+        raise UnreachableBudgetError(
             f"{who}: budget {budget:g} is not reachable with {num_layers} layers and {num_visual} "
             f"visual tokens; choose a budget in [{lo:.4g}, {hi:.4g}]{hint}"
         )

@@ -701,6 +701,7 @@ class _Engine:
             tokens_host=slots.tokens,
             text_host=self.text_counts,
             scoring_host=self.scoring_host,
+            who=self.pruner.label,
         )
 
     def _slot_index(self, slots: _Slots) -> SlotIndex:

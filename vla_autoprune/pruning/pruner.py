@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from vla_autoprune.errors import ConfigError
 from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.pruning.budget import check_reachable, min_budget, validate_budget
 from vla_autoprune.pruning.cameras import camera_ratios, check_per_camera
@@ -86,6 +87,7 @@ class LayerView:
         tokens_host, text_host: ``tokens`` and each row's valid text rows as host ints, or None;
             with ``scoring_host`` (per-row MACs the engine adds to the record), :meth:`attention`
             counts its scoring MACs on the host, with no tensor op.
+        who: the pruner's label, for error messages.
     """
 
     layer_idx: int
@@ -110,6 +112,7 @@ class LayerView:
     tokens_host: list[int] | None = None
     text_host: list[int] | None = None
     scoring_host: list[int] | None = None
+    who: str = "pruner"
     _attention: torch.Tensor | None = field(default=None, repr=False)
 
     @property
@@ -151,6 +154,12 @@ class LayerView:
         """``text_valid``, or None when every text slot is valid (``text_full``): nothing to mask."""
         return None if self.text_full else self.text_valid
 
+    @property
+    def text_blind(self) -> bool:
+        """True at a layer where the text cannot attend to the visual tokens (before a deep-fusion
+        model's ``vision_from_layer``): text -> visual attention is zero there."""
+        return self.layer_idx < self.inputs.text_sees_visual_from
+
     def alive(self) -> torch.Tensor:
         """int64 ``[B]``: valid visual tokens entering this layer."""
         return self.visual_valid.sum(dim=1)
@@ -183,7 +192,19 @@ class LayerView:
         layer: nn.Module | None = None,
         hidden: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """:meth:`attention_at`; ``rows_host``: each row's valid query rows on the host, if known."""
+        """:meth:`attention_at`; ``rows_host``: each row's valid query rows on the host, if known.
+
+        Raises ConfigError at a :attr:`text_blind` layer (the scores would all be 0 and a top-k
+        would keep the first tokens): the layer's own mask is what the scores are computed under.
+        """
+        if self.text_blind:
+            first = self.inputs.text_sees_visual_from
+            raise ConfigError(
+                f"{self.who}: ranks visual tokens by the text's attention at decoder layer {self.layer_idx}, "
+                f"but this model's text reads the cameras only from layer {first} on (vision_from_layer="
+                f"{first}), so every score would be 0; use a budget or setting that prunes after layer "
+                f"{first} or later, or a pruner that ranks without text attention (random, fastervlm)"
+            )
         own = layer is None and hidden is None  # this layer on its input: reuse its projections
         layer = self.layer if layer is None else layer
         hidden = self.hidden if hidden is None else hidden
@@ -309,6 +330,12 @@ class Pruner(abc.ABC):
             return
         reachable = self.reachable(num_layers, num_visual)
         check_reachable(self.budget, reachable, num_layers, num_visual, self.name, self.budget_hint())
+
+    def text_ranked_from(self, num_layers: int, num_visual: int) -> int | None:
+        """The first decoder layer at which this configuration ranks visual tokens by the text's
+        attention, or None if it never needs to (pre-flight for deep-fusion models, whose text
+        cannot attend to the cameras in the first layers; :attr:`LayerView.text_blind`)."""
+        return None
 
     def camera_ratios(self, num_cameras: int) -> list[float] | None:
         """Each camera's share of the kept tokens (None: one ranking over all cameras)."""

@@ -15,7 +15,8 @@ https://arxiv.org/abs/2509.23931), as specified in docs/AUTOPRUNE.md; the math l
    recycles part of the dropped ones by DPC-kNN merging (``recycle``).
 
 Simplifications: without ``inputs.vision_saliency`` stage 0 ranks by the text term alone; merging is
-deterministic (the reference adds noise to the density).
+deterministic (the reference adds noise to the density). On a deep-fusion model whose text reads the
+cameras only from layer 1, stage 0 ranks by saliency alone (the text term is 0 there).
 """
 
 from __future__ import annotations
@@ -95,6 +96,10 @@ class AutoPrunePruner(Pruner):
 
     # -- schedule --------------------------------------------------------------------------------
 
+    def text_ranked_from(self, num_layers: int, num_visual: int) -> int | None:
+        """The reference layer (MI; stage 0 at layer 0 falls back to saliency when the text is blind)."""
+        return None if self.budget is None else self.reference_layer()
+
     def reference_layer(self) -> int:
         """Where MI is measured: right after stage 0 (layer 1), or layer 0 without stage 0."""
         return 0 if self.stage0 == "none" else 1
@@ -139,9 +144,16 @@ class AutoPrunePruner(Pruner):
         return schedule
 
     def score(self, view: LayerView) -> torch.Tensor:
-        """Text attention; at the in-decoder stage 0 (layer 0) the reference's saliency mix."""
+        """Text attention; at the in-decoder stage 0 (layer 0) the reference's saliency mix.
+
+        On a deep-fusion model whose text cannot see the cameras at layer 0 (``view.text_blind``),
+        stage 0 ranks by the vision tower's saliency alone: the text term would be 0.
+        """
+        stage0_layer = view.layer_idx == 0 and self.stage0 != "none"
+        if stage0_layer and view.text_blind and view.inputs.vision_saliency is not None:
+            return view.inputs.vision_saliency.float().gather(1, view.visual_index)
         text = view.text_attention()
-        if view.layer_idx > 0 or self.stage0 == "none":
+        if not stage0_layer:
             return text
         mi0 = ap.mutual_information(view.attention(), "sum_over_T", text_valid=view.text_valid_or_none())
         stage0 = STAGE0_TEXT_WEIGHT * mi0.unsqueeze(1) * text

@@ -113,6 +113,10 @@ class DARTPruner(FastVPruner):
         """``dart``: one variant only."""
         return self.name
 
+    def text_ranked_from(self, num_layers: int, num_visual: int) -> int | None:
+        """None: key norms and hidden-state similarity, not the text's attention."""
+        return None
+
     def score(self, view: LayerView) -> torch.Tensor:
         """float ``[B, Kv]``: 1 for the visual slots DART keeps, 0 for the others."""
         b = view.batch_size

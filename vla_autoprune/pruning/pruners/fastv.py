@@ -85,6 +85,11 @@ class FastVPruner(Pruner):
         )
         return start, count
 
+    def text_ranked_from(self, num_layers: int, num_visual: int) -> int | None:
+        """Layer ``K - 1``, whose text attention ranks the tokens layer ``K`` keeps."""
+        start, count = self.plan(num_layers, num_visual)
+        return None if count >= num_visual else start - 1
+
     def schedule(self, view: LayerView) -> torch.Tensor:
         """``V`` until layer ``K - 1`` hands on ``n``; static, computed once per forward."""
         if view.schedule is not None:

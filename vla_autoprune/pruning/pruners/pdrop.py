@@ -149,6 +149,10 @@ class PDropPruner(StagedPruner):
 
         return fit_stages(self.target(num_visual), num_layers, num_visual, starts, geometric)
 
+    def text_ranked_from(self, num_layers: int, num_visual: int) -> int | None:
+        """The layer before the first reduced stage (its text rows rank the tokens)."""
+        return self.stage_starts(num_layers, num_visual)[0] - 1
+
     def schedule(self, view: LayerView) -> torch.Tensor:
         """Static pyramid, computed once per forward."""
         if view.schedule is not None:

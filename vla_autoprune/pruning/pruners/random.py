@@ -59,6 +59,10 @@ class RandomPruner(FastVPruner):
         """``random``: one variant only."""
         return self.name
 
+    def text_ranked_from(self, num_layers: int, num_visual: int) -> int | None:
+        """None: a seeded draw, never the text's attention."""
+        return None
+
     def score(self, view: LayerView) -> torch.Tensor:
         """Uniform random scores, float ``[B, Kv]``: each sample's draw over its ``V`` input tokens."""
         scores = view.scratch.get("random_scores")

@@ -161,6 +161,10 @@ class SparseVLMPruner(StagedPruner):
             current = keep + extra
         return FaithfulPlan(tuple(kept), tuple(merged))
 
+    def text_ranked_from(self, num_layers: int, num_visual: int) -> int | None:
+        """The layer before the first reduced stage (its raters rank the tokens)."""
+        return self.starts(num_layers)[0] - 1
+
     def schedule(self, view: LayerView) -> torch.Tensor:
         """Static counts (kept + merged) per stage, computed once per forward."""
         if self.mode != "faithful":
