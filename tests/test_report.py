@@ -106,7 +106,7 @@ def test_interval_columns_identical_run_is_zero_and_shift_is_exact() -> None:
     assert rows["fastv"]["L2@3s stp3"] == pytest.approx(shifted.summary["l2"]["stp3"]["3s"])
     assert rows["fastv"]["L2@3s stp3 lo"] < rows["fastv"]["L2@3s stp3"] < rows["fastv"]["L2@3s stp3 hi"]
     avg = [np.mean(list(run.summary["l2"]["stp3"].values())) for run in (none, shifted)]
-    assert rows["fastv"]["L2 retention stp3 %"] == pytest.approx(retention(*avg))  # as table.retention
+    assert rows["fastv"]["L2 avg retention stp3 %"] == pytest.approx(retention(*avg))  # as table.retention
     assert "L2@3s stp3 diff" not in rows["none"]  # none is not compared with itself
     # every collision figure has a paired difference too
     assert all(

@@ -84,7 +84,7 @@ def interval_columns(
             put_interval(row, f"{column} diff", paired_difference(weights, num, den, *base_terms[column]))
     for column in ("L2 avg stp3", "L2@3s stp3"):
         if column in base_terms:
-            name = "L2 retention stp3 %" if column == "L2 avg stp3" else "L2@3s retention stp3 %"
+            name = "L2 avg retention stp3 %" if column == "L2 avg stp3" else "L2@3s retention stp3 %"
             put_interval(row, name, paired_ratio(weights, *terms[column], *base_terms[column]), 100.0)
     return row
 

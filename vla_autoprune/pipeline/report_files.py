@@ -40,7 +40,7 @@ MAIN_COLUMNS: tuple[str, ...] = (
     "L2@3s uniad",
     "Col@3s uniad",
     "FLOPs reduction",
-    "L2 retention stp3 %",
+    "L2 avg retention stp3 %",
     "L2@3s retention stp3 %",
     "PDMS",
     "PDMS diff",

@@ -113,7 +113,7 @@ def table_rows(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         row["FLOPs reduction"] = s.get("flops_reduction")
         base = find_baseline(s, summaries)
         has_l2 = base is not None and "l2" in base and "l2" in s
-        row["L2 retention stp3 %"] = (
+        row["L2 avg retention stp3 %"] = (
             retention(_avg(base["l2"]["stp3"]), _avg(s["l2"]["stp3"])) if base and has_l2 else math.nan
         )
         row["L2@3s retention stp3 %"] = (
@@ -195,7 +195,7 @@ SHORT_COLUMNS: tuple[str, ...] = (
     "L2@3s uniad",
     "Col@3s uniad",
     "FLOPs reduction",
-    "L2 retention stp3 %",
+    "L2@3s retention stp3 %",
     "PDMS",
     "PDM unscored",
 )
