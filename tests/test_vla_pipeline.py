@@ -92,20 +92,17 @@ def test_cli_bad_config_is_one_line(synthetic_root: Path, tmp_path: Path) -> Non
     assert len(errors) == 1 and "missing" in errors[0], proc.stdout + proc.stderr
 
 
-def test_joblib_multirun_writes_summaries_and_a_merged_report(synthetic_root: Path, tmp_path: Path) -> None:
-    sweep = tmp_path / "sweep"
-    proc = subprocess.run(
+def _multirun(root: Path, sweep: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    """``evaluate -m`` on the first 4 samples of ``root`` into ``sweep``, single-threaded."""
+    return subprocess.run(
         [
             sys.executable,
             "-m",
             "vla_autoprune.evaluate",
             "-m",
-            "pruner=fastv,autoprune",
-            "budget=64,128",
-            "hydra/launcher=joblib",
-            "hydra.launcher.n_jobs=2",
+            *overrides,
             f"hydra.sweep.dir={sweep}",
-            f"data.dataset.dataroot={synthetic_root}",
+            f"data.dataset.dataroot={root}",
             "device=cpu",
             "limit=4",
         ],
@@ -114,6 +111,18 @@ def test_joblib_multirun_writes_summaries_and_a_merged_report(synthetic_root: Pa
         cwd=ROOT,
         timeout=600,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+def test_joblib_multirun_writes_summaries_and_a_merged_report(synthetic_root: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = _multirun(
+        synthetic_root,
+        sweep,
+        "pruner=fastv,autoprune",
+        "budget=64,128",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summaries = sorted(sweep.rglob("summary.json"))
@@ -131,26 +140,8 @@ def test_a_sweep_runs_past_a_cell_the_model_cannot_run_and_reports_it(
     synthetic_root: Path, tmp_path: Path
 ) -> None:
     sweep = tmp_path / "sweep"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vla_autoprune.evaluate",
-            "-m",
-            "pruner=fastv",
-            "budget=5,96",  # 5 is below FastV's reach on 8 layers x 384 tokens
-            f"hydra.sweep.dir={sweep}",
-            f"data.dataset.dataroot={synthetic_root}",
-            "device=cpu",
-            "limit=4",
-            "scores=[open_loop]",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    # budget 5 is below FastV's reach on 8 layers x 384 tokens
+    proc = _multirun(synthetic_root, sweep, "pruner=fastv", "budget=5,96", "scores=[open_loop]")
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
