@@ -178,3 +178,16 @@ def test_out_of_range_layer_and_missing_layout_are_config_errors(camera_batch: B
     inputs = model.prepare(camera_batch())
     with pytest.raises(ConfigError, match="needs inputs.layout"):
         model.decode(inputs.with_(layout=None))
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "lowest"),
+    [("fastv", {}, 96.75), ("pdrop", {}, 96.75), ("autoprune", {"stage0": "none"}, None)],
+)
+def test_the_refusal_names_the_lowest_budget_that_ranks_where_the_text_sees(
+    name: str, kwargs: dict[str, Any], lowest: float | None
+) -> None:
+    """8 layers x 384 tokens, text from layer 1: K = 2 needs (2 x 384 + 6) / 8; MI at layer 0 never moves."""
+    from vla_autoprune.pipeline.app import _lowest_budget_ranking_from
+
+    assert _lowest_budget_ranking_from(build_pruner(name, budget=49, **kwargs), 8, 384, 1) == lowest
