@@ -139,6 +139,8 @@ def test_ranking_by_text_attention_where_the_text_is_blind_is_a_clear_error(came
         run_pruned(model, batch, fastv)
     with pytest.raises(ConfigError, match="vision_from_layer=1"):
         run_pruned(model, batch, build_pruner("autoprune", budget=visual / 2, stage0="none"))
+    layers = compat.decoder_layers(model.language_model)
+    assert all(not (layer._forward_hooks or layer._forward_pre_hooks) for layer in layers)  # all removed
     for name in ("random", "dart"):  # rank after layer 0 without the text's attention: allowed
         assert build_pruner(name, budget=visual / 3).text_ranked_from(LAYERS, visual) is None
         run_pruned(model, batch, build_pruner(name, budget=visual / 3))
