@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from vla_autoprune.errors import ConfigError
+from vla_autoprune.errors import NotRunnableError
 from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.pruning.budget import check_reachable, min_budget, validate_budget
 from vla_autoprune.pruning.cameras import camera_ratios, check_per_camera
@@ -194,12 +194,12 @@ class LayerView:
     ) -> torch.Tensor:
         """:meth:`attention_at`; ``rows_host``: each row's valid query rows on the host, if known.
 
-        Raises ConfigError at a :attr:`text_blind` layer (the scores would all be 0 and a top-k
-        would keep the first tokens): the layer's own mask is what the scores are computed under.
+        Raises NotRunnableError (a ConfigError) at a :attr:`text_blind` layer (the scores would all
+        be 0 and a top-k would keep the first tokens): the scores use the layer's own mask.
         """
         if self.text_blind:
             first = self.inputs.text_sees_visual_from
-            raise ConfigError(
+            raise NotRunnableError(
                 f"{self.who}: ranks visual tokens by the text's attention at decoder layer {self.layer_idx}, "
                 f"but this model's text reads the cameras only from layer {first} on (vision_from_layer="
                 f"{first}), so every score would be 0; use a budget or setting that prunes after layer "
