@@ -415,7 +415,7 @@ def qwen_answering_folder(
     for _ in range(QWEN_FIT_MAX_STEPS):
         logits = model.qwen(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
         loss = torch.nn.functional.cross_entropy(logits[:, n - 1 : -1].flatten(0, 1), ids.flatten())
-        if float(loss) < QWEN_FIT_LOSS:
+        if float(loss.detach()) < QWEN_FIT_LOSS:
             break
         optimizer.zero_grad()
         loss.backward()
