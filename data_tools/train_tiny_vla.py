@@ -360,8 +360,8 @@ def runnable_ci_pruners(model: DrivingVLA, budget: float) -> list[str]:
     first = model.config.vision_from_layer
     names = []
     for name in CI_PRUNERS:
-        ranked = build_pruner(name, budget=budget).text_ranked_from(layers, visual)
-        if ranked is not None and ranked < first:
+        ranked = build_pruner(name, budget=budget).blind_text_layer(layers, visual, first)
+        if ranked is not None:
             logger.info(
                 "%s at %s would rank by layer %d's blind text (vision_from_layer=%d): not measured",
                 name,

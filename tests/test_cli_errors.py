@@ -58,6 +58,7 @@ def test_pruner_blind_on_a_deep_fusion_layer_is_refused_before_loading(tmp_path:
     assert (
         "decoder layer 0" in line and "vision_from_layer=1" in line and "tiny-drive-vla-deep-fusion" in line
     )
+    assert "use a budget of at least 96.75" in line  # (2 x 384 + 6 x 1) / 8: K = 2, one token after
 
 
 def test_build_unwraps_user_errors_only() -> None:

@@ -190,6 +190,6 @@ def test_the_refusal_names_the_lowest_budget_that_ranks_where_the_text_sees(
     name: str, kwargs: dict[str, Any], lowest: float | None
 ) -> None:
     """8 layers x 384 tokens, text from layer 1: K = 2 needs (2 x 384 + 6) / 8; MI at layer 0 never moves."""
-    from vla_autoprune.pipeline.app import _lowest_budget_ranking_from
-
-    assert _lowest_budget_ranking_from(build_pruner(name, budget=49, **kwargs), 8, 384, 1) == lowest
+    pruner = build_pruner(name, budget=49, **kwargs)
+    assert pruner.blind_text_layer(8, 384, 1) == 0 and pruner.blind_text_layer(8, 384, 0) is None
+    assert pruner.lowest_budget_seeing(8, 384, 1) == lowest

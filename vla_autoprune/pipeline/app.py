@@ -40,7 +40,6 @@ from vla_autoprune.pipeline.loop import run_split, shard_indices
 from vla_autoprune.pipeline.merge import samples_digest
 from vla_autoprune.pipeline.summary import summarize
 from vla_autoprune.pipeline.table import SHORT_COLUMNS, table_rows, to_markdown
-from vla_autoprune.pruning.pruner import Pruner
 from vla_autoprune.run_files import (
     CONFIG_FILE,
     RECORDS_FILE,
@@ -115,11 +114,11 @@ def check_budget_before_loading(cfg: DictConfig, planner: Planner) -> None:
     cameras = OmegaConf.select(cfg, "data.dataset.cameras", default=None) or CAMERAS
     num_visual = shape.num_visual(len(cameras))
     pruner.check_budget(shape.num_layers, num_visual)
-    ranked = pruner.text_ranked_from(shape.num_layers, num_visual)
     first = shape.text_sees_visual_from
-    if ranked is not None and ranked < first:
+    ranked = pruner.blind_text_layer(shape.num_layers, num_visual, first)
+    if ranked is not None:
         budget = f"budget {pruner.budget:g}" if pruner.budget is not None else "its settings"
-        lowest = _lowest_budget_ranking_from(pruner, shape.num_layers, num_visual, first)
+        lowest = pruner.lowest_budget_seeing(shape.num_layers, num_visual, first)
         fix = f"use a budget of at least {lowest:g}" if lowest is not None else "no budget helps"
         raise NotRunnableError(
             f"{pruner.label} at {budget} ranks visual tokens by the text's attention at decoder layer "
@@ -127,27 +126,6 @@ def check_budget_before_loading(cfg: DictConfig, planner: Planner) -> None:
             f"(vision_from_layer={first}), so every score would be 0; {fix}, or use random, fastervlm "
             "or autoprune (stage0 reference)"
         )
-
-
-def _lowest_budget_ranking_from(pruner: Pruner, num_layers: int, num_visual: int, first: int) -> float | None:
-    """The smallest budget (a multiple of ``1 / L``) at which ``pruner`` ranks from layer ``first``
-    on, or None; pruners lower their first pruning layer only as the budget shrinks (bisection)."""
-    if pruner.budget is None:
-        return None
-
-    def ok(steps: int) -> bool:
-        ranked = dataclasses.replace(pruner, budget=steps / num_layers).text_ranked_from(
-            num_layers, num_visual
-        )
-        return ranked is None or ranked >= first
-
-    lo, hi = 1, num_visual * num_layers  # budgets 1 / L .. V
-    if not ok(hi):
-        return None
-    while lo < hi:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if ok(mid) else (mid + 1, hi)
-    return lo / num_layers
 
 
 def record_skipped(

@@ -20,6 +20,7 @@ be held to the same number. A pruner is made available by name with
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -336,6 +337,31 @@ class Pruner(abc.ABC):
         attention, or None if it never needs to (pre-flight for deep-fusion models, whose text
         cannot attend to the cameras in the first layers; :attr:`LayerView.text_blind`)."""
         return None
+
+    def blind_text_layer(self, num_layers: int, num_visual: int, text_from: int) -> int | None:
+        """The layer at which this configuration would rank by text attention before ``text_from``
+        (the first layer whose text sees the cameras, where every such score is 0), or None."""
+        ranked = self.text_ranked_from(num_layers, num_visual)
+        return ranked if ranked is not None and ranked < text_from else None
+
+    def lowest_budget_seeing(self, num_layers: int, num_visual: int, text_from: int) -> float | None:
+        """The smallest budget (a multiple of ``1 / L``) at which this pruner ranks nowhere before
+        ``text_from`` (:meth:`blind_text_layer`), or None if none does; pruners lower their first
+        pruning layer only as the budget shrinks, so the answer is bisected."""
+        if self.budget is None:
+            return None
+
+        def sees(steps: int) -> bool:
+            at = dataclasses.replace(self, budget=steps / num_layers)
+            return at.blind_text_layer(num_layers, num_visual, text_from) is None
+
+        lo, hi = 1, num_visual * num_layers  # budgets 1 / L .. V
+        if not sees(hi):
+            return None
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if sees(mid) else (mid + 1, hi)
+        return lo / num_layers
 
     def camera_ratios(self, num_cameras: int) -> list[float] | None:
         """Each camera's share of the kept tokens (None: one ranking over all cameras)."""
