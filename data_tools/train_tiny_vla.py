@@ -137,6 +137,10 @@ class TrainArgs:
     #: with it reached 0.82 / 0.84 x the blind fit but lost nothing to random pruning at 49: it
     #: reads its cameras in layer 0. Not adopted there (tiny-drive-vla's TRAINING.md).
     family_weight: float = 0.0
+    #: Cameras whose pooled features the family head reads; empty: the aux cameras. A pedestrian
+    #: stepping off the curb or a car cutting in shows first in a front-side camera, which the
+    #: aux head's CAM_FRONT alone does not see.
+    family_cameras: tuple[str, ...] = ()
     #: Build the model with ``command_prior`` (:class:`~vla_autoprune.models.waypoint_prior.SpeedCommandPrior`):
     #: the head corrects a linear map of speed x command, fitted in closed form on the train split
     #: and its mirror before training and then frozen, instead of a constant-speed rollout.
@@ -444,8 +448,11 @@ class Trainer:
         self.order, self.cursor = torch.randperm(len(data["command"]), generator=self.generator), 0
         self.pooled: list[torch.Tensor] = []
         self.aux_index = [CAMERAS.index(c) for c in args.aux_cameras]
+        self.family_index = [CAMERAS.index(c) for c in args.family_cameras or args.aux_cameras]
+        #: The cameras stage 1 runs the vision tower on (aux and family cameras, in CAMERAS order).
+        self.vision_index = sorted(set(self.aux_index) | set(self.family_index))
         self.family_head = (
-            nn.Linear(len(args.aux_cameras) * vision, len(FAMILIES)) if args.family_weight > 0 else None
+            nn.Linear(len(self.family_index) * vision, len(FAMILIES)) if args.family_weight > 0 else None
         )
         self.family = family_labels(data["scenario"]) if args.family_weight > 0 else None
 
@@ -463,25 +470,31 @@ class Trainer:
         return batch
 
     def family_loss(self, pooled: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
-        """Weighted family cross-entropy on the aux cameras' pooled features ``[B, C_aux, Dv]``
+        """Weighted family cross-entropy on the family cameras' pooled features ``[B, C_fam, Dv]``
         (zero without a family weight)."""
         if self.family_head is None:
             return pooled.new_zeros(())
         logits = self.family_head(pooled.flatten(1))
         return self.args.family_weight * nn.functional.cross_entropy(logits, batch["family"])
 
+    def pooled_losses(self, pooled: torch.Tensor, cameras: list[int], batch: dict[str, Any]) -> torch.Tensor:
+        """Aux + family losses on ``pooled`` ``[B, C, Dv]``, the pooled features of the cameras
+        ``cameras`` (indices into CAMERAS, one per slot); the aux term unweighted."""
+        aux = pooled[:, [cameras.index(c) for c in self.aux_index]]
+        family = pooled[:, [cameras.index(c) for c in self.family_index]]
+        return aux_loss(self.model, self.aux, aux, batch) + self.family_loss(family, batch)
+
     def vision_loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Stage 1: the auxiliary losses alone (vision tower + probe + aux head on the aux cameras;
-        with a patch weight, the vision tower + patch head on every camera)."""
+        """Stage 1: the auxiliary losses alone (vision tower + probe + aux and family heads on
+        their cameras; with a patch weight, the vision tower + patch head on every camera)."""
         self.pooled.clear()
         self.features.clear()
-        images = batch["images"] if self.patch_head is not None else batch["images"][:, self.aux_index]
+        cameras = list(range(len(CAMERAS))) if self.patch_head is not None else self.vision_index
+        images = batch["images"][:, cameras]
         out = self.model.vision_tower(pixel_values=self.model.preprocess_images(images))
-        pooled = out.pooler_output.view(*images.shape[:2], -1)
+        loss = self.pooled_losses(out.pooler_output.view(*images.shape[:2], -1), cameras, batch)
         if self.patch_head is None:
-            return aux_loss(self.model, self.aux, pooled, batch) + self.family_loss(pooled, batch)
-        aux_pooled = pooled[:, self.aux_index]
-        loss = aux_loss(self.model, self.aux, aux_pooled, batch) + self.family_loss(aux_pooled, batch)
+            return loss
         return loss + self.args.patch_weight * patch_loss(
             self.patch_head, out.last_hidden_state, batch["patch_labels"]
         )
@@ -493,10 +506,11 @@ class Trainer:
         loss = waypoint_loss(self.model.plan(batch), batch["gt_trajectory"], batch["gt_mask"])
         if self.args.aux_weight > 0 or self.family_head is not None:
             b = len(batch["command"])
-            pooled = self.pooled[0].view(b, len(CAMERAS), -1)[:, self.aux_index]
-            loss = loss + self.family_loss(pooled, batch)
+            pooled = self.pooled[0].view(b, len(CAMERAS), -1)
+            loss = loss + self.family_loss(pooled[:, self.family_index], batch)
             if self.args.aux_weight > 0:
-                loss = loss + self.args.aux_weight * aux_loss(self.model, self.aux, pooled, batch)
+                aux = pooled[:, self.aux_index]
+                loss = loss + self.args.aux_weight * aux_loss(self.model, self.aux, aux, batch)
         if self.patch_head is not None:
             features = self.features[0]
             loss = loss + self.args.patch_weight * patch_loss(
@@ -645,6 +659,7 @@ RECIPE_FLAGS = (
     "vision_from_layer",
     "patch_weight",
     "family_weight",
+    "family_cameras",
     "command_prior",
 )
 
@@ -658,6 +673,8 @@ def reproduce_command(args: TrainArgs) -> str:
         value = getattr(args, name)
         if value != getattr(defaults, name):
             flag = "--" + name.replace("_", "-")
+            if isinstance(value, tuple):
+                value = " ".join(map(str, value))
             parts.append(flag if value is True else f"{flag} {value}")
     parts.append(f"--threads {args.threads}")
     return " ".join(parts)
@@ -736,6 +753,13 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
         "--family-weight", type=float, default=defaults.family_weight, help="0: no scenario-family loss"
     )
     parser.add_argument(
+        "--family-cameras",
+        nargs="+",
+        default=list(defaults.family_cameras),
+        choices=CAMERAS,
+        help="cameras the family head reads (default: the aux cameras, CAM_FRONT)",
+    )
+    parser.add_argument(
         "--command-prior", action="store_true", help="head corrects a fitted speed x command prior"
     )
     parser.add_argument(
@@ -748,7 +772,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
         "--evaluate-only", action="store_true", help="re-measure the trained --out folder, do not train"
     )
     ns = parser.parse_args(argv)
-    return TrainArgs(**{k: v for k, v in vars(ns).items()})
+    return TrainArgs(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(ns).items()})
 
 
 def _size(text: str) -> tuple[int, int]:

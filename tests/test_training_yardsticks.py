@@ -79,6 +79,11 @@ def test_reproduce_command_names_every_non_default_recipe_flag() -> None:
         f"python -m data_tools.train_tiny_vla --out {out} --seed 0 --steps 700 --family-weight 1.0 --threads 2"
     )
     assert parse_args(reproduce_command(args).split()[3:]) == args  # the command parses back
+    args = TrainArgs(out=out, family_weight=1.0, family_cameras=("CAM_FRONT_LEFT", "CAM_FRONT"))
+    assert reproduce_command(args).endswith(
+        "--family-weight 1.0 --family-cameras CAM_FRONT_LEFT CAM_FRONT --threads 2"
+    )
+    assert parse_args(reproduce_command(args).split()[3:]) == args
 
 
 def test_family_labels_index_the_families_and_refuse_unknown_ones() -> None:
