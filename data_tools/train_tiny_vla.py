@@ -772,7 +772,8 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
         "--evaluate-only", action="store_true", help="re-measure the trained --out folder, do not train"
     )
     ns = parser.parse_args(argv)
-    return TrainArgs(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(ns).items()})
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(ns).items()}
+    return TrainArgs(**fields)
 
 
 def _size(text: str) -> tuple[int, int]:
