@@ -347,11 +347,15 @@ def predict(
     return torch.cat(preds)
 
 
+def visual_and_layers(model: DrivingVLA) -> tuple[int, int]:
+    """``(V, L)``: the model's visual tokens (all cameras) and decoder layers."""
+    return model.num_patches * len(CAMERAS), sub_config(model.config, "text_config").num_hidden_layers
+
+
 def ninth_budget(model: DrivingVLA) -> int:
     """The reachable budget nearest V/9 (V visual tokens): layer 0 always sees all V, so the mean
     over L layers cannot go below V / L; the smallest whole budget above that when V/9 is lower."""
-    visual = model.num_patches * len(CAMERAS)
-    layers = sub_config(model.config, "text_config").num_hidden_layers
+    visual, layers = visual_and_layers(model)
     return max(round(visual / 9), math.floor(visual / layers) + 1)
 
 
@@ -359,8 +363,7 @@ def runnable_ci_pruners(model: DrivingVLA, budget: float) -> list[str]:
     """:data:`CI_PRUNERS` that can run on ``model`` at ``budget``: a deep-fusion model's text cannot
     see the cameras before ``vision_from_layer``, so a pruner that would rank by text attention there
     (FastV at about V/9 on 8 layers) is left out, with a log line."""
-    visual = model.num_patches * len(CAMERAS)
-    layers = sub_config(model.config, "text_config").num_hidden_layers
+    visual, layers = visual_and_layers(model)
     first = model.config.vision_from_layer
     names = []
     for name in CI_PRUNERS:
