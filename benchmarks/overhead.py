@@ -2,8 +2,10 @@
 
 Overhead = pruned prefill - ideal (the same per-layer token counts through the plain stack): the
 scoring, MI, schedule solve, top-k, gather, merging, mask building and Python of the engine. One
-pruned prefill is profiled with ``torch.profiler``; the top entries by self time are kept, and the
-aten ops issued from Python are counted for the pruned prefill and for the ideal.
+pruned prefill is profiled with ``torch.profiler``; the top entries by self time are kept, the
+aten ops issued from Python are counted for the pruned prefill and for the ideal, and the engine's
+own ranges (:mod:`vla_autoprune.profiling`) split its time into stages: scoring, schedule,
+selection, merging, bookkeeping, ...
 """
 
 from __future__ import annotations
@@ -24,15 +26,17 @@ from benchmarks.common import (
     pruned_run,
     round_range,
 )
+from vla_autoprune.profiling import STAGE_PREFIX, STAGES
 
 PROFILE_TOP = 15
 
 
 def measure(
     subject: Subject, rounds: int, names: tuple[str, ...], fraction: float
-) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
-    """Rows (pruner, pruned ms, ideal ms, overhead share) and each pruner's profiler top entries."""
-    rows, profiles = [], {}
+) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]], dict[str, list[dict[str, Any]]]]:
+    """Rows (pruner, pruned ms, ideal ms, overhead share), each pruner's profiler top entries and its
+    engine stages (:func:`stage_times`)."""
+    rows, profiles, stages = [], {}, {}
     for name in names:
         pruner, budget = make_pruner(name, fraction, subject.num_layers, subject.num_visual)
         record = pruned_run(subject, pruner)
@@ -50,7 +54,9 @@ def measure(
         share = (times["pruned"] - times["ideal"]) / times["pruned"]
         # the same share in each round (pruned and ideal timed back to back): its spread
         shares = [(p - i) / p for p, i in zip(per_round["pruned"], per_round["ideal"], strict=True)]
-        top, ops = profile_top(subject, pruner)
+        prof = _profiled(partial(pruned_run, subject, pruner), subject.device)
+        top, ops = profile_top(prof, subject.device)
+        stages[pruner.label] = stage_times(prof)
         ideal_ops = top_level_ops(_profiled(partial(ideal_run, subject, seq_len), subject.device))
         rows.append(
             {
@@ -66,7 +72,7 @@ def measure(
             }
         )
         profiles[pruner.label] = top
-    return rows, profiles
+    return rows, profiles, stages
 
 
 def _profiled(fn: Callable[[], Any], device: torch.device) -> Any:
@@ -89,10 +95,9 @@ def top_level_ops(prof: Any) -> int:
     )
 
 
-def profile_top(subject: Subject, pruner: Any) -> tuple[list[dict[str, Any]], int]:
-    """Top profiler entries (self time) of one pruned prefill, and its top-level aten op count."""
-    prof = _profiled(partial(pruned_run, subject, pruner), subject.device)
-    cuda = subject.device.type == "cuda"
+def profile_top(prof: Any, device: torch.device) -> tuple[list[dict[str, Any]], int]:
+    """Top profiler entries (self time) of one profiled pruned prefill, and its top-level aten op count."""
+    cuda = device.type == "cuda"
     events = sorted(
         prof.key_averages(),
         key=lambda e: e.self_device_time_total if cuda else e.self_cpu_time_total,
@@ -112,3 +117,37 @@ def profile_top(subject: Subject, pruner: Any) -> tuple[list[dict[str, Any]], in
         )
     torch.cuda.empty_cache() if cuda else None
     return top, top_level_ops(prof)
+
+
+def stage_times(prof: Any) -> list[dict[str, Any]]:
+    """The engine's stages in one profiled prefill: per stage its ranges (``calls``) and their
+    exclusive CPU time in ms (a range's time less that of the stage ranges nested in it, e.g. the
+    merge inside a selection), with each stage's share of their sum. CPU time under the profiler,
+    which inflates small ops: read the shares, not the milliseconds. On a GPU it is the time the
+    host spends issuing the stage (the engine's cost while the host paces the device)."""
+    exclusive = dict.fromkeys(STAGES, 0.0)
+    calls = dict.fromkeys(STAGES, 0)
+
+    def nested(event: Any) -> float:
+        """CPU time of the outermost stage ranges below ``event``."""
+        return sum(
+            child.cpu_time_total if child.name.startswith(STAGE_PREFIX) else nested(child)
+            for child in event.cpu_children
+        )
+
+    for event in prof.events():
+        if event.name.startswith(STAGE_PREFIX):
+            name = event.name[len(STAGE_PREFIX) :]
+            exclusive[name] += event.cpu_time_total - nested(event)
+            calls[name] += 1
+    total = sum(exclusive.values()) or 1.0
+    return [
+        {
+            "stage": name,
+            "calls": calls[name],
+            "cpu_ms": round(exclusive[name] / 1000, 3),
+            "share": round(exclusive[name] / total, 4),
+        }
+        for name in STAGES
+        if calls[name]
+    ]

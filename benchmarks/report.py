@@ -171,4 +171,9 @@ def write_report(folder: Path, path: Path) -> None:
                 parts.append(f"\n{extra}:\n\n" + to_markdown(result[extra]))
         for pruner, top in result.get("profiles", {}).items():
             parts.append(f"\nProfiler top entries, {pruner} (self time):\n\n" + to_markdown(top))
+        for pruner, stages in result.get("stages", {}).items():
+            parts.append(
+                f"\nEngine stages, {pruner} (`vla_autoprune.*` profiler ranges, exclusive CPU time "
+                "under the profiler, which inflates small ops: read the shares):\n\n" + to_markdown(stages)
+            )
     path.write_text("\n".join(parts))

@@ -213,9 +213,9 @@ def run_overhead(plan: Plan, device: torch.device, out: Path, mode: dict) -> Non
         subjects.append((f"{wide.name}_b1", lambda: shaped_subject(wide, 1, device, plan.dtype)))
     for name, make in subjects:
         subject = make()  # one model in memory at a time
-        rows, profiles = overhead.measure(subject, plan.rounds, ("fastv", "autoprune"), fraction)
+        rows, profiles, stages = overhead.measure(subject, plan.rounds, ("fastv", "autoprune"), fraction)
         config = mode | subject.config | {"batch": subject.batch, "budget": "V/4", "rounds": plan.rounds}
-        write_result(out, f"overhead_{name}", device, config, rows, profiles=profiles)
+        write_result(out, f"overhead_{name}", device, config, rows, profiles=profiles, stages=stages)
         logger.info("overhead %s done", name)
 
 

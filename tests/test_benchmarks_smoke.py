@@ -59,6 +59,10 @@ def test_quick_benchmarks_write_results_and_report(tmp_path: Path) -> None:
     # The analytic FLOPs match torch.utils.flop_counter on the same forwards (a count, not a timing).
     assert all(r["within_1pct"] for r in results["flops"]["rows"])
     assert results["overhead_bundled_b2"]["profiles"]["autoprune"], "profiler top entries missing"
+    # The engine's time split into its stages (AutoPrune scores, solves its schedule and recycles).
+    stages = {r["stage"]: r for r in results["overhead_bundled_b2"]["stages"]["autoprune"]}
+    assert {"score", "schedule", "select", "merge", "record"} <= set(stages)
+    assert sum(r["share"] for r in stages.values()) == pytest.approx(1.0, abs=1e-3)
     # The engine issues ops of its own on top of the ideal stack's (a count, not a timing).
     for row in results["overhead_bundled_b2"]["rows"]:
         assert row["aten_ops"] > row["ideal_aten_ops"] > 0, row
@@ -72,6 +76,7 @@ def test_quick_benchmarks_write_results_and_report(tmp_path: Path) -> None:
         assert "error" in row or (row["same_token_counts"] and float(row["max_abs_diff"]) < 1e-3), row
     text = report.read_text()
     assert "python -m benchmarks.run --device cuda" in text and "## prefill_bundled_b1" in text
+    assert "Engine stages, autoprune" in text
     # The targets say whether each is met; GPU targets are not judged on CPU figures.
     assert (
         "| target | measured | met | where |" in text

@@ -66,6 +66,7 @@ from vla_autoprune import compat
 from vla_autoprune.indexing import gather_rows, scatter_rows_
 from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.models.deepstack import add_at_visual, check_deepstack
+from vla_autoprune.profiling import stage
 from vla_autoprune.pruning.cameras import camera_choice, camera_counts, rank_order
 from vla_autoprune.pruning.flops import decoder_flops_from_config
 from vla_autoprune.pruning.pruner import LayerView, Merge, Pruner, SlotIndex
@@ -391,10 +392,12 @@ class _Engine:
                 f"{state.slots.length}: is another hook changing the hidden states?"
             )
         state.layer_slots[i] = state.slots
-        self._count(state.slots)
+        with stage("record"):
+            self._count(state.slots)
         if state.slots.identity:
             return None
-        return args, self._prefill_kwargs(state, hidden, kwargs)
+        with stage("layer_inputs"):
+            return args, self._prefill_kwargs(state, hidden, kwargs)
 
     def _start(self, hidden: torch.Tensor, kwargs: dict[str, Any]) -> None:
         b, n = hidden.shape[:2]
@@ -631,14 +634,17 @@ class _Engine:
             return None
         hidden_out = compat.output_hidden(output)
         if i == self.num_layers - 1:
-            self._fill_record(state, hidden_out.device)
+            with stage("record"):
+                self._fill_record(state, hidden_out.device)
             if state.slots.identity:
                 return None
-            return compat.with_output_hidden(output, self._restore(state.slots, hidden_out))
+            with stage("restore"):
+                return compat.with_output_hidden(output, self._restore(state.slots, hidden_out))
         hidden = compat.layer_hidden(args, kwargs)
         view = self._view(i, module, hidden, hidden_out, kwargs, state)
         view.projected = _projected(captured, hidden)
-        schedule = self.pruner.schedule(view)
+        with stage("schedule"):
+            schedule = self.pruner.schedule(view)
         if schedule.shape != (view.batch_size, self.num_layers):
             raise ValueError(
                 f"{self.pruner.name}.schedule returned shape {tuple(schedule.shape)}, "
@@ -654,16 +660,19 @@ class _Engine:
         hand_on = [min(max(row[i], 1), a) for row, a in zip(state.schedule_host, alive, strict=True)]
         if all(h >= a for h, a in zip(hand_on, alive, strict=True)):
             return None
-        kept, clusters = self.pruner.split(
-            view, torch.tensor(hand_on, dtype=torch.long, device=view.hidden.device)
-        )
-        # the one host sync of a pruning layer: the block's shape and the merge sizes
-        counts = torch.cat([kept, clusters]).tolist()
+        with stage("split"):
+            kept, clusters = self.pruner.split(
+                view, torch.tensor(hand_on, dtype=torch.long, device=view.hidden.device)
+            )
+            # the one host sync of a pruning layer: the block's shape and the merge sizes
+            counts = torch.cat([kept, clusters]).tolist()
         kept_host, clusters_host = counts[: len(alive)], counts[len(alive) :]
         merges = any(c > 0 for c in clusters_host)
         view.merge_host = ([a - k for a, k in zip(alive, kept_host, strict=True)], clusters_host)
-        scores = self.pruner.score(view)
-        state.slots, new_hidden = self._drop(view, state.slots, scores, kept, clusters, merges, kept_host)
+        with stage("score"):
+            scores = self.pruner.score(view)
+        with stage("select"):
+            state.slots, new_hidden = self._drop(view, state.slots, scores, kept, clusters, merges, kept_host)
         return compat.with_output_hidden(output, new_hidden)
 
     def _view(
@@ -817,7 +826,8 @@ class _Engine:
         slot_range = torch.arange(kv, device=vs.device)
         rank = torch.empty_like(order).scatter_(1, order, slot_range.expand(b, kv))
         is_kept = rank < kept.unsqueeze(1)
-        merge = self.pruner.merge(view, scores, vv & ~is_kept, clusters) if merges else None
+        with stage("merge"):
+            merge = self.pruner.merge(view, scores, vv & ~is_kept, clusters) if merges else None
         if merge is None:
             return self._kept_block(vs, slots, rank, is_kept, slot_range, max(kept_host)), kept_host
         r = merge.valid.sum(1)
@@ -833,7 +843,8 @@ class _Engine:
         pos = torch.where(is_real, pos, 0)
         at = vs.gather(1, pos)  # the block's slots (in this layer's sequence)
         assert self.state is not None
-        self._track_members(self.state, slots, vs, merge)
+        with stage("record"):
+            self._track_members(self.state, slots, vs, merge)
         m = (entry - real).clamp(min=0, max=merge.hidden.shape[1] - 1)
         rep_src = slots.src.gather(1, vs.gather(1, merge.representative.gather(1, m)))
         block = _Block(
@@ -970,6 +981,21 @@ def prune(decoder: nn.Module, pruner: Pruner, inputs: DecoderInputs) -> Iterator
     Yields:
         The :class:`PruningRecord`, filled while the decoder runs; FLOPs are added on exit.
     """
+    with stage("setup"):
+        record, handles = _setup(decoder, pruner, inputs)
+    try:
+        yield record
+    finally:
+        for handle in handles:
+            handle.remove()
+    with stage("record"):
+        _finish(record, compat.decoder_config(decoder), inputs.layout.camera_index)
+
+
+def _setup(
+    decoder: nn.Module, pruner: Pruner, inputs: DecoderInputs
+) -> tuple[PruningRecord, list[torch.utils.hooks.RemovableHandle]]:
+    """Check the inputs, run the pruner's setup and pre-decoder selection, install the hooks."""
     layers = compat.decoder_layers(decoder)
     _check_layout(inputs)
     num_visual = inputs.layout.num_visual
@@ -994,13 +1020,7 @@ def prune(decoder: nn.Module, pruner: Pruner, inputs: DecoderInputs) -> Iterator
         preselected=None if kept is None else kept.cpu(),
     )
     engine = _Engine(decoder, pruner, run_inputs, record, origin)
-    handles = engine.install()
-    try:
-        yield record
-    finally:
-        for handle in handles:
-            handle.remove()
-    _finish(record, compat.decoder_config(decoder), inputs.layout.camera_index)
+    return record, engine.install()
 
 
 def _pack_kept(origin: torch.Tensor) -> torch.Tensor:
