@@ -826,8 +826,10 @@ class _Engine:
         slot_range = torch.arange(kv, device=vs.device)
         rank = torch.empty_like(order).scatter_(1, order, slot_range.expand(b, kv))
         is_kept = rank < kept.unsqueeze(1)
-        with stage("merge"):
-            merge = self.pruner.merge(view, scores, vv & ~is_kept, clusters) if merges else None
+        merge = None
+        if merges:  # a range only where a merge runs (a FastV trace shows no merge stage)
+            with stage("merge"):
+                merge = self.pruner.merge(view, scores, vv & ~is_kept, clusters)
         if merge is None:
             return self._kept_block(vs, slots, rank, is_kept, slot_range, max(kept_host)), kept_host
         r = merge.valid.sum(1)
