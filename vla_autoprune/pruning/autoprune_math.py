@@ -45,6 +45,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import numpy as np
 import torch
@@ -386,11 +387,15 @@ def _solve_actual(log_p: np.ndarray, plan: _ActualPlan) -> np.ndarray:
     Float64 numpy on the host. The ``ACTUAL_BISECTION_STEPS`` halvings run as rounds of
     ``SEARCH_LEVELS``: each round evaluates every midpoint the next levels of halving could visit
     (computed as ``0.5 * (lo + hi)``, exactly as one halving would) and, the fit being monotone in
-    ``s``, lands on the bracket those halvings would end in, in a few array operations.
+    ``s``, lands on the bracket those halvings would end in, in a few array operations. The rounds
+    stop early once no later halving can change the counts at the bracket's ends
+    (:func:`_search_round`): the result is the one all ``ACTUAL_BISECTION_STEPS`` halvings give.
     """
     lo, hi = _log_scale_bracket(log_p, plan)
     for _ in range(ACTUAL_BISECTION_STEPS // SEARCH_LEVELS):
-        lo, hi = _search_round(lo, hi, log_p, plan)
+        lo, hi, settled = _search_round(lo, hi, log_p, plan)
+        if settled:
+            break
     lower = _actual_counts(lo[:, None], log_p, plan)[:, 0]
     lower_fits = _processed(lower, plan) <= plan.target
     # below the smallest curve total (tight budgets with recycling) fall back to one token a layer
@@ -400,19 +405,29 @@ def _solve_actual(log_p: np.ndarray, plan: _ActualPlan) -> np.ndarray:
 
 def _search_round(
     lo: np.ndarray, hi: np.ndarray, log_p: np.ndarray, plan: _ActualPlan
-) -> tuple[np.ndarray, np.ndarray]:
-    """``SEARCH_LEVELS`` halvings of the ``[B]`` brackets ``[lo, hi]`` at once."""
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``SEARCH_LEVELS`` halvings of the ``[B]`` brackets ``[lo, hi]`` at once, and whether every
+    row is settled.
+
+    A row is settled when its new ``lo`` fits, its new ``hi`` does not, and their per-layer wanted
+    counts (before the hand-on recurrence) differ by one token in one layer: each layer's count is
+    monotone in ``s``, so every later midpoint has the counts of ``lo`` (and fits, becoming the new
+    ``lo``) or those of ``hi`` (and becomes the new ``hi``). The counts at the ends of the bracket
+    the remaining halvings would reach are then those of ``lo`` and ``hi`` now.
+    """
     points = np.stack([lo, hi], axis=1)  # [B, 2], ascending
     for _ in range(SEARCH_LEVELS):
         mids = 0.5 * (points[:, :-1] + points[:, 1:])
         both = np.empty((points.shape[0], 2 * points.shape[1] - 1))
         both[:, 0::2], both[:, 1::2] = points, mids
         points = both  # [B, 2^j + 1]
-    inner = points[:, 1:-1]
-    fits = _processed(_actual_counts(inner, log_p, plan), plan) <= plan.target  # [B, S]
-    j = fits.sum(axis=1)  # fits then misfits along s: the last fitting point is inner[j - 1]
+    counts, wanted = _actual_counts(points, log_p, plan, with_wanted=True)  # ends included
+    fits = _processed(counts, plan) <= plan.target  # [B, S + 2]
+    j = fits[:, 1:-1].sum(axis=1)  # fits then misfits along s: the last fitting point is inner[j - 1]
     rows = np.arange(points.shape[0])
-    return points[rows, j], points[rows, j + 1]
+    step = wanted[rows, j + 1] - wanted[rows, j]  # [B, L], >= 0
+    settled = fits[rows, j] & ~fits[rows, j + 1] & (step.sum(axis=-1) == 1)
+    return points[rows, j], points[rows, j + 1], bool(settled.all())
 
 
 def _log_scale_bracket(log_p: np.ndarray, plan: _ActualPlan) -> tuple[np.ndarray, np.ndarray]:
@@ -430,14 +445,30 @@ def _recycle_count_np(num_dropped: np.ndarray) -> np.ndarray:
     return np.where(num_dropped > 0, merged, 0)
 
 
-def _actual_counts(log_s: np.ndarray, log_p: np.ndarray, plan: _ActualPlan) -> np.ndarray:
-    """int64 ``[B, S, L]`` hand-on counts for scales ``exp(log_s)`` ``[B, S]``; monotone in ``s``."""
+@overload
+def _actual_counts(log_s: np.ndarray, log_p: np.ndarray, plan: _ActualPlan) -> np.ndarray: ...
+
+
+@overload
+def _actual_counts(
+    log_s: np.ndarray, log_p: np.ndarray, plan: _ActualPlan, with_wanted: Literal[True]
+) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def _actual_counts(
+    log_s: np.ndarray, log_p: np.ndarray, plan: _ActualPlan, with_wanted: bool = False
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """int64 ``[B, S, L]`` hand-on counts for scales ``exp(log_s)`` ``[B, S]``; monotone in ``s``.
+
+    ``with_wanted``: also each layer's wanted count before the hand-on recurrence, ``[B, S, L]``.
+    """
     frac = np.minimum(np.exp(log_s[:, :, None] + log_p[:, None, :]), 1.0)  # [B, S, L]
     wanted = np.maximum(np.ceil(plan.base * frac).astype(np.int64), 1)  # <= base <= V
     if plan.stage0_count is not None:
         wanted[..., 0] = plan.stage0_count  # stage 0 hands on v0 and recycles nothing
     if not plan.recycle:
-        return np.minimum.accumulate(wanted, axis=-1)  # a layer cannot hand on more than it got
+        out = np.minimum.accumulate(wanted, axis=-1)  # a layer cannot hand on more than it got
+        return (out, wanted) if with_wanted else out
     table = plan.recycle_table
     first = plan.first_curve_layer  # read once: the loop runs for every bisection round
     out = np.empty_like(wanted)
@@ -446,7 +477,7 @@ def _actual_counts(log_s: np.ndarray, log_p: np.ndarray, plan: _ActualPlan) -> n
         keep = np.minimum(wanted[..., layer], cur)
         cur = keep + table[cur - keep] if layer >= first else keep
         out[..., layer] = cur
-    return out
+    return (out, wanted) if with_wanted else out
 
 
 def _floor_counts(like: np.ndarray, plan: _ActualPlan) -> np.ndarray:
