@@ -131,3 +131,21 @@ def test_stage0_count_is_the_solved_first_entry_for_every_slope(layers: int, vis
     v0 = stage0_count(budget, layers, visual, first_layer=1)
     sched = retention_schedule(SLOPES, budget, layers, visual, stage0="reference")
     assert sched[:, 0].tolist() == [v0] * len(SLOPES)
+
+
+def test_bisection_stops_once_the_counts_are_settled(monkeypatch: pytest.MonkeyPatch):
+    # The early stop is what makes the solve cheap; the equality tests above say it changes nothing.
+    # k = 0 (a flat curve: every layer's count steps at the same scale) never settles early and runs
+    # every round; the other rows leave once settled.
+    rows: list[int] = []
+    search = ap._search_round
+
+    def counted(*args):  # type: ignore[no-untyped-def]
+        result = search(*args)
+        rows.append(len(result[2]))
+        return result
+
+    monkeypatch.setattr(ap, "_search_round", counted)
+    retention_schedule(SLOPES, 144.0, 8, 576, stage0="reference")
+    assert len(rows) == ap.ACTUAL_BISECTION_STEPS // ap.SEARCH_LEVELS
+    assert rows[0] == len(SLOPES) and rows[-1] == 1  # only k = 0 searched to the end

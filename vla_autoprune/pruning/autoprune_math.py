@@ -387,14 +387,16 @@ def _solve_actual(log_p: np.ndarray, plan: _ActualPlan) -> np.ndarray:
     Float64 numpy on the host. The ``ACTUAL_BISECTION_STEPS`` halvings run as rounds of
     ``SEARCH_LEVELS``: each round evaluates every midpoint the next levels of halving could visit
     (computed as ``0.5 * (lo + hi)``, exactly as one halving would) and, the fit being monotone in
-    ``s``, lands on the bracket those halvings would end in, in a few array operations. The rounds
-    stop early once no later halving can change the counts at the bracket's ends
+    ``s``, lands on the bracket those halvings would end in, in a few array operations. A row
+    leaves the rounds once no later halving can change the counts at its bracket's ends
     (:func:`_search_round`): the result is the one all ``ACTUAL_BISECTION_STEPS`` halvings give.
     """
     lo, hi = _log_scale_bracket(log_p, plan)
+    active = np.arange(log_p.shape[0])  # rows still searching
     for _ in range(ACTUAL_BISECTION_STEPS // SEARCH_LEVELS):
-        lo, hi, settled = _search_round(lo, hi, log_p, plan)
-        if settled:
+        lo[active], hi[active], settled = _search_round(lo[active], hi[active], log_p[active], plan)
+        active = active[~settled]
+        if not active.size:
             break
     lower = _actual_counts(lo[:, None], log_p, plan)[:, 0]
     lower_fits = _processed(lower, plan) <= plan.target
@@ -405,9 +407,9 @@ def _solve_actual(log_p: np.ndarray, plan: _ActualPlan) -> np.ndarray:
 
 def _search_round(
     lo: np.ndarray, hi: np.ndarray, log_p: np.ndarray, plan: _ActualPlan
-) -> tuple[np.ndarray, np.ndarray, bool]:
-    """``SEARCH_LEVELS`` halvings of the ``[B]`` brackets ``[lo, hi]`` at once, and whether every
-    row is settled.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``SEARCH_LEVELS`` halvings of the ``[B]`` brackets ``[lo, hi]`` at once, and which rows are
+    settled (bool ``[B]``).
 
     A row is settled when its new ``lo`` fits, its new ``hi`` does not, and their per-layer wanted
     counts (before the hand-on recurrence) differ by one token in one layer: each layer's count is
@@ -427,7 +429,7 @@ def _search_round(
     rows = np.arange(points.shape[0])
     step = wanted[rows, j + 1] - wanted[rows, j]  # [B, L], >= 0
     settled = fits[rows, j] & ~fits[rows, j + 1] & (step.sum(axis=-1) == 1)
-    return points[rows, j], points[rows, j + 1], bool(settled.all())
+    return points[rows, j], points[rows, j + 1], settled
 
 
 def _log_scale_bracket(log_p: np.ndarray, plan: _ActualPlan) -> tuple[np.ndarray, np.ndarray]:

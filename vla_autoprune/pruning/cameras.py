@@ -15,6 +15,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from vla_autoprune.errors import ConfigError
@@ -135,8 +136,13 @@ def camera_choice(
 
 
 def camera_counts(kept_visual: torch.Tensor, camera_index: torch.Tensor, num_cameras: int) -> torch.Tensor:
-    """int64 ``[B, C]``: original visual tokens of each camera among ``kept_visual`` [B, K] (-1 padded)."""
-    ok = kept_visual >= 0
-    cams = camera_index.gather(1, kept_visual.clamp(min=0))
-    onehot = (cams.unsqueeze(-1) == torch.arange(num_cameras, device=cams.device)) & ok.unsqueeze(-1)
-    return onehot.sum(dim=1)
+    """int64 ``[B, C]``: original visual tokens of each camera among ``kept_visual`` [B, K] (-1 padded).
+
+    Counted on the host (numpy, one ``bincount``); the result is a CPU tensor.
+    """
+    kept = kept_visual.cpu().numpy()
+    b = kept.shape[0]
+    cams = np.take_along_axis(camera_index.cpu().numpy(), np.maximum(kept, 0), axis=1)
+    slot = np.arange(b)[:, None] * num_cameras + cams  # (row, camera) as one index
+    counts = np.bincount(slot[kept >= 0], minlength=b * num_cameras)
+    return torch.from_numpy(counts.astype(np.int64).reshape(b, num_cameras))

@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -1026,9 +1027,19 @@ def _setup(
 
 
 def _pack_kept(origin: torch.Tensor) -> torch.Tensor:
-    """int64 ``[B, K]`` (-1 where no original visual token) -> ``[B, Kv]``: the rest in order, -1 padded."""
-    idx, ok = _true_indices(origin >= 0)
-    return origin.gather(1, idx).masked_fill(~ok, -1)
+    """int64 ``[B, K]`` (-1 where no original visual token) -> ``[B, Kv]``: the rest in order, -1 padded.
+
+    On the host in numpy (after the forward: a handful of microsecond ops instead of torch's
+    dispatch per op); the same values as :func:`_true_indices` and a gather.
+    """
+    kept = origin.cpu().numpy()
+    ok = kept >= 0
+    counts = ok.sum(axis=1)
+    width = int(counts.max()) if kept.size else 0
+    order = np.argsort(~ok, axis=1, kind="stable")[:, :width]  # kept entries first, in order
+    packed = np.take_along_axis(kept, order, axis=1)
+    packed[np.arange(width)[None, :] >= counts[:, None]] = -1
+    return torch.from_numpy(packed)
 
 
 def _finish(record: PruningRecord, config: Any, camera_index: torch.Tensor) -> None:
@@ -1040,7 +1051,7 @@ def _finish(record: PruningRecord, config: Any, camera_index: torch.Tensor) -> N
         value = getattr(record, name)
         if value is not None:
             setattr(record, name, value.cpu())
-    record.kept_visual = _per_distinct(record.kept_visual, lambda k: _pack_kept(k.cpu()))
+    record.kept_visual = _per_distinct(record.kept_visual, _pack_kept)
     record.merged_into = _per_distinct(record.merged_into, lambda m: m.cpu())
     record.stats = {key: value.detach().cpu() for key, value in record.stats.items()}
     assert record.tokens is not None
