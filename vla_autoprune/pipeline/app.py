@@ -40,6 +40,7 @@ from vla_autoprune.pipeline.loop import run_split, shard_indices
 from vla_autoprune.pipeline.merge import samples_digest
 from vla_autoprune.pipeline.summary import summarize
 from vla_autoprune.pipeline.table import SHORT_COLUMNS, table_rows, to_markdown
+from vla_autoprune.pruning.calibration import calibrate_pruner
 from vla_autoprune.run_files import (
     CONFIG_FILE,
     RECORDS_FILE,
@@ -128,6 +129,15 @@ def check_budget_before_loading(cfg: DictConfig, planner: Planner) -> None:
         )
 
 
+def adopt_model_calibration(cfg: DictConfig, planner: Planner) -> None:
+    """Hand the pruner the constants measured for this model (``pruning_calibration.json``,
+    :mod:`vla_autoprune.pruning.calibration`), before the run's identity is written."""
+    pruner = getattr(planner, "pruner", None)
+    model = model_name(cfg)
+    if pruner is not None and model is not None:
+        calibrate_pruner(pruner, model)
+
+
 def record_skipped(
     out_dir: str | Path, err: NotRunnableError, job: dict[str, Any], overrides: Sequence[str]
 ) -> None:
@@ -184,6 +194,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path, overrides: Sequence[str] = ()
     resolve_dtype(cfg.dtype)
     planner: Planner = build(cfg.planner)  # builds the pruner; weights load later, in setup()
     check_budget_before_loading(cfg, planner)
+    adopt_model_calibration(cfg, planner)
     (out_dir / SKIPPED_FILE).unlink(missing_ok=True)  # an earlier attempt of this job was not runnable
     meta = run_meta(cfg, planner, device, out_dir, overrides)
     previous = _previous_meta(out_dir, cfg.resume)

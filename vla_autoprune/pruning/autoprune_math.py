@@ -158,6 +158,50 @@ def slope(mi: Tensor, k0: float = DEFAULT_K0, gamma: float = DEFAULT_GAMMA) -> T
     return (k0 - gamma * mi).clamp(min=0.0)
 
 
+#: MI quantiles a calibration maps to the steepest slope and to a flat curve (:func:`calibrate_slope`).
+CALIBRATION_QUANTILES = (0.05, 0.95)
+
+
+def calibrate_slope(
+    mi: Tensor, k_max: float = DEFAULT_K0, quantiles: tuple[float, float] = CALIBRATION_QUANTILES
+) -> tuple[float, float]:
+    """``(k0, gamma)`` fitting :func:`slope` to a model's own range of mutual information.
+
+    The paper's ``k0 = 0.4``, ``gamma = 0.2`` suit LLaVA-1.5's MI; a model whose text attends more
+    to its visual tokens has larger MI and every slope clamps at 0 (a flat, non-adaptive curve).
+    This keeps the paper's form and direction (more MI, flatter curve) and its steepest typical
+    slope: ``k = k_max`` at the low quantile of ``mi``, ``k = 0`` at the high one, linear between
+    (samples below the low quantile get a little more than ``k_max``).
+
+    Args:
+        mi: float ``[N]``, MI of ``N`` samples (training data, measured as the pruner measures it).
+        k_max: the slope at the low quantile.
+        quantiles: ``(low, high)`` quantiles of ``mi``, ``0 <= low < high <= 1``.
+
+    Returns:
+        ``(k0, gamma)``, ``gamma = k_max / (q_high - q_low)``, ``k0 = gamma * q_high``.
+    """
+    low, high = quantiles
+    if mi.dim() != 1 or mi.numel() < 2 or not 0.0 <= low < high <= 1.0 or not k_max > 0:
+        raise ScheduleError(
+            f"calibrate_slope needs MI of at least 2 samples as a 1-D tensor, 0 <= low < high <= 1 "
+            f"quantiles and k_max > 0; got shape {tuple(mi.shape)}, quantiles {quantiles}, k_max {k_max}"
+        )
+    q = torch.quantile(mi.double(), torch.tensor([low, high], dtype=torch.float64))
+    q_low, q_high = float(q[0]), float(q[1])
+    if (
+        not math.isfinite(q_low)
+        or not math.isfinite(q_high)
+        or q_high - q_low <= 1e-9 * max(1.0, abs(q_high))
+    ):
+        raise ScheduleError(
+            f"MI does not vary over these samples ({q_low:.6g} to {q_high:.6g} between the {low:g} and "
+            f"{high:g} quantiles): no slope map can tell them apart; calibrate on more varied scenes"
+        )
+    gamma = k_max / (q_high - q_low)
+    return gamma * q_high, gamma
+
+
 # --------------------------------------------------------------------------- curve
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -313,6 +313,15 @@ class Pruner(abc.ABC):
 
     def setup(self, decoder: nn.Module) -> None:  # noqa: B027 - optional hook, no-op by default
         """Model-dependent setup, called by the engine before hooks are installed."""
+
+    def calibrate(self, calibration: Mapping[str, Any] | None, model: str = "") -> None:  # noqa: B027
+        """Adopt constants measured for the model this pruner will run on (optional hook, no-op).
+
+        ``calibration`` is this pruner's entry of the model folder's ``pruning_calibration.json``
+        (:attr:`~vla_autoprune.models.describe.ModelShape.calibration`), or None when it has none;
+        ``model`` names the model for messages. Called before the run's identity is written, so
+        what a pruner adopts is part of it.
+        """
 
     def reachable(self, num_layers: int, num_visual: int) -> tuple[float, float]:
         """``(lo, hi)`` budgets this pruner can meet: layer 0 always sees all ``V`` tokens."""

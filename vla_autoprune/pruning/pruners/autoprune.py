@@ -10,7 +10,9 @@ https://arxiv.org/abs/2509.23931), as specified in docs/AUTOPRUNE.md; the math l
    before the decoder by saliency alone; ``"none"`` skips it.
 2. at the reference layer (layer 1, or layer 0 without stage 0) the mutual information of the
    text -> visual attention over the survivors gives the slope ``k = max(k0 - gamma MI, 0)`` and a
-   logistic retention schedule solved for the budget, per sample.
+   logistic retention schedule solved for the budget, per sample. ``k0`` and ``gamma`` default to
+   the model's calibration (:meth:`AutoPrunePruner.calibrate`, the model folder's
+   ``pruning_calibration.json``), else the paper's 0.4 and 0.2.
 3. every later layer keeps its top tokens by text attention (mean over heads and text rows) and
    recycles part of the dropped ones by DPC-kNN merging (``recycle``).
 
@@ -21,7 +23,10 @@ cameras only from layer 1, stage 0 ranks by saliency alone (the text term is 0 t
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -34,6 +39,8 @@ from vla_autoprune.pruning.pruner import LayerView, Merge, Pruner, keep_all_sche
 from vla_autoprune.pruning.pruners.fastervlm import top_saliency
 from vla_autoprune.pruning.recycling import recycle_dropped, split_handed_on
 from vla_autoprune.pruning.registry import register_pruner
+
+logger = logging.getLogger(__name__)
 
 # The reference's weight of the layer-0 text attention in the stage-0 ranking.
 STAGE0_TEXT_WEIGHT = 0.3
@@ -48,7 +55,8 @@ class AutoPrunePruner(Pruner):
 
     Attributes:
         head_reduce: MI over heads: ``sum`` (reference) or ``mean``.
-        k0, gamma: slope ``k = max(k0 - gamma * MI, 0)``.
+        k0, gamma: slope ``k = max(k0 - gamma * MI, 0)``. None (both): the model's calibration
+            when :meth:`calibrate` gets one, else the paper's 0.4 and 0.2 (:meth:`slope_constants`).
         x0: curve centre; None: 14.9 (``reference`` accounting) or ``0.4656 L`` (``actual``).
         accounting: ``actual`` (budget counts every layer's tokens, layer 0 at its input size) or
             ``reference`` (the authors' schedule and count, to reproduce their numbers).
@@ -59,8 +67,8 @@ class AutoPrunePruner(Pruner):
     name = "autoprune"
     accounting: Accounting = "actual"
     head_reduce: HeadReduce = "sum"
-    k0: float = ap.DEFAULT_K0
-    gamma: float = ap.DEFAULT_GAMMA
+    k0: float | None = None
+    gamma: float | None = None
     x0: float | None = None
     stage0: Stage0 = "reference"
     recycle: bool = True
@@ -69,8 +77,49 @@ class AutoPrunePruner(Pruner):
         super().__post_init__()
         ap.check_options(self.accounting, self.stage0, self.recycle, self.name)
         check_choice("head_reduce", self.head_reduce, HeadReduce, self.name)
-        if self.k0 < 0 or self.gamma < 0:
+        if (self.k0 is not None and self.k0 < 0) or (self.gamma is not None and self.gamma < 0):
             raise ConfigError(f"{self.name}: k0={self.k0} and gamma={self.gamma} must be >= 0")
+
+    # -- slope constants -----------------------------------------------------------------------
+
+    def slope_constants(self) -> tuple[float, float]:
+        """``(k0, gamma)`` in use: the set (or calibrated) ones, the paper's for those left None."""
+        k0 = ap.DEFAULT_K0 if self.k0 is None else self.k0
+        return k0, ap.DEFAULT_GAMMA if self.gamma is None else self.gamma
+
+    def calibrate(self, calibration: Mapping[str, Any] | None, model: str = "") -> None:
+        """Adopt the model's ``k0`` and ``gamma`` (``calibration``: ``head_reduce``, ``k0``, ``gamma``,
+        as ``python -m data_tools.calibrate_autoprune`` writes them) when neither is set.
+
+        A calibration measured with another ``head_reduce`` does not apply (a warning says so).
+        """
+        if calibration is None or self.k0 is not None or self.gamma is not None:
+            return
+        where = f"{model or 'the model'}'s pruning_calibration.json"
+        try:
+            head_reduce, k0, gamma = (
+                calibration["head_reduce"],
+                float(calibration["k0"]),
+                float(calibration["gamma"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(
+                f"{where}: its autoprune entry needs head_reduce, k0 and gamma; rewrite it with "
+                "python -m data_tools.calibrate_autoprune"
+            ) from None
+        if not (k0 >= 0 and gamma >= 0):
+            raise ConfigError(f"{where}: k0={k0} and gamma={gamma} must be >= 0; recalibrate")
+        if head_reduce != self.head_reduce:
+            logger.warning(
+                "%s: %s was measured with head_reduce=%s, this run uses %s: the paper's k0 and gamma apply",
+                self.name,
+                where,
+                head_reduce,
+                self.head_reduce,
+            )
+            return
+        self.k0, self.gamma = k0, gamma
+        logger.info("%s: slope k = max(%.4g - %.4g MI, 0), calibrated for %s", self.name, k0, gamma, model)
 
     # -- budget --------------------------------------------------------------------------------
 
@@ -133,7 +182,7 @@ class AutoPrunePruner(Pruner):
         if view.layer_idx > ref and view.schedule is not None:
             return view.schedule
         mi = ap.mutual_information(view.attention(), self.head_reduce, text_valid=view.text_valid_or_none())
-        k = ap.slope(mi, self.k0, self.gamma)
+        k = ap.slope(mi, *self.slope_constants())
         view.stats["mi"] = mi.detach()
         view.stats["k"] = k.detach()
         schedule = self._retention(k, view)
