@@ -22,7 +22,7 @@ import logging
 import shlex
 import sys
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,20 +41,46 @@ from vla_autoprune.pruning.calibration import write_calibration
 logger = logging.getLogger(__name__)
 
 
+def dataset_batches(dataset: Any, batch_size: int) -> Iterator[dict[str, Any]]:
+    """Collated batches of ``dataset`` in order, with a progress bar."""
+    for start in tqdm(range(0, len(dataset), batch_size), desc="MI", unit="batch"):
+        yield collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+
+
 def measure_mi(
-    model: Any, dataset: Any, budget: float, head_reduce: str, batch_size: int
+    model: Any, batches: Iterable[dict[str, Any]], budget: float, head_reduce: str
 ) -> tuple[torch.Tensor, list[str]]:
-    """float64 ``[N]`` MI of every sample of ``dataset`` under AutoPrune at ``budget``, and each
-    sample's scenario family (``""`` when the data has none)."""
+    """float64 ``[N]`` MI of every sample of ``batches`` under AutoPrune at ``budget`` (as the pruner
+    measures it: MI does not depend on ``k0`` and ``gamma``), and each sample's scenario family
+    (``""`` when the data has none)."""
     pruner = build_pruner("autoprune", budget=budget, head_reduce=head_reduce)
     mi: list[torch.Tensor] = []
     families: list[str] = []
-    for start in tqdm(range(0, len(dataset), batch_size), desc="MI", unit="batch"):
-        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+    for batch in batches:
         _, record = run_pruned(model, batch, pruner)
         mi.append(record.stats["mi"].double())
         families += list(batch.get("scenario") or [""] * len(record.stats["mi"]))
     return torch.cat(mi), families
+
+
+def calibration_entry(
+    mi: torch.Tensor, head_reduce: str, k_max: float, budget: float, data: dict[str, Any], command: str
+) -> dict[str, Any]:
+    """The ``pruning_calibration.json`` entry for AutoPrune fitted to ``mi`` ``[N]``."""
+    k0, gamma = ap.calibrate_slope(mi, k_max)
+    low, high = ap.CALIBRATION_QUANTILES
+    q = torch.quantile(mi, torch.tensor([low, 0.5, high], dtype=torch.float64)).tolist()
+    return {
+        "head_reduce": head_reduce,
+        "k0": round(k0, 6),
+        "gamma": round(gamma, 6),
+        "k_max": k_max,
+        "mi_quantiles": {f"{p:g}": round(v, 6) for p, v in zip((low, 0.5, high), q, strict=True)},
+        "budget": budget,
+        "samples": len(mi),
+        "data": data,
+        "command": command,
+    }
 
 
 def family_table(mi: torch.Tensor, families: list[str], constants: dict[str, tuple[float, float]]) -> str:
@@ -123,22 +149,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             seed=args.seed,
         )
         data = {"synthetic_seed": args.seed, "split": "train", "scenes": args.scenes}
-    mi, families = measure_mi(model, dataset, budget, args.head_reduce, args.batch_size)
-    k0, gamma = ap.calibrate_slope(mi, args.k_max)
-    low, high = ap.CALIBRATION_QUANTILES
-    q = torch.quantile(mi, torch.tensor([low, 0.5, high], dtype=torch.float64)).tolist()
-    entry = {
-        "head_reduce": args.head_reduce,
-        "k0": round(k0, 6),
-        "gamma": round(gamma, 6),
-        "k_max": args.k_max,
-        "mi_quantiles": {f"{p:g}": round(v, 6) for p, v in zip((low, 0.5, high), q, strict=True)},
-        "budget": budget,
-        "samples": len(mi),
-        "data": data,
-        "command": "python -m data_tools.calibrate_autoprune "
-        + shlex.join(sys.argv[1:] if argv is None else argv),
-    }
+    mi, families = measure_mi(model, dataset_batches(dataset, args.batch_size), budget, args.head_reduce)
+    command = "python -m data_tools.calibrate_autoprune " + shlex.join(sys.argv[1:] if argv is None else argv)
+    entry = calibration_entry(mi, args.head_reduce, args.k_max, budget, data, command)
+    q = list(entry["mi_quantiles"].values())
     constants = {"paper": (ap.DEFAULT_K0, ap.DEFAULT_GAMMA), "calibrated": (entry["k0"], entry["gamma"])}
     logger.info(
         "%s: MI %.3f / %.3f / %.3f (5th / 50th / 95th percentile, %d train samples, budget %g) -> "

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from data_tools.calibrate_autoprune import calibration_entry, measure_mi
 from data_tools.embedded import SYNTHETIC_VERSION, ensure_synthetic
 from data_tools.patch_labels import PATCH_CLASSES, mirror_patch_labels, patch_labels
 from data_tools.synthetic.events import FAMILIES
@@ -51,6 +52,8 @@ from vla_autoprune.models.driving_vla import (
 )
 from vla_autoprune.pipeline.bootstrap import paired_ratio, stratified_weights
 from vla_autoprune.pruning import Pruner, build_pruner, run_pruned
+from vla_autoprune.pruning.autoprune_math import DEFAULT_K0, ScheduleError
+from vla_autoprune.pruning.calibration import CALIBRATION_FILE, read_calibration, write_calibration
 
 logger = logging.getLogger(__name__)
 
@@ -393,17 +396,22 @@ def planner_metrics(pred: torch.Tensor, data: dict[str, Any]) -> dict[str, float
 
 
 def evaluate(
-    model: DrivingVLA, data: dict[str, Any], blind: torch.Tensor, train: dict[str, Any]
+    model: DrivingVLA,
+    data: dict[str, Any],
+    blind: torch.Tensor,
+    train: dict[str, Any],
+    calibrations: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
     """On one held-out split: stp3 L2 and collision of the model, the model with zeroed visual
     tokens, the model pruned at random to about V/9, constant velocity, the blind speed x command
     fit (its ``[B, 12]`` weights) and the blind nearest-speed median of ``train``
     (:func:`blind_median`); and :func:`retention_intervals` of :func:`runnable_ci_pruners` at about
-    V/9. Each prediction is made once."""
+    V/9; ``calibrations``: the model's measured pruner constants (``pruning_calibration.json``).
+    Each prediction is made once."""
     budget = ninth_budget(model)
     unpruned = predict(model, data)
     names = runnable_ci_pruners(model, budget)
-    pruned = {name: predict(model, data, pruner=build_pruner(name, budget=budget)) for name in names}
+    pruned = {name: predict(model, data, pruner=_calibrated(name, budget, calibrations)) for name in names}
     metrics = {
         "model": planner_metrics(unpruned, data),
         "model_visual_zeroed": planner_metrics(predict(model, data, zero_visual=True), data),
@@ -413,6 +421,35 @@ def evaluate(
         "blind_speed_x_command_median": planner_metrics(blind_median(train, data), data),
     }
     return metrics, retention_intervals(unpruned, {f"{n}_b{budget}": p for n, p in pruned.items()}, data)
+
+
+def _calibrated(name: str, budget: float, calibrations: dict[str, dict[str, Any]] | None) -> Pruner:
+    """``name`` at ``budget`` with the model's measured constants for it, if any."""
+    pruner = build_pruner(name, budget=budget)
+    pruner.calibrate((calibrations or {}).get(name), model="the trained model")
+    return pruner
+
+
+#: Training samples AutoPrune's slope map is calibrated on after training (as many as the
+#: calibration command's default, 48 scenes x 12 keyframes).
+CALIBRATION_SAMPLES = 576
+
+
+def calibrate_trained(model: DrivingVLA, train: dict[str, Any], args: TrainArgs) -> dict[str, Any] | None:
+    """AutoPrune's ``pruning_calibration.json`` entry measured on the first training samples
+    (:mod:`data_tools.calibrate_autoprune`), or None (with a warning) when MI does not vary."""
+    model.eval()
+    count = min(CALIBRATION_SAMPLES, len(train["command"]))
+    visual, _ = visual_and_layers(model)
+    batches = (batch_at(train, index) for index in torch.arange(count).split(EVAL_BATCH))
+    mi, _ = measure_mi(model, batches, visual / 4, "sum")
+    data = {"synthetic_seed": args.data_seed, "split": "train", "samples": count}
+    command = f"python -m data_tools.calibrate_autoprune --model {args.out} --write"
+    try:
+        return calibration_entry(mi, "sum", DEFAULT_K0, visual / 4, data, command)
+    except ScheduleError as err:
+        logger.warning("AutoPrune's slope map not calibrated: %s", err)
+        return None
 
 
 def retention_intervals(
@@ -632,11 +669,16 @@ def train(args: TrainArgs) -> dict[str, Any]:
     losses = train_model(model, splits["train"], args)
     seconds = time.monotonic() - start
     blind = blind_fit(splits["train"])
+    calibration = calibrate_trained(model, splits["train"], args)
+    calibrations = {} if calibration is None else {"autoprune": calibration}
     vals = {args.data_seed: splits["val"], SECOND_SEED: load_split(second, "val", model, True)}
-    measured = measure(model, vals, blind, splits["train"], args.val_scenes)
+    measured = measure(model, vals, blind, splits["train"], args.val_scenes, calibrations)
     logger.info("val metrics (stp3): %s", json.dumps(measured))
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out)
+    (args.out / CALIBRATION_FILE).unlink(missing_ok=True)  # an earlier model's, in a reused folder
+    if calibration is not None:
+        write_calibration(args.out, "autoprune", calibration)
     record = {
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(args).items() if k != "out"},
         "command": reproduce_command(args),
@@ -707,7 +749,8 @@ def evaluate_folder(args: TrainArgs) -> dict[str, Any]:
         image_size=a["image_size"],
         seed=a["data_seed"],
     )
-    record.update(measure(model, vals, blind, load_split(train_root, "train", model), args.val_scenes))
+    train_split = load_split(train_root, "train", model)
+    record.update(measure(model, vals, blind, train_split, args.val_scenes, read_calibration(args.out)))
     write_record(args.out, record)
     return record
 
@@ -718,10 +761,14 @@ def measure(
     blind: torch.Tensor,
     train: dict[str, Any],
     val_scenes: int,
+    calibrations: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The ``training.json`` fields measured on the held-out val splits ``vals`` (seed -> split);
-    ``train`` is the training split (the blind median's neighbours)."""
-    measured = {f"seed{seed}_val": evaluate(model, data, blind, train) for seed, data in vals.items()}
+    ``train`` is the training split (the blind median's neighbours), ``calibrations`` the model's
+    measured pruner constants."""
+    measured = {
+        f"seed{seed}_val": evaluate(model, data, blind, train, calibrations) for seed, data in vals.items()
+    }
     return {
         "evaluation": {
             "val_scenes": val_scenes,

@@ -18,7 +18,7 @@ from conftest import evaluate_config
 
 from data_tools import calibrate_autoprune
 from data_tools.synthetic_nuscenes import generate
-from data_tools.train_tiny_vla import load_split
+from data_tools.train_tiny_vla import TrainArgs, calibrate_trained, load_split
 from vla_autoprune.data import CAMERAS
 from vla_autoprune.errors import ConfigError, ModelLoadError
 from vla_autoprune.models import BUNDLED_MODELS, load
@@ -146,12 +146,24 @@ def test_the_main_job_hands_autoprune_the_models_calibration(synthetic_root: Pat
 
 
 @pytest.fixture(scope="module")
-def train_batch(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def train_split(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Six training scenes (one per family) x 4 keyframes, as the training script caches them."""
     root = tmp_path_factory.mktemp("train6")
     generate(root, scenes={"train": 6}, samples_per_scene=4, image_size=(192, 192), seed=0)
+    return load_split(root, "train", load("tiny-drive-vla"))  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def train_batch(train_split: dict) -> dict:
+    return {**{k: train_split[k] for k in ("images", "command", "ego_state")}, "cameras": CAMERAS}
+
+
+def test_training_calibrates_autoprune_on_its_training_samples(train_split: dict, train_batch: dict) -> None:
     model = load("tiny-drive-vla")
-    data = load_split(root, "train", model)  # type: ignore[arg-type]
-    return {**{k: data[k] for k in ("images", "command", "ego_state")}, "cameras": CAMERAS}
+    entry = calibrate_trained(model, train_split, TrainArgs(out=Path("out")))  # type: ignore[arg-type]
+    assert entry is not None and entry["samples"] == 24 and entry["data"]["split"] == "train"
+    mi, _ = calibrate_autoprune.measure_mi(model, [train_batch], 96, "sum")  # the command's measurement
+    assert entry["budget"] == 96 and entry["k0"] == round(ap.calibrate_slope(mi)[0], 6)
 
 
 def test_calibrated_autoprune_adapts_its_slope_to_the_scene(train_batch: dict) -> None:
