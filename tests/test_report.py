@@ -311,3 +311,23 @@ def test_budget_plot_draws_an_interval_that_excludes_its_estimate(tmp_path: Path
     assert (tmp_path / "l2.png").stat().st_size > 0
     segments = fig.axes[0].collections[-1].get_segments()
     assert [tuple(map(tuple, s)) for s in segments] == [((32.0, 1.1), (32.0, 1.3))]
+
+
+def test_report_warns_when_autoprune_never_adapted() -> None:
+    """A run whose every recorded slope is 0 ran one flat curve for every scene: the MI table says
+    so and how to calibrate; a run with some k > 0, or without k, gets no warning."""
+    from vla_autoprune.pipeline.report_files import _flat_note
+    from vla_autoprune.pipeline.resampling import Run
+
+    def run(pruner: str, budget: float | None, ks: list[float | None]) -> Run:
+        summary = {"planner": "vla", "pruner": pruner, "budget": budget}
+        return Run.of(summary, [{"sample_token": f"s{i}", "k": k} for i, k in enumerate(ks)])
+
+    runs = [
+        run("none", None, [None, None]),
+        run("autoprune", 49, [0.0, 0.0]),
+        run("autoprune", 96, [0.0, 0.2]),
+    ]
+    note = _flat_note(runs)
+    assert "k = 0 for every sample of run 2**" in note and "calibrate_autoprune" in note
+    assert _flat_note([runs[0], runs[2]]) == ""

@@ -16,6 +16,7 @@ from vla_autoprune.pipeline.ci_tables import breakdown_rows, main_rows, numbered
 from vla_autoprune.pipeline.merge import config_key, find_runs, find_skipped, merge_runs
 from vla_autoprune.pipeline.pairwise import pairwise_rows
 from vla_autoprune.pipeline.resampling import Bootstrap, Run
+from vla_autoprune.pipeline.summary import stat_values
 from vla_autoprune.pipeline.table import SHORT_COLUMNS, to_csv, to_markdown
 from vla_autoprune.run_files import RECORDS_FILE, RUN_FILE, atomic_write_json, atomic_write_text, read_records
 
@@ -261,6 +262,22 @@ def _header(boot: Bootstrap, runs: Sequence[Run]) -> str:
     )
 
 
+def _flat_note(runs: Sequence[Run]) -> str:
+    """A warning under the MI table for runs whose every recorded slope is 0 ("" when none is)."""
+    flat = []
+    for run_id, run in numbered_runs(runs):
+        values, present = stat_values(run.records, "k")
+        if present.any() and not values[present > 0].any():
+            flat.append(str(run_id))
+    if not flat:
+        return ""
+    return (
+        f"\n**k = 0 for every sample of run {', '.join(flat)}**: the slope map clamped, so AutoPrune gave "
+        "every scene the same flat curve (not adaptive). Calibrate it for this model: "
+        "`python -m data_tools.calibrate_autoprune --model <folder> --write` (docs/AUTOPRUNE.md, section 2).\n"
+    )
+
+
 def _has_pdm(run: Run) -> bool:
     return "pdm" in run.summary
 
@@ -287,7 +304,9 @@ def _sections(
         )
     text += (
         "\n## AutoPrune's mutual information (mi) and slope k per scenario family\n\n"
-        "Mean of the per-sample values, with intervals.\n\n" + to_markdown(stats, STAT_COLUMNS)
+        "Mean of the per-sample values, with intervals.\n\n"
+        + to_markdown(stats, STAT_COLUMNS)
+        + _flat_note(runs)
     )
     tables = {"report.csv": rows, "pairwise.csv": pairs, "breakdown.csv": breakdown}
     return text, tables | {"autoprune_stats.csv": stats}
