@@ -24,6 +24,7 @@ from vla_autoprune import compat
 from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.models.layout import TokenLayout
 from vla_autoprune.pruning import build_pruner, prune
+from vla_autoprune.pruning.calibration import calibrate_pruner
 from vla_autoprune.pruning.engine import PruningRecord
 from vla_autoprune.pruning.flops import decoder_flops_from_config
 from vla_autoprune.pruning.pruner import Pruner
@@ -68,6 +69,7 @@ class Subject:
     inputs: DecoderInputs
     device: torch.device
     config: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None  # a bundled model's name: its pruner calibration applies (make_pruner)
 
     @property
     def num_layers(self) -> int:
@@ -168,7 +170,7 @@ def bundled_subject(batch: int, device: torch.device) -> Subject:
     config = compat.decoder_config(lm)
     info = {"model": "tiny-drive-vla", "layers": config.num_hidden_layers, "hidden": config.hidden_size}
     base: Any = model.language_model
-    return Subject("tiny-drive-vla", lm, base.model, inputs, device, info)
+    return Subject("tiny-drive-vla", lm, base.model, inputs, device, info, model="tiny-drive-vla")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -176,14 +178,19 @@ def bundled_subject(batch: int, device: torch.device) -> Subject:
 
 
 def make_pruner(
-    name: str, fraction: float | None, num_layers: int, num_visual: int
+    name: str, fraction: float | None, num_layers: int, num_visual: int, model: str | None = None
 ) -> tuple[Pruner, float | None]:
-    """The pruner at ``fraction * V``, raised to the lowest budget it can reach (returned)."""
+    """The pruner at ``fraction * V``, raised to the lowest budget it can reach (returned), with the
+    constants measured for ``model`` (a bundled name or folder, as the main job gives them; None for
+    the random-weight shapes, which have no calibration)."""
     if name == "none" or fraction is None:
         return build_pruner("none"), None
     lo = build_pruner(name).reachable(num_layers, num_visual)[0]
     budget = max(fraction * num_visual, lo)
-    return build_pruner(name, budget=budget), budget
+    pruner = build_pruner(name, budget=budget)
+    if model is not None:
+        calibrate_pruner(pruner, model)
+    return pruner, budget
 
 
 def pruned_run(subject: Subject, pruner: Pruner) -> PruningRecord:

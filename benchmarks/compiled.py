@@ -32,7 +32,7 @@ def measure(subject: Subject, rounds: int, names: tuple[str, ...], fraction: flo
     """Rows (pruner, eager ms, compiled ms, speedup, max |difference|, same token counts, compile
     seconds) or, where compiling fails, the error in one line."""
     pruners = {name: make_pruner(name, None if name == "none" else fraction, subject.num_layers,
-                                 subject.num_visual) for name in names}  # fmt: skip
+                                 subject.num_visual, subject.model) for name in names}  # fmt: skip
     eager = {name: _hidden(subject, p) for name, (p, _) in pruners.items()}
     eager_s = interleaved(
         {n: partial(pruned_run, subject, p) for n, (p, _) in pruners.items()}, rounds, subject.device

@@ -143,7 +143,9 @@ def measure(
     num_visual = int(model.num_patches) * len(dataset[0]["cameras"])
     planners = {}
     for name in pruners:
-        pruner, budget = make_pruner(name, None if name == "none" else fraction, layers, num_visual)
+        pruner, budget = make_pruner(
+            name, None if name == "none" else fraction, layers, num_visual, "tiny-drive-vla"
+        )
         planners[name] = (VLAPlanner(model, pruner, device=device), budget)
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in pruners}
     with tempfile.TemporaryDirectory() as tmp:

@@ -60,7 +60,7 @@ def measure(subject: Subject, pruners: tuple[str, ...] = PRUNER_NAMES) -> list[d
         (n, label, f) for n in pruners for label, f in BUDGET_FRACTIONS.items()
     ]
     for name, label, fraction in variants:
-        pruner, budget = make_pruner(name, fraction, subject.num_layers, subject.num_visual)
+        pruner, budget = make_pruner(name, fraction, subject.num_layers, subject.num_visual, subject.model)
         with torch.inference_mode(), prune(subject.decoder, pruner, subject.inputs) as record:
             counter = LayerFlops(compat.decoder_layers(subject.base))
             try:

@@ -38,7 +38,7 @@ def measure(
     engine stages (:func:`stage_times`)."""
     rows, profiles, stages = [], {}, {}
     for name in names:
-        pruner, budget = make_pruner(name, fraction, subject.num_layers, subject.num_visual)
+        pruner, budget = make_pruner(name, fraction, subject.num_layers, subject.num_visual, subject.model)
         record = pruned_run(subject, pruner)
         assert record.seq_len is not None
         seq_len = [int(n) for n in record.seq_len]

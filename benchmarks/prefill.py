@@ -39,7 +39,7 @@ def measure(
     fns: dict[str, Any] = {"plain": partial(plain_run, subject)}
     variants = [("none", "-", None)] + [(n, label, f) for n in pruners for label, f in budgets.items()]
     for name, label, fraction in variants:
-        pruner, budget = make_pruner(name, fraction, subject.num_layers, subject.num_visual)
+        pruner, budget = make_pruner(name, fraction, subject.num_layers, subject.num_visual, subject.model)
         record = pruned_run(subject, pruner)
         assert record.seq_len is not None and record.flops is not None
         seq_len = [int(n) for n in record.seq_len]

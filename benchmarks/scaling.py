@@ -44,7 +44,9 @@ def measure(
         info: dict[str, dict[str, Any]] = {}
         for name in SCALING_PRUNERS:
             fraction = None if name == "none" else SCALING_FRACTION
-            pruner, budget = make_pruner(name, fraction, subject.num_layers, subject.num_visual)
+            pruner, budget = make_pruner(
+                name, fraction, subject.num_layers, subject.num_visual, subject.model
+            )
             record = pruned_run(subject, pruner)
             assert record.seq_len is not None
             seq_len = [int(n) for n in record.seq_len]
