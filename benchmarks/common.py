@@ -23,6 +23,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from vla_autoprune import compat
 from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.models.layout import TokenLayout
+from vla_autoprune.models.loading import DEFAULT_MODEL
 from vla_autoprune.pruning import build_pruner, prune
 from vla_autoprune.pruning.calibration import calibrate_pruner
 from vla_autoprune.pruning.engine import PruningRecord
@@ -163,14 +164,14 @@ def bundled_subject(batch: int, device: torch.device) -> Subject:
 
     dataset = synthetic_dataset("val", image_size=(192, 192), scenes={"val": 2}, samples_per_scene=8)
     data = batch_to(collate([dataset[i % len(dataset)] for i in range(batch)]), device)
-    model = load("tiny-drive-vla", device=device)
+    model = load(DEFAULT_MODEL, device=device)
     with torch.inference_mode():
         inputs = model.prepare(data)
     lm: Any = model.decoder
     config = compat.decoder_config(lm)
-    info = {"model": "tiny-drive-vla", "layers": config.num_hidden_layers, "hidden": config.hidden_size}
+    info = {"model": DEFAULT_MODEL, "layers": config.num_hidden_layers, "hidden": config.hidden_size}
     base: Any = model.language_model
-    return Subject("tiny-drive-vla", lm, base.model, inputs, device, info, model="tiny-drive-vla")
+    return Subject(DEFAULT_MODEL, lm, base.model, inputs, device, info, model=DEFAULT_MODEL)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -130,6 +130,7 @@ def measure(
     from data_tools.embedded import synthetic_dataset
     from planners.vla import VLAPlanner
     from vla_autoprune.models import load
+    from vla_autoprune.models.loading import DEFAULT_MODEL
     from vla_autoprune.pipeline.loop import run_split
 
     dataset = TimedDataset(
@@ -138,13 +139,13 @@ def measure(
     indices = list(range(len(dataset) if limit is None else min(limit, len(dataset))))
     device = torch.device("cpu") if device is None else device
     now = clock(device)
-    model: Any = load("tiny-drive-vla", device=device)
+    model: Any = load(DEFAULT_MODEL, device=device)
     layers = len(compat.decoder_layers(model.decoder))
     num_visual = int(model.num_patches) * len(dataset[0]["cameras"])
     planners = {}
     for name in pruners:
         pruner, budget = make_pruner(
-            name, None if name == "none" else fraction, layers, num_visual, "tiny-drive-vla"
+            name, None if name == "none" else fraction, layers, num_visual, DEFAULT_MODEL
         )
         planners[name] = (VLAPlanner(model, pruner, device=device), budget)
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in pruners}

@@ -170,11 +170,10 @@ def test_calibrated_autoprune_adapts_its_slope_to_the_scene(train_batch: dict) -
     """Six training scenes, one of each family: the paper's constants give every sample k = 0 (one
     flat curve); the calibration gives slopes that differ from sample to sample, and so schedules."""
     model = load("tiny-drive-vla")
-    batch = train_batch
-    _, paper = run_pruned(model, batch, AutoPrunePruner(budget=96, k0=0.4, gamma=0.2))  # type: ignore[arg-type]
+    _, paper = run_pruned(model, train_batch, AutoPrunePruner(budget=96, k0=0.4, gamma=0.2))  # type: ignore[arg-type]
     pruner = AutoPrunePruner(budget=96)
     calibrate_pruner(pruner, "tiny-drive-vla")
-    _, calibrated = run_pruned(model, batch, pruner)  # type: ignore[arg-type]
+    _, calibrated = run_pruned(model, train_batch, pruner)  # type: ignore[arg-type]
     assert torch.equal(paper.stats["mi"], calibrated.stats["mi"])  # MI does not depend on the map
     assert bool((paper.stats["k"] == 0).all())
     k = calibrated.stats["k"]

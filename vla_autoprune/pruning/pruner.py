@@ -318,7 +318,7 @@ class Pruner(abc.ABC):
         """Adopt constants measured for the model this pruner will run on (optional hook, no-op).
 
         ``calibration`` is this pruner's entry of the model folder's ``pruning_calibration.json``
-        (:attr:`~vla_autoprune.models.describe.ModelShape.calibration`), or None when it has none;
+        (:func:`~vla_autoprune.pruning.calibration.read_calibration`), or None when it has none;
         ``model`` names the model for messages. Called before the run's identity is written, so
         what a pruner adopts is part of it.
         """
