@@ -39,7 +39,10 @@ be read as packed sequences). With ``position_ids="contiguous"`` the shorter inp
 ``0..n-1`` over their real tokens, exactly as if the shortened prompt were a fresh input. Run the
 decoder on ``record.inputs``.
 
-Everything in the record is counted in the hooks from the tensors the layers received.
+Everything in the record is counted from the tensors the layers received: the hooks keep each
+layer's slots (and each merge's members), and after the last layer the host works out which
+original tokens each layer kept and which merged token holds which (numpy,
+:mod:`vla_autoprune.pruning.kept_tokens`), so none of that bookkeeping runs as ops in the hooks.
 
 Cost (issue 14): scoring reuses the layer's own ``q_proj`` and ``k_proj`` outputs (captured by
 hooks on those submodules: no projection is recomputed, and the queries are the very ones the
@@ -70,6 +73,7 @@ from vla_autoprune.models.deepstack import add_at_visual, check_deepstack
 from vla_autoprune.profiling import stage
 from vla_autoprune.pruning.cameras import camera_choice, camera_counts, rank_order
 from vla_autoprune.pruning.flops import decoder_flops_from_config
+from vla_autoprune.pruning.kept_tokens import MemberTracker, MergeEvent, packed_kept
 from vla_autoprune.pruning.pruner import LayerView, Merge, Pruner, SlotIndex
 
 logger = logging.getLogger(__name__)
@@ -154,11 +158,10 @@ class _Slots:
     alive: list[int]  # on the host: valid visual tokens per row
     ragged: bool = False
     has_merged: bool = False
+    # The merge that made these slots, when it named its members: (the slots it ran on, their
+    # visual slots [B, Kv], Merge.members, Merge.representative); replayed on the host afterwards.
+    joined: tuple[_Slots, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     # What every layer that runs on these slots gets (computed at the first, reused until a drop).
-    counted: bool = False  # the record entries below are filled
-    kept_visual: torch.Tensor | None = None  # [B, K]: PruningRecord.kept_visual before packing
-    merged_into: torch.Tensor | None = None  # [B, V]: PruningRecord.merged_into
-    merged_count: torch.Tensor | None = None  # [B]: valid merged tokens (None: no merged slot)
     tokens: list[int] | None = None  # on the host: valid real tokens per row
     tokens_tensor: torch.Tensor | None = None  # the same as a tensor (LayerView.tokens)
     layer_kwargs: dict[str, Any] | None = None  # position ids, (cos, sin) and mask
@@ -183,8 +186,6 @@ class _Forward:
     schedule: torch.Tensor | None = None
     schedule_host: list[list[int]] | None = None  # the same, on the host (copied once per change)
     scratch: dict[str, Any] = field(default_factory=dict)
-    # [B, V + 1]: src of the merged slot holding each original visual token (-1: none; last: spare)
-    owner: torch.Tensor | None = None
 
 
 @dataclass
@@ -197,12 +198,18 @@ class _Block:
     rows: torch.Tensor  # where each entry's hidden state is: a slot of the layer output, or K + merged index
     keys: torch.Tensor
     merged_hidden: torch.Tensor | None = None  # [B, R, D] in the output's dtype, when some row merges
+    merge: Merge | None = None  # the merge, for the record (its members and representatives)
 
 
 def num_cameras(inputs: DecoderInputs) -> int:
     """``C``: cameras are numbered ``0..C-1`` in ``layout.camera_index``."""
     camera = inputs.layout.camera_index
     return int(camera.max()) + 1 if camera.numel() else 0
+
+
+def _host(x: torch.Tensor) -> np.ndarray:
+    """``x`` as a numpy array (a view when it is already on the CPU)."""
+    return (x if x.device.type == "cpu" else x.cpu()).numpy()
 
 
 def _batched(x: torch.Tensor, b: int) -> torch.Tensor:
@@ -393,8 +400,6 @@ class _Engine:
                 f"{state.slots.length}: is another hook changing the hidden states?"
             )
         state.layer_slots[i] = state.slots
-        with stage("record"):
-            self._count(state.slots)
         if state.slots.identity:
             return None
         with stage("layer_inputs"):
@@ -441,26 +446,6 @@ class _Engine:
         rec.schedule = None
         rec.stats = {}
 
-    def _count(self, slots: _Slots) -> None:
-        """The record entries of a layer running on ``slots`` (once per set of slots; host counts are free).
-
-        Visual tokens per row are ``slots.alive``; merged ones are all valid merged slots (a merged
-        slot holds a visual token), counted only when some slot may be merged.
-        """
-        if slots.counted:
-            return
-        slots.counted = True
-        visual = self.visual.gather(1, slots.src) & slots.valid
-        original = visual & ~slots.merged if slots.has_merged else visual
-        # [B, K], -1 where no original visual token sits; packed to [B, Kv] in _finish (no sync here)
-        slots.kept_visual = self.visual_origin.gather(1, slots.src).masked_fill(~original, -1)
-        if slots.has_merged:
-            merged = visual & slots.merged
-            slots.merged_count = merged.sum(1)
-            state = self.state
-            if state is not None and state.owner is not None:
-                slots.merged_into = self._merged_into(state.owner, slots, merged)
-
     def _tokens(self, slots: _Slots) -> list[int]:
         """Valid real tokens per row on the host: the fixed ones plus the live visual ones."""
         if slots.tokens is None:
@@ -470,7 +455,7 @@ class _Engine:
                 slots.tokens = (self.real.gather(1, slots.src) & slots.valid).sum(1).tolist()
         return slots.tokens
 
-    def _fill_record(self, state: _Forward, device: torch.device) -> None:
+    def _fill_record(self, state: _Forward) -> None:
         """The record's per-layer counts from the slots each layer ran on (after the last layer)."""
         rec = self.record
         layers = [s for s in state.layer_slots if s is not None]
@@ -484,55 +469,49 @@ class _Engine:
         rec.seq_len = torch.tensor([s.length for s in layers], dtype=torch.long)
         rec.visual_tokens = per_row([s.alive for s in layers])
         rec.tokens = per_row([self._tokens(s) for s in layers])
-        if any(s.merged_count is not None for s in layers):
-            zeros = torch.zeros(b, dtype=torch.long, device=device)
-            rec.merged_tokens = torch.stack(
-                [zeros if s.merged_count is None else s.merged_count for s in layers], 1
-            )
-        else:
-            rec.merged_tokens = torch.zeros(b, num, dtype=torch.long, device=device)
-        rec.kept_visual = [s.kept_visual for s in layers]
-        rec.merged_into = [s.merged_into for s in layers]
+        self._fill_kept(layers)
         if any(self.scoring_host) and rec.scoring_flops is not None:
             rec.scoring_flops += torch.tensor(self.scoring_host, dtype=torch.long).to(
                 rec.scoring_flops.device
             )
 
-    def _merged_into(self, owner: torch.Tensor, slots: _Slots, merged: torch.Tensor) -> torch.Tensor:
-        """int64 ``[B, V]``: rank (in slot order) of the live merged slot holding each original token."""
-        n = self.real.shape[1]
-        rank = torch.full((owner.shape[0], n + 1), -1, dtype=torch.long, device=owner.device)
-        rank.scatter_(1, torch.where(merged, slots.src, n), merged.long().cumsum(1) - 1)
-        rank[:, n] = -1
-        held = owner[:, : self.record.num_visual]
-        return torch.where(held >= 0, rank.gather(1, held.clamp(min=0)), -1)
+    def _fill_kept(self, layers: list[_Slots]) -> None:
+        """The record's ``kept_visual``, ``merged_tokens`` and ``merged_into``, on the host.
 
-    def _track_members(self, state: _Forward, slots: _Slots, vs: torch.Tensor, merge: Merge) -> None:
-        """Record which original visual tokens the new merged tokens hold (members may be merged ones)."""
-        if merge.members is None:
-            return
-        # Owners are indexed by the decoder's *original* visual tokens (``record.num_visual``), which
-        # outnumber ``self.num_visual`` when a pre-decoder selection shortened the inputs.
-        b, n = vs.shape[0], self.real.shape[1]
-        if state.owner is None:
-            state.owner = torch.full((b, self.record.num_visual + 1), -1, dtype=torch.long, device=vs.device)
-        vsrc = slots.src.gather(1, vs)  # [B, Kv]
-        was_merged = slots.merged.gather(1, vs)
-        joined = merge.members >= 0
-        target = torch.where(
-            joined, vsrc.gather(1, merge.representative).gather(1, merge.members.clamp(min=0)), -1
-        )
-        # tokens held by a merged slot that joined a new merge move to the new one
-        remap = torch.full((b, n + 1), -1, dtype=torch.long, device=vs.device)
-        remap.scatter_(1, torch.where(joined & was_merged, vsrc, n), target)
-        remap[:, n] = -1
-        moved = remap.gather(1, state.owner.clamp(min=0))
-        state.owner = torch.where((state.owner >= 0) & (moved >= 0), moved, state.owner)
-        # original tokens that joined
-        origin = self.visual_origin.gather(1, vsrc)
-        column = torch.where(joined & ~was_merged, origin, self.record.num_visual)
-        state.owner.scatter_(1, column, torch.where(joined & ~was_merged, target, -1))
-        state.owner[:, self.record.num_visual] = -1
+        Worked out once per distinct set of slots from the slots and the merges that made them
+        (:mod:`vla_autoprune.pruning.kept_tokens`), after the last layer: no op in the hooks.
+        """
+        rec = self.record
+        visual, origin = _host(self.visual), _host(self.visual_origin)
+        b, n = visual.shape
+        tracker: MemberTracker | None = None
+        host: dict[
+            int, tuple[np.ndarray, np.ndarray, np.ndarray]
+        ] = {}  # per distinct slots: src, valid, merged
+        done: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+        for slots in layers:
+            if id(slots) in done:
+                continue
+            if slots.joined is not None:
+                parent, visual_slots, members, representative = slots.joined
+                parent_src, _, parent_merged = host[id(parent)]  # the parent ran on an earlier layer
+                vs = _host(visual_slots)
+                event = MergeEvent(
+                    slot_src=np.take_along_axis(parent_src, vs, axis=1),
+                    slot_merged=np.take_along_axis(parent_merged, vs, axis=1),
+                    members=_host(members),
+                    representative=_host(representative),
+                )
+                tracker = tracker or MemberTracker(b, rec.num_visual, n)
+                tracker.join(event, origin)
+            arrays = host[id(slots)] = (_host(slots.src), _host(slots.valid), _host(slots.merged))
+            kept, count = packed_kept(*arrays, visual, origin)
+            into = None if tracker is None else torch.from_numpy(tracker.merged_into(*arrays, visual))
+            done[id(slots)] = (torch.from_numpy(kept), torch.from_numpy(count), into)
+        per_layer = [done[id(s)] for s in layers]
+        rec.kept_visual = [kept for kept, _, _ in per_layer]
+        rec.merged_tokens = torch.stack([count for _, count, _ in per_layer], 1)
+        rec.merged_into = [into for _, _, into in per_layer]
 
     def _positions(self, state: _Forward, slots: _Slots, hidden: torch.Tensor) -> dict[str, Any]:
         """position_ids and (cos, sin) for the slots of a prefill."""
@@ -636,7 +615,7 @@ class _Engine:
         hidden_out = compat.output_hidden(output)
         if i == self.num_layers - 1:
             with stage("record"):
-                self._fill_record(state, hidden_out.device)
+                self._fill_record(state)
             if state.slots.identity:
                 return None
             with stage("restore"):
@@ -792,6 +771,9 @@ class _Engine:
             ragged=min(alive) < block.keys.shape[1],
             has_merged=slots.has_merged or block.merged_hidden is not None,
         )
+        members = None if block.merge is None else block.merge.members
+        if block.merge is not None and members is not None:
+            new_slots.joined = (slots, view.visual_slots, members, block.merge.representative)
         if slots.index is not None:
             new_slots.index = self._moved_index(slots.index, perm, block, k)
         # One gather of the hidden states: each new slot's row of the output (or of the merged ones).
@@ -845,9 +827,6 @@ class _Engine:
         is_real = entry.expand(b, -1) < real
         pos = torch.where(is_real, pos, 0)
         at = vs.gather(1, pos)  # the block's slots (in this layer's sequence)
-        assert self.state is not None
-        with stage("record"):
-            self._track_members(self.state, slots, vs, merge)
         m = (entry - real).clamp(min=0, max=merge.hidden.shape[1] - 1)
         rep_src = slots.src.gather(1, vs.gather(1, merge.representative.gather(1, m)))
         block = _Block(
@@ -857,6 +836,7 @@ class _Engine:
             rows=torch.where(is_real, at, view.output.shape[1] + m),
             keys=torch.where(is_real, 2 * at, 2 * vs[:, -1:] + 1),
             merged_hidden=merge.hidden.to(view.output.dtype),
+            merge=merge,
         )
         return block, alive
 
@@ -1026,22 +1006,6 @@ def _setup(
     return record, engine.install()
 
 
-def _pack_kept(origin: torch.Tensor) -> torch.Tensor:
-    """int64 ``[B, K]`` (-1 where no original visual token) -> ``[B, Kv]``: the rest in order, -1 padded.
-
-    On the host in numpy (after the forward: a handful of microsecond ops instead of torch's
-    dispatch per op); the same values as :func:`_true_indices` and a gather.
-    """
-    kept = origin.cpu().numpy()
-    ok = kept >= 0
-    counts = ok.sum(axis=1)
-    width = int(counts.max()) if kept.size else 0
-    order = np.argsort(~ok, axis=1, kind="stable")[:, :width]  # kept entries first, in order
-    packed = np.take_along_axis(kept, order, axis=1)
-    packed[np.arange(width)[None, :] >= counts[:, None]] = -1
-    return torch.from_numpy(packed)
-
-
 def _finish(record: PruningRecord, config: Any, camera_index: torch.Tensor) -> None:
     """Move the counts to the host, add FLOPs and per-camera counts (once, after the block)."""
     if record.tokens is None or record.seq_len is None:
@@ -1051,8 +1015,6 @@ def _finish(record: PruningRecord, config: Any, camera_index: torch.Tensor) -> N
         value = getattr(record, name)
         if value is not None:
             setattr(record, name, value.cpu())
-    record.kept_visual = _per_distinct(record.kept_visual, _pack_kept)
-    record.merged_into = _per_distinct(record.merged_into, lambda m: m.cpu())
     record.stats = {key: value.detach().cpu() for key, value in record.stats.items()}
     assert record.tokens is not None
     record.flops = decoder_flops_from_config(record.tokens, config)
