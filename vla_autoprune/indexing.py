@@ -34,3 +34,16 @@ def scatter_rows_(out: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) ->
     flat = index + torch.arange(b, device=index.device).unsqueeze(1) * n
     out.view(b * n, *tail).index_copy_(0, flat.reshape(-1), rows.reshape(-1, *tail))
     return out
+
+
+def true_indices(mask: torch.Tensor, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of True per row, in order: (int64 ``[B, M]``, valid bool ``[B, M]``).
+
+    ``M`` is ``width`` when the caller knows the largest count (no host sync), else the max count.
+    """
+    counts = mask.sum(dim=1)
+    if width is None:
+        width = int(counts.max()) if mask.numel() else 0
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :width]
+    valid = torch.arange(width, device=mask.device) < counts.unsqueeze(1)
+    return order, valid

@@ -33,11 +33,8 @@ unpruned model would. Decode steps (cache not empty) change nothing where nothin
 layers with pruned caches they gather the key columns of the model's mask (sized from layer 0) at
 the kept tokens plus the new ones, and mask fillers.
 
-Pre-decoder pruning (:meth:`Pruner.preselect`) builds shorter inputs (``record.inputs``) with
-explicit position ids and an explicit 2D attention mask (gapped position ids without a mask would
-be read as packed sequences). With ``position_ids="contiguous"`` the shorter inputs are numbered
-``0..n-1`` over their real tokens, exactly as if the shortened prompt were a fresh input. Run the
-decoder on ``record.inputs``.
+Pre-decoder pruning (:meth:`Pruner.preselect`) builds shorter inputs (``record.inputs``,
+:mod:`vla_autoprune.pruning.preselection`): run the decoder on ``record.inputs``.
 
 Everything in the record is counted from the tensors the layers received: the hooks keep each
 layer's slots (and each merge's members), and after the last layer the host works out which
@@ -67,13 +64,15 @@ import torch
 from torch import nn
 
 from vla_autoprune import compat
-from vla_autoprune.indexing import gather_rows, scatter_rows_
+from vla_autoprune.indexing import gather_rows, scatter_rows_, true_indices
 from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.models.deepstack import add_at_visual, check_deepstack
 from vla_autoprune.profiling import stage
 from vla_autoprune.pruning.cameras import camera_choice, camera_counts, rank_order
 from vla_autoprune.pruning.flops import decoder_flops_from_config
 from vla_autoprune.pruning.kept_tokens import MemberTracker, MergeEvent, packed_kept
+from vla_autoprune.pruning.positions import first_real_position, sequence_positions
+from vla_autoprune.pruning.preselection import check_layout, preselect_inputs
 from vla_autoprune.pruning.pruner import LayerView, Merge, Pruner, SlotIndex
 
 logger = logging.getLogger(__name__)
@@ -215,66 +214,6 @@ def _host(x: torch.Tensor) -> np.ndarray:
 def _batched(x: torch.Tensor, b: int) -> torch.Tensor:
     """``x`` ``[1 or B, N, d]`` as ``[B, N, d]`` (itself when it already has ``B`` rows)."""
     return x if x.shape[0] == b else x.expand(b, -1, -1)
-
-
-def _first_real_position(position_ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """int64 ``[B, 1]``: the position id of each row's first real (non-padding) token."""
-    return position_ids.gather(1, real.long().argmax(dim=1, keepdim=True))
-
-
-def contiguous_positions(position_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """int64 ``[B, N]``: real tokens renumbered ``p0, p0 + 1, ...`` in order (padding: ``p0``).
-
-    ``p0`` is the row's first real token's id in ``position_ids`` ``[B, N]`` (``attention_mask``
-    ``[B, N]``, 1 = real); for prepared inputs it is 0, as for a fresh prompt.
-    """
-    real = attention_mask.bool()
-    return _first_real_position(position_ids, real) + (real.long().cumsum(dim=1) - 1).clamp(min=0)
-
-
-def sequence_positions(position_ids: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
-    """int64 ``[B or 1, N]``: one sequence id per token, for layers the model gives no position ids.
-
-    Qwen-VL layers get ``position_ids=None`` (their M-RoPE ids ``[3, B, N]`` are already folded
-    into cos/sin); their temporal row is the sequence id (text tokens have t = h = w). Else the
-    inputs' ``[B, N]`` ids, or ``0..N-1``.
-    """
-    if position_ids is None:
-        return torch.arange(n, device=device).unsqueeze(0)
-    return position_ids[0] if position_ids.dim() == 3 else position_ids
-
-
-def _gather_positions(position_ids: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Ids ``[B, N]`` (or M-RoPE ``[3, B, N]``) gathered at sequence positions ``index`` ``[B, K]``."""
-    if position_ids.dim() == 3:
-        return position_ids.gather(2, index.unsqueeze(0).expand(position_ids.shape[0], -1, -1))
-    return position_ids.expand(index.shape[0], -1).gather(1, index)
-
-
-def _renumber(position_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """:func:`contiguous_positions`; for M-RoPE ids ``[3, B, N]`` the same id on all three axes.
-
-    ``contiguous`` under M-RoPE numbers every survivor as a text token is numbered (t = h = w =
-    ``p0`` + real survivors before it), so image tokens lose their 2-D (h, w) layout; use
-    ``original`` to keep it.
-    """
-    if position_ids.dim() == 3:
-        flat = contiguous_positions(position_ids[0], attention_mask)
-        return flat.unsqueeze(0).expand(position_ids.shape[0], -1, -1)
-    return contiguous_positions(position_ids, attention_mask)
-
-
-def _true_indices(mask: torch.Tensor, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions of True per row, in order: (int64 ``[B, M]``, valid bool ``[B, M]``).
-
-    ``M`` is ``width`` when the caller knows the largest count (no host sync), else the max count.
-    """
-    counts = mask.sum(dim=1)
-    if width is None:
-        width = int(counts.max()) if mask.numel() else 0
-    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :width]
-    valid = torch.arange(width, device=mask.device) < counts.unsqueeze(1)
-    return order, valid
 
 
 def _projected(
@@ -433,7 +372,7 @@ class _Engine:
             cos=cos.expand(b, -1, -1),
             sin=sin.expand(b, -1, -1),
             position_ids=pos.expand(b, -1),
-            first_position=_first_real_position(pos.expand(b, -1), self.real),
+            first_position=first_real_position(pos.expand(b, -1), self.real),
             mask_template=compat.check_mask(kwargs.get(compat.KW_MASK), 0),
         )
         # The per-layer counts are filled after the last layer (_fill_record), from each layer's slots.
@@ -698,9 +637,9 @@ class _Engine:
         if slots.index is not None:
             return slots.index
         src = slots.src
-        # Every row has visual_width visual slots (_check_layout, and each drop keeps rows equal).
-        visual_slots, _ = _true_indices(self.visual.gather(1, src), slots.visual_width)
-        text_slots, text_ok = _true_indices(self.text.gather(1, src) & slots.valid, self.text_width)
+        # Every row has visual_width visual slots (check_layout, and each drop keeps rows equal).
+        visual_slots, _ = true_indices(self.visual.gather(1, src), slots.visual_width)
+        text_slots, text_ok = true_indices(self.text.gather(1, src) & slots.valid, self.text_width)
         slots.index = SlotIndex(
             visual_slots=visual_slots,
             visual_valid=slots.valid.gather(1, visual_slots),
@@ -876,79 +815,6 @@ class _Engine:
 
 
 # ------------------------------------------------------------------------------------------------
-# Pre-decoder selection.
-
-
-def _check_layout(inputs: DecoderInputs) -> None:
-    layout = inputs.layout
-    counts = layout.visual_mask.bool().sum(1)
-    if not bool((counts == layout.num_visual).all()):
-        raise ValueError(
-            f"layout.visual_mask marks {counts.tolist()} tokens per row but camera_index has "
-            f"V={layout.num_visual}; every row needs the same V visual tokens"
-        )
-
-
-def _shorten(inputs: DecoderInputs, kept: torch.Tensor, contiguous: bool = False) -> DecoderInputs:
-    """Inputs keeping every non-visual token and the visual tokens ``kept`` [B, n0] (ascending).
-
-    ``contiguous``: the kept tokens are renumbered without gaps (else they keep their ids).
-    """
-    layout = inputs.layout
-    b, n = layout.visual_mask.shape
-    visual_pos = layout.visual_positions()
-    keep = ~layout.visual_mask.bool()
-    keep = keep.scatter(1, visual_pos.gather(1, kept), True)
-    index = _true_indices(keep)[0]
-    position_ids = inputs.position_ids
-    if position_ids is None:
-        position_ids = torch.arange(n, device=index.device).expand(b, n)
-    short_layout = layout.select(index, kept)
-    saliency = inputs.vision_saliency
-    attention_mask = inputs.attention_mask.gather(1, index)
-    short_positions = _gather_positions(position_ids, index)
-    if contiguous:
-        short_positions = _renumber(short_positions, attention_mask)
-    return inputs.with_(
-        inputs_embeds=gather_rows(inputs.inputs_embeds, index),
-        # An explicit 2D mask, even all ones: gapped position ids without one read as packed sequences.
-        attention_mask=attention_mask,
-        position_ids=short_positions,
-        layout=short_layout,
-        vision_saliency=None if saliency is None else saliency.gather(1, kept),
-        deepstack=None if inputs.deepstack is None else tuple(gather_rows(f, kept) for f in inputs.deepstack),
-    )
-
-
-def _preselect(
-    pruner: Pruner, inputs: DecoderInputs, num_layers: int
-) -> tuple[DecoderInputs, torch.Tensor | None]:
-    kept = pruner.preselect(inputs, num_layers)
-    if kept is None:
-        return inputs, None
-    v = inputs.layout.num_visual
-    b = inputs.inputs_embeds.shape[0]
-    if kept.dim() != 2 or kept.shape[0] != b or not 1 <= kept.shape[1] <= v:
-        raise ValueError(
-            f"{pruner.name}.preselect returned shape {tuple(kept.shape)}; expected [B={b}, n0] with 1 <= n0 <= {v}"
-        )
-    kept = kept.sort(dim=1).values
-    if bool((kept[:, 1:] == kept[:, :-1]).any()) or int(kept.min()) < 0 or int(kept.max()) >= v:
-        raise ValueError(f"{pruner.name}.preselect returned repeated or out-of-range visual indices")
-    merged = pruner.premerge(inputs, kept)
-    if merged is not None:  # e.g. VisionZip's contextual tokens: written over their kept slots
-        if merged.shape != (*kept.shape, inputs.inputs_embeds.shape[-1]):
-            raise ValueError(
-                f"{pruner.name}.premerge returned shape {tuple(merged.shape)}; expected [B, n0, D]"
-            )
-        at = inputs.layout.visual_positions().gather(1, kept).unsqueeze(-1).expand_as(merged)
-        inputs = inputs.with_(
-            inputs_embeds=inputs.inputs_embeds.scatter(1, at, merged.to(inputs.inputs_embeds.dtype))
-        )
-    return _shorten(inputs, kept, pruner.position_ids == "contiguous"), kept
-
-
-# ------------------------------------------------------------------------------------------------
 # Public entry point.
 
 
@@ -980,14 +846,14 @@ def _setup(
 ) -> tuple[PruningRecord, list[torch.utils.hooks.RemovableHandle]]:
     """Check the inputs, run the pruner's setup and pre-decoder selection, install the hooks."""
     layers = compat.decoder_layers(decoder)
-    _check_layout(inputs)
+    check_layout(inputs)
     num_visual = inputs.layout.num_visual
     pruner.check_budget(len(layers), num_visual)
     pruner.camera_ratios(num_cameras(inputs))  # a ratio list for the wrong camera count fails here
     if inputs.deepstack is not None:
         check_deepstack(inputs.deepstack, inputs.layout.visual_mask.bool(), len(layers))
     pruner.setup(decoder)
-    run_inputs, kept = _preselect(pruner, inputs, len(layers))
+    run_inputs, kept = preselect_inputs(pruner, inputs, len(layers))
     b = inputs.inputs_embeds.shape[0]
     origin = (
         kept
