@@ -8,6 +8,7 @@ import platform
 import statistics
 import subprocess
 import time
+import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -254,6 +255,22 @@ def executed_macs(subject: Subject, record: PruningRecord) -> int:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def host_syncs(fn: Callable[[], Any], device: torch.device) -> int | None:
+    """How many calls during one ``fn()`` made the host wait for the GPU (CUDA's sync debug mode:
+    ``.item()``, ``.tolist()``, blocking copies, ...); None off CUDA, where nothing waits."""
+    if device.type != "cuda":
+        return None
+    sync(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 def time_once(fn: Callable[[], Any], device: torch.device) -> float:

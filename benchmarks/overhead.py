@@ -19,6 +19,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.common import (
     Subject,
+    host_syncs,
     ideal_run,
     interleaved_rounds,
     make_pruner,
@@ -71,6 +72,9 @@ def measure(
                 "ideal_aten_ops": ideal_ops,
             }
         )
+        syncs = host_syncs(partial(pruned_run, subject, pruner), subject.device)
+        if syncs is not None:  # on a GPU: how often one prefill made the host wait
+            rows[-1]["host_syncs"] = syncs
         profiles[pruner.label] = top
     return rows, profiles, stages
 

@@ -120,10 +120,15 @@ def _per_drop(row: dict[str, Any]) -> str:
 
 
 def _ops(row: dict[str, Any]) -> str:
-    """ ", N aten ops vs M for the ideal" where the overhead row counted them (older results did not)."""
-    if "aten_ops" not in row:
-        return ""
-    return f", {row['aten_ops']} aten ops per prefill vs {row['ideal_aten_ops']} for the ideal"
+    """ ", N aten ops vs M for the ideal" where the overhead row counted them (older results did not),
+    and ", S host syncs" where it was measured on a GPU."""
+    ops = (
+        f", {row['aten_ops']} aten ops per prefill vs {row['ideal_aten_ops']} for the ideal"
+        if "aten_ops" in row
+        else ""
+    )
+    syncs = f", {row['host_syncs']} host syncs per prefill" if "host_syncs" in row else ""
+    return ops + syncs
 
 
 def write_report(folder: Path, path: Path) -> None:

@@ -70,3 +70,12 @@ def test_gpu_targets_are_judged_only_on_cuda_results() -> None:
 def test_bounds_show_inside_their_column() -> None:
     rows = [{"a": 1.0, "a lo": 0.5, "a hi": 2.0, "b": 3, "c lo": 1}]
     assert _columns(rows) == ["a", "b", "c lo"]  # a bound without its column stays a column
+
+
+def test_overhead_target_names_op_counts_and_gpu_host_syncs_when_measured() -> None:
+    gpu = _overhead("cuda", 0.02)
+    gpu["rows"][0] |= {"aten_ops": 900, "ideal_aten_ops": 500, "host_syncs": 17}
+    text = _targets({"overhead_cpu": _overhead("cpu", 0.01), "overhead_gpu": gpu})
+    line = _line(text, "| engine overhead", "overhead_gpu")
+    assert "900 aten ops per prefill vs 500 for the ideal, 17 host syncs per prefill" in line
+    assert "host syncs" not in _line(text, "| engine overhead", "overhead_cpu")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -43,3 +43,22 @@ def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
 def batch_to(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     """A collated batch with its tensors on ``device`` (lists of tokens and names unchanged)."""
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host tensor ``x`` on ``device`` without making the host wait for the device's queued work.
+
+    A plain host-to-CUDA copy (``x.to("cuda")``, ``torch.tensor(values, device="cuda")``) ends in a
+    stream synchronisation: the host waits until every kernel queued before it has run. Staged in
+    pinned memory and copied with ``non_blocking=True`` it does not; the copy is still ordered on the
+    stream before any kernel that reads it, and the caching host allocator keeps the pinned source
+    alive until the copy is done. On the CPU (or any other device) this is a plain ``to``.
+    """
+    if device.type != "cuda" or x.device.type != "cpu":
+        return x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)
+
+
+def device_ints(values: Sequence[int] | Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
+    """Host ints (a list, or a list of equal-length lists) as an int64 tensor on ``device`` (:func:`to_device`)."""
+    return to_device(torch.tensor(values, dtype=torch.long), device)

@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vla_autoprune.devices import device_ints, to_device
 from vla_autoprune.errors import ConfigError
 from vla_autoprune.pruning.budget import (
     STAGE0_BUDGET_MULTIPLE,
@@ -383,10 +384,10 @@ def retention_schedule(
             reference_schedule(kb, budget, num_layers, num_visual, x0)
             for kb in k.detach().to("cpu", torch.float64).tolist()
         ]
-        return torch.tensor(rows, dtype=torch.int64, device=k.device).view(-1, num_layers)
+        return device_ints(rows, k.device).view(-1, num_layers)
     plan = _actual_plan(budget, num_layers, num_visual, stage0, recycle)
     log_p = _log_curve(k.detach().to("cpu", torch.float64), num_layers, x0).numpy()
-    return torch.from_numpy(_solve_actual(log_p, plan)).to(k.device)
+    return to_device(torch.from_numpy(_solve_actual(log_p, plan)), k.device)
 
 
 @dataclass(frozen=True)

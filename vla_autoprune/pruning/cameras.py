@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vla_autoprune.devices import device_ints
 from vla_autoprune.errors import ConfigError
 
 PER_CAMERA_MODES = ("none", "uniform")
@@ -119,10 +120,8 @@ def camera_choice(
     num_cameras = len(ratios)
     onehot = (camera.unsqueeze(-1) == torch.arange(num_cameras, device=camera.device)) & valid.unsqueeze(-1)
     alive = onehot.sum(dim=1).tolist()  # [B][C]: one host sync per pruning layer
-    quotas = torch.tensor(
-        [camera_quotas(int(k), a, ratios) for k, a in zip(kept.tolist(), alive, strict=True)],
-        dtype=torch.long,
-        device=scores.device,
+    quotas = device_ints(
+        [camera_quotas(int(k), a, ratios) for k, a in zip(kept.tolist(), alive, strict=True)], scores.device
     )  # [B, C]
     chosen = torch.zeros_like(valid)
     for c in range(num_cameras):

@@ -47,7 +47,10 @@ layer attended with); positions, masks and record counts are built once per set
 of slots and reused until the next drop. Host syncs: none in a layer that hands everything on (the
 schedule and each row's live count are on the host), one in a layer that prunes (the kept width
 and the merge sizes), one more when it merges (how many merged tokens are valid), one copy of each
-new schedule to the host, and one at ``prune()`` entry (text width, whether every row has it).
+new schedule to the host, one at ``prune()`` entry (text width, whether every row has it) and,
+after the last layer, the copies the record is worked out from. Host ints go to the device with
+:func:`vla_autoprune.devices.device_ints`: on CUDA a non-blocking copy from pinned memory, where
+``torch.tensor(values, device="cuda")`` would wait for every queued kernel.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ import torch
 from torch import nn
 
 from vla_autoprune import compat
+from vla_autoprune.devices import device_ints
 from vla_autoprune.indexing import gather_rows, scatter_rows_, true_indices
 from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.models.deepstack import add_at_visual, check_deepstack
@@ -410,9 +414,7 @@ class _Engine:
         rec.tokens = per_row([self._tokens(s) for s in layers])
         self._fill_kept(layers)
         if any(self.scoring_host) and rec.scoring_flops is not None:
-            rec.scoring_flops += torch.tensor(self.scoring_host, dtype=torch.long).to(
-                rec.scoring_flops.device
-            )
+            rec.scoring_flops += device_ints(self.scoring_host, rec.scoring_flops.device)
 
     def _fill_kept(self, layers: list[_Slots]) -> None:
         """The record's ``kept_visual``, ``merged_tokens`` and ``merged_into``, on the host.
@@ -580,9 +582,7 @@ class _Engine:
         if all(h >= a for h, a in zip(hand_on, alive, strict=True)):
             return None
         with stage("split"):
-            kept, clusters = self.pruner.split(
-                view, torch.tensor(hand_on, dtype=torch.long, device=view.hidden.device)
-            )
+            kept, clusters = self.pruner.split(view, device_ints(hand_on, view.hidden.device))
             # the one host sync of a pruning layer: the block's shape and the merge sizes
             counts = torch.cat([kept, clusters]).tolist()
         kept_host, clusters_host = counts[: len(alive)], counts[len(alive) :]
@@ -607,7 +607,7 @@ class _Engine:
         b = hidden.shape[0]
         slots = state.slots
         if slots.tokens_tensor is None:
-            slots.tokens_tensor = torch.tensor(self._tokens(slots), dtype=torch.long, device=hidden.device)
+            slots.tokens_tensor = device_ints(self._tokens(slots), hidden.device)
         return LayerView(
             layer_idx=i,
             num_layers=self.num_layers,

@@ -13,6 +13,7 @@ from typing import overload
 import torch
 from torch import Tensor
 
+from vla_autoprune.devices import device_ints
 from vla_autoprune.indexing import gather_rows
 from vla_autoprune.pruning.merging import DEFAULT_NEIGHBOURS, dpc_knn_merge
 from vla_autoprune.pruning.pruner import LayerView, Merge
@@ -130,7 +131,7 @@ def recycle_dropped(
     else:  # the same sizes from the engine's host counts (float64 on both sides): no sync
         dropped_host, clusters_host = view.merge_host
         pools = [min(math.floor(n * pool_fraction) + 1, n) for n in dropped_host]
-        pool_size = torch.tensor(pools, dtype=torch.int64, device=dropped.device)
+        pool_size = device_ints(pools, dropped.device)
         width = max(max(pools, default=0), 1)
         max_clusters = max((min(c, p) for c, p in zip(clusters_host, pools, strict=True)), default=0)
     pool = order[:, :width]  # [B, M] indices into the visual block
