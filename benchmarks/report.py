@@ -29,6 +29,20 @@ def _load(folder: Path) -> dict[str, dict[str, Any]]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
 
 
+def _runs_note(results: dict[str, dict[str, Any]]) -> str:
+    """A sentence naming the runs when the sections come from more than one (``--only`` reruns)."""
+    days: dict[str, set[str]] = {}
+    for r in results.values():
+        days.setdefault(str(r["machine"].get("commit")), set()).add(r["machine"]["time"][:10])
+    if len(days) < 2:
+        return ""
+    named = ", ".join(f"{commit} ({' / '.join(sorted(d))})" for commit, d in sorted(days.items()))
+    return (
+        f" The sections come from runs at {len(days)} commits ({named}; each section names its own): "
+        "compare ratios within a section, not absolute times across sections."
+    )
+
+
 def _machine_line(result: dict[str, Any]) -> str:
     m = result["machine"]
     gpu = f", {m['gpu']}" if m.get("gpu") else ""
@@ -144,6 +158,7 @@ def write_report(folder: Path, path: Path) -> None:
             if quick
             else ""
         )
+        + _runs_note(results)
         + "\n",
         "CPU timings are process CPU time with one thread, medians of interleaved rounds; every ratio comes from "
         "one process. The CPU is a shared 2-core box (other jobs were running): treat absolute times as noisy, "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.report import _columns, _targets
+from benchmarks.report import _columns, _runs_note, _targets
 
 
 def _prefill(device: str, over: float, realised: float) -> dict[str, Any]:
@@ -79,3 +79,13 @@ def test_overhead_target_names_op_counts_and_gpu_host_syncs_when_measured() -> N
     line = _line(text, "| engine overhead", "overhead_gpu")
     assert "900 aten ops per prefill vs 500 for the ideal, 17 host syncs per prefill" in line
     assert "host syncs" not in _line(text, "| engine overhead", "overhead_cpu")
+
+
+def test_report_names_the_runs_when_sections_come_from_several() -> None:
+    def result(commit: str, time: str) -> dict[str, Any]:
+        return {"machine": {"device": "cpu", "commit": commit, "time": time}, "rows": []}
+
+    one = {"a": result("abc", "2026-12-01T04:00:00Z"), "b": result("abc", "2026-12-01T05:00:00Z")}
+    assert _runs_note(one) == ""
+    two = one | {"c": result("def", "2026-12-02T00:00:00Z")}
+    assert "runs at 2 commits (abc (2026-12-01), def (2026-12-02)" in _runs_note(two)
