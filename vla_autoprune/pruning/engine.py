@@ -426,9 +426,8 @@ class _Engine:
         visual, origin = _host(self.visual), _host(self.visual_origin)
         b, n = visual.shape
         tracker: MemberTracker | None = None
-        host: dict[
-            int, tuple[np.ndarray, np.ndarray, np.ndarray]
-        ] = {}  # per distinct slots: src, valid, merged
+        # per distinct set of slots: its src, valid and merged flags on the host
+        host: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         done: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
         for slots in layers:
             if id(slots) in done:

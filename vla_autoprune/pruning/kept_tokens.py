@@ -66,7 +66,8 @@ class MemberTracker:
 
     ``owner`` ``[B, V + 1]``: the ``src`` of the merged slot holding original token ``v`` (-1: none;
     the last column is a spare target for masked writes). Merged slots are named by ``src`` (their
-    representative's), which is unique among a layer's merged slots.
+    representative's), which is unique among a layer's valid merged slots: a representative was
+    dropped when its merge was made, so at most a filler (never valid, never merged again) shares it.
     """
 
     def __init__(self, batch: int, num_visual: int, seq_len: int) -> None:
