@@ -1,0 +1,100 @@
+"""Where the engine reads device values on the host (each read is a stream sync on a GPU).
+
+The engine's docstring promises: none in a layer that hands everything on, one in a layer that
+prunes (the kept width), one more when it merges (the merged tokens' counts), one copy of each new
+schedule. Counted here on the CPU with a ``TorchFunctionMode`` that sees every ``.tolist()``,
+``.item()``, ``bool()``, ``int()``, ``.numpy()``, ... a hook makes, attributed to the layer whose
+hooks are running (the last layer, which works out the record, is not checked).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+import torch
+from conftest import NUM_VISUAL, build_decoder, forward, make_inputs
+from torch.overrides import TorchFunctionMode
+
+from vla_autoprune.pruning import LayerView, Pruner, build_pruner, prune
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+_READS = {"tolist", "item", "__bool__", "__int__", "__float__", "__index__", "numpy", "equal", "nonzero"}
+
+
+class _HostReads(TorchFunctionMode):
+    """Counts host reads of tensor values per decoder layer (``layer`` is set by pre-hooks)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = -1
+        self.reads: Counter[int] = Counter()
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if getattr(func, "__name__", "") in _READS:
+            self.reads[self.layer] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _reads_per_layer(
+    pruner: Pruner, layers: int = 6, batch: int = 3, num_visual: int = NUM_VISUAL
+) -> tuple[list[int], list[int]]:
+    """Host reads in each layer's hooks (layer ``l``'s post-hook counts for ``l``) and the seq lengths."""
+    model = build_decoder(layers=layers)
+    inputs = make_inputs(batch=batch, text_lengths=(4,) * batch, num_visual=num_visual)
+    counter = _HostReads()
+    decoder_layers = model.model.layers
+
+    def enter(i: int) -> Any:
+        def hook(*_: Any) -> None:
+            counter.layer = i
+
+        return hook
+
+    handles = [layer.register_forward_pre_hook(enter(i)) for i, layer in enumerate(decoder_layers)]
+    try:
+        with prune(model, pruner, inputs) as record:
+            with counter:
+                forward(model, record.inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert record.seq_len is not None
+    return [counter.reads[i] for i in range(layers)], record.seq_len.tolist()
+
+
+class _OneDrop(Pruner):
+    """Hands on all ``V`` visual tokens but after layer 2, where it keeps half (ranked by text attention)."""
+
+    name = "one_drop"
+
+    def schedule(self, view: LayerView) -> torch.Tensor:
+        if view.schedule is not None:
+            return view.schedule
+        counts = torch.full((view.batch_size, view.num_layers), view.num_visual, dtype=torch.long)
+        counts[:, 2:] = view.num_visual // 2
+        return counts
+
+    def score(self, view: LayerView) -> torch.Tensor:
+        return view.text_attention()
+
+
+def test_only_the_schedule_copy_and_the_pruning_layer_read_device_values() -> None:
+    reads, seq_len = _reads_per_layer(_OneDrop())
+    assert seq_len[2] > seq_len[3] == seq_len[4]  # layer 2 pruned, 3 and 4 handed everything on
+    assert reads[0] == 1  # the schedule's one copy to the host
+    assert reads[1] == 0 and reads[3] == 0 and reads[4] == 0
+    assert reads[2] == 1  # the kept width
+
+
+def test_autoprune_reads_twice_in_a_pruning_layer_after_its_schedule() -> None:
+    # After the reference layer (1: MI and the schedule, solved on the host), a layer that prunes
+    # and merges reads the kept width and the merged tokens' counts; one that hands on all, nothing.
+    pruner = build_pruner("autoprune", budget=20.0)
+    reads, seq_len = _reads_per_layer(pruner, layers=8, num_visual=48)
+    later = range(2, len(seq_len) - 1)
+    assert any(seq_len[i + 1] < seq_len[i] for i in later), seq_len
+    for i in later:
+        assert reads[i] == (2 if seq_len[i + 1] < seq_len[i] else 0), (i, reads, seq_len)
