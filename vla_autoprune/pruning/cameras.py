@@ -134,14 +134,13 @@ def camera_choice(
     return chosen
 
 
-def camera_counts(kept_visual: torch.Tensor, camera_index: torch.Tensor, num_cameras: int) -> torch.Tensor:
+def camera_counts(kept_visual: np.ndarray, camera_index: np.ndarray, num_cameras: int) -> np.ndarray:
     """int64 ``[B, C]``: original visual tokens of each camera among ``kept_visual`` [B, K] (-1 padded).
 
-    Counted on the host (numpy, one ``bincount``); the result is a CPU tensor.
+    On the host (numpy, one ``bincount``); ``camera_index`` ``[B, V]`` is each visual token's camera.
     """
-    kept = kept_visual.cpu().numpy()
-    b = kept.shape[0]
-    cams = np.take_along_axis(camera_index.cpu().numpy(), np.maximum(kept, 0), axis=1)
+    b = kept_visual.shape[0]
+    cams = np.take_along_axis(camera_index, np.maximum(kept_visual, 0), axis=1)
     slot = np.arange(b)[:, None] * num_cameras + cams  # (row, camera) as one index
-    counts = np.bincount(slot[kept >= 0], minlength=b * num_cameras)
-    return torch.from_numpy(counts.astype(np.int64).reshape(b, num_cameras))
+    counts = np.bincount(slot[kept_visual >= 0], minlength=b * num_cameras)
+    return counts.astype(np.int64).reshape(b, num_cameras)

@@ -56,7 +56,7 @@ after the last layer, the copies the record is worked out from. Host ints go to 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -242,6 +242,7 @@ class _Engine:
         inputs: DecoderInputs,
         record: PruningRecord,
         visual_origin: torch.Tensor,
+        given_cameras: torch.Tensor,
     ) -> None:
         self.layers = compat.decoder_layers(decoder)
         self.num_layers = len(self.layers)
@@ -258,6 +259,7 @@ class _Engine:
         self.visual_rank = self.visual.long().cumsum(dim=1) - 1  # index among the visual tokens
         rank = self.visual_rank.clamp(min=0, max=visual_origin.shape[1] - 1)
         self.visual_origin = visual_origin.gather(1, rank)  # ... mapped to the given inputs' indices
+        self.given_cameras = given_cameras  # [B, V]: camera of each of the given inputs' visual tokens
         # Never dropped, so known per row for the whole forward (one sync, here): text tokens, real
         # non-visual tokens, and visual tokens that are padding (normally none).
         per_row = torch.stack(
@@ -417,18 +419,20 @@ class _Engine:
             rec.scoring_flops += device_ints(self.scoring_host, rec.scoring_flops.device)
 
     def _fill_kept(self, layers: list[_Slots]) -> None:
-        """The record's ``kept_visual``, ``merged_tokens`` and ``merged_into``, on the host.
+        """The record's ``kept_visual``, ``merged_tokens``, ``merged_into`` and ``camera_tokens``, on the host.
 
         Worked out once per distinct set of slots from the slots and the merges that made them
         (:mod:`vla_autoprune.pruning.kept_tokens`), after the last layer: no op in the hooks.
         """
         rec = self.record
         visual, origin = _host(self.visual), _host(self.visual_origin)
+        cameras = _host(self.given_cameras)
+        count_cameras = int(cameras.max()) + 1 if cameras.size else 0
         b, n = visual.shape
         tracker: MemberTracker | None = None
         # per distinct set of slots: its src, valid and merged flags on the host
         host: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        done: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+        done: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]] = {}
         for slots in layers:
             if id(slots) in done:
                 continue
@@ -447,11 +451,13 @@ class _Engine:
             arrays = host[id(slots)] = (_host(slots.src), _host(slots.valid), _host(slots.merged))
             kept, count = packed_kept(*arrays, visual, origin)
             into = None if tracker is None else torch.from_numpy(tracker.merged_into(*arrays, visual))
-            done[id(slots)] = (torch.from_numpy(kept), torch.from_numpy(count), into)
+            per_camera = torch.from_numpy(camera_counts(kept, cameras, count_cameras))
+            done[id(slots)] = (torch.from_numpy(kept), torch.from_numpy(count), into, per_camera)
         per_layer = [done[id(s)] for s in layers]
-        rec.kept_visual = [kept for kept, _, _ in per_layer]
-        rec.merged_tokens = torch.stack([count for _, count, _ in per_layer], 1)
-        rec.merged_into = [into for _, _, into in per_layer]
+        rec.kept_visual = [kept for kept, _, _, _ in per_layer]
+        rec.merged_tokens = torch.stack([count for _, count, _, _ in per_layer], 1)
+        rec.merged_into = [into for _, _, into, _ in per_layer]
+        rec.camera_tokens = torch.stack([per_camera for _, _, _, per_camera in per_layer], 1)
 
     def _positions(self, state: _Forward, slots: _Slots, hidden: torch.Tensor) -> dict[str, Any]:
         """position_ids and (cos, sin) for the slots of a prefill."""
@@ -837,7 +843,7 @@ def prune(decoder: nn.Module, pruner: Pruner, inputs: DecoderInputs) -> Iterator
         for handle in handles:
             handle.remove()
     with stage("record"):
-        _finish(record, compat.decoder_config(decoder), inputs.layout.camera_index)
+        _finish(record, compat.decoder_config(decoder))
 
 
 def _setup(
@@ -867,12 +873,12 @@ def _setup(
         position_ids=pruner.position_ids,
         preselected=None if kept is None else kept.cpu(),
     )
-    engine = _Engine(decoder, pruner, run_inputs, record, origin)
+    engine = _Engine(decoder, pruner, run_inputs, record, origin, inputs.layout.camera_index)
     return record, engine.install()
 
 
-def _finish(record: PruningRecord, config: Any, camera_index: torch.Tensor) -> None:
-    """Move the counts to the host, add FLOPs and per-camera counts (once, after the block)."""
+def _finish(record: PruningRecord, config: Any) -> None:
+    """Move the counts to the host and add FLOPs (once, after the block)."""
     if record.tokens is None or record.seq_len is None:
         logger.warning("prune(): the decoder did not run inside the block; the record is empty")
         return
@@ -881,23 +887,4 @@ def _finish(record: PruningRecord, config: Any, camera_index: torch.Tensor) -> N
         if value is not None:
             setattr(record, name, value.cpu())
     record.stats = {key: value.detach().cpu() for key, value in record.stats.items()}
-    assert record.tokens is not None
     record.flops = decoder_flops_from_config(record.tokens, config)
-    cameras = camera_index.cpu()
-    count = int(cameras.max()) + 1 if cameras.numel() else 0
-    none = torch.zeros(cameras.shape[0], count, dtype=torch.long)
-    per_layer = _per_distinct(record.kept_visual, lambda k: camera_counts(k, cameras, count))
-    record.camera_tokens = torch.stack([none if c is None else c for c in per_layer], dim=1)
-
-
-def _per_distinct(
-    values: list[torch.Tensor | None], fn: Callable[[torch.Tensor], torch.Tensor]
-) -> list[torch.Tensor | None]:
-    """``fn`` of each entry, computed once per distinct tensor (layers that shared slots share one)."""
-    done: dict[int, torch.Tensor] = {}
-    out: list[torch.Tensor | None] = []
-    for value in values:
-        if value is not None and id(value) not in done:
-            done[id(value)] = fn(value)
-        out.append(None if value is None else done[id(value)])
-    return out
