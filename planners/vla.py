@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from planners.base import Planner
+from planners.cameras import CameraAblation, Intact
 from vla_autoprune.compat import decoder_config, decoder_layers
 from vla_autoprune.devices import batch_to, resolve_device, resolve_dtype
 from vla_autoprune.models.base import DrivingModel
@@ -27,6 +28,8 @@ class VLAPlanner(Planner):
         model: a factory ``(device=..., dtype=...) -> DrivingModel`` (e.g. a partial of
             :func:`vla_autoprune.models.load`), called in :meth:`setup`; or a loaded model.
         pruner: the pruner (None = keep every token).
+        cameras: what the cameras show (:mod:`planners.cameras`; None = intact). An ablated
+            planner is named ``vla[<ablation>]``.
         device: ``auto``, ``cpu``, ``cuda``, ... ; dtype: ``float32`` / ``bfloat16`` / ``float16``.
     """
 
@@ -38,9 +41,13 @@ class VLAPlanner(Planner):
         pruner: Pruner | None = None,
         device: str | torch.device = "auto",
         dtype: str | torch.dtype = "float32",
+        cameras: CameraAblation | None = None,
     ) -> None:
         self._factory = model
         self.pruner = pruner if pruner is not None else NoPruner()
+        self.cameras = cameras if cameras is not None else Intact()
+        if not self.cameras.intact:
+            self.name = f"{type(self).name}[{self.cameras.name}]"
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         self._model: DrivingModel | None = model if isinstance(model, DrivingModel) else None
@@ -73,7 +80,7 @@ class VLAPlanner(Planner):
     def plan_with_stats(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, list[dict[str, Any]]]:
         """Waypoints and, per sample, what the pruned decoder actually processed."""
         with torch.inference_mode():
-            inputs = self.model.prepare(batch_to(batch, self.device))
+            inputs = self.cameras.inputs(self.model.prepare(batch_to(batch, self.device)))
             waypoints, record = run_pruned(self.model, inputs, self.pruner)
         self.last_pruning = (record, inputs.layout)
         full_tokens = inputs.attention_mask.sum(dim=1)  # [B]: every token at every layer when unpruned

@@ -174,6 +174,10 @@ def test_default_config_composes_every_group(
         assert isinstance(built, Pruner)
         shape = describe("tiny-drive-vla")  # the bundled model's depth and visual tokens
         built.check_budget(shape.num_layers, shape.num_visual(len(CAMERAS)))
+    elif group == "cameras":
+        from planners.cameras import CameraAblation
+
+        assert isinstance(built, CameraAblation) and (built.name == option or option == "intact")
     elif group == "hydra/launcher":
         assert type(built).__name__.endswith("Launcher")
     elif group == "hydra/sweeper":

@@ -20,6 +20,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from planners.cameras import dataset_seen_by
 from vla_autoprune.errors import DataNotFoundError, UserError
 from vla_autoprune.pipeline.loop import run_split
 from vla_autoprune.run_files import RUN_FILE, atomic_write_json
@@ -80,6 +81,7 @@ def live_run(cfg: DictConfig, out_dir: Path) -> Path:
     dataset = _build(cfg.data.dataset)
     indices = live_indices(dataset, cfg.scene, cfg.sample)
     planner = _build(cfg.planner)
+    dataset = dataset_seen_by(planner, dataset)
     planner.setup()
     pruner = getattr(planner, "pruner", None)
     run_dir = out_dir / LIVE_DIR

@@ -192,12 +192,15 @@ class NuScenesDrivingDataset(Dataset):
         """The map location of a scene's log (``maps/expansion/<location>.json``)."""
         return str(self._get("log", self._get("scene", scene_token)["log_token"])["location"])
 
+    def scene_tokens(self) -> list[str]:
+        """The scene token of every sample, in dataset order (reads tables only, no images)."""
+        return [self.nusc.get("sample", token)["scene_token"] for token in self.sample_tokens]
+
     def map_locations(self) -> list[str]:
         """The map location of every sample, in dataset order (reads tables only, no images)."""
         by_scene: dict[str, str] = {}
         out = []
-        for token in self.sample_tokens:
-            scene = self.nusc.get("sample", token)["scene_token"]
+        for scene in self.scene_tokens():
             if scene not in by_scene:
                 by_scene[scene] = self.location(scene)
             out.append(by_scene[scene])

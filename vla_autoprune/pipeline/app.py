@@ -22,6 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from planners.base import Planner
+from planners.cameras import dataset_seen_by
 from vla_autoprune.data import collate
 from vla_autoprune.data.errors import NuScenesDataError
 from vla_autoprune.data.schema import CAMERAS
@@ -201,7 +202,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path, overrides: Sequence[str] = ()
     if previous is not None:
         check_resume(previous, meta, out_dir)
     torch.manual_seed(cfg.seed)
-    dataset = build(cfg.data.dataset)
+    dataset = dataset_seen_by(planner, build(cfg.data.dataset))
     indices = shard_indices(len(dataset), cfg.data.shard, cfg.data.num_shards, cfg.limit)
     if not indices:
         raise ConfigError(

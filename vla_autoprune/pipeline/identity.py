@@ -25,14 +25,15 @@ PER_JOB_KEYS: tuple[str, ...] = ("shard", "num_shards", "data_digest", "wall_tim
 #: run.json keys a resumed job may change (a rerun on another device continues the same run).
 _RESUMABLE_KEYS: tuple[str, ...] = ("wall_time_s", "output_dir", "device")
 
-#: Override keys that are not part of ``variant``: the pruner/budget choice and the planner have
-#: their own run.json fields, shard keys are per job, the rest only change how a run executes.
+#: Override keys that are not part of ``variant``: the pruner/budget choice, the planner and its
+#: camera ablation (in the planner's name, ``vla[black]``) have their own run.json fields, shard keys are per job, the rest only change how a run executes.
 _NOT_VARIANT = frozenset(
     {
         "pruner",
         "budget",
         "pruner.budget",
         "planner",
+        "cameras",
         "data.shard",
         "data.num_shards",
         "device",

@@ -12,6 +12,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from vla_autoprune.errors import DataNotFoundError
+from vla_autoprune.pipeline.camera_reliance import CAMERA_COLUMNS, camera_rows
 from vla_autoprune.pipeline.ci_tables import breakdown_rows, main_rows, numbered_runs, stat_rows
 from vla_autoprune.pipeline.merge import config_key, find_runs, find_skipped, merge_runs
 from vla_autoprune.pipeline.pairwise import pairwise_rows
@@ -290,7 +291,9 @@ def _sections(
     breakdown = breakdown_rows(runs, boot)
     stats = stat_rows(runs, boot)
     pairs = pairwise_rows(runs, boot)
+    cameras = camera_rows(runs, boot)
     text = "## Results\n\n" + to_markdown(rows, MAIN_COLUMNS) + _pairwise_section(pairs, scope)
+    text += _camera_section(cameras)
     if any(_number(r.get("PDMS")) is not None for r in rows):
         text += (
             "\n## Closed-loop-style score (`run` = row of the results table)\n\n"
@@ -309,7 +312,34 @@ def _sections(
         + _flat_note(runs)
     )
     tables = {"report.csv": rows, "pairwise.csv": pairs, "breakdown.csv": breakdown}
+    if cameras:
+        tables["cameras.csv"] = cameras
     return text, tables | {"autoprune_stats.csv": stats}
+
+
+def _camera_log(rows: Sequence[dict[str, Any]]) -> str:
+    """The camera-ablation table for the console ("" when there is none)."""
+    if not rows:
+        return ""
+    columns = ("run", "intact run", "cameras", "pruner", "budget", "L2@3s stp3 ablated/intact")
+    return "\nCameras ablated vs intact (L2@3s ratio; above 1: worse without them):\n" + to_markdown(
+        rows, columns
+    )
+
+
+def _camera_section(rows: Sequence[dict[str, Any]]) -> str:
+    """report.md's camera-ablation section ("" when the sweep ran no ablated cameras)."""
+    if not rows:
+        return ""
+    return (
+        "\n## What the cameras are worth (`run` = row of the results table)\n\n"
+        "Each run with ablated cameras (`cameras=...`, planner `vla[<ablation>]`) against the same "
+        "configuration with intact cameras on the same samples, paired: `ablated/intact` = ratio of "
+        "L2@3s (above 1: the plan is worse without what the cameras showed), `ablated-intact` = "
+        "difference of the collision rate. `zero_tokens`, `black` and `grey` are inputs the model "
+        "never saw; `other_scene` (real images of another scene) is the in-distribution control. "
+        "All rows are in cameras.csv.\n\n" + to_markdown(rows, CAMERA_COLUMNS)
+    )
 
 
 def _pairwise_section(pairs: Sequence[dict[str, Any]], scope: str) -> str:
@@ -355,6 +385,8 @@ def write_report(
     body += _skipped_section(skipped)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "report.md", _header(boot, runs) + body)
+    if "cameras.csv" not in tables:
+        (out / "cameras.csv").unlink(missing_ok=True)  # an earlier report's: this sweep has no ablation
     for name, table in tables.items():
         atomic_write_text(out / name, to_csv(table))
     atomic_write_json(out / "summaries.json", [r.summary for r in runs])
@@ -371,11 +403,12 @@ def write_report(
         )
     logger.info(
         "Report of %d configurations in %s (report.md: every figure, breakdowns, plots)\n%s\n"
-        "Pruner vs pruner on the same samples (A/B < 1: A has the lower L2@3s; %s):\n%s",
+        "Pruner vs pruner on the same samples (A/B < 1: A has the lower L2@3s; %s):\n%s%s",
         len(runs),
         out,
         to_markdown(rows, ("run", *SHORT_COLUMNS)),
         scope,
         to_markdown(tables["pairwise.csv"], PAIRWISE_LOG_COLUMNS) if tables["pairwise.csv"] else "(no pairs)",
+        _camera_log(tables.get("cameras.csv", [])),
     )
     return rows
