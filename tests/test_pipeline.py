@@ -224,3 +224,21 @@ def test_missing_dataroot_fails_before_any_work(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nowhere"):
         evaluate(cfg, tmp_path / "out")
     assert not (tmp_path / "out" / RECORDS_FILE).exists()
+
+
+def test_a_sweep_job_logs_one_line_not_a_table() -> None:
+    from vla_autoprune.pipeline.app import one_line
+
+    horizons = {"1s": 0.25, "2s": 0.75, "3s": 1.5}
+    summary = {
+        "planner": "vla[grey]",
+        "pruner": "autoprune",
+        "pruner_label": "autoprune",
+        "budget": 49,
+        "num_samples": 12,
+        "l2": {"stp3": horizons, "uniad": horizons},
+        "collision": {conv: {"1s": 0.0, "2s": 0.0, "3s": 0.125} for conv in ("stp3", "uniad", "box")},
+    }
+    assert one_line(summary) == "vla[grey] autoprune @ 49: L2@3s 1.500 m, Col@3s 12.5 % (stp3), 12 samples"
+    unplanned = {k: v for k, v in summary.items() if k not in ("l2", "collision")} | {"budget": None}
+    assert one_line(unplanned) == "vla[grey] autoprune: no planned sample with a full 3 s future, 12 samples"

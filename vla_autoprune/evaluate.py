@@ -56,7 +56,12 @@ def run_app(cfg: DictConfig) -> None:
             "to resume after an interruption, rerun with hydra.run.dir=%s", hydra_cfg.runtime.output_dir
         )
     try:
-        evaluate(cfg, hydra_cfg.runtime.output_dir, overrides=list(hydra_cfg.overrides.task))
+        evaluate(
+            cfg,
+            hydra_cfg.runtime.output_dir,
+            overrides=list(hydra_cfg.overrides.task),
+            brief=hydra_cfg.mode == RunMode.MULTIRUN,  # the sweep's merged report has the table
+        )
     except NotRunnableError as err:
         if hydra_cfg.mode != RunMode.MULTIRUN:
             logger.error("error: %s", err)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -179,13 +180,17 @@ def run_meta(
     }
 
 
-def evaluate(cfg: DictConfig, out_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+def evaluate(
+    cfg: DictConfig, out_dir: str | Path, overrides: Sequence[str] = (), brief: bool = False
+) -> dict[str, Any]:
     """Run one configuration end to end; returns the summary (also written to ``out_dir``).
 
     Args:
         cfg: the composed ``evaluate`` config.
         out_dir: the run folder; with ``cfg.resume`` a folder holding this same run is continued.
         overrides: the job's task overrides (``HydraConfig.get().overrides.task``), for ``variant``.
+        brief: log the result as one line (a sweep's job: the merged report has the table), not
+            as a table.
     """
     out_dir = Path(out_dir)
     started = time.perf_counter()
@@ -236,8 +241,24 @@ def evaluate(cfg: DictConfig, out_dir: str | Path, overrides: Sequence[str] = ()
     summary = summarize(records, meta)
     summary["samples_digest"] = samples_digest(records)
     atomic_write_json(out_dir / SUMMARY_FILE, summary)
-    logger.info("%s\n%s", out_dir / SUMMARY_FILE, to_markdown(table_rows([summary]), SHORT_COLUMNS))
+    if brief:
+        logger.info("%s: %s", out_dir / SUMMARY_FILE, one_line(summary))
+    else:
+        logger.info("%s\n%s", out_dir / SUMMARY_FILE, to_markdown(table_rows([summary]), SHORT_COLUMNS))
     return summary
+
+
+def one_line(summary: dict[str, Any]) -> str:
+    """A run's headline figures in one line, e.g. for each job of a sweep (whose merged report has
+    the table): ``vla autoprune @ 49: L2@3s 1.718 m, Col@3s 4.0 % (stp3), 864 samples``."""
+    row = table_rows([summary])[0]
+    budget = f" @ {row['budget']:g}" if isinstance(row.get("budget"), int | float) else ""
+    l2, col = row.get("L2@3s stp3"), row.get("Col@3s stp3")
+    if isinstance(l2, float) and isinstance(col, float) and math.isfinite(l2) and math.isfinite(col):
+        figures = f"L2@3s {l2:.3f} m, Col@3s {100 * col:.1f} % (stp3)"
+    else:
+        figures = "no planned sample with a full 3 s future"
+    return f"{row['planner']} {row['pruner']}{budget}: {figures}, {row['samples']} samples"
 
 
 def _previous_meta(out_dir: Path, resume: bool) -> dict[str, Any] | None:
