@@ -39,8 +39,8 @@ logger = logging.getLogger(__name__)
 class CameraAblation(abc.ABC):  # noqa: B024 - both hooks optional: each ablation overrides one
     """Replaces what the cameras show. Subclasses set ``name`` and override one of the two hooks."""
 
-    #: Short identifier, shown in the planner name (``vla[<name>]``) and run.json.
-    name: str = "intact"
+    #: Short identifier, shown in the planner name (``vla[<name>]``, hence in run.json).
+    name: str = "cameras"
 
     def dataset(self, dataset: Any) -> Any:
         """The evaluation dataset with its ``images`` replaced; the default returns it unchanged."""
@@ -69,7 +69,8 @@ class Intact(CameraAblation):
 
 class ZeroVisualTokens(CameraAblation):
     """Every visual token's input embedding (and any per-layer visual input, e.g. Qwen3-VL's
-    deepstack features) set to zero; text, masks and positions unchanged."""
+    deepstack features) set to zero; text, masks and positions unchanged. The vision tower's
+    saliency, which pre-decoder pruners (FasterVLM) rank by, stays that of the real images."""
 
     name = "zero_tokens"
 

@@ -154,7 +154,7 @@ def _groups(run: Run, by: str) -> list[tuple[str, np.ndarray]]:
 
 def _run_keys(run_id: int, summary: dict[str, Any]) -> dict[str, Any]:
     keys = key_columns(summary)
-    return {"run": run_id, **{k: keys[k] for k in ("pruner", "budget", "positions", "variant")}}
+    return {"run": run_id, **{k: keys[k] for k in ("planner", "pruner", "budget", "positions", "variant")}}
 
 
 def _group_figures(

@@ -51,6 +51,7 @@ MAIN_COLUMNS: tuple[str, ...] = (
 #: Columns of report.md's closed-loop-style table (runs scored with ``closed_loop_style``).
 PDM_TABLE_COLUMNS: tuple[str, ...] = (
     "run",
+    "planner",
     "pruner",
     "budget",
     "variant",
@@ -67,6 +68,7 @@ PDM_TABLE_COLUMNS: tuple[str, ...] = (
 )
 BREAKDOWN_COLUMNS: tuple[str, ...] = (
     "run",
+    "planner",
     "pruner",
     "budget",
     "variant",
@@ -101,7 +103,17 @@ PAIRWISE_COLUMNS: tuple[str, ...] = (
     "L2@3s stp3 A/B",
     "L2@3s stp3 A/B excludes 1",
 )
-STAT_COLUMNS: tuple[str, ...] = ("run", "pruner", "budget", "variant", "scenario", "samples", "mi", "k")
+STAT_COLUMNS: tuple[str, ...] = (
+    "run",
+    "planner",
+    "pruner",
+    "budget",
+    "variant",
+    "scenario",
+    "samples",
+    "mi",
+    "k",
+)
 
 
 def load_runs(dirs: Sequence[Path]) -> list[Run]:
