@@ -72,3 +72,8 @@ def test_build_unwraps_user_errors_only() -> None:
     }
     with pytest.raises(InstantiationException):  # not a user error: keeps Hydra's wrapper and traceback
         build(OmegaConf.create(bug))
+
+
+def test_bad_camera_ablation_value_is_one_line_before_loading(tmp_path: Path) -> None:
+    line = _error_line("cameras=grey", "cameras.value=300", tmp_path=tmp_path)
+    assert "cameras.value=300 must be an integer pixel value in 0..255" in line
