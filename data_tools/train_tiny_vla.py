@@ -39,6 +39,7 @@ from data_tools.synthetic.events import FAMILIES
 from data_tools.synthetic.scenario import WORLD_VERSION
 from data_tools.training_record import write_record
 from data_tools.yardsticks import BLIND_NEIGHBOURS, blind_fit, blind_median, blind_predict, constant_velocity
+from planners.cameras import CameraAblation, ConstantImages, OtherSceneCameras, ZeroVisualTokens
 from planners.metrics import collision_at, l2_at, l2_errors, sample_terms_at
 from vla_autoprune.data.collate import collate
 from vla_autoprune.data.nuscenes_dataset import NuScenesDrivingDataset
@@ -56,6 +57,16 @@ from vla_autoprune.pruning.autoprune_math import DEFAULT_K0, ScheduleError
 from vla_autoprune.pruning.calibration import CALIBRATION_FILE, read_calibration, write_calibration
 
 logger = logging.getLogger(__name__)
+
+#: The camera ablations each evaluation measures (row ``model_<key>``; the main job's
+#: ``cameras=zero_tokens|black|grey|other_scene``, seed 0): each a different reading of issue 9's
+#: "images zeroed", and the in-distribution control.
+CAMERA_ABLATIONS: dict[str, CameraAblation] = {
+    "visual_zeroed": ZeroVisualTokens(),
+    "images_black": ConstantImages(0, "black"),
+    "images_grey": ConstantImages(128, "grey"),
+    "other_scene_cameras": OtherSceneCameras(seed=0),
+}
 
 #: The tensors of a batch the model and the metrics need (the rest of the schema is not cached).
 CACHED_KEYS = ("images", "command", "ego_state", "gt_trajectory", "gt_mask", "future_boxes", "future_labels")
@@ -331,11 +342,19 @@ def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
 
 @torch.no_grad()
 def predict(
-    model: DrivingVLA, data: dict[str, Any], zero_visual: bool = False, pruner: Pruner | None = None
+    model: DrivingVLA,
+    data: dict[str, Any],
+    pruner: Pruner | None = None,
+    cameras: CameraAblation | None = None,
 ) -> torch.Tensor:
-    """Waypoints ``[N, 6, 2]`` for every cached sample; ``zero_visual`` zeroes all visual tokens,
-    ``pruner`` prunes them inside the decoder."""
+    """Waypoints ``[N, 6, 2]`` for every cached sample; ``pruner`` prunes the visual tokens inside
+    the decoder, ``cameras`` (unpruned only) replaces what the cameras show (:mod:`planners.cameras`,
+    as the main job's ``cameras=...``)."""
+    if pruner is not None and cameras is not None:
+        raise ValueError("predict() takes a pruner or a camera ablation, not both")
     model.eval()
+    if cameras is not None:
+        data = {**data, "images": cameras.split_images(data["images"], data["scene"].tolist())}
     preds = []
     for start in range(0, len(data["command"]), EVAL_BATCH):
         index = torch.arange(start, min(start + EVAL_BATCH, len(data["command"])))
@@ -343,9 +362,8 @@ def predict(
             preds.append(run_pruned(model, batch_at(data, index), pruner)[0])
             continue
         inputs = model.prepare(batch_at(data, index))
-        if zero_visual:
-            visual = inputs.layout.visual_mask.unsqueeze(-1)
-            inputs = inputs.with_(inputs_embeds=inputs.inputs_embeds.masked_fill(visual, 0.0))
+        if cameras is not None:
+            inputs = cameras.inputs(inputs)
         preds.append(model.decode(inputs))
     return torch.cat(preds)
 
@@ -402,8 +420,8 @@ def evaluate(
     train: dict[str, Any],
     calibrations: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
-    """On one held-out split: stp3 L2 and collision of the model, the model with zeroed visual
-    tokens, the model pruned at random to about V/9, constant velocity, the blind speed x command
+    """On one held-out split: stp3 L2 and collision of the model, the model under each of
+    :data:`CAMERA_ABLATIONS`, the model pruned at random to about V/9, constant velocity, the blind speed x command
     fit (its ``[B, 12]`` weights) and the blind nearest-speed median of ``train``
     (:func:`blind_median`); and :func:`retention_intervals` of :func:`runnable_ci_pruners` at about
     V/9; ``calibrations``: the model's measured pruner constants (``pruning_calibration.json``).
@@ -414,7 +432,10 @@ def evaluate(
     pruned = {name: predict(model, data, pruner=_calibrated(name, budget, calibrations)) for name in names}
     metrics = {
         "model": planner_metrics(unpruned, data),
-        "model_visual_zeroed": planner_metrics(predict(model, data, zero_visual=True), data),
+        **{
+            f"model_{name}": planner_metrics(predict(model, data, cameras=cameras), data)
+            for name, cameras in CAMERA_ABLATIONS.items()
+        },
         f"model_random_b{budget}": planner_metrics(pruned["random"], data),
         "constant_velocity": planner_metrics(constant_velocity(data["ego_state"]), data),
         "blind_speed_x_command": planner_metrics(blind_predict(blind, data), data),

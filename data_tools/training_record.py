@@ -109,7 +109,13 @@ m, collision rate in % of future steps):
 {tables}
 
 `model_visual_zeroed` is the same model with every visual token's embedding set to zero: the gap
-to `model` measures how much the model relies on its visual tokens. `model_random_bN` prunes the
+to `model` measures how much the model relies on its visual tokens. The other readings of "images
+zeroed", where present: `model_images_black` / `model_images_grey`, every camera image black /
+mid-grey (grey is an all-zero `pixel_values` under SigLIP's normalisation), and
+`model_other_scene_cameras`, each sample given the real cameras of a sample from another scene (the
+in-distribution control); the main job measures the same with `cameras=zero_tokens|black|grey|other_scene`
+(`conf/cameras/`). The zeroed, black and grey inputs are unlike anything the model was trained on,
+and the same weights answer each differently. `model_random_bN` prunes the
 visual tokens at random down to a budget of N (about V/9 of the V visual tokens) inside the
 decoder (`build_pruner("random", budget=N)`): without pruning-robustness training it hurts. `constant_velocity` keeps the
 current speed along +x. `blind_speed_x_command` is a least-squares fit (on train) of the waypoints

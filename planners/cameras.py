@@ -50,6 +50,12 @@ class CameraAblation(abc.ABC):  # noqa: B024 - both hooks optional: each ablatio
         """The decoder input with its visual tokens replaced; the default returns it unchanged."""
         return inputs
 
+    def split_images(self, images: torch.Tensor, scenes: Sequence[Any]) -> torch.Tensor:
+        """:meth:`dataset` for a split held in memory (the training script's evaluation): uint8
+        ``[S, C, 3, H, W]`` images and each sample's scene (any hashable id) -> replaced images of the
+        same shape. The default returns them unchanged."""
+        return images
+
     @property
     def intact(self) -> bool:
         """True when this ablation changes nothing."""
@@ -101,6 +107,10 @@ class ConstantImages(CameraAblation):
         """Inherited, see superclass."""
         return ReplacedImages(dataset, self._constant, f"every image = {self.value}")
 
+    def split_images(self, images: torch.Tensor, scenes: Sequence[Any]) -> torch.Tensor:
+        """Inherited, see superclass."""
+        return torch.full_like(images, self.value)
+
     def _constant(self, index: int, images: torch.Tensor) -> torch.Tensor:
         return torch.full_like(images, self.value)
 
@@ -130,6 +140,10 @@ class OtherSceneCameras(CameraAblation):
         )
         return ReplacedImages(dataset, _DonorImages(dataset, donors), "cameras of other scenes")
 
+    def split_images(self, images: torch.Tensor, scenes: Sequence[Any]) -> torch.Tensor:
+        """Inherited, see superclass."""
+        return images[torch.from_numpy(other_scene_donors(scenes, self.seed))]
+
 
 class _DonorImages:
     """``(index, images) -> dataset[donors[index]]["images"]`` (a class, so DataLoader workers can pickle it)."""
@@ -150,8 +164,8 @@ def dataset_seen_by(planner: Any, dataset: Any) -> Any:
     return cameras.dataset(dataset) if isinstance(cameras, CameraAblation) else dataset
 
 
-def other_scene_donors(scenes: Sequence[str], seed: int) -> np.ndarray:
-    """int64 [S]: for each sample (its scene token in ``scenes``, samples of a scene contiguous or
+def other_scene_donors(scenes: Sequence[Any], seed: int) -> np.ndarray:
+    """int64 [S]: for each sample (its scene, a token or any hashable id, in ``scenes``, samples of a scene contiguous or
     not, in time order), the index of the sample whose cameras it gets, always of another scene.
 
     Raises a one-line :class:`ConfigError` when there are fewer than two scenes.

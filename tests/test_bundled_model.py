@@ -35,6 +35,7 @@ from data_tools.train_tiny_vla import (
     train_model,
 )
 from data_tools.yardsticks import blind_predict, constant_velocity
+from planners.cameras import ZeroVisualTokens
 from vla_autoprune.data import CAMERAS
 from vla_autoprune.models import BUNDLED_MODELS, DrivingVLA, DrivingVLAConfig, load
 from vla_autoprune.models.loading import DEFAULT_MODEL, resolve_model_path
@@ -216,7 +217,9 @@ def _held_out_metrics(
     blind = torch.tensor(record["blind_fit_weights"], dtype=torch.float64)
     return {
         "model": planner_metrics(predict(model, held_out), held_out),
-        "model_visual_zeroed": planner_metrics(predict(model, held_out, zero_visual=True), held_out),
+        "model_visual_zeroed": planner_metrics(
+            predict(model, held_out, cameras=ZeroVisualTokens()), held_out
+        ),
         "constant_velocity": planner_metrics(constant_velocity(held_out["ego_state"]), held_out),
         "blind_speed_x_command": planner_metrics(blind_predict(blind, held_out), held_out),
     }

@@ -191,3 +191,16 @@ def test_pruned_ablated_run_pairs_with_its_own_unpruned_run(synthetic_root: Path
     grey_fastv = next(s for s in summaries if s["planner"] == "vla[grey]" and s["pruner"] == "fastv")
     base = find_baseline(grey_fastv, summaries)
     assert base is not None and base["planner"] == "vla[grey]" and base["pruner"] == "none"
+
+
+@pytest.mark.parametrize(
+    "cameras", [ConstantImages(0, "black"), OtherSceneCameras(seed=3)], ids=["black", "other"]
+)
+def test_split_in_memory_sees_what_the_dataset_sees(train_split, cameras) -> None:
+    """The training script's in-memory ablation (split_images) gives each sample the images the
+    main job's dataset wrapper gives it."""
+    images = torch.stack([train_split[i]["images"] for i in range(len(train_split))])
+    replaced = cameras.split_images(images, train_split.scene_tokens())
+    seen = cameras.dataset(train_split)
+    for index in range(len(train_split)):
+        assert torch.equal(replaced[index], seen[index]["images"]), index
