@@ -23,6 +23,7 @@ from data_tools.synthetic_nuscenes import generate
 from data_tools.train_tiny_vla import (
     BUNDLED_CONFIG,
     BUNDLED_LAYERS,
+    CAMERA_ABLATIONS,
     CI_PRUNERS,
     EVAL_BATCH,
     TrainArgs,
@@ -130,6 +131,17 @@ def test_bundled_models_were_trained_on_this_world(name: str) -> None:
         f"{name} was trained on synthetic world {trained_on!r}, the generator draws {WORLD_VERSION!r}: "
         f"retrain it with the command in its TRAINING.md"
     )
+
+
+@pytest.mark.parametrize("name", BUNDLED_MODELS)
+def test_every_reading_of_images_zeroed_is_recorded_and_costs_the_model(name: str) -> None:
+    """Issue 9's "images zeroed" has several readings (planners.cameras); each bundled record holds
+    all of them on both held-out splits, and each, the in-distribution control too, plans worse
+    than the intact model."""
+    record = json.loads((resolve_model_path(name) / "training.json").read_text())
+    for split, m in record["val_stp3"].items():
+        for key in CAMERA_ABLATIONS:
+            assert m[f"model_{key}"]["l2_3s"] > m["model"]["l2_3s"], (name, split, key)
 
 
 def test_recorded_full_split_numbers_meet_the_acceptance(record: dict[str, Any]) -> None:
