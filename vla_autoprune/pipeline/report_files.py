@@ -300,6 +300,13 @@ def _sections(
 ) -> tuple[str, dict[str, list[dict[str, Any]]]]:
     """report.md's body and the CSV tables (name -> rows); ``scope``: :func:`ranking_scope`."""
     rows = main_rows(runs, boot)
+    several_planners = len({r.summary.get("planner") for r in runs}) > 1
+
+    def shown(columns: tuple[str, ...]) -> tuple[str, ...]:
+        # the secondary tables name the planner only when the sweep has several (vla, vla[grey], ...);
+        # their run numbers point into the results table, which always does
+        return columns if several_planners else tuple(c for c in columns if c != "planner")
+
     breakdown = breakdown_rows(runs, boot)
     stats = stat_rows(runs, boot)
     pairs = pairwise_rows(runs, boot)
@@ -310,17 +317,17 @@ def _sections(
         text += (
             "\n## Closed-loop-style score (`run` = row of the results table)\n\n"
             "PDMS = NC x DAC x (5 TTC + 5 EP + 2 C) / 12; DDC reported, weight 0.\n\n"
-            + to_markdown([r for r in rows if "PDMS" in r], PDM_TABLE_COLUMNS)
+            + to_markdown([r for r in rows if "PDMS" in r], shown(PDM_TABLE_COLUMNS))
         )
     for by, title in (("scenario", "scenario family"), ("complexity", "complexity tertile")):
         part = [r for r in breakdown if r["by"] == by]
         text += f"\n## By {title} (`run` = row of the results table)\n\n" + to_markdown(
-            part, BREAKDOWN_COLUMNS
+            part, shown(BREAKDOWN_COLUMNS)
         )
     text += (
         "\n## AutoPrune's mutual information (mi) and slope k per scenario family\n\n"
         "Mean of the per-sample values, with intervals.\n\n"
-        + to_markdown(stats, STAT_COLUMNS)
+        + to_markdown(stats, shown(STAT_COLUMNS))
         + _flat_note(runs)
     )
     tables = {"report.csv": rows, "pairwise.csv": pairs, "breakdown.csv": breakdown}
