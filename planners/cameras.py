@@ -112,7 +112,7 @@ class ConstantImages(CameraAblation):
         return torch.full_like(images, self.value)
 
     def _constant(self, index: int, images: torch.Tensor) -> torch.Tensor:
-        return torch.full_like(images, self.value)
+        return self.split_images(images, ())
 
 
 class OtherSceneCameras(CameraAblation):

@@ -59,7 +59,7 @@ def live_indices(dataset: Any, scene: str | int | None, sample: str | None) -> l
             )
         return [tokens.index(str(sample))]
     nusc = dataset.nusc
-    scene_of = [nusc.get("sample", t)["scene_token"] for t in tokens]
+    scene_of = dataset.scene_tokens()
     order = list(dict.fromkeys(scene_of))
     names = [nusc.get("scene", t)["name"] for t in order]
     if scene is None:

@@ -12,16 +12,14 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from vla_autoprune.pipeline.bootstrap import paired_difference, paired_ratio
-from vla_autoprune.pipeline.ci_tables import figure_terms, numbered_runs, put_interval
-from vla_autoprune.pipeline.pairwise import excludes
+from vla_autoprune.pipeline.ci_tables import numbered_runs
+from vla_autoprune.pipeline.pairwise import RATIO, pair_row
 from vla_autoprune.pipeline.resampling import Bootstrap, Run
-from vla_autoprune.pipeline.summary import full_future
 from vla_autoprune.pipeline.table import comparable, key_columns
 
 #: ``vla[grey]`` -> (``vla``, ``grey``).
 _ABLATED = re.compile(r"^(?P<planner>[^\[\]]+)\[(?P<cameras>[^\[\]]+)\]$")
-RATIO = "L2@3s stp3"
+#: The collision figure compared (pairwise's ``DIFFERENCES`` has it); the ratio is pairwise's ``RATIO``.
 DIFFERENCE = "Col@3s stp3"
 
 #: Columns of the report's camera section (and cameras.csv).
@@ -80,26 +78,23 @@ def camera_rows(runs: Sequence[Run], boot: Bootstrap) -> list[dict[str, Any]]:
         if found is None:
             continue
         intact_number, intact = found
-        weights = boot.weights(run)  # == boot.weights(intact): same samples
-        terms, intact_terms = figure_terms(run.records), figure_terms(intact.records)
+        pair = pair_row((number, run), found, boot)  # A = ablated, B = intact: A/B, A-B
         keys = key_columns(run.summary)
+        planner, cameras = split_planner(str(keys["planner"]))
         row: dict[str, Any] = {
             "run": number,
             "intact run": intact_number,
-            "planner": split_planner(str(keys["planner"]))[0],
-            "cameras": split_planner(str(keys["planner"]))[1],
+            "planner": planner,
+            "cameras": cameras,
             "pruner": keys["pruner"],
             "budget": keys["budget"],
-            "samples @3s": int(full_future(run.records).sum()),
+            "samples @3s": pair["samples @3s"],
             "L2@3s stp3 intact": intact.summary.get("l2", {}).get("stp3", {}).get("3s"),
             "L2@3s stp3": run.summary.get("l2", {}).get("stp3", {}).get("3s"),
         }
-        # paired_ratio(w, run..., reference...) = metric(reference) / metric(run): with the intact
-        # run in the first place, that is ablated / intact
-        ratio = paired_ratio(weights, *intact_terms[RATIO], *terms[RATIO])
-        put_interval(row, f"{RATIO} ablated/intact", ratio)
-        row[f"{RATIO} ablated/intact excludes 1"] = excludes(ratio, 1.0)
-        difference = paired_difference(weights, *terms[DIFFERENCE], *intact_terms[DIFFERENCE])
-        put_interval(row, f"{DIFFERENCE} ablated-intact", difference)
+        for suffix in ("", " lo", " hi", " excludes 1"):
+            row[f"{RATIO} ablated/intact{suffix}"] = pair[f"{RATIO} A/B{suffix}"]
+        for suffix in ("", " lo", " hi"):
+            row[f"{DIFFERENCE} ablated-intact{suffix}"] = pair[f"{DIFFERENCE} A-B{suffix}"]
         rows.append(row)
     return rows
