@@ -166,8 +166,9 @@ def write_report(folder: Path, path: Path) -> None:
         "LLaVA-1.5-7B shape (32 x 4096, bf16) runs only with the GPU recipe.\n",
         f"**GPU recipe** (one command, writes `benchmarks/results/*.json` and this file): `{GPU_RECIPE}`. "
         "No GPU was lent to the task that wrote these benchmarks, so no GPU figure exists yet.\n",
-        "**CUDA graphs, torch.compile**: a pruning layer sizes its output from one host sync (the "
-        "kept width) and the shapes change from layer to layer, so a whole-prefill CUDA graph cannot "
+        "**CUDA graphs, torch.compile**: a pruning layer sizes its output from host ints (no host "
+        "sync inside the layers), but the shapes change from layer to layer and an "
+        "adaptive schedule is copied to the host once per forward, so a whole-prefill CUDA graph cannot "
         "be captured; compiling each decoder layer on its own (`nn.Module.compile(dynamic=True)`) "
         "works with the engine's hooks attached: section `compiled` (same per-layer token counts as "
         "eager, outputs within float32 noise; dynamo traces the hooks with the layer and runs them "

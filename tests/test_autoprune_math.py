@@ -210,11 +210,12 @@ def test_split_handed_on_matches_brute_force():
             processed.append(cur)
             handed.append(n)
             keep_bf.append(max(fits) if fits else n)  # no room to merge: keep n, merge none
-    keep, merged = split_handed_on(torch.tensor(processed), torch.tensor(handed))
-    assert keep.tolist() == keep_bf
-    assert torch.equal(keep + merged, torch.tensor(handed))
-    keep, merged = split_handed_on(torch.tensor([50]), torch.tensor([20]), recycle=False)
-    assert keep.tolist() == [20] and merged.tolist() == [0]
+    keep, merged = split_handed_on(processed, handed)
+    assert keep == keep_bf
+    assert [k + m for k, m in zip(keep, merged, strict=True)] == handed
+    assert split_handed_on([50], [20], recycle=False) == ([20], [0])
+    with pytest.raises(ValueError):  # one count per row on both sides
+        split_handed_on([50, 40], [20])
 
 
 def test_tokens_processed_accountings():

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -25,6 +25,7 @@ from conftest import (
     sample,
 )
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from vla_autoprune import compat
@@ -464,28 +465,119 @@ def test_wrong_inputs_and_unknown_pruner_errors() -> None:
 
 @dataclass
 class SplitCheckPruner(AutoPrunePruner):
-    """AutoPrune whose table lookup is checked against splitting what the layer really processed."""
+    """AutoPrune checking that the engine's host counts are what the layer really processed."""
 
     checked: list[int] = field(default_factory=list)
 
-    def split(self, view: LayerView, hand_on: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def split(self, view: LayerView, hand_on: list[int]) -> tuple[list[int], list[int]]:
         kept, merged = super().split(view, hand_on)
+        assert view.alive_host == view.alive().tolist()  # host bookkeeping == the device's slots
         stage0 = view.layer_idx == 0 and self.stage0 != "none"
-        direct = split_handed_on(view.alive(), hand_on, self.recycle and not stage0)
-        assert torch.equal(kept, direct[0]) and torch.equal(merged, direct[1])
+        assert (kept, merged) == split_handed_on(view.alive().tolist(), hand_on, self.recycle and not stage0)
         self.checked.append(view.layer_idx)
         return kept, merged
 
 
 @pytest.mark.parametrize("stage0", ["reference", "none", "before"])
 @pytest.mark.parametrize("budget", [5.5, 8.0, 12.0])
-def test_autoprune_split_table_equals_splitting_each_layer(stage0: str, budget: float) -> None:
+def test_autoprune_splits_what_each_layer_processed(stage0: str, budget: float) -> None:
     model = build_decoder(layers=8)
     inputs = make_inputs(batch=3, text_lengths=(5, 1, 3))
     pruner = SplitCheckPruner(budget=budget, stage0=stage0)  # type: ignore[arg-type]
     with prune(model, pruner, inputs) as record:
         forward(model, record.inputs)
     assert len(pruner.checked) >= 3
+
+
+@dataclass
+class MergeCountPruner(AutoPrunePruner):
+    """AutoPrune checking its merges' host counts (or hiding them, to take the engine's sync path)."""
+
+    hide_counts: bool = False
+    merges: int = 0
+
+    def merge(self, view: LayerView, scores: torch.Tensor, dropped: torch.Tensor, clusters: torch.Tensor):
+        merge = super().merge(view, scores, dropped, clusters)
+        assert merge is not None and merge.count_host is not None
+        count = merge.valid.sum(1)
+        prefix = torch.arange(merge.valid.shape[1]) < count.unsqueeze(1)
+        assert merge.count_host == count.tolist() and torch.equal(merge.valid, prefix)
+        self.merges += 1
+        return replace(merge, count_host=None) if self.hide_counts else merge
+
+
+@pytest.mark.parametrize("budget", [4.5, 8.0, 11.0])
+def test_merge_host_counts_are_the_valid_prefix_and_give_what_reading_valid_gives(budget: float) -> None:
+    model = build_decoder(layers=8)
+    inputs = make_inputs(batch=3, text_lengths=(5, 1, 3))
+    records = []
+    for hide in (False, True):
+        pruner = MergeCountPruner(budget=budget, hide_counts=hide)
+        with prune(model, pruner, inputs) as record:
+            out = forward(model, record.inputs)
+        assert pruner.merges >= 1
+        records.append((record, out))
+    (a, out_a), (b, out_b) = records
+    assert torch.equal(out_a, out_b)
+    for name in ("visual_tokens", "merged_tokens", "tokens", "seq_len"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert all(torch.equal(x, y) for x, y in zip(a.kept_visual, b.kept_visual, strict=True))
+
+
+class _HostReads(TorchDispatchMode):
+    """Counts the ops that read a tensor's value on the host (``.item()``, ``int()``, ``bool()``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _host_reads_per_prefill(name: str, layers: int, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Host reads (``.tolist()`` calls and scalar reads) of one pruned prefill; on a GPU each is a sync."""
+    model = build_decoder(layers=layers)
+    inputs = make_inputs(batch=3, text_lengths=(5, 2, 3))
+    tolist = torch.Tensor.tolist
+    calls = [0]
+
+    def counted(self: torch.Tensor) -> Any:
+        calls[0] += 1
+        return tolist(self)
+
+    with prune(model, build_pruner(name, budget=5.0), inputs) as record:
+        reads = _HostReads()
+        with monkeypatch.context() as patch, reads:
+            patch.setattr(torch.Tensor, "tolist", counted)
+            forward(model, record.inputs)
+    assert record.visual_tokens is not None and int(record.visual_tokens[0, -1]) < NUM_VISUAL
+    return calls[0] + reads.count
+
+
+@pytest.mark.parametrize("name", ["autoprune", "sparsevlm", "fastv", "pdrop", "random"])
+def test_host_syncs_do_not_grow_with_the_pruning_layers(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every pruning layer sizes its output from host ints: an 8-layer prefill that prunes at more
+    layers reads no more values from the device than a 4-layer one (each read is a sync on a GPU)."""
+    assert _host_reads_per_prefill(name, 8, monkeypatch) == _host_reads_per_prefill(name, 4, monkeypatch)
+
+
+@dataclass
+class BadSplitPruner(AutoPrunePruner):
+    def split(self, view: LayerView, hand_on: list[int]) -> tuple[list[int], list[int]]:
+        return [n + 1 for n in hand_on], [0] * len(hand_on)
+
+
+def test_a_split_that_does_not_sum_to_the_hand_on_count_is_a_one_line_error() -> None:
+    model = build_decoder(layers=4)
+    inputs = make_inputs(batch=2, text_lengths=(3, 2))
+    with (
+        pytest.raises(ValueError, match=r"autoprune\.split returned kept .* must be >= 0 and sum to"),
+        prune(model, BadSplitPruner(budget=6), inputs) as record,
+    ):
+        forward(model, record.inputs)
 
 
 def test_row_gathers_and_scatters_equal_element_wise_gather_and_scatter() -> None:

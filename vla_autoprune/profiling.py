@@ -18,7 +18,7 @@ from torch.profiler import record_function
 STAGE_PREFIX = "vla_autoprune."
 #: The engine's stages: ``setup`` (hooks, pre-decoder selection), ``layer_inputs`` (a pruned
 #: layer's positions and mask), ``schedule`` (a pruner's counts, AutoPrune's MI and curve solve),
-#: ``split`` (kept vs merged counts, the layer's one host sync), ``score`` (text attention,
+#: ``split`` (kept vs merged counts, host ints), ``score`` (text attention,
 #: saliency), ``select`` (ranking, the kept block, the gather of the hidden states), ``merge``
 #: (recycling dropped tokens), ``record`` (per-layer counts and which tokens each layer kept) and
 #: ``restore`` (the last layer's output back in the caller's token order).

@@ -44,11 +44,12 @@ original tokens each layer kept and which merged token holds which (numpy,
 Cost (issue 14): scoring reuses the layer's own ``q_proj`` and ``k_proj`` outputs (captured by
 hooks on those submodules: no projection is recomputed, and the queries are the very ones the
 layer attended with); positions, masks and record counts are built once per set
-of slots and reused until the next drop. Host syncs: none in a layer that hands everything on (the
-schedule and each row's live count are on the host), one in a layer that prunes (the kept width
-and the merge sizes), one more when it merges (how many merged tokens are valid), one copy of each
-new schedule to the host, one at ``prune()`` entry (text width, whether every row has it) and,
-after the last layer, the copies the record is worked out from. Host ints go to the device with
+of slots and reused until the next drop. Host syncs: none in a decoder layer, pruning or not (the
+schedule, each row's live count, the pruner's kept / merged split (:meth:`Pruner.split` answers in
+host ints) and a merge's valid count (:attr:`Merge.count_host`) are on the host), except one copy of
+each new schedule to the host (AutoPrune: two per forward, stage 0's and the solved curve), one at
+``prune()`` entry (text width, whether every row has it) and, after the last layer, the copies the
+record is worked out from. A merge that gives no ``count_host`` costs one sync. Host ints go to the device with
 :func:`vla_autoprune.devices.device_ints`: on CUDA a non-blocking copy from pinned memory, where
 ``torch.tensor(values, device="cuda")`` would wait for every queued kernel.
 """
@@ -587,10 +588,9 @@ class _Engine:
         if all(h >= a for h, a in zip(hand_on, alive, strict=True)):
             return None
         with stage("split"):
-            kept, clusters = self.pruner.split(view, device_ints(hand_on, view.hidden.device))
-            # the one host sync of a pruning layer: the block's shape and the merge sizes
-            counts = torch.cat([kept, clusters]).tolist()
-        kept_host, clusters_host = counts[: len(alive)], counts[len(alive) :]
+            # host ints: the block's shape and the merge sizes are known without a device sync
+            kept_host, clusters_host = self._split(view, hand_on, alive)
+            kept, clusters = device_ints([kept_host, clusters_host], view.hidden.device)
         merges = any(c > 0 for c in clusters_host)
         view.merge_host = ([a - k for a, k in zip(alive, kept_host, strict=True)], clusters_host)
         with stage("score"):
@@ -598,6 +598,18 @@ class _Engine:
         with stage("select"):
             state.slots, new_hidden = self._drop(view, state.slots, scores, kept, clusters, merges, kept_host)
         return compat.with_output_hidden(output, new_hidden)
+
+    def _split(self, view: LayerView, hand_on: list[int], alive: list[int]) -> tuple[list[int], list[int]]:
+        """The pruner's ``(kept, merged)`` host counts per row, checked against ``hand_on`` and ``alive``."""
+        kept, merged = self.pruner.split(view, hand_on)
+        rows = zip(kept, merged, hand_on, alive, strict=False)
+        same_rows = len(kept) == len(merged) == len(hand_on)
+        if not same_rows or not all(0 <= k <= a and 0 <= m and k + m == n for k, m, n, a in rows):
+            raise ValueError(
+                f"{self.pruner.name}.split returned kept {kept} + merged {merged} for hand-on {hand_on} "
+                f"of {alive} tokens; each row's counts must be >= 0 and sum to its hand-on count"
+            )
+        return [int(k) for k in kept], [int(m) for m in merged]
 
     def _view(
         self,
@@ -634,6 +646,7 @@ class _Engine:
             tokens_host=slots.tokens,
             text_host=self.text_counts,
             scoring_host=self.scoring_host,
+            alive_host=slots.alive,
             who=self.pruner.label,
         )
 
@@ -761,8 +774,11 @@ class _Engine:
             return self._kept_block(vs, slots, rank, is_kept, slot_range, max(kept_host)), kept_host
         r = merge.valid.sum(1)
         # a row's block: kept + r real entries, the first r merged ones, each valid or a filler
-        first_r = torch.arange(merge.valid.shape[1], device=r.device) < r.unsqueeze(1)
-        entries, alive = torch.stack([kept + r, kept + (first_r & merge.valid).sum(1)]).tolist()
+        if merge.count_host is not None:  # the first r are the valid ones, r known on the host
+            entries = alive = [k + m for k, m in zip(kept_host, merge.count_host, strict=True)]
+        else:  # one host sync
+            first_r = torch.arange(merge.valid.shape[1], device=r.device) < r.unsqueeze(1)
+            entries, alive = torch.stack([kept + r, kept + (first_r & merge.valid).sum(1)]).tolist()
         width = max(entries)
         real = (width - r).unsqueeze(1)  # real (kept + filler) entries per row
         chosen = torch.where(rank < real, slot_range, _NO_SLOT)

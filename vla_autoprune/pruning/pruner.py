@@ -85,6 +85,7 @@ class LayerView:
             True), so reductions over text rows need no masking.
         merge_host: set by the engine before :meth:`Pruner.merge`: each row's dropped valid visual
             tokens and wanted merged tokens, as host ints (merging sizes its tensors without a sync).
+        alive_host: :meth:`alive` as host ints (what each row's layer processed), or None.
         tokens_host, text_host: ``tokens`` and each row's valid text rows as host ints, or None;
             with ``scoring_host`` (per-row MACs the engine adds to the record), :meth:`attention`
             counts its scoring MACs on the host, with no tensor op.
@@ -110,6 +111,7 @@ class LayerView:
     projected: tuple[torch.Tensor, torch.Tensor] | None = None
     text_full: bool = False
     merge_host: tuple[list[int], list[int]] | None = None
+    alive_host: list[int] | None = None
     tokens_host: list[int] | None = None
     text_host: list[int] | None = None
     scoring_host: list[int] | None = None
@@ -164,6 +166,10 @@ class LayerView:
     def alive(self) -> torch.Tensor:
         """int64 ``[B]``: valid visual tokens entering this layer."""
         return self.visual_valid.sum(dim=1)
+
+    def alive_counts(self) -> list[int]:
+        """:meth:`alive` as host ints: the engine's ``alive_host`` (no tensor op), else one sync."""
+        return list(self.alive_host) if self.alive_host is not None else self.alive().tolist()
 
     def attention(self) -> torch.Tensor:
         """float32 ``[B, H, T, Kv]``: text -> visual attention at this layer (computed once)."""
@@ -270,12 +276,16 @@ class Merge:
         valid: bool ``[B, R]``; rows may carry fewer merged tokens than ``R``.
         members: int64 ``[B, Kv]``, the merged token (``0..R-1``) each visual slot went into, -1
             for none; None when the pruner does not say (the record then has no merge members).
+        count_host: each row's valid merged tokens as host ints, when they are its first ones
+            (``valid[b]`` is ``count_host[b]`` Trues, then Falses): the engine then sizes the layer's
+            output without waiting for the device. None: the engine reads ``valid`` (one host sync).
     """
 
     hidden: torch.Tensor
     representative: torch.Tensor
     valid: torch.Tensor
     members: torch.Tensor | None = None
+    count_host: list[int] | None = None
 
 
 @dataclass
@@ -406,9 +416,13 @@ class Pruner(abc.ABC):
         """float ``[B, Kv]``: importance of each visual slot at ``view.layer_idx`` (higher = keep)."""
         return view.text_attention()
 
-    def split(self, view: LayerView, hand_on: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Split the count a layer hands on (int64 ``[B]``) into ``(kept, merged)`` tokens, each ``[B]``."""
-        return hand_on, torch.zeros_like(hand_on)
+    def split(self, view: LayerView, hand_on: list[int]) -> tuple[list[int], list[int]]:
+        """Split the count each row hands on into ``(kept, merged)`` tokens, host ints per row.
+
+        On the host so that the engine sizes the layer's output without a device sync; what a row
+        processed is ``view.alive_host``.
+        """
+        return list(hand_on), [0] * len(hand_on)
 
     def merge(
         self, view: LayerView, scores: torch.Tensor, dropped: torch.Tensor, clusters: torch.Tensor

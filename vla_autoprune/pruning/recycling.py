@@ -8,6 +8,7 @@ placed right after the kept visual tokens. Merged tokens count against the budge
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import overload
 
 import torch
@@ -49,49 +50,41 @@ def recycle_count(num_dropped: int | Tensor) -> int | Tensor:
     return min(recycled // TOKENS_PER_CLUSTER + 1, recycled)
 
 
-def split_handed_on(processed: Tensor, handed_on: Tensor, recycle: bool = True) -> tuple[Tensor, Tensor]:
-    """Split a layer's hand-on count into kept visual tokens and merged (recycled) tokens.
+def split_handed_on(
+    processed: Sequence[int], handed_on: Sequence[int], recycle: bool = True
+) -> tuple[list[int], list[int]]:
+    """Split each row's hand-on count into kept visual tokens and merged (recycled) tokens.
 
-    With recycling, ``keep`` is the largest count with ``keep + recycle_count(processed - keep)
-    == handed_on``. When even keeping nothing would recycle more than ``handed_on`` tokens, the
-    budget has no room for merging: ``keep = handed_on``, ``merged = 0``. No host sync.
+    Host ints in, host ints out: the engine sizes a pruning layer's output from them, so the split
+    never waits for the device. With recycling, ``keep`` is the largest count with
+    ``keep + recycle_count(processed - keep) == handed_on``. When even keeping nothing would recycle
+    more than ``handed_on`` tokens, the budget has no room for merging: ``keep = handed_on``,
+    ``merged = 0``.
 
     Args:
-        processed: int64 ``[...]`` tokens the layer processed.
-        handed_on: int64 ``[...]`` tokens it hands on, ``1 <= handed_on <= processed``.
+        processed: tokens each row's layer processed.
+        handed_on: tokens each row hands on, ``1 <= handed_on <= processed``.
         recycle: False gives ``(handed_on, 0)``.
 
     Returns:
-        ``(keep, merged)``, int64 ``[...]`` each, summing to ``handed_on``.
+        ``(keep, merged)``, one int per row each, summing to ``handed_on``.
     """
-    if not recycle:
-        return handed_on, torch.zeros_like(handed_on)
-    # keep_{i+1} = n - r(P - keep_i) decreases monotonically onto the largest solution
-    keep = handed_on
-    if keep.device.type == "cpu" and processed.device.type == "cpu":
-        keep = _fixed_point_host(processed, handed_on)
-    else:  # on an accelerator: a fixed number of steps, no host sync
-        for _ in range(SPLIT_ITERATIONS):
-            keep = handed_on - recycle_count(processed - keep)
-    room = recycle_count(processed) <= handed_on
-    keep = torch.where(room, keep, handed_on)
-    return keep, handed_on - keep
+    kept = [_largest_keep(p, n) if recycle else n for p, n in zip(processed, handed_on, strict=True)]
+    return kept, [n - k for n, k in zip(handed_on, kept, strict=True)]
 
 
-def _fixed_point_host(processed: Tensor, handed_on: Tensor) -> Tensor:
-    """The fixed point of ``keep = n - r(P - keep)`` on host tensors (the same steps, stopped early).
+def _largest_keep(processed: int, handed_on: int) -> int:
+    """``keep`` of :func:`split_handed_on` for one row: the fixed point of ``keep = n - r(P - keep)``.
 
-    ``recycle_count`` is looked up in a table (``P - keep >= 0`` throughout: ``keep <= n <= P``)
-    and the iteration stops once a step changes nothing (a fixed point stays one), so the result
-    equals ``SPLIT_ITERATIONS`` steps.
+    Starting from ``n`` the iteration decreases monotonically onto the largest solution, and a
+    fixed point stays one, so stopping early equals running all ``SPLIT_ITERATIONS`` steps.
     """
-    table = recycle_count(torch.arange(2 * int(processed.max()) + 2 if processed.numel() else 1))
+    if recycle_count(processed) > handed_on:  # no room for merging
+        return handed_on
     keep = handed_on
     for _ in range(SPLIT_ITERATIONS):
-        dropped = processed - keep
-        recycled = table[dropped] if int(dropped.max()) < table.numel() else recycle_count(dropped)
-        step = handed_on - recycled
-        if torch.equal(step, keep):
+        step = handed_on - recycle_count(processed - keep)
+        if step == keep:
             break
         keep = step
     return keep
@@ -124,6 +117,7 @@ def recycle_dropped(
     ranked = torch.where(dropped, scores.float(), float("-inf"))
     ranked_sorted, order = torch.sort(ranked, dim=1, descending=True, stable=True)
     max_clusters = None
+    count_host = None
     if view.merge_host is None:
         d = dropped.sum(dim=1)
         pool_size = torch.minimum(torch.floor(d.double() * pool_fraction).long() + 1, d)
@@ -133,7 +127,9 @@ def recycle_dropped(
         pools = [min(math.floor(n * pool_fraction) + 1, n) for n in dropped_host]
         pool_size = device_ints(pools, dropped.device)
         width = max(max(pools, default=0), 1)
-        max_clusters = max((min(c, p) for c, p in zip(clusters_host, pools, strict=True)), default=0)
+        # DPC-kNN makes min(clusters, pool) clusters per row, the first slots (every centre joins itself)
+        count_host = [min(c, p) for c, p in zip(clusters_host, pools, strict=True)]
+        max_clusters = max(count_host, default=0)
     pool = order[:, :width]  # [B, M] indices into the visual block
     pool_ok = torch.arange(width, device=pool.device) < pool_size.unsqueeze(1)
     pool_slots = view.visual_slots.gather(1, pool)
@@ -150,4 +146,10 @@ def recycle_dropped(
     joined = pool_ok & (assign >= 0) & valid.gather(1, assign.clamp(min=0))
     members = torch.full((b, kv), -1, dtype=torch.int64, device=pool.device)
     members.scatter_(1, pool, torch.where(joined, assign, -1))  # pool indices are distinct per row
-    return Merge(hidden=merged, representative=pool.gather(1, best), valid=valid, members=members)
+    return Merge(
+        hidden=merged,
+        representative=pool.gather(1, best),
+        valid=valid,
+        members=members,
+        count_host=count_host,
+    )

@@ -44,8 +44,6 @@ logger = logging.getLogger(__name__)
 
 # The reference's weight of the layer-0 text attention in the stage-0 ranking.
 STAGE0_TEXT_WEIGHT = 0.3
-# Scratch key: (kept, merged) int64 [B, L] per layer, split once when the schedule is solved.
-_SPLIT_TABLE = "autoprune_split"
 
 
 @register_pruner
@@ -185,12 +183,7 @@ class AutoPrunePruner(Pruner):
         k = ap.slope(mi, *self.slope_constants())
         view.stats["mi"] = mi.detach()
         view.stats["k"] = k.detach()
-        schedule = self._retention(k, view)
-        # Every later layer processes what the previous one handed on (the schedule is monotone,
-        # so the engine hands on exactly schedule[:, l]): split all layers now, in one call.
-        processed = torch.cat([torch.full_like(schedule[:, :1], view.num_visual), schedule[:, :-1]], dim=1)
-        view.scratch[_SPLIT_TABLE] = split_handed_on(processed, schedule, self.recycle)
-        return schedule
+        return self._retention(k, view)
 
     def score(self, view: LayerView) -> torch.Tensor:
         """Text attention; at the in-decoder stage 0 (layer 0) the reference's saliency mix.
@@ -213,17 +206,13 @@ class AutoPrunePruner(Pruner):
 
     # -- recycling -------------------------------------------------------------------------------
 
-    def split(self, view: LayerView, hand_on: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def split(self, view: LayerView, hand_on: list[int]) -> tuple[list[int], list[int]]:
         """Kept and merged tokens (the reference's recycling rule) summing to ``hand_on``.
 
         Stage 0 (after layer 0) keeps without recycling, as the reference does.
         """
         stage0 = view.layer_idx == 0 and self.stage0 != "none"
-        table = view.scratch.get(_SPLIT_TABLE)
-        if table is None or stage0:
-            return split_handed_on(view.alive(), hand_on, self.recycle and not stage0)
-        kept, merged = table
-        return kept[:, view.layer_idx].to(hand_on.device), merged[:, view.layer_idx].to(hand_on.device)
+        return split_handed_on(view.alive_counts(), hand_on, self.recycle and not stage0)
 
     def merge(
         self, view: LayerView, scores: torch.Tensor, dropped: torch.Tensor, clusters: torch.Tensor

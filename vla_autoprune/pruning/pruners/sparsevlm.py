@@ -191,14 +191,14 @@ class SparseVLMPruner(StagedPruner):
         total = torch.where(raters.unsqueeze(-1), attn, torch.zeros_like(attn)).sum(1)
         return total / raters.unsqueeze(-1).sum(1).clamp(min=1)
 
-    def split(self, view: LayerView, hand_on: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def split(self, view: LayerView, hand_on: list[int]) -> tuple[list[int], list[int]]:
         """Kept and merged tokens summing to ``hand_on``: the plan's (faithful) or the reference's split rule."""
         if self.mode != "faithful":
-            return split_handed_on(view.alive(), hand_on, self.recycle)
+            return split_handed_on(view.alive_counts(), hand_on, self.recycle)
         stage = self.starts(view.num_layers).index(view.layer_idx + 1)
         keep = self.faithful_plan(view.num_layers, view.num_visual).kept[stage]
-        kept = torch.minimum(torch.full_like(hand_on, keep), hand_on)
-        return kept, hand_on - kept
+        kept = [min(keep, n) for n in hand_on]
+        return kept, [n - k for n, k in zip(hand_on, kept, strict=True)]
 
     def merge(
         self, view: LayerView, scores: torch.Tensor, dropped: torch.Tensor, clusters: torch.Tensor
