@@ -18,7 +18,7 @@ from vla_autoprune.pipeline.merge import config_key, find_runs, find_skipped, me
 from vla_autoprune.pipeline.pairwise import pairwise_rows
 from vla_autoprune.pipeline.resampling import Bootstrap, Run
 from vla_autoprune.pipeline.summary import stat_values
-from vla_autoprune.pipeline.table import SHORT_COLUMNS, to_csv, to_markdown
+from vla_autoprune.pipeline.table import IDENTITY_COLUMNS, SHORT_COLUMNS, to_csv, to_markdown
 from vla_autoprune.run_files import RECORDS_FILE, RUN_FILE, atomic_write_json, atomic_write_text, read_records
 
 logger = logging.getLogger(__name__)
@@ -26,15 +26,7 @@ logger = logging.getLogger(__name__)
 #: Columns of report.md's main table (report.csv has every column).
 MAIN_COLUMNS: tuple[str, ...] = (
     "run",
-    "planner",
-    "pruner",
-    "budget",
-    "positions",
-    "variant",
-    "samples",
-    "samples @3s",
-    "scenes",
-    "tokens/layer",
+    *IDENTITY_COLUMNS,
     "L2@3s stp3",
     "L2@3s stp3 diff",
     "Col@3s stp3",

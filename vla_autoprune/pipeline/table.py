@@ -177,8 +177,8 @@ def to_csv(rows: Sequence[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-#: The compact set of columns printed at the end of a sweep.
-SHORT_COLUMNS: tuple[str, ...] = (
+#: What a run is and what it ran on: the first columns of every summary table.
+IDENTITY_COLUMNS: tuple[str, ...] = (
     "planner",
     "pruner",
     "budget",
@@ -188,6 +188,11 @@ SHORT_COLUMNS: tuple[str, ...] = (
     "samples @3s",
     "scenes",
     "tokens/layer",
+)
+
+#: The compact set of columns printed at the end of a sweep.
+SHORT_COLUMNS: tuple[str, ...] = (
+    *IDENTITY_COLUMNS,
     "L2@1s stp3",
     "L2@2s stp3",
     "L2@3s stp3",
