@@ -3,6 +3,8 @@
     python -m benchmarks.run                 # CPU set (scaled-down LLaVA shape), single-threaded
     python -m benchmarks.run --quick         # smoke test: tiny shapes, one round (< 2 min on 2 cores)
     python -m benchmarks.run --device cuda   # GPU set: LLaVA-1.5-7B shape in bf16, CUDA events
+    python -m benchmarks.run --report-only   # RESULTS.md from the results/*.json already there
+    python -m benchmarks.run --device cuda --shapes-only   # without the data stack (a bare GPU box)
 
 Timing on the CPU is process CPU time with one thread (the only stable measure on a shared box);
 every ratio comes from medians of rounds interleaved in this one process.
@@ -91,8 +93,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--report", type=Path, default=Path(__file__).parent / "RESULTS.md")
     parser.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma list of {BENCHMARKS}")
+    parser.add_argument(
+        "--shapes-only",
+        action="store_true",
+        help="the random-weight shapes alone: no bundled model, synthetic data or evaluate loop, so "
+        "nuscenes-devkit and the data stack need not be installed (e.g. a lent GPU machine)",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: rewrite --report from the results already in --out (e.g. after copying in "
+        "the JSON files of runs made elsewhere, such as a GPU machine)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.report_only:
+        if not any(args.out.glob("*.json")):
+            parser.error(
+                f"--report-only: no results (*.json) in {args.out}; run the benchmarks or pass --out"
+            )
+        write_report(args.out, args.report)
+        logger.info("wrote %s from %s", args.report, args.out)
+        return
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible; run on a GPU machine or drop --device")
@@ -102,13 +124,21 @@ def main(argv: list[str] | None = None) -> None:
     unknown = only - set(BENCHMARKS)
     if unknown:
         parser.error(f"--only: unknown benchmarks {sorted(unknown)}; choose from {BENCHMARKS}")
+    if args.shapes_only:
+        only.discard("end_to_end")
+    elif not _data_stack_installed():
+        parser.error(
+            "nuscenes-devkit is not installed (the bundled model's data needs it); install the project "
+            "(pip install -e .) or pass --shapes-only for the random-weight shapes alone"
+        )
     plan = plan_for(args.quick, device)
     mode = {"quick": args.quick, "dtype": str(plan.dtype)}
     start = time.perf_counter()
+    bundled = not args.shapes_only
     if "prefill" in only:
-        run_prefill(plan, device, args.out, mode)
+        run_prefill(plan, device, args.out, mode, bundled)
     if "overhead" in only:
-        run_overhead(plan, device, args.out, mode)
+        run_overhead(plan, device, args.out, mode, bundled)
     if "memory" in only:
         subject = shaped_subject(plan.llava, 1, device, plan.dtype)
         write_result(
@@ -168,8 +198,17 @@ def main(argv: list[str] | None = None) -> None:
     logger.info("wrote %s and %s in %.0f s", args.out, args.report, time.perf_counter() - start)
 
 
-def run_prefill(plan: Plan, device: torch.device, out: Path, mode: dict) -> None:
-    for batch in plan.batches:
+def _data_stack_installed() -> bool:
+    """Whether nuscenes-devkit imports (the bundled model's synthetic data is read through it)."""
+    try:
+        import nuscenes  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run_prefill(plan: Plan, device: torch.device, out: Path, mode: dict, bundled: bool = True) -> None:
+    for batch in plan.batches if bundled else ():
         subject = bundled_subject(batch, device)
         rows = prefill.measure(subject, plan.rounds, budgets=plan.fractions)
         write_result(
@@ -201,13 +240,12 @@ def run_prefill(plan: Plan, device: torch.device, out: Path, mode: dict) -> None
         logger.info("prefill %s b1 done", plan.wide.name)
 
 
-def run_overhead(plan: Plan, device: torch.device, out: Path, mode: dict) -> None:
+def run_overhead(plan: Plan, device: torch.device, out: Path, mode: dict, bundled: bool = True) -> None:
     fraction = plan.fractions["V/4"]
     big = max(plan.batches)
-    subjects = [
-        (f"bundled_b{big}", lambda: bundled_subject(big, device)),
-        (f"{plan.llava.name}_b1", lambda: shaped_subject(plan.llava, 1, device, plan.dtype)),
-    ]
+    subjects = [(f"{plan.llava.name}_b1", lambda: shaped_subject(plan.llava, 1, device, plan.dtype))]
+    if bundled:
+        subjects.insert(0, (f"bundled_b{big}", lambda: bundled_subject(big, device)))
     wide = plan.wide
     if wide is not None:  # where the layers' work dominates: what is left of the engine's cost
         subjects.append((f"{wide.name}_b1", lambda: shaped_subject(wide, 1, device, plan.dtype)))

@@ -82,3 +82,73 @@ def test_quick_benchmarks_write_results_and_report(tmp_path: Path) -> None:
         "| target | measured | met | where |" in text
         and "GPU target: this CPU figure is for reference" in text
     )
+
+
+def test_report_only_rewrites_the_report_from_the_results_folder(tmp_path: Path) -> None:
+    """Results made elsewhere (a GPU machine) are merged by copying their JSON in and rewriting the report."""
+    out = tmp_path / "results"
+    out.mkdir()
+    for name in ("flops.json", "prefill_bundled_b1.json"):
+        (out / name).write_text((ROOT / "benchmarks" / "results" / name).read_text())
+    report = tmp_path / "RESULTS.md"
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.run",
+        "--report-only",
+        "--out",
+        str(out),
+        "--report",
+        str(report),
+    ]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = report.read_text()
+    assert "## flops" in text and "## prefill_bundled_b1" in text and "## memory" not in text
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    command[command.index(str(out))] = str(empty)
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2 and f"no results (*.json) in {empty}" in done.stderr
+
+
+# Stand-in for a lent GPU box: torch and transformers, none of the project's data stack.
+_WITHOUT_DATA_STACK = """
+import runpy, sys
+BLOCKED = {"nuscenes", "hydra", "omegaconf", "cv2", "matplotlib", "pyquaternion", "shapely"}
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
+        return None
+sys.meta_path.insert(0, Blocker())
+sys.argv = ["benchmarks.run", *sys.argv[1:]]
+runpy.run_module("benchmarks.run", run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_shapes_only_runs_without_nuscenes_devkit_or_the_data_stack(tmp_path: Path) -> None:
+    out, report = tmp_path / "results", tmp_path / "RESULTS.md"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    args = ["--quick", "--out", str(out), "--report", str(report), "--only", "prefill,overhead,flops,memory"]
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-c", _WITHOUT_DATA_STACK, *args, *extra]
+        return subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
+        )
+
+    refused = run()
+    assert refused.returncode == 2 and "pass --shapes-only" in refused.stderr
+    done = run("--shapes-only")
+    assert done.returncode == 0, done.stderr[-3000:]
+    names = {p.stem for p in out.glob("*.json")}
+    assert names == {
+        "prefill_llava-shaped-tiny_b1",
+        "prefill_llava-shaped-tiny_b2",
+        "overhead_llava-shaped-tiny_b1",
+        "flops",
+        "memory",
+    }
+    assert "## prefill_llava-shaped-tiny_b1" in report.read_text()
