@@ -70,10 +70,12 @@ def test_quick_benchmarks_write_results_and_report(tmp_path: Path) -> None:
     assert set(e2e) == {"none", "autoprune"} and all(r["samples_per_s"] > 0 for r in e2e.values())
     for row in e2e.values():  # the phases split the loop's time (shares, not speed)
         assert row["engine_ms"] >= 0 and abs(sum(row[f"{p}_share"] for p in PHASES) - 1) < 0.01
-    # torch.compile per decoder layer: each pruner either ran (same per-layer token counts as eager,
-    # outputs within float32 noise) or its failure is recorded in one line.
+    # torch.compile per decoder layer, the engine's hooks traced with it: every pruner runs (same
+    # per-layer token counts as eager, outputs within float32 noise). The record's host bookkeeping
+    # is excluded from tracing; traced, dynamo failed its own guards on it for `none` and `fastv`.
     for row in results["compiled"]["rows"]:
-        assert "error" in row or (row["same_token_counts"] and float(row["max_abs_diff"]) < 1e-3), row
+        assert "error" not in row, row
+        assert row["same_token_counts"] and float(row["max_abs_diff"]) < 1e-3, row
     text = report.read_text()
     assert "python -m benchmarks.run --device cuda" in text and "## prefill_bundled_b1" in text
     assert "Engine stages, autoprune" in text

@@ -401,6 +401,9 @@ class _Engine:
                 slots.tokens = (self.real.gather(1, slots.src) & slots.valid).sum(1).tolist()
         return slots.tokens
 
+    # Host bookkeeping (lists, numpy): torch.compile of a hooked layer runs it eagerly instead of
+    # tracing it (dynamo's numpy tracing failed its own guards on it under inference_mode).
+    @torch.compiler.disable
     def _fill_record(self, state: _Forward) -> None:
         """The record's per-layer counts from the slots each layer ran on (after the last layer)."""
         rec = self.record
