@@ -127,7 +127,7 @@ def recycle_dropped(
         pools = [min(math.floor(n * pool_fraction) + 1, n) for n in dropped_host]
         pool_size = device_ints(pools, dropped.device)
         width = max(max(pools, default=0), 1)
-        # DPC-kNN makes min(clusters, pool) clusters per row, the first slots (every centre joins itself)
+        # each row's valid merged tokens: its first min(clusters, pool) slots (valid below)
         count_host = [min(c, p) for c, p in zip(clusters_host, pools, strict=True)]
         max_clusters = max(count_host, default=0)
     pool = order[:, :width]  # [B, M] indices into the visual block
@@ -141,8 +141,9 @@ def recycle_dropped(
     member = assign.unsqueeze(-1) == torch.arange(c, device=assign.device)  # [B, M, C]
     pool_scores = ranked_sorted[:, :width].unsqueeze(-1).expand(-1, -1, c)  # = ranked.gather(1, pool)
     best = torch.where(member, pool_scores, float("-inf")).argmax(dim=1)  # [B, C] index into pool
+    # A row's first min(clusters, pool) slots are its clusters, each holding at least its centre
+    # (which joins itself): valid is that prefix by construction, as count_host says.
     valid = torch.arange(c, device=pool.device) < torch.minimum(clusters, pool_size).unsqueeze(1)
-    valid = valid & member.any(1)
     joined = pool_ok & (assign >= 0) & valid.gather(1, assign.clamp(min=0))
     members = torch.full((b, kv), -1, dtype=torch.int64, device=pool.device)
     members.scatter_(1, pool, torch.where(joined, assign, -1))  # pool indices are distinct per row
