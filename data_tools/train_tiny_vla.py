@@ -51,7 +51,7 @@ from vla_autoprune.models.driving_vla import (
     DrivingVLAConfig,
     sub_config,
 )
-from vla_autoprune.pipeline.bootstrap import paired_ratio, stratified_weights
+from vla_autoprune.pipeline.bootstrap import Interval, paired_ratio, stratified_weights
 from vla_autoprune.pruning import Pruner, build_pruner, run_pruned
 from vla_autoprune.pruning.autoprune_math import DEFAULT_K0, ScheduleError
 from vla_autoprune.pruning.calibration import CALIBRATION_FILE, read_calibration, write_calibration
@@ -419,29 +419,31 @@ def evaluate(
     blind: torch.Tensor,
     train: dict[str, Any],
     calibrations: dict[str, dict[str, Any]] | None = None,
-) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], dict[str, dict[str, Any]]]:
     """On one held-out split: stp3 L2 and collision of the model, the model under each of
     :data:`CAMERA_ABLATIONS`, the model pruned at random to about V/9, constant velocity, the blind speed x command
     fit (its ``[B, 12]`` weights) and the blind nearest-speed median of ``train``
-    (:func:`blind_median`); and :func:`retention_intervals` of :func:`runnable_ci_pruners` at about
-    V/9; ``calibrations``: the model's measured pruner constants (``pruning_calibration.json``).
-    Each prediction is made once."""
+    (:func:`blind_median`); :func:`retention_intervals` of :func:`runnable_ci_pruners` at about
+    V/9; and :func:`ratio_intervals`, issue 9's checks with their CIs. ``calibrations``: the model's
+    measured pruner constants (``pruning_calibration.json``). Each prediction is made once."""
     budget = ninth_budget(model)
     unpruned = predict(model, data)
     names = runnable_ci_pruners(model, budget)
     pruned = {name: predict(model, data, pruner=_calibrated(name, budget, calibrations)) for name in names}
-    metrics = {
-        "model": planner_metrics(unpruned, data),
+    plans = {
+        "model": unpruned,
         **{
-            f"model_{name}": planner_metrics(predict(model, data, cameras=cameras), data)
+            f"model_{name}": predict(model, data, cameras=cameras)
             for name, cameras in CAMERA_ABLATIONS.items()
         },
-        f"model_random_b{budget}": planner_metrics(pruned["random"], data),
-        "constant_velocity": planner_metrics(constant_velocity(data["ego_state"]), data),
-        "blind_speed_x_command": planner_metrics(blind_predict(blind, data), data),
-        "blind_speed_x_command_median": planner_metrics(blind_median(train, data), data),
+        f"model_random_b{budget}": pruned["random"],
+        "constant_velocity": constant_velocity(data["ego_state"]),
+        "blind_speed_x_command": blind_predict(blind, data),
+        "blind_speed_x_command_median": blind_median(train, data),
     }
-    return metrics, retention_intervals(unpruned, {f"{n}_b{budget}": p for n, p in pruned.items()}, data)
+    metrics = {name: planner_metrics(pred, data) for name, pred in plans.items()}
+    retention = retention_intervals(unpruned, {f"{n}_b{budget}": p for n, p in pruned.items()}, data)
+    return metrics, retention, ratio_intervals(plans, data)
 
 
 def _calibrated(name: str, budget: float, calibrations: dict[str, dict[str, Any]] | None) -> Pruner:
@@ -478,22 +480,59 @@ def retention_intervals(
 ) -> dict[str, dict[str, float]]:
     """Per pruned run (name -> waypoints ``[N, 6, 2]``): L2@3s (stp3) retention against ``unpruned``
     in %, with its paired 95 % CI from the report's scene bootstrap stratified by family."""
+    intervals = l2_ratio_intervals({name: (unpruned, pred) for name, pred in pruned.items()}, data)
+    return {
+        name: {
+            key: round(100.0 * float(v), 2)
+            for key, v in zip(("retention", "low", "high"), interval, strict=True)
+        }
+        for name, interval in intervals.items()
+    }
+
+
+#: Issue 9's checks as L2@3s ratios of two planners on the same samples: (plan A, plan B, what
+#: issue 9 asks of A / B). The camera ablations are its "images zeroed", each reading of it.
+ISSUE9_RATIOS: tuple[tuple[str, str, str], ...] = (
+    ("model", "constant_velocity", "<= 0.6"),
+    ("model", "blind_speed_x_command", "<= 0.75"),
+    ("model", "blind_speed_x_command_median", "-"),
+    *((f"model_{name}", "model", ">= 1.5") for name in CAMERA_ABLATIONS),
+)
+
+
+def ratio_intervals(plans: dict[str, torch.Tensor], data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """:data:`ISSUE9_RATIOS` of ``plans`` (name -> waypoints ``[N, 6, 2]``): ``"A / B"`` -> L2@3s
+    (stp3) ratio with its paired 95 % CI (the report's scene bootstrap stratified by family) and
+    what issue 9 asks of it."""
+    pairs = {f"{a} / {b}": (plans[a], plans[b]) for a, b, _ in ISSUE9_RATIOS}
+    intervals = l2_ratio_intervals(pairs, data)
+    return {
+        label: {
+            **{
+                key: round(float(v), 4)
+                for key, v in zip(("ratio", "low", "high"), intervals[label], strict=True)
+            },
+            "asks": asks,
+        }
+        for label, (_, _, asks) in zip(pairs, ISSUE9_RATIOS, strict=True)
+    }
+
+
+def l2_ratio_intervals(
+    pairs: dict[str, tuple[torch.Tensor, torch.Tensor]], data: dict[str, Any]
+) -> dict[str, Interval]:
+    """Per label, L2@3s (stp3) of plans A over plans B (waypoints ``[N, 6, 2]`` each, the samples of
+    ``data``) as ``(ratio, low, high)``: the paired 95 % CI from the report's scene bootstrap
+    stratified by scenario family (one set of resamples for every pair)."""
     gt, mask = data["gt_trajectory"], data["gt_mask"].numpy()
 
     def terms(pred: torch.Tensor) -> tuple[Any, Any]:
         num, den = sample_terms_at(np.asarray(l2_errors(pred.numpy(), gt.numpy())), mask, "stp3")
         return num[:, -1], den  # the 3 s column
 
-    ref_num, ref_den = terms(unpruned)
     weights = stratified_weights(data["scene"].numpy(), data["scenario"], RESAMPLES, BOOTSTRAP_SEED)
-    out = {}
-    for name, pred in pruned.items():
-        interval = paired_ratio(weights, *terms(pred), ref_num, ref_den)
-        out[name] = {
-            key: round(100.0 * float(value), 2)
-            for key, value in zip(("retention", "low", "high"), interval, strict=True)
-        }
-    return out
+    # paired_ratio gives metric(reference) / metric(run): A is the reference, B the run
+    return {label: paired_ratio(weights, *terms(b), *terms(a)) for label, (a, b) in pairs.items()}
 
 
 class Trainer:
@@ -796,8 +835,9 @@ def measure(
             "full_future_only": True,
             "val_samples": {f"seed{seed}_val": len(data["command"]) for seed, data in vals.items()},
         },
-        "val_stp3": {split: metrics for split, (metrics, _) in measured.items()},
-        "retention_l2_3s": {split: retention for split, (_, retention) in measured.items()},
+        "val_stp3": {split: metrics for split, (metrics, _, _) in measured.items()},
+        "retention_l2_3s": {split: retention for split, (_, retention, _) in measured.items()},
+        "ratios_l2_3s": {split: ratios for split, (_, _, ratios) in measured.items()},
         "blind_neighbours": BLIND_NEIGHBOURS,
     }
 

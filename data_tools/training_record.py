@@ -73,6 +73,25 @@ def training_markdown(record: dict[str, Any], name: str) -> str:
         for name, runs in record["retention_l2_3s"].items()
         for run, r in runs.items()
     )
+    ratios = "\n".join(
+        f"| {name.removeprefix('seed').removesuffix('_val')} | {label} | {r['ratio']:.3f} "
+        f"[{r['low']:.3f}, {r['high']:.3f}] | {r['asks']} |"
+        for name, rows in record.get("ratios_l2_3s", {}).items()
+        for label, r in rows.items()
+    )
+    ratio_table = (
+        f"""
+
+Issue 9's checks as L2@3s (stp3) ratios of two planners on the same samples, with paired 95 %
+intervals from the same scene bootstrap (where a threshold lies inside the interval, these samples
+do not resolve the check either way):
+
+| val seed | A / B | ratio [95 % CI] | issue 9 asks |
+|---|---|---|---|
+{ratios}"""
+        if ratios
+        else ""
+    )
     layers = a["config_overrides"]["text_config"]["num_hidden_layers"]
     ev = record["evaluation"]
     samples = ", ".join(f"{n} samples ({name.removesuffix('_val')})" for name, n in ev["val_samples"].items())
@@ -131,5 +150,5 @@ main job's report does the same):
 
 | val seed | pruner_budget | retention [95 % CI] | half-width (points) |
 |---|---|---|---|
-{retention}
+{retention}{ratio_table}
 """

@@ -26,6 +26,7 @@ from data_tools.train_tiny_vla import (
     CAMERA_ABLATIONS,
     CI_PRUNERS,
     EVAL_BATCH,
+    ISSUE9_RATIOS,
     TrainArgs,
     load_split,
     mirror,
@@ -412,3 +413,21 @@ def test_fastv_at_a_ninth_is_not_measured_on_the_deep_fusion_model(
     assert runnable_ci_pruners(deep_fusion, ninth_budget(deep_fusion)) == [
         name for name in CI_PRUNERS if name != "fastv"
     ]
+
+
+@pytest.mark.parametrize("folder", [DEFAULT_MODEL, DEEP_FUSION])
+def test_recorded_issue9_ratios_carry_intervals_around_the_recorded_metrics(folder: str) -> None:
+    """training.json's issue-9 ratios (A / B L2@3s, paired scene-bootstrap 95 % CI) agree with the
+    recorded L2@3s of A and B on each full held-out split, and each interval holds its ratio."""
+    record = json.loads((resolve_model_path(folder) / "training.json").read_text())
+    assert set(record["ratios_l2_3s"]) == {f"seed{s}_val" for s in SEEDS}
+    for split, rows in record["ratios_l2_3s"].items():
+        assert list(rows) == [f"{a} / {b}" for a, b, _ in ISSUE9_RATIOS], split
+        metrics = record["val_stp3"][split]
+        for label, r in rows.items():
+            a, b = label.split(" / ")
+            assert r["ratio"] == pytest.approx(metrics[a]["l2_3s"] / metrics[b]["l2_3s"], rel=1e-3), (
+                split,
+                label,
+            )
+            assert r["low"] <= r["ratio"] <= r["high"], (split, label, r)

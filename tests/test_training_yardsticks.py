@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from data_tools.synthetic.events import FAMILIES
-from data_tools.train_tiny_vla import TrainArgs, family_labels, parse_args, reproduce_command
+from data_tools.train_tiny_vla import (
+    ISSUE9_RATIOS,
+    TrainArgs,
+    family_labels,
+    parse_args,
+    ratio_intervals,
+    reproduce_command,
+    retention_intervals,
+)
 from data_tools.training_record import HAND_WRITTEN, write_record
 from data_tools.yardsticks import blind_median
 from vla_autoprune.data.schema import COMMANDS
@@ -94,3 +103,43 @@ def test_family_labels_index_the_families_and_refuse_unknown_ones() -> None:
     ]
     with pytest.raises(ValueError, match="--family-weight needs every training sample's scenario family"):
         family_labels(["easy", "unknown"])
+
+
+def _scenes(errors_a: list[float], errors_b: list[float]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Plans A and B off the ground truth (x = 0) by the given 3 s errors, one sample per scene."""
+    n = len(errors_a)
+    t = 0.5 * torch.arange(1, 7) / 3.0
+    plan = lambda e: torch.stack([torch.tensor(e).unsqueeze(1) * t, torch.zeros(n, 6)], -1)  # noqa: E731
+    data = {
+        "gt_trajectory": torch.zeros(n, 6, 2),
+        "gt_mask": torch.ones(n, 6, dtype=torch.bool),
+        "scene": torch.arange(n),
+        "scenario": ["easy"] * (n // 2) + ["pedestrian"] * (n - n // 2),
+    }
+    return {"a": plan(errors_a), "b": plan(errors_b)}, data
+
+
+def test_ratio_intervals_are_l2_of_a_over_b_with_a_paired_scene_interval() -> None:
+    # A is off by exactly twice B's error in every scene: the ratio is 2 in every resample.
+    plans, data = _scenes([2.0, 4.0, 6.0, 8.0], [1.0, 2.0, 3.0, 4.0])
+    names = {a for a, _, _ in ISSUE9_RATIOS} | {b for _, b, _ in ISSUE9_RATIOS}
+    all_plans = {name: plans["b"] for name in names} | {"model_visual_zeroed": plans["a"]}
+    ratios = ratio_intervals(all_plans, data)
+    assert list(ratios) == [f"{a} / {b}" for a, b, _ in ISSUE9_RATIOS]
+    zeroed = ratios["model_visual_zeroed / model"]
+    assert (zeroed["ratio"], zeroed["low"], zeroed["high"]) == pytest.approx((2.0, 2.0, 2.0))
+    assert zeroed["asks"] == ">= 1.5"
+    blind = ratios["model / blind_speed_x_command"]
+    assert (blind["ratio"], blind["low"], blind["high"], blind["asks"]) == (1.0, 1.0, 1.0, "<= 0.75")
+    # Unequal ratios per scene: the point is the ratio of the means (2.5 / 2 ... here 20 / 13),
+    # and the scene bootstrap gives an interval around it.
+    plans, data = _scenes([2.0, 4.0, 6.0, 8.0], [1.0, 4.0, 3.0, 5.0])
+    ratio, low, high = (
+        ratio_intervals({name: plans["b"] for name in names} | {"model": plans["a"]}, data)[
+            "model / constant_velocity"
+        ][key]
+        for key in ("ratio", "low", "high")
+    )
+    assert ratio == pytest.approx(20.0 / 13.0, abs=1e-4) and low < ratio < high
+    # retention (%) is the same machinery: unpruned over pruned
+    assert retention_intervals(plans["b"], {"p": plans["a"]}, data)["p"]["retention"] == pytest.approx(65.0)
