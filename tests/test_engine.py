@@ -25,7 +25,6 @@ from conftest import (
     sample,
 )
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from vla_autoprune import compat
@@ -522,46 +521,6 @@ def test_merge_host_counts_are_the_valid_prefix_and_give_what_reading_valid_give
     for name in ("visual_tokens", "merged_tokens", "tokens", "seq_len"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     assert all(torch.equal(x, y) for x, y in zip(a.kept_visual, b.kept_visual, strict=True))
-
-
-class _HostReads(TorchDispatchMode):
-    """Counts the ops that read a tensor's value on the host (``.item()``, ``int()``, ``bool()``)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
-def _host_reads_per_prefill(name: str, layers: int, monkeypatch: pytest.MonkeyPatch) -> int:
-    """Host reads (``.tolist()`` calls and scalar reads) of one pruned prefill; on a GPU each is a sync."""
-    model = build_decoder(layers=layers)
-    inputs = make_inputs(batch=3, text_lengths=(5, 2, 3))
-    tolist = torch.Tensor.tolist
-    calls = [0]
-
-    def counted(self: torch.Tensor) -> Any:
-        calls[0] += 1
-        return tolist(self)
-
-    with prune(model, build_pruner(name, budget=5.0), inputs) as record:
-        reads = _HostReads()
-        with monkeypatch.context() as patch, reads:
-            patch.setattr(torch.Tensor, "tolist", counted)
-            forward(model, record.inputs)
-    assert record.visual_tokens is not None and int(record.visual_tokens[0, -1]) < NUM_VISUAL
-    return calls[0] + reads.count
-
-
-@pytest.mark.parametrize("name", ["autoprune", "sparsevlm", "fastv", "pdrop", "random"])
-def test_host_syncs_do_not_grow_with_the_pruning_layers(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every pruning layer sizes its output from host ints: an 8-layer prefill that prunes at more
-    layers reads no more values from the device than a 4-layer one (each read is a sync on a GPU)."""
-    assert _host_reads_per_prefill(name, 8, monkeypatch) == _host_reads_per_prefill(name, 4, monkeypatch)
 
 
 @dataclass
