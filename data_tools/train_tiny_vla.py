@@ -38,7 +38,14 @@ from data_tools.patch_labels import PATCH_CLASSES, mirror_patch_labels, patch_la
 from data_tools.synthetic.events import FAMILIES
 from data_tools.synthetic.scenario import WORLD_VERSION
 from data_tools.training_record import write_record
-from data_tools.yardsticks import BLIND_NEIGHBOURS, blind_fit, blind_median, blind_predict, constant_velocity
+from data_tools.yardsticks import (
+    BLIND_NEIGHBOURS,
+    blind_fit,
+    blind_median,
+    blind_predict,
+    constant_velocity,
+    family_median,
+)
 from planners.cameras import CameraAblation, ConstantImages, OtherSceneCameras, ZeroVisualTokens
 from planners.metrics import collision_at, l2_at, l2_errors, sample_terms_at
 from vla_autoprune.data.collate import collate
@@ -422,8 +429,9 @@ def evaluate(
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], dict[str, dict[str, Any]]]:
     """On one held-out split: stp3 L2 and collision of the model, the model under each of
     :data:`CAMERA_ABLATIONS`, the model pruned at random to about V/9, constant velocity, the blind speed x command
-    fit (its ``[B, 12]`` weights) and the blind nearest-speed median of ``train``
-    (:func:`blind_median`); :func:`retention_intervals` of :func:`runnable_ci_pruners` at about
+    fit (its ``[B, 12]`` weights), the blind nearest-speed median of ``train``
+    (:func:`blind_median`) and the same median told the scenario family (:func:`family_median`, an
+    oracle); :func:`retention_intervals` of :func:`runnable_ci_pruners` at about
     V/9; and :func:`ratio_intervals`, issue 9's checks with their CIs. ``calibrations``: the model's
     measured pruner constants (``pruning_calibration.json``). Each prediction is made once."""
     budget = ninth_budget(model)
@@ -440,6 +448,7 @@ def evaluate(
         "constant_velocity": constant_velocity(data["ego_state"]),
         "blind_speed_x_command": blind_predict(blind, data),
         "blind_speed_x_command_median": blind_median(train, data),
+        "oracle_family_median": family_median(train, data),
     }
     metrics = {name: planner_metrics(pred, data) for name, pred in plans.items()}
     retention = retention_intervals(unpruned, {f"{n}_b{budget}": p for n, p in pruned.items()}, data)
@@ -496,6 +505,7 @@ ISSUE9_RATIOS: tuple[tuple[str, str, str], ...] = (
     ("model", "constant_velocity", "<= 0.6"),
     ("model", "blind_speed_x_command", "<= 0.75"),
     ("model", "blind_speed_x_command_median", "-"),
+    ("model", "oracle_family_median", "-"),
     *((f"model_{name}", "model", ">= 1.5") for name in CAMERA_ABLATIONS),
 )
 

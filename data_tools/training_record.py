@@ -142,7 +142,10 @@ on speed x command, i.e. everything the model sees except the cameras: the yards
 cameras add beyond the prompt that issue 9 names. `blind_speed_x_command_median` is a stronger
 camera-free yardstick: the coordinate-wise median future of the {record["blind_neighbours"]} train samples of the same
 command with the nearest speeds (non-linear in the speed, and a median does not average a stop
-and a go into a plan that is wrong for both).
+and a go into a plan that is wrong for both). `oracle_family_median`, where present, is that median
+told each sample's scenario family (the train samples of the same command and family): not a
+planner, since the family is never a model input, but what perfect recognition of the family from
+the cameras is worth to that rule.
 
 L2@3s (stp3) retention of pruners at about V/9 against the unpruned model, in % (`none` / pruned),
 with paired 95 % intervals from 2000 scene-bootstrap resamples stratified by scenario family (the

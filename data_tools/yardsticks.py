@@ -2,7 +2,9 @@
 
 ``constant_velocity`` keeps the current speed; ``blind_fit`` is the least-squares fit of the
 waypoints on speed x command that issue 9 measures the model against; ``blind_median`` is the
-stronger non-linear one (the median future of the nearest speeds under the same command).
+stronger non-linear one (the median future of the nearest speeds under the same command);
+``family_median`` is the same median told each sample's scenario family, which the model is never
+given: what a planner that recognised the family perfectly from its cameras would get by that rule.
 """
 
 from __future__ import annotations
@@ -52,14 +54,40 @@ def blind_median(train: dict[str, Any], data: dict[str, Any], k: int = BLIND_NEI
     it does not average a stop and a go into a plan that is wrong for both, which is what L2 rewards
     when a command's futures split into stopping and going.
     """
+
+    def groups(split: dict[str, Any]) -> list[str]:
+        return [repr(COMMANDS[int(c)]) for c in split["command"]]
+
+    return _nearest_speed_median(train, data, groups(train), groups(data), k)
+
+
+def family_median(train: dict[str, Any], data: dict[str, Any], k: int = BLIND_NEIGHBOURS) -> torch.Tensor:
+    """:func:`blind_median` told the scenario family (``scenario``, one str per sample, in ``train``
+    and ``data``): the median future of the ``k`` train samples of the same command AND family with
+    the nearest speeds. An oracle, not a planner: the family is never a model input. It bounds what
+    recognising the family from the cameras is worth to a nearest-speed median."""
+
+    def groups(split: dict[str, Any]) -> list[str]:
+        pairs = zip(split["command"], split["scenario"], strict=True)
+        return [f"{COMMANDS[int(c)]!r} in scenario family {f!r}" for c, f in pairs]
+
+    return _nearest_speed_median(train, data, groups(train), groups(data), k)
+
+
+def _nearest_speed_median(
+    train: dict[str, Any], data: dict[str, Any], train_group: list[str], data_group: list[str], k: int
+) -> torch.Tensor:
+    """Per sample of ``data``, the median future of the ``k`` nearest-speed complete train samples
+    of its group (``*_group``: one label per sample)."""
     complete = train["gt_mask"].all(1)
-    speed, command = train["ego_state"][complete, 0], train["command"][complete]
-    futures = train["gt_trajectory"][complete]
-    out = torch.zeros(len(data["command"]), NUM_FUTURE_STEPS, 2)
-    for c in data["command"].unique():
-        rows, pool = data["command"] == c, command == c
+    speed, futures = train["ego_state"][complete, 0], train["gt_trajectory"][complete]
+    pool_group = [g for g, ok in zip(train_group, complete.tolist(), strict=True) if ok]
+    out = torch.zeros(len(data_group), NUM_FUTURE_STEPS, 2)
+    for group in dict.fromkeys(data_group):
+        rows = torch.tensor([g == group for g in data_group])
+        pool = torch.tensor([g == group for g in pool_group], dtype=torch.bool)
         if int(pool.sum()) == 0:
-            raise ValueError(f"no train sample has command {COMMANDS[int(c)]!r}; train on more scenes")
+            raise ValueError(f"no train sample has command {group}; train on more scenes")
         gap = (data["ego_state"][rows, :1] - speed[pool].unsqueeze(0)).abs()  # [n, M]
         nearest = gap.argsort(dim=1, stable=True)[:, :k]
         out[rows] = futures[pool][nearest].median(dim=1).values.float()

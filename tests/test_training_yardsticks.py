@@ -20,7 +20,7 @@ from data_tools.train_tiny_vla import (
     retention_intervals,
 )
 from data_tools.training_record import HAND_WRITTEN, write_record
-from data_tools.yardsticks import blind_median
+from data_tools.yardsticks import blind_median, family_median
 from vla_autoprune.data.schema import COMMANDS
 
 LEFT, STRAIGHT = COMMANDS.index("left"), COMMANDS.index("straight")
@@ -56,6 +56,24 @@ def test_blind_median_without_a_command_in_train_says_so() -> None:
     train = _split([1.0], [STRAIGHT], [5.0])
     with pytest.raises(ValueError, match="no train sample has command 'left'"):
         blind_median(train, _split([1.0], [LEFT], [0.0]))
+
+
+def test_family_median_reads_only_samples_of_the_same_command_and_family() -> None:
+    # straight at about 2 m/s: red lights stop (5, 6 m in 3 s), easy scenes go (30, 31, 40 m)
+    train = _split([1.0, 2.0, 3.0, 2.5, 9.0], [STRAIGHT] * 5, [5.0, 30.0, 6.0, 31.0, 40.0])
+    train["scenario"] = ["traffic_light", "easy", "traffic_light", "easy", "easy"]
+    data = _split([2.2, 2.2], [STRAIGHT, STRAIGHT], [0.0, 0.0])
+    data["scenario"] = ["traffic_light", "easy"]
+    out = family_median(train, data, k=2)
+    assert out[0, 5].tolist() == pytest.approx([5.0, 0.0])  # lights: speeds 3, 1 -> lower median 5 m
+    assert out[1, 5].tolist() == pytest.approx([30.0, 0.0])  # easy: speeds 2, 2.5 -> 30, 31
+    # told no family, the three nearest speeds mix a stop and two goes (2, 2.5, 3 -> 30, 31, 6)
+    assert blind_median(train, data, k=3)[0, 5].tolist() == pytest.approx([30.0, 0.0])
+    data["scenario"] = ["cut_in", "easy"]
+    with pytest.raises(
+        ValueError, match="no train sample has command 'straight' in scenario family 'cut_in'"
+    ):
+        family_median(train, data)
 
 
 def test_write_record_keeps_the_hand_written_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
