@@ -162,6 +162,12 @@ class TrainArgs:
     #: stepping off the curb or a car cutting in shows first in a front-side camera, which the
     #: aux head's CAM_FRONT alone does not see.
     family_cameras: tuple[str, ...] = ()
+    #: Classes of the family head, each one family or several joined by ``+`` (every family in
+    #: exactly one class); empty: one class per family. ``lead_brake+stopped_vehicle`` spares the head
+    #: a distinction one frame cannot show (a braking lead and a standing one both show lit lamps),
+    #: which is worth 2 % of the camera-free median's L2@3s where telling either from ``easy`` is
+    #: worth 26 % (the deep-fusion TRAINING.md, session 18).
+    family_classes: tuple[str, ...] = ()
     #: Build the model with ``command_prior`` (:class:`~vla_autoprune.models.waypoint_prior.SpeedCommandPrior`):
     #: the head corrects a linear map of speed x command, fitted in closed form on the train split
     #: and its mirror before training and then frozen, instead of a constant-speed rollout.
@@ -230,15 +236,30 @@ def load_split(
     return out
 
 
-def family_labels(scenarios: Sequence[str]) -> torch.Tensor:
-    """int64 ``[N]``: each sample's scenario family as its index in :data:`FAMILIES`."""
+def family_classes(classes: Sequence[str] = ()) -> list[tuple[str, ...]]:
+    """The family head's classes: each a tuple of :data:`FAMILIES` (``classes``: ``+``-joined
+    names, every family in exactly one; empty: one class per family)."""
+    if not classes:
+        return [(name,) for name in FAMILIES]
+    groups = [tuple(part.split("+")) for part in classes]
+    named = [name for group in groups for name in group]
+    if sorted(named) != sorted(FAMILIES):
+        raise ValueError(
+            f"--family-classes {' '.join(classes)} must name every scenario family once, "
+            f"joining merged ones with '+'; the families are {' '.join(FAMILIES)}"
+        )
+    return groups
+
+
+def family_labels(scenarios: Sequence[str], classes: Sequence[str] = ()) -> torch.Tensor:
+    """int64 ``[N]``: each sample's class among :func:`family_classes` of ``classes``."""
     unknown = sorted(set(scenarios) - set(FAMILIES))
     if unknown:
         raise ValueError(
             f"--family-weight needs every training sample's scenario family, got {unknown[:3]}: "
             "train on the synthetic set (its scenarios.json) or drop --family-weight"
         )
-    index = {name: i for i, name in enumerate(FAMILIES)}
+    index = {name: i for i, group in enumerate(family_classes(classes)) for name in group}
     return torch.tensor([index[name] for name in scenarios], dtype=torch.long)
 
 
@@ -562,9 +583,11 @@ class Trainer:
         #: The cameras stage 1 runs the vision tower on (aux and family cameras, in CAMERAS order).
         self.vision_index = sorted(set(self.aux_index) | set(self.family_index))
         self.family_head = (
-            nn.Linear(len(self.family_index) * vision, len(FAMILIES)) if args.family_weight > 0 else None
+            nn.Linear(len(self.family_index) * vision, len(family_classes(args.family_classes)))
+            if args.family_weight > 0
+            else None
         )
-        self.family = family_labels(data["scenario"]) if args.family_weight > 0 else None
+        self.family = family_labels(data["scenario"], args.family_classes) if args.family_weight > 0 else None
 
     def next_batch(self) -> dict[str, Any]:
         """The next shuffled training batch, randomly mirrored."""
@@ -775,6 +798,7 @@ RECIPE_FLAGS = (
     "patch_weight",
     "family_weight",
     "family_cameras",
+    "family_classes",
     "command_prior",
 )
 
@@ -879,6 +903,12 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
         default=list(defaults.family_cameras),
         choices=CAMERAS,
         help="cameras the family head reads (default: the aux cameras, CAM_FRONT)",
+    )
+    parser.add_argument(
+        "--family-classes",
+        nargs="+",
+        default=list(defaults.family_classes),
+        help="the family head's classes, merged families joined by '+' (default: one per family)",
     )
     parser.add_argument(
         "--command-prior", action="store_true", help="head corrects a fitted speed x command prior"

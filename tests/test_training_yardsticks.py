@@ -13,6 +13,7 @@ from data_tools.synthetic.events import FAMILIES
 from data_tools.train_tiny_vla import (
     ISSUE9_RATIOS,
     TrainArgs,
+    family_classes,
     family_labels,
     parse_args,
     ratio_intervals,
@@ -111,6 +112,10 @@ def test_reproduce_command_names_every_non_default_recipe_flag() -> None:
         "--family-weight 1.0 --family-cameras CAM_FRONT_LEFT CAM_FRONT --threads 2"
     )
     assert parse_args(reproduce_command(args).split()[3:]) == args
+    merged = ("traffic_light", "pedestrian", "lead_brake+stopped_vehicle", "cut_in", "easy")
+    args = TrainArgs(out=out, family_weight=1.0, family_classes=merged)
+    assert reproduce_command(args).endswith(f"--family-classes {' '.join(merged)} --threads 2")
+    assert parse_args(reproduce_command(args).split()[3:]) == args
 
 
 def test_family_labels_index_the_families_and_refuse_unknown_ones() -> None:
@@ -121,6 +126,17 @@ def test_family_labels_index_the_families_and_refuse_unknown_ones() -> None:
     ]
     with pytest.raises(ValueError, match="--family-weight needs every training sample's scenario family"):
         family_labels(["easy", "unknown"])
+
+
+def test_family_classes_merge_families_and_must_name_each_once() -> None:
+    merged = ("traffic_light", "pedestrian", "lead_brake+stopped_vehicle", "cut_in", "easy")
+    assert family_classes(merged)[2] == ("lead_brake", "stopped_vehicle")
+    labels = family_labels(["stopped_vehicle", "lead_brake", "easy", "cut_in"], merged).tolist()
+    assert labels == [2, 2, 4, 3]
+    assert family_classes() == [(name,) for name in FAMILIES]
+    for bad in (merged[:-1], (*merged, "easy"), ("traffic_light+bus", *merged[1:])):
+        with pytest.raises(ValueError, match="must name every scenario family once"):
+            family_classes(bad)
 
 
 def _scenes(errors_a: list[float], errors_b: list[float]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
