@@ -923,6 +923,15 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
         "--evaluate-only", action="store_true", help="re-measure the trained --out folder, do not train"
     )
     ns = parser.parse_args(argv)
+    if ns.family_classes:  # checked before minutes of data loading
+        if ns.family_weight <= 0:
+            parser.error(
+                "--family-classes shapes the family head, which --family-weight 0 turns off; give both"
+            )
+        try:
+            family_classes(ns.family_classes)
+        except ValueError as err:
+            parser.error(str(err))
     fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(ns).items()}
     return TrainArgs(**fields)
 

@@ -139,6 +139,34 @@ def test_family_classes_merge_families_and_must_name_each_once() -> None:
             family_classes(bad)
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--family-weight", "1", "--family-classes", "easy", "cut_in"],
+            "must name every scenario family once",
+        ),
+        (
+            [
+                "--family-classes",
+                "traffic_light",
+                "pedestrian",
+                "lead_brake+stopped_vehicle",
+                "cut_in",
+                "easy",
+            ],
+            "--family-weight 0 turns off",
+        ),
+    ],
+)
+def test_bad_family_classes_fail_at_the_command_line(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--out", "m", *flags])
+    assert message in capsys.readouterr().err
+
+
 def _scenes(errors_a: list[float], errors_b: list[float]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Plans A and B off the ground truth (x = 0) by the given 3 s errors, one sample per scene."""
     n = len(errors_a)
