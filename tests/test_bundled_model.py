@@ -67,6 +67,11 @@ MAX_RETENTION_HALF_WIDTH = 5.0
 DEEP_FUSION = "tiny-drive-vla-deep-fusion"
 
 
+def _record(name: str) -> dict[str, Any]:
+    """A bundled model's ``training.json`` (``name``: a bundled name or folder)."""
+    return json.loads((resolve_model_path(name) / "training.json").read_text())
+
+
 @pytest.fixture(scope="module")
 def model() -> DrivingVLA:
     loaded = load("tiny-drive-vla")
@@ -76,7 +81,7 @@ def model() -> DrivingVLA:
 
 @pytest.fixture(scope="module")
 def record() -> dict[str, Any]:
-    return json.loads((resolve_model_path("tiny-drive-vla") / "training.json").read_text())
+    return _record("tiny-drive-vla")
 
 
 @pytest.fixture(scope="module", params=SEEDS, ids=[f"seed{s}" for s in SEEDS])
@@ -126,7 +131,7 @@ def test_bundled_folder_is_complete_small_and_recorded(record: dict[str, Any]) -
 def test_bundled_models_were_trained_on_this_world(name: str) -> None:
     """A bundled model's recorded numbers and the main job's hold only on the world it learned: a
     change of the generator's :data:`WORLD_VERSION` must come with retrained bundled models."""
-    record = json.loads((resolve_model_path(name) / "training.json").read_text())
+    record = _record(name)
     trained_on = record.get("world_version")
     assert trained_on == WORLD_VERSION, (
         f"{name} was trained on synthetic world {trained_on!r}, the generator draws {WORLD_VERSION!r}: "
@@ -139,7 +144,7 @@ def test_every_reading_of_images_zeroed_is_recorded_and_costs_the_model(name: st
     """Issue 9's "images zeroed" has several readings (planners.cameras); each bundled record holds
     all of them on both held-out splits, and each, the in-distribution control too, plans worse
     than the intact model."""
-    record = json.loads((resolve_model_path(name) / "training.json").read_text())
+    record = _record(name)
     for split, m in record["val_stp3"].items():
         for key in CAMERA_ABLATIONS:
             assert m[f"model_{key}"]["l2_3s"] > m["model"]["l2_3s"], (name, split, key)
@@ -150,7 +155,7 @@ def test_knowing_the_scenario_family_is_worth_more_than_the_cameras_give(name: s
     """The oracle yardstick (the camera-free median told each sample's family, never a model input)
     beats the camera-free median and each bundled model on both held-out splits: what the cameras
     could tell a planner exceeds what these models take from them (README, TRAINING.md)."""
-    record = json.loads((resolve_model_path(name) / "training.json").read_text())
+    record = _record(name)
     for split, m in record["val_stp3"].items():
         oracle = m["oracle_family_median"]["l2_3s"]
         assert oracle < m["blind_speed_x_command_median"]["l2_3s"], (name, split)
@@ -321,7 +326,7 @@ def deep_fusion() -> DrivingVLA:
 
 @pytest.fixture(scope="module")
 def deep_record() -> dict[str, Any]:
-    return json.loads((resolve_model_path(DEEP_FUSION) / "training.json").read_text())
+    return _record(DEEP_FUSION)
 
 
 def test_the_main_job_and_load_default_to_the_same_model(tmp_path: Path) -> None:
@@ -431,7 +436,7 @@ def test_fastv_at_a_ninth_is_not_measured_on_the_deep_fusion_model(
 def test_recorded_issue9_ratios_carry_intervals_around_the_recorded_metrics(folder: str) -> None:
     """training.json's issue-9 ratios (A / B L2@3s, paired scene-bootstrap 95 % CI) agree with the
     recorded L2@3s of A and B on each full held-out split, and each interval holds its ratio."""
-    record = json.loads((resolve_model_path(folder) / "training.json").read_text())
+    record = _record(folder)
     assert set(record["ratios_l2_3s"]) == {f"seed{s}_val" for s in SEEDS}
     for split, rows in record["ratios_l2_3s"].items():
         assert list(rows) == [f"{a} / {b}" for a, b, _ in ISSUE9_RATIOS], split
