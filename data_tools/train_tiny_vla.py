@@ -175,6 +175,16 @@ class TrainArgs:
     #: Decoder layer from which the prompt and the readout may attend to the visual tokens
     #: (``DrivingVLAConfig.vision_from_layer``, deep fusion); 0 is LLaVA-style early fusion.
     vision_from_layer: int = 0
+    #: The vision tower's patch size (px) and ``DrivingVLAConfig.spatial_merge_size``: each m x m
+    #: block of patches becomes one visual token, so ``--patch-size 12 --spatial-merge 2`` gives
+    #: the tower 12 px patches (a brake lamp fills more of one) and the decoder still 64 tokens per
+    #: camera at 192 px. Why (session 19, scratch probes on CAM_FRONT, seed-0 val): a lit-red pixel
+    #: count separates a braking or standing lead from an ``easy`` scene in 96-97 % vs 1 % of
+    #: samples, but stage 1 of the bundled recipe leaves the family head at 60 % on that
+    #: distinction (below the majority class's 67 %; train 66 %); the family loss alone on 24 px
+    #: patches reached 70-73 % and on 12 px patches, max-pooled, 85 %.
+    patch_size: int = BUNDLED_VISION_CONFIG["patch_size"]
+    spatial_merge: int = 1
     log_every: int = 100
     #: Only re-measure the model already in ``out`` (see :func:`evaluate_folder`).
     evaluate_only: bool = False
@@ -725,6 +735,19 @@ def train_model(model: DrivingVLA, data: dict[str, torch.Tensor], args: TrainArg
 # ---------------------------------------------------------------------- run
 
 
+def model_config(args: TrainArgs) -> DrivingVLAConfig:
+    """The architecture ``args`` train: ``config_overrides`` with the recipe's patch size, spatial
+    merge, command prior and fusion layer."""
+    overrides = dict(args.config_overrides)
+    overrides["vision_config"] = {**overrides["vision_config"], "patch_size": args.patch_size}
+    return DrivingVLAConfig(
+        **overrides,
+        command_prior=args.command_prior,
+        vision_from_layer=args.vision_from_layer,
+        spatial_merge_size=args.spatial_merge,
+    )
+
+
 def train(args: TrainArgs) -> dict[str, Any]:
     """Run the whole recipe; write the model folder; return the ``training.json`` record."""
     torch.manual_seed(args.seed)
@@ -744,13 +767,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
         image_size=args.image_size,
         seed=SECOND_SEED,
     )
-    model = DrivingVLA(
-        DrivingVLAConfig(
-            **args.config_overrides,
-            command_prior=args.command_prior,
-            vision_from_layer=args.vision_from_layer,
-        )
-    )
+    model = DrivingVLA(model_config(args))
     splits = {
         "train": load_split(root, "train", model, with_patch_labels=args.patch_weight > 0),
         "val": load_split(root, "val", model, full_future_only=True),
@@ -800,6 +817,8 @@ RECIPE_FLAGS = (
     "family_cameras",
     "family_classes",
     "command_prior",
+    "patch_size",
+    "spatial_merge",
 )
 
 
@@ -918,6 +937,13 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
         type=int,
         default=defaults.vision_from_layer,
         help="decoder layer from which the prompt reads the cameras (0: early fusion)",
+    )
+    parser.add_argument("--patch-size", type=int, default=defaults.patch_size, help="vision patch size (px)")
+    parser.add_argument(
+        "--spatial-merge",
+        type=int,
+        default=defaults.spatial_merge,
+        help="merge each m x m block of patches into one visual token (1: none)",
     )
     parser.add_argument(
         "--evaluate-only", action="store_true", help="re-measure the trained --out folder, do not train"

@@ -58,7 +58,9 @@ def training_markdown(record: dict[str, Any], name: str) -> str:
         else ""
     )
     vision = a["config_overrides"]["vision_config"]
-    grid = vision["image_size"] // vision["patch_size"]
+    patch, merge = a.get("patch_size", vision["patch_size"]), a.get("spatial_merge", 1)
+    grid = vision["image_size"] // patch // merge
+    patches = f"{patch} px patches" + (f" merged {merge} x {merge}" if merge > 1 else "")
     tables = "\n\n".join(
         f"""Val split of generator seed {name.removeprefix("seed").removesuffix("_val")} (held out):
 
@@ -100,7 +102,7 @@ do not resolve the check either way):
 A tiny DrivingVLA (SigLIP vision tower, LLaVA projector, {layers}-layer Llama decoder with GQA, action
 queries + MLP waypoint head on a constant-speed prior) trained from scratch on the synthetic
 nuScenes world ({world}: scenario families whose triggers only the cameras show). It sees the
-six cameras ({vision["image_size"]} px, {vision["patch_size"]} px patches: {grid * grid} visual tokens per camera,
+six cameras ({vision["image_size"]} px, {patches}: {grid * grid} visual tokens per camera,
 {6 * grid * grid} in all), the command and the ego speed (not the acceleration or yaw rate, which would give
 away a braking or turning already under way).{fusion}
 

@@ -15,7 +15,7 @@ from transformers import LlavaConfig, PreTrainedConfig, Qwen2_5_VLConfig, Qwen3V
 
 from vla_autoprune import compat_qwen
 from vla_autoprune.errors import DataNotFoundError, ModelLoadError
-from vla_autoprune.models.driving_vla import DrivingVLAConfig, patch_grid, sub_config
+from vla_autoprune.models.driving_vla import DrivingVLAConfig, patch_grid, sub_config, visual_grid
 from vla_autoprune.models.llava_adapter import LLAVA_MODEL_TYPE
 from vla_autoprune.models.loading import resolve_model_path
 
@@ -72,9 +72,8 @@ def describe(name_or_path: str | Path, image_size: tuple[int, int] | None = None
     if model_type == DrivingVLAConfig.model_type:
         config = DrivingVLAConfig.from_pretrained(folder)
         text_from = int(config.vision_from_layer)
-        vision = sub_config(config, "vision_config")
-        rows, cols = patch_grid(vision)
-        per_camera = rows * cols  # DrivingVLA drops CLIP's [CLS]: one token per patch
+        rows, cols = visual_grid(config)
+        per_camera = rows * cols  # DrivingVLA drops CLIP's [CLS]: one token per (merged) patch
     elif model_type == LLAVA_MODEL_TYPE:
         config = LlavaConfig.from_pretrained(folder)
         per_camera = _llava_tokens_per_image(config, config_file)

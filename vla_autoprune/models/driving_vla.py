@@ -3,7 +3,10 @@
 Architecture (all transformers modules unmodified):
 
 - vision tower: ``SiglipVisionModel`` (default) or ``CLIPVisionModel``, shared by the cameras;
-- projector: 2-layer MLP with GELU from the vision to the LM hidden size (LLaVA-1.5);
+- optional spatial merge (``spatial_merge_size`` m > 1, as Qwen2-VL's patch merger): each m x m
+  block of neighbouring patches becomes one visual token, its features concatenated, so the tower
+  sees fine patches while the decoder gets m^2 times fewer tokens;
+- projector: 2-layer MLP with GELU from the vision (x m^2) to the LM hidden size (LLaVA-1.5);
 - decoder: ``LlamaForCausalLM`` or ``Qwen2ForCausalLM`` built from the nested text config;
 - prompt (see :mod:`vla_autoprune.models.prompt`): instruction tokens, then per camera a marker
   token and that camera's visual tokens, then command + ego-state text tokens closed by one
@@ -108,6 +111,10 @@ class DrivingVLAConfig(PreTrainedConfig):
         ego_state_scale: divisors of (speed m/s, accel m/s^2, yaw rate rad/s) before the ego
             projection: typical magnitudes in urban driving, so the inputs are O(1).
         image_mean / image_std: per-channel normalisation of [0, 1] pixels (SigLIP uses 0.5).
+        spatial_merge_size: ``m``; each ``m x m`` block of the vision tower's patches becomes one
+            visual token (features concatenated in row-major order within the block, then the
+            projector), as Qwen2-VL merges 2 x 2 patches. 1 (the default) merges nothing. The patch
+            grid's rows and columns must be multiples of ``m``.
     """
 
     model_type = "driving_vla"
@@ -134,6 +141,7 @@ class DrivingVLAConfig(PreTrainedConfig):
     image_mean: list[float] | tuple[float, ...] = (0.5, 0.5, 0.5)
     image_std: list[float] | tuple[float, ...] = (0.5, 0.5, 0.5)
     initializer_range: float = 0.02
+    spatial_merge_size: int = 1
 
 
 def sub_config(config: PreTrainedConfig, name: str) -> PreTrainedConfig:
@@ -199,7 +207,11 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
                 f"({len(self.tokenizer)} tokens); raise it to at least {len(self.tokenizer)}"
             )
         self.vision_tower = AutoModel.from_config(vision_config)
-        self.projector = VisionProjector(vision_config.hidden_size, text_size, config.projector_hidden_act)
+        visual_grid(config)  # refuses a spatial merge that does not divide the patch grid
+        merge = int(config.spatial_merge_size)
+        self.projector = VisionProjector(
+            vision_config.hidden_size * merge * merge, text_size, config.projector_hidden_act
+        )
         self.language_model = AutoModelForCausalLM.from_config(text_config)
         check_ego_fields(config.ego_state_fields)
         if not 0 <= config.vision_from_layer < text_config.num_hidden_layers:
@@ -231,8 +243,9 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
 
     @property
     def patch_grid(self) -> tuple[int, int]:
-        """``(rows, cols)`` of the vision tower's patch grid per camera."""
-        return patch_grid(sub_config(self.config, "vision_config"))
+        """``(rows, cols)`` of visual tokens per camera: the vision tower's patch grid after the
+        spatial merge."""
+        return visual_grid(self.config)
 
     def prepare(self, batch: dict[str, Any]) -> DecoderInputs:
         """Encode a collated batch (``images`` uint8 ``[B, C, 3, H, W]``, ``command``, ``ego_state``).
@@ -342,10 +355,14 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
         with vision_saliency_hook(self.vision_tower) as saliency:
             out = self.vision_tower(pixel_values=pixels)
         features = out.last_hidden_state
-        if features.shape[1] == self.num_patches + 1:  # CLIP prepends [CLS]
+        merge = int(self.config.spatial_merge_size)
+        if features.shape[1] == self.num_patches * merge * merge + 1:  # CLIP prepends [CLS]
             features = features[:, 1:]
-        visual = self.projector(features).reshape(b, c * self.num_patches, -1)
-        sal = saliency.value.reshape(b, c * self.num_patches) if saliency.value is not None else None
+        grid = patch_grid(sub_config(self.config, "vision_config"))
+        visual = self.projector(merge_patches(features, grid, merge)).reshape(b, c * self.num_patches, -1)
+        sal = saliency.value
+        if sal is not None:  # a merged token's saliency: its patches' (a share of the same total)
+            sal = merge_patches(sal.unsqueeze(-1), grid, merge).sum(-1).reshape(b, c * self.num_patches)
         return visual, sal
 
     @property
@@ -500,6 +517,33 @@ def patch_grid(vision_config: PreTrainedConfig) -> tuple[int, int]:
     rows, cols = _pair(vision_config.image_size)
     patch_rows, patch_cols = _pair(vision_config.patch_size)
     return rows // patch_rows, cols // patch_cols
+
+
+def visual_grid(config: DrivingVLAConfig) -> tuple[int, int]:
+    """``(rows, cols)`` of visual tokens per camera: the patch grid divided by ``spatial_merge_size``.
+
+    Raises ConfigError (naming the fix) when the merge is below 1 or does not divide the grid.
+    """
+    rows, cols = patch_grid(sub_config(config, "vision_config"))
+    merge = config.spatial_merge_size
+    if not isinstance(merge, int) or merge < 1 or rows % merge or cols % merge:
+        raise ConfigError(
+            f"spatial_merge_size={merge!r} must be an int >= 1 dividing the {rows} x {cols} patch grid "
+            "(image_size / patch_size); use 1 (no merge) or a common divisor of both"
+        )
+    return rows // merge, cols // merge
+
+
+def merge_patches(features: torch.Tensor, grid: tuple[int, int], merge: int) -> torch.Tensor:
+    """``[N, R * C, D]`` patch features (row-major ``grid = (R, C)``) -> ``[N, R/m * C/m, m * m * D]``:
+    each ``m x m`` block one row, its patches' features concatenated row-major; ``m = 1`` returns
+    ``features`` itself."""
+    if merge == 1:
+        return features
+    n, _, d = features.shape
+    rows, cols = grid
+    blocks = features.reshape(n, rows // merge, merge, cols // merge, merge, d).permute(0, 1, 3, 2, 4, 5)
+    return blocks.reshape(n, (rows // merge) * (cols // merge), merge * merge * d)
 
 
 def _pair(value: int | list[int] | tuple[int, ...]) -> tuple[int, int]:
