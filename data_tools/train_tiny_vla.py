@@ -598,6 +598,7 @@ class Trainer:
             else None
         )
         self.family = family_labels(data["scenario"], args.family_classes) if args.family_weight > 0 else None
+        self.losses: dict[str, list[float]] = {}
 
     def next_batch(self) -> dict[str, Any]:
         """The next shuffled training batch, randomly mirrored."""
@@ -661,6 +662,24 @@ class Trainer:
             )
         return loss
 
+    @torch.no_grad()
+    def family_confusion(self, data: dict[str, Any]) -> torch.Tensor | None:
+        """int64 ``[K, K]``: the family head's confusion on ``data`` (rows: true class, columns:
+        predicted; classes of :func:`family_classes`), None without a family head. What the vision
+        tower perceives, measured apart from the plan."""
+        if self.family_head is None:
+            return None
+        self.model.eval()
+        truth = family_labels(data["scenario"], self.args.family_classes)
+        k = self.family_head.out_features
+        confusion = torch.zeros(k * k, dtype=torch.long)
+        for start in range(0, len(truth), EVAL_BATCH):
+            images = data["images"][start : start + EVAL_BATCH][:, self.family_index]
+            out = self.model.vision_tower(pixel_values=self.model.preprocess_images(images))
+            pred = self.family_head(out.pooler_output.reshape(len(images), -1)).argmax(-1)
+            confusion += torch.bincount(truth[start : start + EVAL_BATCH] * k + pred, minlength=k * k)
+        return confusion.view(k, k)
+
     def run(self, stage: str, steps: int, params: list[nn.Parameter], lr: float) -> list[float]:
         """Optimise ``params`` for ``steps`` with AdamW + warm-up/cosine; return the logged losses."""
         loss_fn = self.vision_loss if stage == "vision" else self.full_loss
@@ -717,10 +736,10 @@ def fit_command_prior(model: DrivingVLA, data: dict[str, Any]) -> None:
     model.command_prior.requires_grad_(False)
 
 
-def train_model(model: DrivingVLA, data: dict[str, torch.Tensor], args: TrainArgs) -> dict[str, list[float]]:
+def train_model(model: DrivingVLA, data: dict[str, torch.Tensor], args: TrainArgs) -> Trainer:
     """Stage 1 pre-trains the vision tower on the auxiliary loss (cheap: no decoder), stage 2
-    trains everything (a command prior is fitted first and stays fixed); returns each stage's
-    logged losses."""
+    trains everything (a command prior is fitted first and stays fixed); returns the trainer (its
+    training-only heads), with each stage's logged losses in ``losses``."""
     fit_command_prior(model, data)
     trainer = Trainer(model, data, args)
     extra = [h for h in (trainer.patch_head, trainer.family_head) if h is not None]
@@ -729,7 +748,8 @@ def train_model(model: DrivingVLA, data: dict[str, torch.Tensor], args: TrainArg
     losses = {"vision": trainer.run("vision", args.vision_steps, vision_params, args.lr)}
     all_params = [*(p for p in model.parameters() if p.requires_grad), *heads]
     losses["full"] = trainer.run("full", args.steps, all_params, args.lr)
-    return losses
+    trainer.losses = losses
+    return trainer
 
 
 # ---------------------------------------------------------------------- run
@@ -776,7 +796,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
         "train %d samples, val %d samples", len(splits["train"]["command"]), len(splits["val"]["command"])
     )
     start = time.monotonic()
-    losses = train_model(model, splits["train"], args)
+    trainer = train_model(model, splits["train"], args)
     seconds = time.monotonic() - start
     blind = blind_fit(splits["train"])
     calibration = calibrate_trained(model, splits["train"], args)
@@ -784,6 +804,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
     vals = {args.data_seed: splits["val"], SECOND_SEED: load_split(second, "val", model, True)}
     measured = measure(model, vals, blind, splits["train"], args.val_scenes, calibrations)
     logger.info("val metrics (stp3): %s", json.dumps(measured))
+    perceived = {f"seed{seed}_val": trainer.family_confusion(data) for seed, data in vals.items()}
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out)
     (args.out / CALIBRATION_FILE).unlink(missing_ok=True)  # an earlier model's, in a reused folder
@@ -797,13 +818,27 @@ def train(args: TrainArgs) -> dict[str, Any]:
         "val_samples": len(splits["val"]["command"]),
         "train_seconds": round(seconds, 1),
         "total_seconds": round(time.monotonic() - started, 1),
-        "loss_curve": {stage: [round(x, 4) for x in curve] for stage, curve in losses.items()},
+        "loss_curve": {stage: [round(x, 4) for x in curve] for stage, curve in trainer.losses.items()},
         **measured,
+        **family_head_record(perceived, args.family_classes),
         "blind_fit_weights": blind.tolist(),
         "torch_version": torch.__version__,
     }
     write_record(args.out, record)
     return record
+
+
+def family_head_record(confusions: dict[str, torch.Tensor | None], classes: Sequence[str]) -> dict[str, Any]:
+    """``{"family_head_val": {"classes": [...], split: {"accuracy", "confusion"}}}`` from each held-out
+    split's confusion (:meth:`Trainer.family_confusion`); empty without a family head."""
+    if any(c is None for c in confusions.values()):
+        return {}
+    record: dict[str, Any] = {"classes": ["+".join(group) for group in family_classes(classes)]}
+    for split, confusion in confusions.items():
+        assert confusion is not None
+        accuracy = float(confusion.diagonal().sum() / confusion.sum())
+        record[split] = {"accuracy": round(accuracy, 4), "confusion": confusion.tolist()}
+    return {"family_head_val": record}
 
 
 #: Flags :func:`reproduce_command` names when they differ from the defaults (seed, steps and

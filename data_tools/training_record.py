@@ -155,5 +155,29 @@ main job's report does the same):
 
 | val seed | pruner_budget | retention [95 % CI] | half-width (points) |
 |---|---|---|---|
-{retention}{ratio_table}
+{retention}{ratio_table}{_family_head_section(record)}
 """
+
+
+def _family_head_section(record: dict[str, Any]) -> str:
+    """The family head's held-out confusion tables (``family_head_val``), or "" for older records."""
+    head = record.get("family_head_val")
+    if not head:
+        return ""
+    classes = head["classes"]
+    tables = "\n\n".join(
+        f"Val seed {split.removeprefix('seed').removesuffix('_val')}: accuracy {m['accuracy']:.3f}\n\n"
+        f"| true \\ predicted | {' | '.join(classes)} |\n|---|{'---|' * len(classes)}\n"
+        + "\n".join(
+            f"| {name} | {' | '.join(map(str, row))} |"
+            for name, row in zip(classes, m["confusion"], strict=True)
+        )
+        for split, m in head.items()
+        if split != "classes"
+    )
+    return f"""
+
+The training-only family head (not saved) on the held-out splits: what the vision tower
+perceives, apart from the plan (rows: the sample's scenario family, columns: the head's answer):
+
+{tables}"""

@@ -13,16 +13,20 @@ from data_tools.synthetic.events import FAMILIES
 from data_tools.train_tiny_vla import (
     ISSUE9_RATIOS,
     TrainArgs,
+    Trainer,
     family_classes,
+    family_head_record,
     family_labels,
     parse_args,
     ratio_intervals,
     reproduce_command,
     retention_intervals,
 )
-from data_tools.training_record import HAND_WRITTEN, write_record
+from data_tools.training_record import HAND_WRITTEN, training_markdown, write_record
 from data_tools.yardsticks import blind_median, family_median
 from vla_autoprune.data.schema import COMMANDS
+from vla_autoprune.models import DrivingVLA, DrivingVLAConfig
+from vla_autoprune.models.loading import resolve_model_path
 
 LEFT, STRAIGHT = COMMANDS.index("left"), COMMANDS.index("straight")
 
@@ -205,3 +209,42 @@ def test_ratio_intervals_are_l2_of_a_over_b_with_a_paired_scene_interval() -> No
     assert ratio == pytest.approx(20.0 / 13.0, abs=1e-4) and low < ratio < high
     # retention (%) is the same machinery: unpruned over pruned
     assert retention_intervals(plans["b"], {"p": plans["a"]}, data)["p"]["retention"] == pytest.approx(65.0)
+
+
+def test_family_confusion_counts_each_true_class_against_the_heads_answer() -> None:
+    """A head that always answers "lead_brake+stopped_vehicle": that column holds every sample, by
+    true class, over more samples than one evaluation batch; accuracy is that class's share."""
+    torch.manual_seed(0)
+    tower = {"model_type": "siglip_vision_model", "image_size": 32, "patch_size": 16, "hidden_size": 32}
+    model = DrivingVLA(
+        DrivingVLAConfig(vision_config={**tower, "num_hidden_layers": 1, "num_attention_heads": 2})
+    )
+    scenarios = ["easy", "lead_brake", "easy", "cut_in", "stopped_vehicle"] * 4  # 20 > EVAL_BATCH
+    data = {
+        "command": torch.zeros(20, dtype=torch.long),
+        "scenario": scenarios,
+        "images": torch.randint(0, 256, (20, 6, 3, 32, 32), dtype=torch.uint8),
+    }
+    classes = ("traffic_light+pedestrian", "lead_brake+stopped_vehicle", "cut_in", "easy")
+    trainer = Trainer(model, data, TrainArgs(out=Path("m"), family_weight=1.0, family_classes=classes))
+    assert trainer.family_head is not None
+    with torch.no_grad():
+        trainer.family_head.weight.zero_()
+        trainer.family_head.bias.copy_(torch.tensor([0.0, 1.0, 0.0, 0.0]))
+    confusion = trainer.family_confusion(data)
+    assert confusion is not None
+    assert confusion.tolist() == [[0, 0, 0, 0], [0, 8, 0, 0], [0, 4, 0, 0], [0, 8, 0, 0]]
+    record = family_head_record({"seed0_val": confusion}, classes)
+    assert record == {
+        "family_head_val": {
+            "classes": list(classes),
+            "seed0_val": {"accuracy": 0.4, "confusion": confusion.tolist()},
+        }
+    }
+    no_head = Trainer(model, data, TrainArgs(out=Path("m")))
+    assert no_head.family_confusion(data) is None
+    assert family_head_record({"seed0_val": None}, ()) == {}
+    bundled = json.loads((resolve_model_path("tiny-drive-vla") / "training.json").read_text())
+    rendered = training_markdown({**bundled, **record}, "m")
+    assert "Val seed 0: accuracy 0.400" in rendered
+    assert "| lead_brake+stopped_vehicle | 0 | 8 | 0 | 0 |" in rendered
