@@ -598,6 +598,7 @@ class Trainer:
             else None
         )
         self.family = family_labels(data["scenario"], args.family_classes) if args.family_weight > 0 else None
+        #: Each stage's logged losses, by stage name (filled by :meth:`run`).
         self.losses: dict[str, list[float]] = {}
 
     def next_batch(self) -> dict[str, Any]:
@@ -719,6 +720,7 @@ class Trainer:
             hook.remove()
             if tower_hook is not None:
                 tower_hook.remove()
+        self.losses[stage] = losses
         return losses
 
 
@@ -745,10 +747,9 @@ def train_model(model: DrivingVLA, data: dict[str, torch.Tensor], args: TrainArg
     extra = [h for h in (trainer.patch_head, trainer.family_head) if h is not None]
     heads = [*trainer.aux.parameters(), *(p for h in extra for p in h.parameters())]
     vision_params = [*model.vision_tower.parameters(), *heads]
-    losses = {"vision": trainer.run("vision", args.vision_steps, vision_params, args.lr)}
+    trainer.run("vision", args.vision_steps, vision_params, args.lr)
     all_params = [*(p for p in model.parameters() if p.requires_grad), *heads]
-    losses["full"] = trainer.run("full", args.steps, all_params, args.lr)
-    trainer.losses = losses
+    trainer.run("full", args.steps, all_params, args.lr)
     return trainer
 
 

@@ -361,9 +361,9 @@ class DrivingVLA(PreTrainedModel, DrivingModel):
         grid = patch_grid(sub_config(self.config, "vision_config"))
         visual = self.projector(merge_patches(features, grid, merge)).reshape(b, c * self.num_patches, -1)
         sal = saliency.value
-        if sal is not None:  # a merged token's saliency: its patches' (a share of the same total)
-            sal = merge_patches(sal.unsqueeze(-1), grid, merge).sum(-1).reshape(b, c * self.num_patches)
-        return visual, sal
+        if sal is not None and merge > 1:  # a merged token's saliency: its patches' (same total)
+            sal = merge_patches(sal.unsqueeze(-1), grid, merge).sum(-1)
+        return visual, None if sal is None else sal.reshape(b, c * self.num_patches)
 
     @property
     def num_patches(self) -> int:
