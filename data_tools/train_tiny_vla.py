@@ -58,6 +58,7 @@ from vla_autoprune.models.driving_vla import (
     DrivingVLAConfig,
     sub_config,
 )
+from vla_autoprune.models.loading import model_argument
 from vla_autoprune.pipeline.bootstrap import Interval, paired_ratio, stratified_weights
 from vla_autoprune.pruning import Pruner, build_pruner, run_pruned
 from vla_autoprune.pruning.autoprune_math import DEFAULT_K0, ScheduleError
@@ -507,7 +508,7 @@ def calibrate_trained(model: DrivingVLA, train: dict[str, Any], args: TrainArgs)
     batches = (batch_at(train, index) for index in torch.arange(count).split(EVAL_BATCH))
     mi, _ = measure_mi(model, batches, visual / 4, "sum")
     data = {"synthetic_seed": args.data_seed, "split": "train", "samples": count}
-    command = f"python -m data_tools.calibrate_autoprune --model {args.out} --write"
+    command = f"python -m data_tools.calibrate_autoprune --model {model_argument(args.out)} --write"
     try:
         return calibration_entry(mi, "sum", DEFAULT_K0, visual / 4, data, command)
     except ScheduleError as err:

@@ -22,7 +22,7 @@ from data_tools.train_tiny_vla import TrainArgs, calibrate_trained, load_split
 from vla_autoprune.data import CAMERAS
 from vla_autoprune.errors import ConfigError, ModelLoadError
 from vla_autoprune.models import BUNDLED_MODELS, load
-from vla_autoprune.models.loading import resolve_model_path
+from vla_autoprune.models.loading import model_argument, resolve_model_path
 from vla_autoprune.pipeline.app import adopt_model_calibration, build, run_meta
 from vla_autoprune.pruning import AutoPrunePruner, run_pruned
 from vla_autoprune.pruning import autoprune_math as ap
@@ -193,3 +193,12 @@ def test_calibration_command_writes_the_entry(tmp_path: Path, monkeypatch: pytes
     assert written == json.loads(json.dumps(entry))
     assert written["samples"] == 8 and written["budget"] == 96 and written["data"]["scenes"] == 2
     assert written["command"].startswith("python -m data_tools.calibrate_autoprune --model")
+
+
+def test_recorded_commands_name_a_bundled_model_by_its_name(tmp_path: Path) -> None:
+    """A calibration written into a bundled model's folder records a command that works from any
+    checkout (the bundled name); any other folder is named as given."""
+    for name in BUNDLED_MODELS:
+        assert model_argument(resolve_model_path(name)) == name
+        assert model_argument(str(resolve_model_path(name)) + "/") == name
+    assert model_argument(tmp_path) == str(tmp_path)

@@ -57,6 +57,13 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
     )
 
 
+def model_argument(folder: str | Path) -> str:
+    """How a command line names the model in ``folder``: its bundled name if ``folder`` is a bundled
+    model's folder (so a recorded command works from any checkout), else the folder itself."""
+    path = Path(folder).expanduser().resolve()
+    return next((name for name in BUNDLED_MODELS if resolve_model_path(name).resolve() == path), str(folder))
+
+
 def load(
     name_or_path: str | Path = DEFAULT_MODEL,
     device: str | torch.device = "cpu",
