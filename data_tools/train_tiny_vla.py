@@ -757,13 +757,18 @@ def train_model(model: DrivingVLA, data: dict[str, torch.Tensor], args: TrainArg
 # ---------------------------------------------------------------------- run
 
 
-def model_config(args: TrainArgs) -> DrivingVLAConfig:
-    """The architecture ``args`` train: ``config_overrides`` with the recipe's patch size, spatial
-    merge, command prior and fusion layer."""
+def effective_overrides(args: TrainArgs) -> dict[str, Any]:
+    """``config_overrides`` with the recipe's patch size in the vision config (what is trained)."""
     overrides = dict(args.config_overrides)
     overrides["vision_config"] = {**overrides["vision_config"], "patch_size": args.patch_size}
+    return overrides
+
+
+def model_config(args: TrainArgs) -> DrivingVLAConfig:
+    """The architecture ``args`` train: :func:`effective_overrides` with the recipe's spatial merge,
+    command prior and fusion layer."""
     return DrivingVLAConfig(
-        **overrides,
+        **effective_overrides(args),
         command_prior=args.command_prior,
         vision_from_layer=args.vision_from_layer,
         spatial_merge_size=args.spatial_merge,
@@ -813,7 +818,10 @@ def train(args: TrainArgs) -> dict[str, Any]:
     if calibration is not None:
         write_calibration(args.out, "autoprune", calibration)
     record = {
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(args).items() if k != "out"},
+        "args": {
+            **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(args).items() if k != "out"},
+            "config_overrides": effective_overrides(args),  # one patch size in the record, the trained one
+        },
         "command": reproduce_command(args),
         "world_version": WORLD_VERSION,
         "train_samples": len(splits["train"]["command"]),

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_tools.train_tiny_vla import model_config, parse_args, reproduce_command
+from data_tools.train_tiny_vla import effective_overrides, model_config, parse_args, reproduce_command
 from vla_autoprune.data.schema import CAMERAS
 from vla_autoprune.errors import ConfigError
 from vla_autoprune.models import DrivingVLA, DrivingVLAConfig
@@ -107,3 +107,6 @@ def test_training_flags_build_the_merged_architecture() -> None:
     assert DrivingVLA(config).patch_grid == (8, 8)  # 192 px: 16 x 16 patches, 64 tokens per camera
     assert "--patch-size 12 --spatial-merge 2" in reproduce_command(args)
     assert "--patch-size" not in reproduce_command(parse_args(["--out", "m"]))
+    # the record's architecture names the patch size that was trained, not the 24 px default
+    assert effective_overrides(args)["vision_config"]["patch_size"] == 12
+    assert args.config_overrides["vision_config"]["patch_size"] == 24  # the defaults are left alone
