@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import assert_one_line_load_error
+from transformers.utils import logging as hf_logging
 
 from vla_autoprune.data.schema import CAMERAS
 from vla_autoprune.errors import ConfigError, DataError, DataNotFoundError
@@ -248,6 +249,22 @@ def test_load_unknown_name_lists_bundled_models() -> None:
     with pytest.raises(UnknownModelError, match=r"unknown model 'nope'.*tiny-drive-vla.*folder") as err:
         load("nope")
     assert isinstance(err.value, DataNotFoundError)
+
+
+@pytest.mark.parametrize("bar_enabled", [True, False])
+def test_loading_the_bundled_model_draws_no_bar_and_restores_the_setting(
+    bar_enabled: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """transformers' "Loading weights" bar is clutter for a model that loads in milliseconds (one per
+    job of the main job's multirun); the user's own bar setting survives the load."""
+    was = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if bar_enabled else hf_logging.disable_progress_bar)()
+    try:
+        load()
+        assert hf_logging.is_progress_bar_enabled() is bar_enabled
+        assert "Loading weights" not in capsys.readouterr().err
+    finally:
+        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
 
 
 def _truncate(path: Path, size: int) -> None:

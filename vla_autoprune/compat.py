@@ -17,12 +17,15 @@ file:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import initialization as weight_init
 from transformers.configuration_utils import SubConfigSpec
+from transformers.utils import logging as hf_logging
 
 from vla_autoprune.errors import ModelLoadError
 
@@ -263,3 +266,19 @@ def attention_scaling(layer: nn.Module) -> float:
     """The softmax temperature the layer's attention uses (``head_dim ** -0.5`` for Llama)."""
     attn: Any = layer.self_attn
     return float(attn.scaling)
+
+
+@contextmanager
+def without_loading_bar() -> Iterator[None]:
+    """Hide transformers' "Loading weights" progress bar inside the block, restoring the setting after.
+
+    ``from_pretrained`` draws it for every load (5.x, ``core_model_loading``); for the bundled
+    models, which load in milliseconds, it is only clutter in each job of a multirun.
+    """
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()

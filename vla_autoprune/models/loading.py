@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vla_autoprune import compat_qwen
+from vla_autoprune import compat, compat_qwen
 from vla_autoprune.errors import DataNotFoundError, ModelLoadError
 from vla_autoprune.models.base import DrivingModel
 from vla_autoprune.models.driving_vla import DrivingVLA, DrivingVLAConfig
@@ -82,7 +82,8 @@ def load(
     logger.info("loading %s model from %s (%s, %s)", model_type, folder, device, dtype)
     if model_type == DrivingVLAConfig.model_type:
         check_weights(folder, fix)
-        model = DrivingVLA.from_pretrained(folder, dtype=dtype)
+        with compat.without_loading_bar():  # a DrivingVLA loads in milliseconds: the bar is clutter
+            model = DrivingVLA.from_pretrained(folder, dtype=dtype)
         module: nn.Module = model  # PreTrainedModel.to's wrapper confuses type checkers
         module.to(device).eval()
         return model
