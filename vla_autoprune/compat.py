@@ -12,7 +12,7 @@ file:
 - how attention masks are encoded (4D bool under SDPA, 4D additive float under eager);
 - how long a layer's KV cache is;
 - the v5 model-building helpers the project's own models use (``SubConfigSpec`` for nested
-  sub-config defaults, the ``initialization`` module for weight init).
+  sub-config defaults, the ``initialization`` module for weight init);
 - how to hide ``from_pretrained``'s "Loading weights" progress bar for a while (``without_loading_bar``).
 """
 
