@@ -140,6 +140,19 @@ def test_bundled_models_were_trained_on_this_world(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", BUNDLED_MODELS)
+def test_recorded_architecture_is_the_saved_one(name: str) -> None:
+    """The record's ``config_overrides`` (what a reader rebuilds the recipe from) agree with the
+    ``config.json`` the weights were saved with, key by key."""
+    overrides = _record(name)["args"]["config_overrides"]
+    saved = json.loads((resolve_model_path(name) / "config.json").read_text())
+    for part, values in overrides.items():
+        for key, value in values.items():
+            assert saved[part][key] == value, (
+                f"{name}: training.json {part}.{key}={value}, config.json {saved[part][key]}"
+            )
+
+
+@pytest.mark.parametrize("name", BUNDLED_MODELS)
 def test_every_reading_of_images_zeroed_is_recorded_and_costs_the_model(name: str) -> None:
     """Issue 9's "images zeroed" has several readings (planners.cameras); each bundled record holds
     all of them on both held-out splits, and each, the in-distribution control too, plans worse
