@@ -300,14 +300,19 @@ def test_random_pruning_at_a_ninth_of_the_tokens_hurts(model: DrivingVLA, held_o
 
 
 @pytest.mark.parametrize(
-    ("patch_weight", "vision_from_layer", "family_weight"),
-    [(0.0, 0, 0.0), (1.0, 0, 0.0), (0.0, 1, 0.0), (0.0, 1, 1.0)],
+    ("patch_weight", "vision_from_layer", "family_weight", "average_last"),
+    [(0.0, 0, 0.0, 0.0), (1.0, 0, 0.0, 0.0), (0.0, 1, 0.0, 0.0), (0.0, 1, 1.0, 0.0), (0.0, 0, 1.0, 1.0)],
 )
 def test_training_is_bit_reproducible(
-    synthetic_root: Path, patch_weight: float, vision_from_layer: int, family_weight: float
+    synthetic_root: Path,
+    patch_weight: float,
+    vision_from_layer: int,
+    family_weight: float,
+    average_last: float,
 ) -> None:
     """Two short runs of the recipe from the same seed give identical weights (CPU, same threads),
-    with and without the per-patch perception loss, with deep fusion, and with the family loss."""
+    with and without the per-patch perception loss, with deep fusion, with the family loss, and
+    with the stage-2 weight average."""
     torch.use_deterministic_algorithms(True)
     try:
         states = []
@@ -323,6 +328,7 @@ def test_training_is_bit_reproducible(
                 warmup_steps=1,
                 patch_weight=patch_weight,
                 family_weight=family_weight,
+                average_last=average_last,
             )
             train_model(model, data, args)
             states.append({k: v.clone() for k, v in model.state_dict().items()})

@@ -8,12 +8,14 @@ from typing import Any
 
 import pytest
 import torch
+from torch import nn
 
 from data_tools.synthetic.events import FAMILIES
 from data_tools.train_tiny_vla import (
     ISSUE9_RATIOS,
     TrainArgs,
     Trainer,
+    WeightAverage,
     family_classes,
     family_head_record,
     family_labels,
@@ -120,6 +122,26 @@ def test_reproduce_command_names_every_non_default_recipe_flag() -> None:
     args = TrainArgs(out=out, family_weight=1.0, family_classes=merged)
     assert reproduce_command(args).endswith(f"--family-classes {' '.join(merged)} --threads 2")
     assert parse_args(reproduce_command(args).split()[3:]) == args
+    args = TrainArgs(out=out, average_last=0.25)
+    assert reproduce_command(args).endswith("--average-last 0.25 --threads 2")
+    assert parse_args(reproduce_command(args).split()[3:]) == args
+
+
+def test_weight_average_is_the_uniform_average_of_the_steps_from_its_start() -> None:
+    p = nn.Parameter(torch.tensor([0.0, 10.0]))
+    average = WeightAverage([p], start=1)
+    for step, v in enumerate(([1.0, 2.0], [3.0, 6.0], [5.0, 4.0], [7.0, 0.0])):
+        with torch.no_grad():
+            p.copy_(torch.tensor(v))
+        average.update(step)
+    assert p.tolist() == [7.0, 0.0]  # the parameter keeps its last value until copied
+    average.copy_to_params()
+    assert p.tolist() == pytest.approx([5.0, 10.0 / 3.0])  # steps 1-3: (3 + 5 + 7) / 3, (6 + 4 + 0) / 3
+    off = nn.Parameter(torch.tensor([7.0]))
+    untouched = WeightAverage([off], start=None)
+    untouched.update(0)
+    untouched.copy_to_params()
+    assert off.tolist() == [7.0]
 
 
 def test_family_labels_index_the_families_and_refuse_unknown_ones() -> None:
@@ -161,6 +183,7 @@ def test_family_classes_merge_families_and_must_name_each_once() -> None:
             ],
             "--family-weight 0 turns off",
         ),
+        (["--average-last", "1.5"], "--average-last must be in [0, 1]"),
     ],
 )
 def test_bad_family_classes_fail_at_the_command_line(
