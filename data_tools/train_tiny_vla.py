@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import get_swa_multi_avg_fn
 
 from data_tools.calibrate_autoprune import calibration_entry, measure_mi
 from data_tools.embedded import SYNTHETIC_VERSION, ensure_synthetic
@@ -587,11 +588,13 @@ def l2_ratio_intervals(
 
 class WeightAverage:
     """Uniform average of ``params`` over the updates from ``start`` on (stochastic weight
-    averaging's tail average, Izmailov et al. 2018); a ``start`` of None is a no-op."""
+    averaging's tail average, Izmailov et al. 2018, with torch's own running-mean update); a
+    ``start`` of None is a no-op."""
 
     def __init__(self, params: list[nn.Parameter], start: int | None) -> None:
         self.params, self.start, self.count = params, start, 0
         self.shadow: list[torch.Tensor] = []
+        self._fold = get_swa_multi_avg_fn()
 
     @torch.no_grad()
     def update(self, step: int) -> None:
@@ -602,13 +605,15 @@ class WeightAverage:
         if not self.shadow:
             self.shadow = [c.clone() for c in current]
         else:
-            torch._foreach_lerp_(self.shadow, current, 1.0 / (self.count + 1))
+            self._fold(self.shadow, current, self.count)
         self.count += 1
 
     @torch.no_grad()
     def copy_to_params(self) -> None:
         """Overwrite the parameters with the average (a no-op before any averaged update)."""
-        for p, s in zip(self.params, self.shadow, strict=False):
+        if not self.shadow:
+            return
+        for p, s in zip(self.params, self.shadow, strict=True):
             p.copy_(s)
 
 

@@ -186,7 +186,7 @@ def test_family_classes_merge_families_and_must_name_each_once() -> None:
         (["--average-last", "1.5"], "--average-last must be in [0, 1]"),
     ],
 )
-def test_bad_family_classes_fail_at_the_command_line(
+def test_bad_recipe_flags_fail_at_the_command_line(
     flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit):
