@@ -52,6 +52,7 @@ from planners.metrics import collision_at, l2_at, l2_errors, sample_terms_at
 from vla_autoprune.data.collate import collate
 from vla_autoprune.data.nuscenes_dataset import NuScenesDrivingDataset
 from vla_autoprune.data.schema import CAMERAS, COMMANDS, NUM_FUTURE_STEPS
+from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.models.driving_vla import (
     TINY_TEXT_CONFIG,
     TINY_VISION_CONFIG,
@@ -388,28 +389,52 @@ def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     return 0.5 * lr * (1.0 + math.cos(math.pi * progress))
 
 
+def eval_batches(count: int) -> list[torch.Tensor]:
+    """Sample indices of the evaluation batches (:data:`EVAL_BATCH` each) over ``count`` samples."""
+    return list(torch.arange(count).split(EVAL_BATCH))
+
+
+@torch.no_grad()
+def prepare_all(model: DrivingVLA, data: dict[str, Any]) -> list[DecoderInputs]:
+    """The decoder inputs of every :func:`eval_batches` batch of ``data`` (vision tower run once),
+    for :func:`predict` runs that see the same images."""
+    model.eval()
+    return [model.prepare(batch_at(data, index)) for index in eval_batches(len(data["command"]))]
+
+
+def keeps_images(cameras: CameraAblation | None) -> bool:
+    """Whether ``cameras`` leaves the images as recorded (it may still edit the decoder inputs)."""
+    return cameras is None or type(cameras).split_images is CameraAblation.split_images
+
+
 @torch.no_grad()
 def predict(
     model: DrivingVLA,
     data: dict[str, Any],
     pruner: Pruner | None = None,
     cameras: CameraAblation | None = None,
+    prepared: list[DecoderInputs] | None = None,
 ) -> torch.Tensor:
     """Waypoints ``[N, 6, 2]`` for every cached sample; ``pruner`` prunes the visual tokens inside
     the decoder, ``cameras`` (unpruned only) replaces what the cameras show (:mod:`planners.cameras`,
-    as the main job's ``cameras=...``)."""
+    as the main job's ``cameras=...``). ``prepared``: :func:`prepare_all` of ``data``, reused
+    where the images are the recorded ones (the same inputs bit for bit, without rerunning the
+    vision tower)."""
     if pruner is not None and cameras is not None:
         raise ValueError("predict() takes a pruner or a camera ablation, not both")
     model.eval()
-    if cameras is not None:
-        data = {**data, "images": cameras.split_images(data["images"], data["scene"].tolist())}
+    if not keeps_images(cameras):
+        assert cameras is not None
+        data, prepared = (
+            {**data, "images": cameras.split_images(data["images"], data["scene"].tolist())},
+            None,
+        )
     preds = []
-    for start in range(0, len(data["command"]), EVAL_BATCH):
-        index = torch.arange(start, min(start + EVAL_BATCH, len(data["command"])))
+    for i, index in enumerate(eval_batches(len(data["command"]))):
+        inputs = model.prepare(batch_at(data, index)) if prepared is None else prepared[i]
         if pruner is not None:
-            preds.append(run_pruned(model, batch_at(data, index), pruner)[0])
+            preds.append(run_pruned(model, inputs, pruner)[0])
             continue
-        inputs = model.prepare(batch_at(data, index))
         if cameras is not None:
             inputs = cameras.inputs(inputs)
         preds.append(model.decode(inputs))
@@ -476,13 +501,17 @@ def evaluate(
     V/9; and :func:`ratio_intervals`, issue 9's checks with their CIs. ``calibrations``: the model's
     measured pruner constants (``pruning_calibration.json``). Each prediction is made once."""
     budget = ninth_budget(model)
-    unpruned = predict(model, data)
+    prepared = prepare_all(model, data)  # the vision tower once for every run on the recorded images
+    unpruned = predict(model, data, prepared=prepared)
     names = runnable_ci_pruners(model, budget)
-    pruned = {name: predict(model, data, pruner=_calibrated(name, budget, calibrations)) for name in names}
+    pruned = {
+        name: predict(model, data, pruner=_calibrated(name, budget, calibrations), prepared=prepared)
+        for name in names
+    }
     plans = {
         "model": unpruned,
         **{
-            f"model_{name}": predict(model, data, cameras=cameras)
+            f"model_{name}": predict(model, data, cameras=cameras, prepared=prepared)
             for name, cameras in CAMERA_ABLATIONS.items()
         },
         f"model_random_b{budget}": pruned["random"],
@@ -514,7 +543,7 @@ def calibrate_trained(model: DrivingVLA, train: dict[str, Any], args: TrainArgs)
     model.eval()
     count = min(CALIBRATION_SAMPLES, len(train["command"]))
     visual, _ = visual_and_layers(model)
-    batches = (batch_at(train, index) for index in torch.arange(count).split(EVAL_BATCH))
+    batches = (batch_at(train, index) for index in eval_batches(count))
     mi, _ = measure_mi(model, batches, visual / 4, "sum")
     data = {"synthetic_seed": args.data_seed, "split": "train", "samples": count}
     command = f"python -m data_tools.calibrate_autoprune --model {model_argument(args.out)} --write"

@@ -33,6 +33,7 @@ from data_tools.train_tiny_vla import (
     ninth_budget,
     planner_metrics,
     predict,
+    prepare_all,
     runnable_ci_pruners,
     train_model,
 )
@@ -279,6 +280,26 @@ def test_acceptance_on_held_out_scenes(model: DrivingVLA, record: dict[str, Any]
     x, a hair under the half the full-split test requires, where it is 3.4 % against 11.8 %); seed
     0's give 2.1 % against 14.3 %."""
     _check_few_scenes(_held_out_metrics(model, record, held_out))
+
+
+def test_evaluation_reuses_the_vision_tower_without_changing_a_plan(
+    model: DrivingVLA, held_out: dict
+) -> None:
+    """:func:`predict` on :func:`prepare_all`'s inputs makes the plans it makes from the images, bit
+    for bit, pruned (AutoPrune: MI, schedule and merging) and with the visual tokens zeroed, over
+    more than one batch (the last one short); an ablation that replaces the images runs the tower on
+    them instead of reusing the recorded ones."""
+    count = 2 * EVAL_BATCH + 3
+    data = {k: v[:count] for k, v in held_out.items() if isinstance(v, torch.Tensor)}
+    prepared = prepare_all(model, data)
+    assert len(prepared) == 3
+    pruner = build_pruner("autoprune", budget=ninth_budget(model))
+    for kwargs in ({}, {"pruner": pruner}, {"cameras": CAMERA_ABLATIONS["visual_zeroed"]}):
+        assert torch.equal(predict(model, data, prepared=prepared, **kwargs), predict(model, data, **kwargs))
+    black = CAMERA_ABLATIONS["images_black"]
+    from_black = predict(model, data, cameras=black, prepared=prepared)
+    assert torch.equal(from_black, predict(model, data, cameras=black))
+    assert not torch.equal(from_black, predict(model, data, prepared=prepared))
 
 
 def test_random_pruning_at_a_ninth_of_the_tokens_hurts(model: DrivingVLA, held_out: dict) -> None:
