@@ -423,12 +423,9 @@ def predict(
     if pruner is not None and cameras is not None:
         raise ValueError("predict() takes a pruner or a camera ablation, not both")
     model.eval()
-    if not keeps_images(cameras):
-        assert cameras is not None
-        data, prepared = (
-            {**data, "images": cameras.split_images(data["images"], data["scene"].tolist())},
-            None,
-        )
+    if cameras is not None and not keeps_images(cameras):  # other images: the tower runs on them
+        data = {**data, "images": cameras.split_images(data["images"], data["scene"].tolist())}
+        prepared = None
     preds = []
     for i, index in enumerate(eval_batches(len(data["command"]))):
         inputs = model.prepare(batch_at(data, index)) if prepared is None else prepared[i]
