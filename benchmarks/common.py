@@ -27,9 +27,9 @@ from vla_autoprune.models.layout import TokenLayout
 from vla_autoprune.models.loading import DEFAULT_MODEL
 from vla_autoprune.pruning import build_pruner, prune
 from vla_autoprune.pruning.calibration import calibrate_pruner
-from vla_autoprune.pruning.engine import PruningRecord
 from vla_autoprune.pruning.flops import decoder_flops_from_config
 from vla_autoprune.pruning.pruner import Pruner
+from vla_autoprune.pruning.record import PruningRecord
 
 # The pruners of issue 14, each at budgets {V, V/2, V/4, about V/9} (V/9: 64 of 576 on LLaVA).
 PRUNER_NAMES = ("fastv", "pdrop", "sparsevlm", "fastervlm", "random", "autoprune")

@@ -31,10 +31,10 @@ from vla_autoprune import compat
 from vla_autoprune.indexing import gather_rows, scatter_rows_
 from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.pruning import PRUNERS, LayerView, Pruner, PruningRecord, build_pruner, prune
-from vla_autoprune.pruning.engine import _Engine
 from vla_autoprune.pruning.pruners.autoprune import AutoPrunePruner
 from vla_autoprune.pruning.recycling import split_handed_on
 from vla_autoprune.pruning.scores import attention_macs, attention_macs_host, text_visual_attention
+from vla_autoprune.pruning.slots import Dropper
 
 FAMILIES = ("llama", "qwen2")
 
@@ -562,7 +562,7 @@ def test_slot_index_moved_by_the_drop_equals_recomputing_it(
     model = build_decoder(layers=8)
     inputs = make_inputs(batch=3, text_lengths=lengths)
     moved: list[bool] = []
-    original = _Engine._moved_index
+    original = Dropper.moved_index
 
     def counting(self: Any, *args: Any) -> Any:
         index = original(self, *args)
@@ -574,10 +574,10 @@ def test_slot_index_moved_by_the_drop_equals_recomputing_it(
             logits = forward(model, record.inputs)
         return logits, record
 
-    monkeypatch.setattr(_Engine, "_moved_index", counting)
+    monkeypatch.setattr(Dropper, "moved_index", counting)
     logits, record = run()
     assert moved and all(moved) == (len(set(lengths)) == 1)
-    monkeypatch.setattr(_Engine, "_moved_index", lambda self, *args: None)
+    monkeypatch.setattr(Dropper, "moved_index", lambda self, *args: None)
     recomputed_logits, recomputed = run()
     assert torch.equal(logits, recomputed_logits)
     for name in ("visual_tokens", "merged_tokens", "tokens", "seq_len"):

@@ -12,7 +12,7 @@ file each), :mod:`.registry` (pruners by name), :mod:`.engine` (the hooks).
 from __future__ import annotations
 
 from vla_autoprune.pruning.budget import BudgetError
-from vla_autoprune.pruning.engine import PruningRecord, prune
+from vla_autoprune.pruning.engine import prune
 from vla_autoprune.pruning.pruner import LayerView, Merge, Pruner
 from vla_autoprune.pruning.pruners import (
     AutoPrunePruner,
@@ -29,6 +29,7 @@ from vla_autoprune.pruning.pruners import (
     VisionZipPruner,
     VisPrunerPruner,
 )
+from vla_autoprune.pruning.record import PruningRecord
 from vla_autoprune.pruning.registry import PRUNERS, UnknownPrunerError, build_pruner, register_pruner
 from vla_autoprune.pruning.run import run_pruned
 

@@ -36,6 +36,8 @@ the kept tokens plus the new ones, and mask fillers.
 Pre-decoder pruning (:meth:`Pruner.preselect`) builds shorter inputs (``record.inputs``,
 :mod:`vla_autoprune.pruning.preselection`): run the decoder on ``record.inputs``.
 
+This module holds the hooks and the per-forward state; the token slots and how a drop rebuilds
+them are :mod:`vla_autoprune.pruning.slots`, the record :mod:`vla_autoprune.pruning.record`.
 Everything in the record is counted from the tensors the layers received: the hooks keep each
 layer's slots (and each merge's members), and after the last layer the host works out which
 original tokens each layer kept and which merged token holds which (numpy,
@@ -63,125 +65,30 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from vla_autoprune import compat
 from vla_autoprune.devices import device_ints
-from vla_autoprune.indexing import gather_rows, scatter_rows_, true_indices
+from vla_autoprune.indexing import gather_rows
 from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.models.deepstack import add_at_visual, check_deepstack
 from vla_autoprune.profiling import stage
-from vla_autoprune.pruning.cameras import camera_choice, camera_counts, rank_order
-from vla_autoprune.pruning.flops import decoder_flops_from_config
-from vla_autoprune.pruning.kept_tokens import MemberTracker, MergeEvent, packed_kept
 from vla_autoprune.pruning.positions import first_real_position, sequence_positions
 from vla_autoprune.pruning.preselection import check_layout, preselect_inputs
-from vla_autoprune.pruning.pruner import LayerView, Merge, Pruner, SlotIndex
+from vla_autoprune.pruning.pruner import LayerView, Pruner
+from vla_autoprune.pruning.record import PruningRecord, fill_kept, finish_record
+from vla_autoprune.pruning.slots import Dropper, Slots
 
 logger = logging.getLogger(__name__)
-
-# Rows of a ragged batch are padded with dropped tokens; this index marks "no slot" while sorting.
-_NO_SLOT = torch.iinfo(torch.int64).max
-
-
-@dataclass
-class PruningRecord:
-    """What a pruned forward actually processed (the last prefill inside the ``prune`` block).
-
-    Attributes:
-        inputs: the decoder inputs to run (shorter than the given ones after pre-selection).
-        num_layers: ``L``.
-        num_visual: ``V``, visual tokens of the inputs given to :func:`prune`.
-        accounting: the budget accounting the pruner used (``actual`` or ``reference``).
-        position_ids: ``original`` or ``contiguous``, the position ids survivors were given.
-        preselected: int64 ``[B, n0]`` visual indices kept before the decoder, or None.
-        visual_tokens: int64 ``[B, L]``, valid visual tokens (merged ones included) entering each layer.
-        merged_tokens: int64 ``[B, L]``, how many of those were made by merging.
-        tokens: int64 ``[B, L]``, valid non-padding tokens entering each layer (per-sample cost).
-        seq_len: int64 ``[L]``, sequence length each layer ran on (padding and fillers included).
-        kept_visual: per layer, int64 ``[B, Kv]`` indices (into the given inputs' ``V`` visual
-            tokens, ascending, -1 padded) of the original visual tokens entering the layer.
-        merged_into: per layer, int64 ``[B, V]``: the merged token (numbered ``0..`` in sequence
-            order among the layer's merged tokens) that holds original visual token ``v``, -1 for
-            none; filled when the pruner's merges name their members (:class:`Merge` ``members``).
-        schedule: int64 ``[B, L]``, the pruner's last schedule (counts handed on), or None.
-        stats: per-sample numbers the pruner reported, name -> ``[B]`` (AutoPrune: ``mi``, the
-            mutual information, and ``k``, the logistic slope).
-        flops: int64 ``[B]``, decoder-layer MACs per sample from ``tokens`` (flops.py, the
-            ``gqa`` count; the paper's "FLOPs").
-        scoring_flops: int64 ``[B]``, MACs of the extra work spent choosing tokens (re-scored
-            attention rows, rater selection), kept apart from ``flops``.
-        camera_tokens: int64 ``[B, L, C]``, original visual tokens of each camera entering each
-            layer (merged tokens not counted).
-    """
-
-    inputs: DecoderInputs
-    num_layers: int
-    num_visual: int
-    accounting: str
-    position_ids: str = "original"
-    preselected: torch.Tensor | None = None
-    visual_tokens: torch.Tensor | None = None
-    merged_tokens: torch.Tensor | None = None
-    tokens: torch.Tensor | None = None
-    seq_len: torch.Tensor | None = None
-    kept_visual: list[torch.Tensor | None] = field(default_factory=list)
-    merged_into: list[torch.Tensor | None] = field(default_factory=list)
-    schedule: torch.Tensor | None = None
-    stats: dict[str, torch.Tensor] = field(default_factory=dict)
-    flops: torch.Tensor | None = None
-    scoring_flops: torch.Tensor | None = None
-    camera_tokens: torch.Tensor | None = None
-
-    def mean_visual_tokens(self) -> torch.Tensor:
-        """float ``[B]``: visual tokens per layer, averaged over the ``L`` layers (the budget measure)."""
-        if self.visual_tokens is None:
-            raise RuntimeError("nothing recorded yet: run the decoder inside the prune() block")
-        return self.visual_tokens.double().mean(dim=1)
-
-
-@dataclass
-class _Slots:
-    """The token slots of a batch at one layer.
-
-    ``src`` int64 ``[B, K]``: index into the run inputs' sequence (merged tokens: their
-    representative's); ``valid`` bool ``[B, K]`` (False for fillers); ``merged`` bool ``[B, K]``;
-    ``identity``: nothing has been dropped (the slots are the input sequence itself). Known on the
-    host, so the hooks need no sync for them: ``visual_width``, the visual slots per row (every row
-    has as many), ``alive``, each row's valid visual tokens, ``ragged``, whether some slot is a
-    filler, and ``has_merged``, whether some slot may be a merged token.
-    """
-
-    src: torch.Tensor
-    valid: torch.Tensor
-    merged: torch.Tensor
-    identity: bool
-    visual_width: int
-    alive: list[int]  # on the host: valid visual tokens per row
-    ragged: bool = False
-    has_merged: bool = False
-    # The merge that made these slots, when it named its members: (the slots it ran on, their
-    # visual slots [B, Kv], Merge.members, Merge.representative); replayed on the host afterwards.
-    joined: tuple[_Slots, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-    # What every layer that runs on these slots gets (computed at the first, reused until a drop).
-    tokens: list[int] | None = None  # on the host: valid real tokens per row
-    tokens_tensor: torch.Tensor | None = None  # the same as a tensor (LayerView.tokens)
-    layer_kwargs: dict[str, Any] | None = None  # position ids, (cos, sin) and mask
-    index: SlotIndex | None = None  # where the visual and text tokens sit (on first use, or from the drop)
-
-    @property
-    def length(self) -> int:
-        return int(self.src.shape[1])
 
 
 @dataclass
 class _Forward:
     """State of one prefill, anchored on what layer 0 received."""
 
-    slots: _Slots
-    layer_slots: list[_Slots | None]
+    slots: Slots
+    layer_slots: list[Slots | None]
     cos: torch.Tensor  # [B, N, rd]
     sin: torch.Tensor  # [B, N, rd]
     position_ids: torch.Tensor  # [B, N]
@@ -192,28 +99,10 @@ class _Forward:
     scratch: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class _Block:
-    """The visual tokens a pruning layer hands on, ``[B, W]`` each, with their sequence sort keys."""
-
-    src: torch.Tensor
-    valid: torch.Tensor
-    merged: torch.Tensor
-    rows: torch.Tensor  # where each entry's hidden state is: a slot of the layer output, or K + merged index
-    keys: torch.Tensor
-    merged_hidden: torch.Tensor | None = None  # [B, R, D] in the output's dtype, when some row merges
-    merge: Merge | None = None  # the merge, for the record (its members and representatives)
-
-
 def num_cameras(inputs: DecoderInputs) -> int:
     """``C``: cameras are numbered ``0..C-1`` in ``layout.camera_index``."""
     camera = inputs.layout.camera_index
     return int(camera.max()) + 1 if camera.numel() else 0
-
-
-def _host(x: torch.Tensor) -> np.ndarray:
-    """``x`` as a numpy array (a view when it is already on the CPU)."""
-    return (x if x.device.type == "cpu" else x.cpu()).numpy()
 
 
 def _batched(x: torch.Tensor, b: int) -> torch.Tensor:
@@ -271,12 +160,21 @@ class _Engine:
             ]
         ).tolist()
         self.text_counts, self.fixed_tokens, padded_visual = per_row
-        self.text_width = max(self.text_counts, default=0)
-        self.text_full = min(self.text_counts, default=0) == self.text_width
+        text_width = max(self.text_counts, default=0)
+        self.text_full = min(self.text_counts, default=0) == text_width
         self.visual_real = not any(padded_visual)  # then a row's real tokens are fixed + alive visual
         self.scoring_host: list[int] = []  # scoring MACs counted on the host (added to the record once)
-        self.camera = layout.camera_index
-        self.camera_ratios = pruner.camera_ratios(num_cameras(inputs))
+        self.dropper = Dropper(
+            visual=self.visual,
+            text=self.text,
+            real=self.real,
+            visual_rank=self.visual_rank,
+            text_width=text_width,
+            text_full=self.text_full,
+            camera=layout.camera_index,
+            camera_ratios=pruner.camera_ratios(num_cameras(inputs)),
+            merge=pruner.merge,
+        )
         self.deepstack = inputs.deepstack or ()  # per-layer [B, V, D], added in _add_deepstack
         self.state: _Forward | None = None
         self.prefill = False
@@ -367,7 +265,7 @@ class _Engine:
         src = torch.arange(n, device=hidden.device).expand(b, n)
         flags = torch.zeros(b, n, dtype=torch.bool, device=hidden.device)
         self.state = _Forward(
-            slots=_Slots(
+            slots=Slots(
                 src=src,
                 valid=~flags,
                 merged=flags,
@@ -392,7 +290,7 @@ class _Engine:
         rec.schedule = None
         rec.stats = {}
 
-    def _tokens(self, slots: _Slots) -> list[int]:
+    def _tokens(self, slots: Slots) -> list[int]:
         """Valid real tokens per row on the host: the fixed ones plus the live visual ones."""
         if slots.tokens is None:
             if self.visual_real:
@@ -418,52 +316,11 @@ class _Engine:
         rec.seq_len = torch.tensor([s.length for s in layers], dtype=torch.long)
         rec.visual_tokens = per_row([s.alive for s in layers])
         rec.tokens = per_row([self._tokens(s) for s in layers])
-        self._fill_kept(layers)
+        fill_kept(rec, layers, self.visual, self.visual_origin, self.given_cameras)
         if any(self.scoring_host) and rec.scoring_flops is not None:
             rec.scoring_flops += device_ints(self.scoring_host, rec.scoring_flops.device)
 
-    def _fill_kept(self, layers: list[_Slots]) -> None:
-        """The record's ``kept_visual``, ``merged_tokens``, ``merged_into`` and ``camera_tokens``, on the host.
-
-        Worked out once per distinct set of slots from the slots and the merges that made them
-        (:mod:`vla_autoprune.pruning.kept_tokens`), after the last layer: no op in the hooks.
-        """
-        rec = self.record
-        visual, origin = _host(self.visual), _host(self.visual_origin)
-        cameras = _host(self.given_cameras)
-        count_cameras = int(cameras.max()) + 1 if cameras.size else 0
-        b, n = visual.shape
-        tracker: MemberTracker | None = None
-        # per distinct set of slots: its src, valid and merged flags on the host
-        host: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        done: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]] = {}
-        for slots in layers:
-            if id(slots) in done:
-                continue
-            if slots.joined is not None:
-                parent, visual_slots, members, representative = slots.joined
-                parent_src, _, parent_merged = host[id(parent)]  # the parent ran on an earlier layer
-                vs = _host(visual_slots)
-                event = MergeEvent(
-                    slot_src=np.take_along_axis(parent_src, vs, axis=1),
-                    slot_merged=np.take_along_axis(parent_merged, vs, axis=1),
-                    members=_host(members),
-                    representative=_host(representative),
-                )
-                tracker = tracker or MemberTracker(b, rec.num_visual, n)
-                tracker.join(event, origin)
-            arrays = host[id(slots)] = (_host(slots.src), _host(slots.valid), _host(slots.merged))
-            kept, count = packed_kept(*arrays, visual, origin)
-            into = None if tracker is None else torch.from_numpy(tracker.merged_into(*arrays, visual))
-            per_camera = torch.from_numpy(camera_counts(kept, cameras, count_cameras))
-            done[id(slots)] = (torch.from_numpy(kept), torch.from_numpy(count), into, per_camera)
-        per_layer = [done[id(s)] for s in layers]
-        rec.kept_visual = [kept for kept, _, _, _ in per_layer]
-        rec.merged_tokens = torch.stack([count for _, count, _, _ in per_layer], 1)
-        rec.merged_into = [into for _, _, into, _ in per_layer]
-        rec.camera_tokens = torch.stack([per_camera for _, _, _, per_camera in per_layer], 1)
-
-    def _positions(self, state: _Forward, slots: _Slots, hidden: torch.Tensor) -> dict[str, Any]:
+    def _positions(self, state: _Forward, slots: Slots, hidden: torch.Tensor) -> dict[str, Any]:
         """position_ids and (cos, sin) for the slots of a prefill."""
         if self.rotary is None:
             pos = state.position_ids.gather(1, slots.src)
@@ -529,7 +386,7 @@ class _Engine:
         self,
         mask: torch.Tensor | None,
         state: _Forward,
-        slots: _Slots,
+        slots: Slots,
         b: int,
         q: int,
         first_new: int,
@@ -569,7 +426,7 @@ class _Engine:
             if state.slots.identity:
                 return None
             with stage("restore"):
-                return compat.with_output_hidden(output, self._restore(state.slots, hidden_out))
+                return compat.with_output_hidden(output, self.dropper.restore(state.slots, hidden_out))
         hidden = compat.layer_hidden(args, kwargs)
         view = self._view(i, module, hidden, hidden_out, kwargs, state)
         view.projected = _projected(captured, hidden)
@@ -599,7 +456,9 @@ class _Engine:
         with stage("score"):
             scores = self.pruner.score(view)
         with stage("select"):
-            state.slots, new_hidden = self._drop(view, state.slots, scores, kept, clusters, merges, kept_host)
+            state.slots, new_hidden = self.dropper.drop(
+                view, state.slots, scores, kept, clusters, merges, kept_host
+            )
         return compat.with_output_hidden(output, new_hidden)
 
     def _split(self, view: LayerView, hand_on: list[int], alive: list[int]) -> tuple[list[int], list[int]]:
@@ -637,7 +496,7 @@ class _Engine:
             output=hidden_out,
             position_embeddings=(_batched(cos, b), _batched(sin, b)),
             attention_mask=kwargs.get(compat.KW_MASK),
-            slot_index=partial(self._slot_index, state.slots),
+            slot_index=partial(self.dropper.index, state.slots),
             inputs=self.inputs,
             schedule=state.schedule,
             scratch=state.scratch,
@@ -652,190 +511,6 @@ class _Engine:
             alive_host=slots.alive,
             who=self.pruner.label,
         )
-
-    def _slot_index(self, slots: _Slots) -> SlotIndex:
-        """Where the visual and text tokens sit among ``slots`` (computed only when a pruner asks, once)."""
-        if slots.index is not None:
-            return slots.index
-        src = slots.src
-        # Every row has visual_width visual slots (check_layout, and each drop keeps rows equal).
-        visual_slots, _ = true_indices(self.visual.gather(1, src), slots.visual_width)
-        text_slots, text_ok = true_indices(self.text.gather(1, src) & slots.valid, self.text_width)
-        slots.index = SlotIndex(
-            visual_slots=visual_slots,
-            visual_valid=slots.valid.gather(1, visual_slots),
-            visual_index=self.visual_rank.gather(1, src.gather(1, visual_slots)),
-            text_slots=text_slots,
-            text_valid=text_ok,
-        )
-        return slots.index
-
-    def _moved_index(self, old: SlotIndex, perm: torch.Tensor, block: _Block, k: int) -> SlotIndex | None:
-        """The new slots' :class:`SlotIndex` from the drop's sort ``perm`` ``[B, K + W]`` (no index sorts).
-
-        Block entry ``j`` (sort input ``K + j``) lands at ``inv[K + j]``, ascending in ``j`` (distinct
-        keys, ties in entry order), so those are the new visual slots in order; text slots keep their
-        order and only move. Padded text entries (rows with fewer text tokens) could point at a dropped
-        slot, so with them (not ``text_full``) this returns None and the index is recomputed.
-        """
-        if not self.text_full:
-            return None
-        b = perm.shape[0]
-        inv = torch.empty_like(perm).scatter_(
-            1, perm, torch.arange(perm.shape[1], device=perm.device).expand(b, -1)
-        )
-        return SlotIndex(
-            visual_slots=inv[:, k:].contiguous(),
-            visual_valid=block.valid,
-            visual_index=self.visual_rank.gather(1, block.src),
-            text_slots=inv.gather(1, old.text_slots),
-            text_valid=old.text_valid,
-        )
-
-    def _drop(
-        self,
-        view: LayerView,
-        slots: _Slots,
-        scores: torch.Tensor,
-        kept: torch.Tensor,
-        clusters: torch.Tensor,
-        merges: bool,
-        kept_host: list[int],
-    ) -> tuple[_Slots, torch.Tensor]:
-        """New slots and hidden states after keeping ``kept`` [B] top-scored visual tokens per row.
-
-        Kept visual tokens (and a row's fillers) stay where they were, merged tokens go right after
-        the last visual slot; non-visual tokens keep their order. ``merges``: whether any row
-        merges; ``kept_host``: ``kept`` on the host.
-        """
-        block, alive = self._visual_block(view, slots, scores, kept, clusters, merges, kept_host)
-        b, k = slots.src.shape
-        visual = self.visual.gather(1, slots.src)
-        # Sort keys: 2 * slot index; merged tokens 2 * (last visual slot) + 1; old visual slots last.
-        old_keys = torch.where(visual, _NO_SLOT, 2 * torch.arange(k, device=visual.device))
-        keys = torch.cat([old_keys, block.keys], dim=1)
-        length = k - view.visual_slots.shape[1] + block.keys.shape[1]
-        perm = torch.argsort(keys, dim=1, stable=True)
-        order = perm[:, :length]
-
-        def arrange(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-            return torch.cat([old, new], dim=1).gather(1, order)
-
-        new_slots = _Slots(
-            src=arrange(slots.src, block.src),
-            valid=arrange(slots.valid, block.valid),
-            merged=arrange(slots.merged, block.merged),
-            identity=False,
-            visual_width=int(block.keys.shape[1]),
-            alive=alive,
-            ragged=min(alive) < block.keys.shape[1],
-            has_merged=slots.has_merged or block.merged_hidden is not None,
-        )
-        members = None if block.merge is None else block.merge.members
-        if block.merge is not None and members is not None:
-            new_slots.joined = (slots, view.visual_slots, members, block.merge.representative)
-        if slots.index is not None:
-            new_slots.index = self._moved_index(slots.index, perm, block, k)
-        # One gather of the hidden states: each new slot's row of the output (or of the merged ones).
-        rows = arrange(torch.arange(k, device=visual.device).expand(b, k), block.rows)
-        source = (
-            view.output if block.merged_hidden is None else torch.cat([view.output, block.merged_hidden], 1)
-        )
-        return new_slots, gather_rows(source, rows)
-
-    def _visual_block(
-        self,
-        view: LayerView,
-        slots: _Slots,
-        scores: torch.Tensor,
-        kept: torch.Tensor,
-        clusters: torch.Tensor,
-        merges: bool,
-        kept_host: list[int],
-    ) -> tuple[_Block, list[int]]:
-        """The visual tokens handed on: each row's top slots (kept, then fillers), then merged ones.
-
-        Also each row's valid tokens in the block, on the host (``merges``, ``kept_host``: as in
-        :meth:`_drop`).
-        """
-        vs, vv = view.visual_slots, view.visual_valid
-        b, kv = vs.shape
-        # Rank: valid before fillers, then each camera's share (per_camera), then by score.
-        preferred = None
-        if self.camera_ratios is not None:
-            camera = self.camera.gather(1, view.visual_index)
-            preferred = camera_choice(scores, vv, camera, kept, self.camera_ratios)
-        order = rank_order(scores, vv if slots.ragged else None, preferred)  # not ragged: all valid
-        slot_range = torch.arange(kv, device=vs.device)
-        rank = torch.empty_like(order).scatter_(1, order, slot_range.expand(b, kv))
-        is_kept = rank < kept.unsqueeze(1)
-        merge = None
-        if merges:  # a range only where a merge runs (a FastV trace shows no merge stage)
-            with stage("merge"):
-                merge = self.pruner.merge(view, scores, vv & ~is_kept, clusters)
-        if merge is None:
-            return self._kept_block(vs, slots, rank, is_kept, slot_range, max(kept_host)), kept_host
-        r = merge.valid.sum(1)
-        # a row's block: kept + r real entries, the first r merged ones, each valid or a filler
-        if merge.count_host is not None:  # the first r are the valid ones, r known on the host
-            entries = alive = [k + m for k, m in zip(kept_host, merge.count_host, strict=True)]
-        else:  # one host sync
-            first_r = torch.arange(merge.valid.shape[1], device=r.device) < r.unsqueeze(1)
-            entries, alive = torch.stack([kept + r, kept + (first_r & merge.valid).sum(1)]).tolist()
-        width = max(entries)
-        real = (width - r).unsqueeze(1)  # real (kept + filler) entries per row
-        chosen = torch.where(rank < real, slot_range, _NO_SLOT)
-        pos = chosen.sort(dim=1).values[:, :width]  # index into the visual slots, in sequence order
-        entry = torch.arange(width, device=vs.device)
-        is_real = entry.expand(b, -1) < real
-        pos = torch.where(is_real, pos, 0)
-        at = vs.gather(1, pos)  # the block's slots (in this layer's sequence)
-        m = (entry - real).clamp(min=0, max=merge.hidden.shape[1] - 1)
-        rep_src = slots.src.gather(1, vs.gather(1, merge.representative.gather(1, m)))
-        block = _Block(
-            src=torch.where(is_real, slots.src.gather(1, at), rep_src),
-            valid=(is_real & is_kept.gather(1, pos)) | (~is_real & merge.valid.gather(1, m)),
-            merged=~is_real | slots.merged.gather(1, at),  # merged earlier stay merged
-            rows=torch.where(is_real, at, view.output.shape[1] + m),
-            keys=torch.where(is_real, 2 * at, 2 * vs[:, -1:] + 1),
-            merged_hidden=merge.hidden.to(view.output.dtype),
-            merge=merge,
-        )
-        return block, alive
-
-    @staticmethod
-    def _kept_block(
-        vs: torch.Tensor,
-        slots: _Slots,
-        rank: torch.Tensor,
-        is_kept: torch.Tensor,
-        slot_range: torch.Tensor,
-        width: int,
-    ) -> _Block:
-        """:meth:`_visual_block` without merged tokens: each row's ``width`` top-ranked visual slots.
-
-        ``vs`` ``[B, Kv]`` visual slots, ``rank`` / ``is_kept`` ``[B, Kv]`` their rank and whether
-        they are kept, ``slot_range`` ``0..Kv-1``; every entry is real (a kept token or a filler).
-        """
-        chosen = torch.where(rank < width, slot_range, _NO_SLOT)
-        pos = chosen.sort(dim=1).values[:, :width]  # index into the visual slots, in sequence order
-        at = vs.gather(1, pos)  # the block's slots (in this layer's sequence)
-        return _Block(
-            src=slots.src.gather(1, at),
-            valid=is_kept.gather(1, pos),
-            merged=slots.merged.gather(1, at),  # merged earlier stay merged
-            rows=at,
-            keys=2 * at,
-        )
-
-    def _restore(self, slots: _Slots, hidden: torch.Tensor) -> torch.Tensor:
-        """Scatter the last layer's output back to the input length (dropped positions stay zero)."""
-        b, _, d = hidden.shape
-        n = self.real.shape[1]
-        keep = slots.valid & ~slots.merged
-        target = torch.where(keep, slots.src, n)  # dropped rows go to a spare column, cut below
-        full = scatter_rows_(hidden.new_zeros(b, n + 1, d), target, hidden)
-        return full[:, :n]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -862,7 +537,7 @@ def prune(decoder: nn.Module, pruner: Pruner, inputs: DecoderInputs) -> Iterator
         for handle in handles:
             handle.remove()
     with stage("record"):
-        _finish(record, compat.decoder_config(decoder))
+        finish_record(record, compat.decoder_config(decoder))
 
 
 def _setup(
@@ -894,16 +569,3 @@ def _setup(
     )
     engine = _Engine(decoder, pruner, run_inputs, record, origin, inputs.layout.camera_index)
     return record, engine.install()
-
-
-def _finish(record: PruningRecord, config: Any) -> None:
-    """Move the counts to the host and add FLOPs (once, after the block)."""
-    if record.tokens is None or record.seq_len is None:
-        logger.warning("prune(): the decoder did not run inside the block; the record is empty")
-        return
-    for name in ("visual_tokens", "merged_tokens", "tokens", "seq_len", "schedule", "scoring_flops"):
-        value = getattr(record, name)
-        if value is not None:
-            setattr(record, name, value.cpu())
-    record.stats = {key: value.detach().cpu() for key, value in record.stats.items()}
-    record.flops = decoder_flops_from_config(record.tokens, config)

@@ -7,8 +7,9 @@ from typing import Any
 import torch
 
 from vla_autoprune.models.base import DecoderInputs, DrivingModel
-from vla_autoprune.pruning.engine import PruningRecord, prune
+from vla_autoprune.pruning.engine import prune
 from vla_autoprune.pruning.pruner import Pruner
+from vla_autoprune.pruning.record import PruningRecord
 
 
 def run_pruned(
