@@ -44,11 +44,22 @@ def _line(text: str, start: str, where: str) -> str:
 
 
 def test_cpu_target_is_judged_on_the_median_with_its_range_and_cost_per_pruning_layer() -> None:
-    text = _targets({"prefill_a": _prefill("cpu", 1.04, 0.95), "prefill_b": _prefill("cpu", 1.2, 0.95)})
+    text = _targets(
+        {
+            "prefill_a": _prefill("cpu", 1.04, 0.95),
+            "prefill_b": _prefill("cpu", 1.2, 0.95),
+            "prefill_c": _prefill("cpu", 1.02, 0.95),
+            "prefill_d": _prefill("cpu", 1.055, 0.95),
+        }
+    )
     met = _line(text, "| AutoPrune prefill", "prefill_a")
-    assert "1.040 [1.030, 1.060] x ideal" in met and "| yes |" in met
+    assert "1.040 [1.030, 1.060] x ideal" in met and "| yes (its range straddles 1.05) |" in met
     assert "V/4, +1.00 ms per pruning layer" in met  # (12 - 10) ms over 2 layers that dropped tokens
-    assert "| no |" in _line(text, "| AutoPrune prefill", "prefill_b")
+    assert "| no |" in _line(text, "| AutoPrune prefill", "prefill_b")  # [1.19, 1.22]: all above
+    assert "| yes |" in _line(text, "| AutoPrune prefill", "prefill_c")  # [1.01, 1.04]: all below
+    assert "| no (its range straddles 1.05) |" in _line(
+        text, "| AutoPrune prefill", "prefill_d"
+    )  # [1.045, 1.075]
 
 
 def test_gpu_targets_are_judged_only_on_cuda_results() -> None:
