@@ -142,7 +142,7 @@ class _Engine:
         self.rotary = compat.rotary_embedding(decoder) if pruner.position_ids == "contiguous" else None
         layout = inputs.layout
         self.visual = layout.visual_mask.bool()
-        self.text = layout.text_mask.bool()
+        text = layout.text_mask.bool()
         self.real = inputs.attention_mask.bool()
         self.num_visual = layout.num_visual
         # Fixed per forward, computed once (and the text width synced here, not in the hooks).
@@ -154,7 +154,7 @@ class _Engine:
         # non-visual tokens, and visual tokens that are padding (normally none).
         per_row = torch.stack(
             [
-                self.text.sum(dim=1),
+                text.sum(dim=1),
                 (self.real & ~self.visual).sum(dim=1),
                 (self.visual & ~self.real).sum(dim=1),
             ]
@@ -166,7 +166,7 @@ class _Engine:
         self.scoring_host: list[int] = []  # scoring MACs counted on the host (added to the record once)
         self.dropper = Dropper(
             visual=self.visual,
-            text=self.text,
+            text=text,
             real=self.real,
             visual_rank=self.visual_rank,
             text_width=text_width,
