@@ -78,6 +78,13 @@ def test_gpu_targets_are_judged_only_on_cuda_results() -> None:
     assert "| yes |" in _line(text, "| engine overhead", "overhead_gpu")  # 2 % <= 3 %
 
 
+def test_gpu_overhead_verdict_says_when_its_range_straddles_the_target() -> None:
+    gpu = _overhead("cuda", 0.025)
+    gpu["rows"][0] |= {"overhead_share lo": 0.02, "overhead_share hi": 0.04}
+    text = _targets({"overhead_gpu": gpu})
+    assert "| yes (its range straddles 3 %) |" in _line(text, "| engine overhead", "overhead_gpu")
+
+
 def test_bounds_show_inside_their_column() -> None:
     rows = [{"a": 1.0, "a lo": 0.5, "a hi": 2.0, "b": 3, "c lo": 1}]
     assert _columns(rows) == ["a", "b", "c lo"]  # a bound without its column stays a column
