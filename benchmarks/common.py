@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -381,15 +382,27 @@ def machine(device: torch.device) -> dict[str, Any]:
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
+    info["commit"] = _commit()
+    info["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return info
+
+
+def _commit() -> str | None:
+    """The checkout's short commit; ``BENCHMARK_COMMIT`` where there is no git repository (a copy of
+    the working tree on a lent GPU machine, see ``benchmarks/gpu.sh``)."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-        )
-        info["commit"] = commit.stdout.strip() or None
+        ).stdout.strip()
     except OSError:
-        info["commit"] = None
-    info["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return info
+        commit = ""
+    return commit or os.environ.get("BENCHMARK_COMMIT") or None
+
+
+def result_name(name: str, device: torch.device) -> str:
+    """A result's file stem: ``name`` on the CPU, ``name_cuda`` on a GPU (the same benchmark on a GPU
+    is another result, not a replacement of the CPU one)."""
+    return name if device.type == "cpu" else f"{name}_{device.type}"
 
 
 def write_result(
@@ -400,9 +413,9 @@ def write_result(
     rows: list[dict[str, Any]],
     **extra: Any,
 ) -> Path:
-    """``out/name.json``: machine, versions and config next to the rows."""
+    """``out/name.json`` (``name_cuda.json`` on a GPU): machine, versions and config next to the rows."""
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.json"
+    path = out / f"{result_name(name, device)}.json"
     payload = {"benchmark": name, "machine": machine(device), "config": config, "rows": rows, **extra}
     path.write_text(json.dumps(payload, indent=2, default=str))
     return path

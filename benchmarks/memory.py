@@ -76,8 +76,9 @@ def measure(subject: Subject, rounds: int) -> list[dict[str, Any]]:
     ):
         model.set_attn_implementation(attn)
         try:
-            peak = peak_bytes(partial(fn, subject), subject.device)
+            # timed first: its warm-up leaves lazy one-off setup (cuBLAS handles) out of the peak
             seconds = interleaved({name: partial(fn, subject)}, rounds, subject.device)[name]
+            peak = peak_bytes(partial(fn, subject), subject.device)
         finally:
             model.set_attn_implementation(previous)
         results[name] = {"peak_bytes": peak, "seconds": seconds}

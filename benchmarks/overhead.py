@@ -15,6 +15,7 @@ from functools import partial
 from typing import Any
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.common import (
@@ -100,27 +101,48 @@ def top_level_ops(prof: Any) -> int:
 
 
 def profile_top(prof: Any, device: torch.device) -> tuple[list[dict[str, Any]], int]:
-    """Top profiler entries (self time) of one profiled pruned prefill, and its top-level aten op count."""
+    """Top profiler entries (self time) of one profiled pruned prefill, and its top-level aten op count.
+
+    On the CPU: every entry by self CPU time. On a GPU: the host-side ops by the device time of the
+    kernels each launched itself (an op's ``self_device_time_total``), as shares of all kernels'
+    time; the kernels' own entries and the GPU copies of the ``vla_autoprune.*`` ranges are left out,
+    since each repeats time an op already holds (:func:`device_entries`).
+    """
     cuda = device.type == "cuda"
-    events = sorted(
-        prof.key_averages(),
-        key=lambda e: e.self_device_time_total if cuda else e.self_cpu_time_total,
-        reverse=True,
-    )
-    total = sum(e.self_device_time_total if cuda else e.self_cpu_time_total for e in prof.key_averages()) or 1
-    top = []
-    for event in events[:PROFILE_TOP]:
-        self_us = event.self_device_time_total if cuda else event.self_cpu_time_total
-        top.append(
-            {
-                "op": event.key,
-                "calls": event.count,
-                "self_us": round(float(self_us), 1),
-                "share": round(self_us / total, 4),
-            }
-        )
+    averages = list(prof.key_averages())
+    if cuda:
+        entries, total = device_entries(averages)
+    else:
+        entries = [(e.key, e.count, float(e.self_cpu_time_total)) for e in averages]
+        total = sum(t for _, _, t in entries)
+    top = [
+        {"op": key, "calls": count, "self_us": round(t, 1), "share": round(t / (total or 1), 4)}
+        for key, count, t in sorted(entries, key=lambda entry: entry[2], reverse=True)[:PROFILE_TOP]
+    ]
     torch.cuda.empty_cache() if cuda else None
     return top, top_level_ops(prof)
+
+
+def device_entries(averages: list[Any]) -> tuple[list[tuple[str, int, float]], float]:
+    """``(key, calls, self device us)`` of the host-side ops, and all kernels' device time (us).
+
+    ``averages``: ``prof.key_averages()`` of a CUDA-profiled call. Kineto lists each kernel twice:
+    as its own device entry and inside the ``self_device_time_total`` of the op that launched it;
+    user ranges also get a device-side copy spanning their whole time. The total is torch's own
+    table's (device entries that are not user annotations); the entries are the ops, so each
+    kernel is counted once, under the op that launched it.
+    """
+    total = sum(
+        float(e.self_device_time_total)
+        for e in averages
+        if e.device_type != DeviceType.CPU and not e.is_user_annotation
+    )
+    ops = [
+        (e.key, e.count, float(e.self_device_time_total))
+        for e in averages
+        if e.device_type == DeviceType.CPU and not e.is_user_annotation and not e.key.startswith(STAGE_PREFIX)
+    ]
+    return ops, total
 
 
 def stage_times(prof: Any) -> list[dict[str, Any]]:
@@ -140,7 +162,8 @@ def stage_times(prof: Any) -> list[dict[str, Any]]:
         )
 
     for event in prof.events():
-        if event.name.startswith(STAGE_PREFIX):
+        # CPU ranges only: on a GPU each range also has a device-side copy of the same name
+        if event.name.startswith(STAGE_PREFIX) and event.device_type == DeviceType.CPU:
             name = event.name[len(STAGE_PREFIX) :]
             exclusive[name] += event.cpu_time_total - nested(event)
             calls[name] += 1

@@ -8,7 +8,12 @@ from typing import Any
 
 from vla_autoprune.pipeline.table import to_markdown
 
-GPU_RECIPE = "python -m benchmarks.run --device cuda"
+GPU_RECIPE = (
+    "`bash benchmarks/gpu.sh fetch` here, `BENCHMARK_COMMIT=<sha> bash benchmarks/gpu.sh run $OUT` on the "
+    "GPU machine (the LLaVA-1.5-7B shape in bf16: prefill, overhead, memory, FLOPs, scaling), then "
+    "`bash benchmarks/gpu.sh merge <its files>` here; on a GPU box with the whole project installed, "
+    "`python -m benchmarks.run --device cuda` runs every section"
+)
 E2E_PHASES = ("data", "vision", "decoder", "engine", "other")  # benchmarks.end_to_end.PHASES
 PREFILL_COLUMNS = (
     "pruner",
@@ -41,6 +46,14 @@ def _runs_note(results: dict[str, dict[str, Any]]) -> str:
         f" The sections come from runs at {len(days)} commits ({named}; each section names its own): "
         "compare ratios within a section, not absolute times across sections."
     )
+
+
+def _gpu_note(results: dict[str, dict[str, Any]]) -> str:
+    """Which sections hold GPU figures, or that none exists yet."""
+    gpu = sorted(key for key, r in results.items() if r["machine"]["device"].startswith("cuda"))
+    if not gpu:
+        return "No GPU was lent to the task that wrote these benchmarks, so no GPU figure exists yet."
+    return f"GPU figures: sections {', '.join(f'`{key}`' for key in gpu)}."
 
 
 def _machine_line(result: dict[str, Any]) -> str:
@@ -86,7 +99,7 @@ def _targets(results: dict[str, dict[str, Any]]) -> str:
         ap = [r for r in result["rows"] if r["pruner"] == "autoprune" and r.get("budget_label") != "V"]
         if not ap:
             continue
-        cuda = result["machine"]["device"] == "cuda"
+        cuda = result["machine"]["device"].startswith("cuda")
         where = f"{key} ({result['machine']['device']})"
         worst = max(ap, key=lambda r: r["time_over_ideal"])
         lines.append(
@@ -103,7 +116,7 @@ def _targets(results: dict[str, dict[str, Any]]) -> str:
             )
     for key, result in results.items():
         if key.startswith("overhead_"):
-            cuda = result["machine"]["device"] == "cuda"
+            cuda = result["machine"]["device"].startswith("cuda")
             for r in result["rows"]:
                 met = _met_at_most(r, "overhead_share", 0.03, "3 %") if cuda else FOR_REFERENCE
                 lines.append(
@@ -175,8 +188,9 @@ def write_report(folder: Path, path: Path) -> None:
         "one process. The CPU is a shared 2-core box (other jobs were running): treat absolute times as noisy, "
         "ratios as the result. The LLaVA shape is scaled down on CPU (see each config); the real "
         "LLaVA-1.5-7B shape (32 x 4096, bf16) runs only with the GPU recipe.\n",
-        f"**GPU recipe** (one command, writes `benchmarks/results/*.json` and this file): `{GPU_RECIPE}`. "
-        "No GPU was lent to the task that wrote these benchmarks, so no GPU figure exists yet.\n",
+        f"**GPU recipe** (writes `benchmarks/results/*_cuda.json` and this file): {GPU_RECIPE}. "
+        + _gpu_note(results)
+        + "\n",
         "**CUDA graphs, torch.compile**: a pruning layer sizes its output from host ints (no host "
         "sync inside the layers), but the shapes change from layer to layer and an "
         "adaptive schedule is copied to the host once per forward, so a whole-prefill CUDA graph cannot "
@@ -184,7 +198,7 @@ def write_report(folder: Path, path: Path) -> None:
         "works with the engine's hooks attached: section `compiled` (same per-layer token counts as "
         "eager, outputs within float32 noise; dynamo traces the hooks with the layer and runs them "
         "eagerly once their shapes have changed more than its recompile limit). CUDA graphs are not "
-        "measured (no GPU).\n",
+        "measured.\n",
         "How to read: `time_over_ideal` is the pruned prefill over the plain layer stack fed the same "
         "per-layer token counts (no scoring, no engine; on padded inputs, the bundled batches, with the "
         "padding mask any engine must pass); `realised_over_predicted` is the measured "

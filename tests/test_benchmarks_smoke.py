@@ -77,7 +77,8 @@ def test_quick_benchmarks_write_results_and_report(tmp_path: Path) -> None:
         assert "error" not in row, row
         assert row["same_token_counts"] and float(row["max_abs_diff"]) < 1e-3, row
     text = report.read_text()
-    assert "python -m benchmarks.run --device cuda" in text and "## prefill_bundled_b1" in text
+    assert "benchmarks/gpu.sh run" in text and "python -m benchmarks.run --device cuda" in text
+    assert "## prefill_bundled_b1" in text
     assert "Engine stages, autoprune" in text
     # The targets say whether each is met; GPU targets are not judged on CPU figures.
     assert (
