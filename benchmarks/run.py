@@ -1,7 +1,8 @@
 """Run every benchmark and write ``results/*.json`` and ``RESULTS.md``.
 
     python -m benchmarks.run                 # CPU set (scaled-down LLaVA shape), single-threaded
-    python -m benchmarks.run --quick         # smoke test: tiny shapes, one round (< 2 min on 2 cores)
+    python -m benchmarks.run --quick         # smoke test: tiny shapes, one round (< 2 min on 2 cores),
+                                             # into outputs/benchmarks-quick/
     python -m benchmarks.run --device cuda   # GPU set: LLaVA-1.5-7B shape in bf16, CUDA events
     python -m benchmarks.run --report-only   # RESULTS.md from the results/*.json already there
     python -m benchmarks.run --device cuda --shapes-only   # without the data stack (a bare GPU box)
@@ -26,6 +27,9 @@ from benchmarks.report import write_report
 
 logger = logging.getLogger("benchmarks")
 
+RESULTS = Path(__file__).parent / "results"
+REPORT = Path(__file__).parent / "RESULTS.md"
+QUICK = Path("outputs") / "benchmarks-quick"  # git-ignored, like every run's outputs
 BENCHMARKS = ("prefill", "overhead", "memory", "flops", "scaling", "end_to_end", "compiled")
 LLAVA_7B = Shape("llava-1.5-7b", 32, 4096, 32, 11008, 1, 576, 60, note="LLaVA-1.5-7B shape, random weights")
 
@@ -90,8 +94,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="tiny shapes, one round: a smoke test")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    parser.add_argument("--report", type=Path, default=Path(__file__).parent / "RESULTS.md")
+    parser.add_argument(
+        "--out", type=Path, help=f"results folder (default {RESULTS}; with --quick {QUICK / 'results'})"
+    )
+    parser.add_argument(
+        "--report", type=Path, help=f"report file (default {REPORT}; with --quick {QUICK / 'RESULTS.md'})"
+    )
     parser.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma list of {BENCHMARKS}")
     parser.add_argument(
         "--shapes-only",
@@ -106,6 +114,9 @@ def main(argv: list[str] | None = None) -> None:
         "the JSON files of runs made elsewhere, such as a GPU machine)",
     )
     args = parser.parse_args(argv)
+    # A smoke run never overwrites the committed figures unless told to.
+    args.out = args.out or (QUICK / "results" if args.quick else RESULTS)
+    args.report = args.report or (QUICK / "RESULTS.md" if args.quick else REPORT)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.report_only:
         if not any(args.out.glob("*.json")):

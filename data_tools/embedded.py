@@ -5,6 +5,11 @@ The Hydra config ``conf/data/synthetic.yaml`` targets :func:`synthetic_dataset`,
 module decides where the set lives and makes concurrent first use safe (several Hydra multirun jobs
 may ask for the same set at once): each job generates into a private temporary folder and renames
 it into place atomically; a job that loses the race discards its copy.
+
+Only the cache is ever generated into. An explicitly given dataroot must already hold a synthetic
+set, generated with the requested arguments (checked against the set's ``generator.json``): a typo
+in a path never creates a 255 MiB set, and a run never evaluates one set while its record names
+another's arguments.
 """
 
 from __future__ import annotations
@@ -17,13 +22,38 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from data_tools.synthetic.scenario import WORLD_VERSION
-from data_tools.synthetic_nuscenes import DEFAULT_VERSION, generate, scene_counts
+from data_tools.synthetic_nuscenes import (
+    DEFAULT_VERSION,
+    MANIFEST_FILE,
+    cli_command,
+    generate,
+    manifest,
+    read_manifest,
+    scene_counts,
+)
+from vla_autoprune.data.errors import NuScenesDataError
 from vla_autoprune.data.nuscenes_dataset import NuScenesDrivingDataset
 from vla_autoprune.data.schema import CAMERAS
+from vla_autoprune.errors import ConfigError, DataNotFoundError
 
 logger = logging.getLogger(__name__)
 
 SYNTHETIC_VERSION = DEFAULT_VERSION
+#: How the one-line errors name "use the cache instead" (the Hydra key; a CLI's flag is --dataroot).
+UNSET_DATAROOT = "leave data.dataset.dataroot unset (null) to use the cached set for these arguments"
+
+
+def as_it_is(root: Path | str) -> str:
+    """How the errors name "evaluate that folder as it is": the plain nuScenes-format loader."""
+    return f"data=nuscenes data.dataset.dataroot={root} data.dataset.version={SYNTHETIC_VERSION} data.dataset.split=val"
+
+
+class SyntheticSetNotFoundError(NuScenesDataError, DataNotFoundError):
+    """An explicitly given dataroot holds no synthetic set (it is never generated into)."""
+
+
+class SyntheticSetMismatchError(NuScenesDataError, ConfigError):
+    """An explicitly given dataroot holds a synthetic set generated with other arguments."""
 
 
 def default_cache_dir() -> Path:
@@ -50,16 +80,25 @@ def ensure_synthetic(
     image_size: Sequence[int] = (1600, 900),
     seed: int = 0,
 ) -> Path:
-    """Return a dataroot holding the synthetic set, generating it first if it is not there yet.
+    """Return a dataroot holding the synthetic set for these arguments.
 
     Args:
-        dataroot: where the dataset lives; None picks :func:`synthetic_dataroot` in the cache.
+        dataroot: a folder that already holds the set (checked, never generated into); None (or
+            "") picks :func:`synthetic_dataroot` in the cache, generating the set there on first use.
         scenes, samples_per_scene, image_size, seed: generator arguments (image_size is (W, H));
             see :func:`data_tools.synthetic_nuscenes.generate`.
+
+    Raises:
+        SyntheticSetNotFoundError: ``dataroot`` holds no synthetic set.
+        SyntheticSetMismatchError: ``dataroot`` holds one generated with other arguments.
     """
     size = (int(image_size[0]), int(image_size[1]))
     counts = scene_counts(scenes)
-    root = Path(dataroot) if dataroot else synthetic_dataroot(counts, samples_per_scene, size, seed)
+    if dataroot:
+        root = Path(dataroot)
+        check_synthetic(root, counts, int(samples_per_scene), size, int(seed))
+        return root
+    root = synthetic_dataroot(counts, samples_per_scene, size, seed)
     if (root / SYNTHETIC_VERSION / "sample.json").is_file():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -76,6 +115,7 @@ def ensure_synthetic(
         )
         try:
             tmp.rename(root)
+            logger.info("The synthetic set is ready in %s (the folder above was its staging copy)", root)
         except OSError:
             if not (root / SYNTHETIC_VERSION / "sample.json").is_file():
                 raise
@@ -84,6 +124,61 @@ def ensure_synthetic(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def check_synthetic(
+    root: Path, counts: Mapping[str, int], samples_per_scene: int, image_size: tuple[int, int], seed: int
+) -> None:
+    """Refuse a dataroot that holds no synthetic set, or one generated with other arguments.
+
+    A set without ``generator.json`` (generated before the generator wrote one) cannot be checked:
+    it is accepted with a warning.
+    """
+    command = cli_command(root, counts, samples_per_scene, image_size, seed)
+    if not (root / SYNTHETIC_VERSION / "sample.json").is_file():
+        if root.is_dir() and any(root.iterdir()):
+            elsewhere = cli_command("NEW_DIR", counts, samples_per_scene, image_size, seed)
+            fix = f"generate one into a new, empty folder ({elsewhere})"
+            where = (
+                f"dataroot {root} is not empty but holds no synthetic set ({SYNTHETIC_VERSION}/sample.json)"
+            )
+        else:
+            fix = f"generate one there ({command})"
+            state = "does not exist" if not root.exists() else "is empty"
+            where = (
+                f"dataroot {root} {state}, so it holds no synthetic set (only the cache is generated into)"
+            )
+        raise SyntheticSetNotFoundError(f"{where}; {fix}, or {UNSET_DATAROOT}.")
+    recorded = read_manifest(root, SYNTHETIC_VERSION)
+    if recorded is None:
+        logger.warning(
+            "dataroot %s has no readable %s/%s (a set from an older generator): cannot check that it was "
+            "generated with the requested arguments, so the run's record may not describe it; regenerate it "
+            "(%s --overwrite) to make it checkable",
+            root, SYNTHETIC_VERSION, MANIFEST_FILE, command,
+        )  # fmt: skip
+        return
+    wanted = manifest(counts, samples_per_scene, image_size, seed)
+    differ = [
+        f"{key} {_show(recorded.get(key))} (requested {_show(value)})"
+        for key, value in wanted.items()
+        if recorded.get(key) != value
+    ]
+    if differ:
+        raise SyntheticSetMismatchError(
+            f"dataroot {root} holds a synthetic set generated with other arguments: {', '.join(differ)}; "
+            f"evaluate it as it is ({as_it_is(root)}), request its arguments, regenerate it with the "
+            f"requested ones ({command} --overwrite), or {UNSET_DATAROOT}."
+        )
+
+
+def _show(value: object) -> str:
+    """A manifest value as the error shows it: ``192x108`` for a size, ``train=2,val=1`` for scenes."""
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items()) or "none"
+    if isinstance(value, list) and len(value) == 2:
+        return f"{value[0]}x{value[1]}"
+    return "unrecorded" if value is None else str(value)
 
 
 def synthetic_dataset(
@@ -98,7 +193,8 @@ def synthetic_dataset(
     resize: Sequence[int] | None = None,
     full_future_only: bool = False,
 ) -> NuScenesDrivingDataset:
-    """The synthetic nuScenes-format split as a :class:`NuScenesDrivingDataset` (generated on first use).
+    """The synthetic nuScenes-format split as a :class:`NuScenesDrivingDataset` (generated into the
+    cache on first use; an explicit ``dataroot`` must hold the set already, see :func:`ensure_synthetic`).
 
     Args:
         split: ``train``, ``val`` or ``test`` (the synthetic set's own, disjoint scene streams).

@@ -9,8 +9,9 @@ streams, so they never share a scene. The output loads with the unmodified devki
     NuScenes(version="v1.0-synthetic", dataroot=DIR)
     NuScenesMap(dataroot=DIR, map_name=<log location>)
 
-Layout: ``DIR/<version>/*.json`` (the 13 schema tables, ``splits.json`` and ``scenarios.json``: each
-sample's scenario family and complexity, which the devkit ignores), ``DIR/samples/<CHANNEL>/``
+Layout: ``DIR/<version>/*.json`` (the 13 schema tables, ``splits.json``, ``scenarios.json``: each
+sample's scenario family and complexity, and ``generator.json``: the generation arguments, see
+:func:`read_manifest`; the devkit ignores both side files), ``DIR/samples/<CHANNEL>/``
 (six camera JPEGs and a ``LIDAR_TOP`` ``.pcd.bin`` per keyframe), ``DIR/maps/<token>.png`` (a small
 placeholder semantic-prior mask: the vector map below is the map of record) and
 ``DIR/maps/expansion/<location>.json`` (map expansion v1.3). The tables are written last, into a
@@ -25,11 +26,14 @@ CLI::
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import shlex
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -37,7 +41,14 @@ from tqdm import tqdm
 
 from data_tools.synthetic.cameras import camera_rig, lidar_sensor
 from data_tools.synthetic.map_expansion import MapBuilder
-from data_tools.synthetic.scenario import LOCATIONS, SPLIT_IDS, ScenePlan, canvas_size, plan_scene
+from data_tools.synthetic.scenario import (
+    LOCATIONS,
+    SPLIT_IDS,
+    WORLD_VERSION,
+    ScenePlan,
+    canvas_size,
+    plan_scene,
+)
 from data_tools.synthetic.scene_writer import SceneCounts, SensorSetup, write_scene
 from data_tools.synthetic.tables import NuScenesTables, write_json
 from data_tools.synthetic.world import simulate
@@ -50,6 +61,8 @@ DEFAULT_VERSION = "v1.0-synthetic"
 SPLITS_FILE = "splits.json"
 #: Side file next to the tables: per sample its scenario family and complexity (devkit ignores it).
 SCENARIOS_FILE = "scenarios.json"
+#: Side file next to the tables: the arguments the set was generated with (:func:`manifest`).
+MANIFEST_FILE = "generator.json"
 #: Smallest accepted image side (pixels); below this the agents vanish into a few pixels.
 MIN_IMAGE_SIDE = 16
 #: Side (pixels) of the placeholder semantic-prior PNG each map record points to.
@@ -116,13 +129,61 @@ def generate(
     _write_maps(root, tables, plans, logs)
     splits = {split: [p.name for p in plans if p.split == split] for split in args.scenes}
     families = {p.name: p.family for p in plans}
-    _write_tables(root, version, tables, splits, {"scenes": families, "samples": total.sample_info})
+    side_files = {
+        SPLITS_FILE: splits,
+        SCENARIOS_FILE: {"scenes": families, "samples": total.sample_info},
+        MANIFEST_FILE: manifest(args.scenes, args.samples_per_scene, args.image_size, seed),
+    }
+    _write_tables(root, version, tables, side_files)
     size_mb = sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) / 2**20
     logger.info(
         "Wrote %d scenes, %d samples, %d annotations, %d images (%.1f MiB) to %s",
         len(plans), total.samples, total.annotations, total.images, size_mb, root,
     )  # fmt: skip
     return root
+
+
+def manifest(
+    scenes: Mapping[str, int], samples_per_scene: int, image_size: tuple[int, int], seed: int
+) -> dict[str, Any]:
+    """What ``generator.json`` records: every argument the content depends on (no paths, no times,
+    so the same arguments still give byte-identical files). ``scenes`` is per split, as
+    :func:`scene_counts` returns it."""
+    return {
+        "world_version": WORLD_VERSION,
+        "seed": int(seed),
+        "scenes": {split: int(n) for split, n in scenes.items()},
+        "samples_per_scene": int(samples_per_scene),
+        "image_size": [int(image_size[0]), int(image_size[1])],
+    }
+
+
+def read_manifest(dataroot: str | Path, version: str = DEFAULT_VERSION) -> dict[str, Any] | None:
+    """The generation arguments recorded in ``<dataroot>/<version>/generator.json`` (see
+    :func:`manifest`), or None when the set has none (generated before it was written) or it is
+    unreadable."""
+    path = Path(dataroot) / version / MANIFEST_FILE
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
+
+
+def cli_command(
+    dataroot: str | Path,
+    scenes: Mapping[str, int],
+    samples_per_scene: int,
+    image_size: tuple[int, int],
+    seed: int,
+) -> str:
+    """The ``python -m data_tools.synthetic_nuscenes`` command that generates exactly these arguments."""
+    parts = ["python -m data_tools.synthetic_nuscenes", "--dataroot", shlex.quote(str(dataroot))]
+    for split, count in scenes.items():
+        parts += [f"--{split}-scenes", str(int(count))]
+    parts += ["--samples-per-scene", str(int(samples_per_scene))]
+    parts += ["--image-size", f"{int(image_size[0])}x{int(image_size[1])}", "--seed", str(int(seed))]
+    return " ".join(parts)
 
 
 def scene_counts(scenes: int | Mapping[str, int], val_fraction: float = 0.25) -> dict[str, int]:
@@ -221,16 +282,15 @@ def _write_maps(
         write_json(root / "maps" / "expansion" / f"{location}.json", builder.to_json(canvas))
 
 
-def _write_tables(
-    root: Path, version: str, tables: NuScenesTables, splits: dict[str, list[str]], scenarios: dict
-) -> None:
-    """Write the tables, splits and side file into a hidden folder, then rename it to ``<version>``."""
+def _write_tables(root: Path, version: str, tables: NuScenesTables, side_files: dict[str, object]) -> None:
+    """Write the tables and side files (name -> payload) into a hidden folder, then rename it to
+    ``<version>``."""
     partial = root / _partial_name(version)
     if partial.exists():
         shutil.rmtree(partial)
     tables.write(partial)
-    write_json(partial / SPLITS_FILE, splits)
-    write_json(partial / SCENARIOS_FILE, scenarios)
+    for name, payload in side_files.items():
+        write_json(partial / name, payload)
     partial.rename(root / version)
 
 

@@ -1026,7 +1026,12 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
     parser.add_argument("--val-scenes", type=int, default=defaults.val_scenes)
     parser.add_argument("--samples-per-scene", type=int, default=defaults.samples_per_scene)
     parser.add_argument("--image-size", type=_size, default=defaults.image_size, help="W x H, e.g. 192x192")
-    parser.add_argument("--dataroot", type=Path, default=None, help="dataset folder (default: the cache)")
+    parser.add_argument(
+        "--dataroot",
+        type=Path,
+        default=None,
+        help="a folder already holding the set for these arguments (default: the cache, generated on first use)",
+    )
     parser.add_argument("--threads", type=int, default=defaults.threads)
     parser.add_argument("--patch-weight", type=float, default=defaults.patch_weight, help="0: no patch loss")
     parser.add_argument(

@@ -28,6 +28,26 @@ SYNTHETIC_IMAGE_SIZE = (192, 108)
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
+def synthetic_overrides(root: Path) -> list[str]:
+    """Overrides that point ``data=synthetic`` at the generated set in ``root`` with the arguments
+    it was generated with (its ``generator.json``), as an explicit dataroot must be requested."""
+    from data_tools.synthetic_nuscenes import read_manifest
+
+    recorded = read_manifest(root)
+    if recorded is None:  # not a generated set (a missing or real nuScenes dataroot): only the path
+        return [f"data.dataset.dataroot={root}"]
+    scenes = ",".join(f"{split}:{n}" for split, n in recorded["scenes"].items())
+    width, height = recorded["image_size"]
+    return [
+        f"data.dataset.dataroot={root}",
+        "~data.dataset.scenes",
+        f"+data.dataset.scenes={{{scenes}}}",
+        f"data.dataset.samples_per_scene={recorded['samples_per_scene']}",
+        f"data.dataset.image_size=[{width},{height}]",
+        f"data.dataset.seed={recorded['seed']}",
+    ]
+
+
 def evaluate_config(root: Path, *overrides: str) -> Any:
     """The ``evaluate`` config on the dataroot ``root``, every keyframe (not only those with a full
     3 s future: the fixtures' short scenes test what happens at scene ends), on the CPU."""
@@ -37,7 +57,7 @@ def evaluate_config(root: Path, *overrides: str) -> Any:
         return compose(
             "evaluate",
             overrides=[
-                f"data.dataset.dataroot={root}",
+                *synthetic_overrides(root),
                 "data.dataset.full_future_only=false",
                 "device=cpu",
                 *overrides,

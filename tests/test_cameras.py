@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import evaluate_config
+from conftest import SYNTHETIC_IMAGE_SIZE, SYNTHETIC_SAMPLES_PER_SCENE, SYNTHETIC_SCENES, evaluate_config
 
 from data_tools.embedded import synthetic_dataset
 from planners.cameras import (
@@ -40,7 +40,13 @@ def model():
 @pytest.fixture(scope="module")
 def train_split(synthetic_root: Path):
     """The fixture world's train split: two scenes (the val split has one)."""
-    return synthetic_dataset("train", dataroot=synthetic_root)
+    return synthetic_dataset(
+        "train",
+        dataroot=synthetic_root,
+        scenes=SYNTHETIC_SCENES,
+        samples_per_scene=SYNTHETIC_SAMPLES_PER_SCENE,
+        image_size=SYNTHETIC_IMAGE_SIZE,
+    )
 
 
 def test_other_scene_donors_hand_worked() -> None:

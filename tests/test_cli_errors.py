@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import synthetic_overrides
 from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 
@@ -20,10 +22,14 @@ ENV = {**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}, "OMP_
 LOADING = ("NuScenesDrivingDataset", "Loading weights", "loading driving_vla")
 
 
-def _error_line(*args: str, tmp_path: Path) -> str:
-    """Run the CLI, expect exit 2, return its single ``error:`` line (and check nothing was loaded)."""
+def _error_line(*args: str, tmp_path: Path, run_dir: Path | None = None) -> str:
+    """Run the CLI, expect exit 2, return its single ``error:`` line (and check nothing was loaded).
+
+    ``run_dir``: the run folder to pass (default ``tmp_path/run``); it must not be left behind.
+    """
+    run_dir = run_dir or tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "vla_autoprune.evaluate", *args, f"hydra.run.dir={tmp_path}/run"],
+        [sys.executable, "-m", "vla_autoprune.evaluate", *args, f"hydra.run.dir={run_dir}"],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -34,6 +40,8 @@ def _error_line(*args: str, tmp_path: Path) -> str:
     assert proc.returncode == 2, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
     assert not any(marker in output for marker in LOADING), output[-3000:]
+    assert "to resume" not in output  # nothing ran, so there is nothing to resume
+    assert not run_dir.exists()  # and no empty run folder is left behind
     (line,) = [line for line in output.splitlines() if "error:" in line]
     return line
 
@@ -77,3 +85,39 @@ def test_build_unwraps_user_errors_only() -> None:
 def test_bad_camera_ablation_value_is_one_line_before_loading(tmp_path: Path) -> None:
     line = _error_line("cameras=grey", "cameras.value=300", tmp_path=tmp_path)
     assert "cameras.value=300 must be an integer pixel value in 0..255" in line
+
+
+def test_ctrl_c_says_how_to_resume_in_one_line(synthetic_root: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = [*synthetic_overrides(synthetic_root), "device=cpu", f"hydra.run.dir={run}"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vla_autoprune.evaluate", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+        env=ENV,
+    )
+    assert proc.stdout is not None
+    seen = []
+    # the hint comes once the config and the data passed their checks, before the model loads
+    for line in proc.stdout:
+        seen.append(line)
+        if "to resume after an interruption" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.communicate(timeout=300)[0]
+    output = "".join(seen) + rest
+    assert proc.returncode == 130, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    (line,) = [line for line in output.splitlines() if "interrupted:" in line]
+    assert line.endswith(f"resume with the same command and hydra.run.dir={run}")
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    line = _error_line(tmp_path=tmp_path, run_dir=tmp_path / "afile" / "run")
+    assert line.endswith(
+        f"cannot write the output folder {tmp_path}/afile/run ({tmp_path}/afile is a file); "
+        "choose another with hydra.run.dir=<folder>"
+    )

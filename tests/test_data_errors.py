@@ -12,6 +12,8 @@ import pytest
 import torch
 from nuscenes import NuScenes
 from PIL import Image, ImageFile
+from torch._utils import ExceptionWrapper
+from torch.utils.data import DataLoader
 
 from vla_autoprune.data import (
     CAMERAS,
@@ -30,6 +32,7 @@ from vla_autoprune.data import (
     VersionNotFoundError,
     collate,
 )
+from vla_autoprune.data.nuscenes_dataset import _decoder_reason
 
 VERSION = "v1.0-synthetic"
 
@@ -224,11 +227,64 @@ def test_garbage_and_wrong_size_jpeg(synthetic_root, tmp_path):
     path = first_val_camera_path(root, "CAM_BACK_RIGHT")
     ds = NuScenesDrivingDataset(root, VERSION, "val")
     path.write_bytes(b"not a jpeg at all")
-    with raises_one_line(CorruptImageError, str(path)):
+    with raises_one_line(CorruptImageError, str(path), "not an image file") as info:
         ds[0]
+    assert " at 0x" not in str(info.value) and "BytesIO" not in str(info.value)  # no object reprs
     Image.fromarray(np.zeros((10, 20, 3), dtype=np.uint8)).save(path, format="JPEG")
     with raises_one_line(CorruptImageError, str(path), "20x10"):
         ds[0]
+
+
+def test_decoder_reason_drops_object_reprs():
+    reason = _decoder_reason(OSError("cannot identify image file <_io.BytesIO object at 0x7fa4c1d2e3f0>"))
+    assert reason == "cannot identify image file"
+    assert _decoder_reason(OSError("image file is truncated (3 bytes not processed)")) == (
+        "image file is truncated (3 bytes not processed)"
+    )
+    assert _decoder_reason(OSError("<object object at 0xdeadbeef>")) == "OSError"
+
+
+def test_corrupt_jpeg_in_a_dataloader_worker_reports_the_original_line(synthetic_root, tmp_path):
+    """torch re-raises a worker's error as "Caught ... Original Traceback ..."; the user sees the
+    worker's own one-line message instead."""
+    root = copy_root(synthetic_root, tmp_path / "root", with_samples=True)
+    path = first_val_camera_path(root, "CAM_BACK")
+    path.write_bytes(b"not a jpeg at all")
+    ds = NuScenesDrivingDataset(root, VERSION, "val")
+    with raises_one_line(CorruptImageError, str(path)) as direct:
+        ds[0]
+    loader = DataLoader(ds, batch_size=1, num_workers=1, collate_fn=collate)
+    with raises_one_line(CorruptImageError, str(path)) as info:
+        next(iter(loader))
+    assert str(info.value) == str(direct.value)
+    assert "Caught" not in str(info.value) and "Traceback" not in str(info.value)
+
+
+def _reraised(error: Exception) -> Exception:
+    """``error`` after a round trip through torch's ExceptionWrapper (what a DataLoader worker does)."""
+    try:
+        try:
+            raise ValueError("decoder detail")
+        except ValueError as cause:
+            raise error from cause
+    except Exception:
+        wrapper = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(type(error)) as info:
+        wrapper.reraise()
+    return info.value
+
+
+@pytest.mark.parametrize("error", [CorruptImageError, ImageNotFoundError, MissingCameraError])
+def test_worker_wrapped_data_errors_keep_their_message(error):
+    message = (
+        "camera image /data/samples/CAM_FRONT/x.jpg cannot be decoded (bad huffman code); replace the file."
+    )
+    assert str(_reraised(error(message))) == message
+    # Any other text that starts like a wrapped one is left whole.
+    assert (
+        str(error("Caught CorruptImageError somewhere; fix it."))
+        == "Caught CorruptImageError somewhere; fix it."
+    )
 
 
 # ---- collate -----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import venv
 from pathlib import Path
 
 import pytest
+from conftest import synthetic_overrides
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
@@ -82,7 +83,7 @@ def test_console_script_runs_from_an_install(synthetic_root: Path, tmp_path: Pat
     # hides from Hydra's plugin scan
     args = ["-m", "planner=constant_velocity", "data.shard=0,1", "data.num_shards=2", "limit=2"]
     proc = subprocess.run(
-        [script, *args, f"data.dataset.dataroot={synthetic_root}", "device=cpu", f"hydra.sweep.dir={sweep}"],
+        [script, *args, *synthetic_overrides(synthetic_root), "device=cpu", f"hydra.sweep.dir={sweep}"],
         capture_output=True,
         text=True,
         cwd=elsewhere,

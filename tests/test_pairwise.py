@@ -147,6 +147,7 @@ def test_report_writes_one_pairwise_table_per_budget_and_pairwise_csv(tmp_path: 
     assert "## Pruner vs pruner at each budget" in text
     # a ranking is the model's own: the section says which model it was measured on
     assert "Rankings measured on m; another model can rank the pruners differently" in text
+    assert "# vla-autoprune report\n\nModel: m. L2 in metres" in text  # and so does the header
     assert "### Budget 32" in text and "### Budget 64" in text
     assert "scenes per stratum: cut_in 3, easy 3" in text
     rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "pairwise.csv").read_text())))
@@ -158,3 +159,17 @@ def test_report_writes_one_pairwise_table_per_budget_and_pairwise_csv(tmp_path: 
     assert float(rows[0]["L2@3s stp3 A-B"]) == pytest.approx(-0.5)
     assert float(rows[0]["L2@3s stp3 A-B hi"]) == pytest.approx(-0.5)
     assert rows[0]["L2@3s stp3 A-B excludes 0"] == "yes" and rows[0]["samples @3s"] == "6"
+
+
+def test_a_report_without_pairs_still_names_the_model_and_writes_csv_headers(tmp_path: Path) -> None:
+    for name, pruner, budget in (("none", "none", None), ("a64", "autoprune", 64)):
+        folder = tmp_path / "sweep" / name
+        folder.mkdir(parents=True)
+        meta = {"planner": "vla", "pruner": pruner, "budget": budget, "model": "m", "data": {"v": 1}}
+        (folder / "run.json").write_text(json.dumps(meta))
+        records = _records([1.0 + 0.1 * i for i in range(6)], ["easy", "cut_in"] * 3)
+        (folder / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_report([tmp_path / "sweep"], tmp_path / "out", resamples=50, seed=0)
+    assert "Model: m." in (tmp_path / "out" / "report.md").read_text()
+    reader = csv.DictReader(io.StringIO((tmp_path / "out" / "pairwise.csv").read_text()))
+    assert list(reader) == [] and reader.fieldnames and "L2@3s stp3 A/B" in reader.fieldnames

@@ -8,12 +8,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import synthetic_overrides
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from planners.constant_velocity import ConstantVelocityPlanner
 from planners.metrics import l2_at
 from vla_autoprune.data.schema import CAMERAS
+from vla_autoprune.errors import ConfigError
 from vla_autoprune.models.describe import describe
 from vla_autoprune.pipeline.app import evaluate
 from vla_autoprune.pipeline.loop import run_split, shard_indices
@@ -28,7 +30,16 @@ def _cfg(root: Path, *overrides: str) -> DictConfig:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(
             "evaluate",
-            overrides=[f"data.dataset.dataroot={root}", "device=cpu", "batch_size=3", *overrides],
+            overrides=[
+                *(
+                    synthetic_overrides(root)
+                    if "data=nuscenes" not in overrides
+                    else [f"data.dataset.dataroot={root}"]
+                ),
+                "device=cpu",
+                "batch_size=3",
+                *overrides,
+            ],
         )
 
 
@@ -61,6 +72,13 @@ def test_atomic_write_replaces_whole_file(tmp_path: Path) -> None:
     atomic_write_json(path, {"b": 2})
     assert json.loads(path.read_text()) == {"b": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temp files left
+
+
+def test_atomic_files_get_the_mode_open_would_give(tmp_path: Path) -> None:
+    path = tmp_path / "run.json"
+    atomic_write_json(path, {"a": 1})
+    (tmp_path / "plain.txt").write_text("x")  # what open() makes under this process's umask
+    assert path.stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777
 
 
 def test_shard_indices_partition_the_split() -> None:
@@ -155,7 +173,12 @@ def test_default_config_composes_every_group(
         extra.append(f"model.name_or_path={request.getfixturevalue('qwen_folder')}")
     if (group, option) == ("model", "qwen3_vl"):
         extra.append(f"model.name_or_path={request.getfixturevalue('qwen3_folder')}")
-    overrides = [f"{group}={option}", f"data.dataset.dataroot={synthetic_root}", "device=cpu", *extra]
+    data = (
+        synthetic_overrides(synthetic_root)
+        if (group, option) == ("data", "synthetic")
+        else [f"data.dataset.dataroot={synthetic_root}"]
+    )
+    overrides = [f"{group}={option}", *data, "device=cpu", *extra]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("evaluate", overrides=overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)  # the launcher configs interpolate hydra.* values
@@ -242,3 +265,54 @@ def test_a_sweep_job_logs_one_line_not_a_table() -> None:
     assert one_line(summary) == "vla[grey] autoprune @ 49: L2@3s 1.500 m, Col@3s 12.5 % (stp3), 12 samples"
     unplanned = {k: v for k, v in summary.items() if k not in ("l2", "collision")} | {"budget": None}
     assert one_line(unplanned) == "vla[grey] autoprune: no planned sample with a full 3 s future, 12 samples"
+
+
+def test_negative_workers_fail_before_any_work(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path / "nowhere", "planner=constant_velocity", "data=nuscenes", "num_workers=-1")
+    with pytest.raises(ConfigError, match=r"num_workers=-1 must be 0 \(load in this process\) or a positive"):
+        evaluate(cfg, tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("pruner", "overrides", "said"),
+    [
+        (
+            "fastv_faithful",
+            ["budget=48"],
+            "budget=48 is ignored: fastv[faithful] prunes by its own rule; pruner=fastv",
+        ),
+        ("none", ["pruner=none", "budget=10"], "budget=10 is ignored: pruner=none keeps every visual token"),
+        ("fastv", ["budget=64"], None),  # budget-matched: the budget is used
+        ("fastv_faithful", [], None),  # the config's default budget, not given: nothing to say
+    ],
+)
+def test_a_budget_the_pruner_does_not_take_is_said_not_ignored(
+    pruner: str, overrides: list[str], said: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    from vla_autoprune.pipeline.app import build, warn_unused_budget
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("evaluate", overrides=[f"pruner={pruner}"])
+    planner = build(cfg.planner)
+    with caplog.at_level("WARNING"):
+        warn_unused_budget(planner, overrides)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if said is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and warnings[0].startswith(said)
+
+
+@pytest.mark.parametrize(
+    "path", sorted(p for p in (CONF / "pruner").glob("*.yaml") if p.stem != "none"), ids=lambda p: p.stem
+)
+def test_position_ids_are_overridable_without_a_plus(path: Path) -> None:
+    """README: `position_ids: original | contiguous` overrides; Hydra refuses a key the yaml lacks
+    (``none`` drops nothing, so it has no ids to choose)."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    node = OmegaConf.load(path)
+    if "position_ids" in inspect.signature(get_class(node._target_).__init__).parameters:
+        assert "position_ids" in node, f"{path.name}: `pruner.position_ids=...` would need a +"

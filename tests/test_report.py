@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import synthetic_overrides
 from hydra import compose, initialize_config_dir
 
 from vla_autoprune.errors import ConfigError, DataError
@@ -207,7 +208,7 @@ def _cfg(root: Path, out: Path, *overrides: str):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(
             "evaluate",
-            overrides=[f"data.dataset.dataroot={root}", "data.dataset.split=train", "device=cpu", *overrides],
+            overrides=[*synthetic_overrides(root), "data.dataset.split=train", "device=cpu", *overrides],
         )
 
 

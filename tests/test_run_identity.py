@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import evaluate_config
+from conftest import evaluate_config, synthetic_overrides
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
@@ -148,7 +148,7 @@ def test_stage0_multirun_gives_two_runs_two_rows_and_different_numbers(
         "-m",
         "pruner.stage0=reference,before",
         "budget=64",
-        f"data.dataset.dataroot={synthetic_root}",
+        *synthetic_overrides(synthetic_root),
         "data.dataset.full_future_only=false",
         "device=cpu",
         "limit=3",
@@ -186,7 +186,7 @@ def test_readme_shard_command_gives_one_folder_per_shard_and_one_row(
     # as written, plus small data and a known sweep folder
     _run(
         *command[3:],
-        f"data.dataset.dataroot={synthetic_root}",
+        *synthetic_overrides(synthetic_root),
         "data.dataset.full_future_only=false",
         "device=cpu",
         "limit=2",

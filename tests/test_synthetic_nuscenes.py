@@ -284,8 +284,10 @@ def test_same_seed_is_byte_identical_and_another_seed_differs(tmp_path: Path) ->
 
     first, again, other = files("a", 3), files("b", 3), files("c", 4)
     assert sum(name.endswith(".jpg") for name in first) == 2 * 3 * len(CAMERAS)
-    assert f"{VERSION}/scenarios.json" in first
+    assert f"{VERSION}/scenarios.json" in first and f"{VERSION}/generator.json" in first
     assert first == again
+    assert json.loads(first[f"{VERSION}/generator.json"])["seed"] == 3
+    assert json.loads(other[f"{VERSION}/generator.json"])["seed"] == 4
     assert first[f"{VERSION}/ego_pose.json"] != other[f"{VERSION}/ego_pose.json"]
     assert first[f"{VERSION}/sample.json"] != other[f"{VERSION}/sample.json"]
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import synthetic_overrides
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
@@ -63,7 +64,7 @@ def runs(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
         evaluate(
             _cfg(
                 "evaluate",
-                f"data.dataset.dataroot={synthetic_root}",
+                *synthetic_overrides(synthetic_root),
                 "data.dataset.full_future_only=false",
                 f"pruner={pruner}",
                 f"budget={BUDGET}",
@@ -248,7 +249,7 @@ def test_page_compares_runs_and_live_mode_draws_a_sample(
     live = visualize(
         _cfg(
             "visualize",
-            f"data.dataset.dataroot={synthetic_root}",
+            *synthetic_overrides(synthetic_root),
             "data.dataset.full_future_only=false",
             "pruner=fastv",
             f"budget={BUDGET}",
@@ -347,3 +348,26 @@ def test_damaged_token_file_is_a_one_line_error(runs: dict[str, Path], tmp_path:
     with pytest.raises(DataError, match=r"is unreadable .*delete it and evaluate the run again") as err:
         KeptStore(tmp_path)
     assert "\n" not in str(err.value)
+
+
+def test_compared_runs_are_labelled_by_what_tells_them_apart(tmp_path: Path) -> None:
+    from vla_autoprune.viz.runs import RunData, distinct_labels
+
+    data = "data.dataset.scenes.val=2 limit=8"
+
+    def run(name: str, pruner: str | None, budget: float | None, variant: str) -> RunData:
+        meta = {"planner": "vla", "pruner": pruner, "budget": budget, "variant": variant}
+        return RunData(tmp_path / name, meta, {}, kept=None)  # type: ignore[arg-type]  # labels read run.json only
+
+    runs = [
+        run("a", "none", None, data),
+        run("b", "fastv", 64, f"{data} pruner.layer=3"),
+        run("c", "fastv", 64, data),
+        run("d", "fastv", 64, data),
+    ]
+    distinct_labels(runs)
+    # the shared data selection names no difference; the two identical fastv runs get their folder
+    assert [r.label for r in runs] == ["none", "fastv b64 pruner.layer=3", "fastv b64 (c)", "fastv b64 (d)"]
+    single = [run("e", "fastv", 64, data)]
+    distinct_labels(single)
+    assert single[0].label == f"fastv b64 {data}"  # alone, a run keeps its whole variant

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import synthetic_overrides
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
@@ -140,7 +141,7 @@ def test_layer_slider_shows_fewer_highlighted_patches_at_a_later_layer(
         run_cfg = compose(
             "evaluate",
             overrides=[
-                f"data.dataset.dataroot={synthetic_root}",
+                *synthetic_overrides(synthetic_root),
                 "device=cpu",
                 "pruner=fastv",
                 "budget=64",

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import evaluate_config
+from conftest import evaluate_config, synthetic_overrides
 
 from vla_autoprune.models import load
 from vla_autoprune.pipeline.app import evaluate
@@ -102,7 +102,7 @@ def _multirun(root: Path, sweep: Path, *overrides: str) -> subprocess.CompletedP
             "-m",
             *overrides,
             f"hydra.sweep.dir={sweep}",
-            f"data.dataset.dataroot={root}",
+            *synthetic_overrides(root),
             "device=cpu",
             "limit=4",
         ],
@@ -165,7 +165,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_summary(synthetic_root: Path
             sys.executable,
             "-m",
             "vla_autoprune.evaluate",
-            f"data.dataset.dataroot={synthetic_root}",
+            *synthetic_overrides(synthetic_root),
             "device=cpu",
             "batch_size=1",
             "pruner=autoprune",

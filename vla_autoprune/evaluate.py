@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from vla_autoprune.errors import NotRunnableError
-from vla_autoprune.pipeline.app import USER_ERRORS, evaluate, record_skipped
+from vla_autoprune.pipeline.app import USER_ERRORS, discard_if_empty, evaluate, record_skipped
 
 logger = logging.getLogger(__name__)
 
@@ -50,29 +50,37 @@ def run_app(cfg: DictConfig) -> None:
     """Hydra task: one job = one configuration."""
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN:
-        logger.info("to resume after an interruption, rerun with hydra.sweep.dir=%s", hydra_cfg.sweep.dir)
+        resume = f"hydra.sweep.dir={hydra_cfg.sweep.dir}"
     else:
-        logger.info(
-            "to resume after an interruption, rerun with hydra.run.dir=%s", hydra_cfg.runtime.output_dir
-        )
+        resume = f"hydra.run.dir={hydra_cfg.runtime.output_dir}"
     try:
         evaluate(
             cfg,
             hydra_cfg.runtime.output_dir,
             overrides=list(hydra_cfg.overrides.task),
             brief=hydra_cfg.mode == RunMode.MULTIRUN,  # the sweep's merged report has the table
+            resume_hint=resume,
         )
     except NotRunnableError as err:
         if hydra_cfg.mode != RunMode.MULTIRUN:
             logger.error("error: %s", err)
+            discard_if_empty(hydra_cfg.runtime.output_dir)
             sys.exit(2)
         # One impossible cell of a sweep (fastv at a budget out of its reach) must not stop the rest.
         choices = hydra_cfg.runtime.choices
         job = {"model": choices.get("model"), "pruner": choices.get("pruner"), "budget": cfg.get("budget")}
         record_skipped(hydra_cfg.runtime.output_dir, err, job, list(hydra_cfg.overrides.task))
+    except KeyboardInterrupt:
+        # Every finished batch is already on disk (records are appended and fsynced per batch).
+        logger.error(
+            "interrupted: the finished batches are saved; resume with the same command and %s", resume
+        )
+        sys.exit(130)
     except USER_ERRORS as err:
         # Bad input is the user's to fix: one line, no traceback. Anything else is a bug and keeps its.
         logger.error("error: %s", err)
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            discard_if_empty(hydra_cfg.runtime.output_dir)
         sys.exit(2)
 
 

@@ -11,13 +11,35 @@ from __future__ import annotations
 
 from vla_autoprune.errors import ConfigError, DataError, DataNotFoundError, UserError
 
+#: How torch's ``ExceptionWrapper.reraise`` starts the message of an error re-raised from a
+#: DataLoader worker: ``Caught <Name> in DataLoader worker process 0.\nOriginal Traceback ...``.
+_WRAPPED_PREFIX = "Caught "
+_WRAPPED_TRACEBACK = "\nOriginal Traceback (most recent call last):\n"
+
 
 class NuScenesDataError(UserError):
     """Base class of every data-layer error (never raised directly)."""
 
     def __init__(self, message: str) -> None:
         # One line by contract: a multi-line message would break log greps and CLI output.
-        super().__init__(" ".join(message.split()))
+        super().__init__(" ".join(_unwrap_worker_message(message, type(self)).split()))
+
+
+def _unwrap_worker_message(message: str, kind: type[BaseException]) -> str:
+    """The original one-line message of an error torch re-raised from a DataLoader worker.
+
+    torch rebuilds the worker's exception as ``kind(msg)`` where ``msg`` is ``Caught <Name> in
+    DataLoader worker process N.`` plus the whole worker traceback, whose last ``<module>.<Name>:``
+    line holds the original message; any other message is returned as it is.
+    """
+    if not message.startswith(f"{_WRAPPED_PREFIX}{kind.__name__} ") or _WRAPPED_TRACEBACK not in message:
+        return message
+    heads = (f"{kind.__module__}.{kind.__qualname__}: ", f"{kind.__qualname__}: ")
+    for line in reversed(message.splitlines()):
+        for head in heads:
+            if line.startswith(head):
+                return line[len(head) :]
+    return message
 
 
 class DatarootNotFoundError(NuScenesDataError, DataNotFoundError):

@@ -32,6 +32,7 @@ import json
 import logging
 import numbers
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 from nuscenes import NuScenes
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from vla_autoprune.data.errors import (
@@ -83,6 +84,8 @@ EGO_MOTION_WINDOW = 3
 #: A complete JPEG ends with the EOI marker; checked so truncation is caught even when some other
 #: code has set PIL's ``ImageFile.LOAD_TRUNCATED_IMAGES`` (which makes PIL pad silently).
 JPEG_EOI = b"\xff\xd9"
+#: An object's default repr (``<_io.BytesIO object at 0x7fa4...>``) in a decoder's error text.
+_OBJECT_REPR = re.compile(r"\s*<[^<>]*\bat 0x[0-9a-fA-F]+>")
 #: Box columns: x, y, width, length, yaw.
 BOX_DIM = 5
 #: Side file of per-sample scenario family and complexity (written by the synthetic generator).
@@ -482,8 +485,15 @@ def load_rgb(
             if size is not None and decoded.size != (size[0], size[1]):
                 decoded = decoded.resize((size[0], size[1]), Image.Resampling.BILINEAR)
             rgb = np.asarray(decoded)
+    except UnidentifiedImageError as exc:
+        raise CorruptImageError(
+            f"camera image {path} is not an image file PIL can identify (no JPEG or other image header); "
+            "replace the file."
+        ) from exc
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise CorruptImageError(f"camera image {path} cannot be decoded ({exc}); replace the file.") from exc
+        raise CorruptImageError(
+            f"camera image {path} cannot be decoded ({_decoder_reason(exc)}); replace the file."
+        ) from exc
     if fmt == "JPEG" and not data.rstrip(b"\x00").endswith(JPEG_EOI):
         raise CorruptImageError(f"camera image {path} is truncated (no JPEG end marker); replace the file.")
     if expected_size and all(expected_size) and tuple(native) != tuple(expected_size):
@@ -492,6 +502,12 @@ def load_rgb(
             f"{expected_size[0]}x{expected_size[1]}; replace the file or fix the record."
         )
     return rgb
+
+
+def _decoder_reason(exc: BaseException) -> str:
+    """A decoder exception's text without object reprs (PIL names the in-memory file it read)."""
+    reason = " ".join(_OBJECT_REPR.sub("", str(exc)).split())
+    return reason or type(exc).__name__
 
 
 def _load_sample_info(path: Path) -> dict[str, dict[str, Any]]:

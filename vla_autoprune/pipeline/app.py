@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -90,7 +91,29 @@ def check_config(cfg: DictConfig) -> None:
         )
     for key, value in (("limit", cfg.limit), ("batch_size", cfg.batch_size)):
         if value is not None and not (isinstance(value, int) and value > 0):
-            raise ConfigError(f"{key}={value!r} must be a positive integer (limit may be null: every sample)")
+            every = " (or null: every sample)" if key == "limit" else ""
+            raise ConfigError(f"{key}={value!r} must be a positive integer{every}")
+    workers = cfg.num_workers
+    if not (isinstance(workers, int) and workers >= 0):
+        raise ConfigError(f"num_workers={workers!r} must be 0 (load in this process) or a positive integer")
+
+
+def warn_unused_budget(planner: Planner, overrides: Sequence[str]) -> None:
+    """Say so when a ``budget=`` given on the command line does not reach the pruner (``none``, a
+    faithful pruner's own rule, a planner without a pruner), instead of ignoring it silently."""
+    given = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == "budget"]
+    pruner = getattr(planner, "pruner", None)
+    if not given or (pruner is not None and pruner.budget is not None):
+        return
+    if pruner is None:
+        why = "this planner prunes nothing"
+    elif pruner.name == "none":
+        why = "pruner=none keeps every visual token"
+    else:
+        why = f"{pruner.label} prunes by its own rule; pruner={pruner.name} is its budget-matched form"
+    logger.warning(
+        "budget=%s is ignored: %s (the record reports the tokens actually processed)", given[-1], why
+    )
 
 
 def model_name(cfg: DictConfig) -> str | None:
@@ -140,6 +163,14 @@ def adopt_model_calibration(cfg: DictConfig, planner: Planner) -> None:
         calibrate_pruner(pruner, model)
 
 
+def discard_if_empty(out_dir: str | Path) -> None:
+    """Remove a run folder that holds nothing of a run, only Hydra's ``.hydra/`` and its log: a
+    command that failed its checks leaves no empty folder behind. Any other content is kept."""
+    out = Path(out_dir)
+    if out.is_dir() and all(e.name == ".hydra" or e.suffix == ".log" for e in out.iterdir()):
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def record_skipped(
     out_dir: str | Path, err: NotRunnableError, job: dict[str, Any], overrides: Sequence[str]
 ) -> None:
@@ -181,7 +212,11 @@ def run_meta(
 
 
 def evaluate(
-    cfg: DictConfig, out_dir: str | Path, overrides: Sequence[str] = (), brief: bool = False
+    cfg: DictConfig,
+    out_dir: str | Path,
+    overrides: Sequence[str] = (),
+    brief: bool = False,
+    resume_hint: str | None = None,
 ) -> dict[str, Any]:
     """Run one configuration end to end; returns the summary (also written to ``out_dir``).
 
@@ -191,6 +226,8 @@ def evaluate(
         overrides: the job's task overrides (``HydraConfig.get().overrides.task``), for ``variant``.
         brief: log the result as one line (a sweep's job: the merged report has the table), not
             as a table.
+        resume_hint: how to resume this run (``hydra.run.dir=...``), logged once the configuration
+            and the data have passed their checks, before the model loads.
     """
     out_dir = Path(out_dir)
     started = time.perf_counter()
@@ -200,6 +237,7 @@ def evaluate(
     resolve_dtype(cfg.dtype)
     planner: Planner = build(cfg.planner)  # builds the pruner; weights load later, in setup()
     check_budget_before_loading(cfg, planner)
+    warn_unused_budget(planner, overrides)
     adopt_model_calibration(cfg, planner)
     (out_dir / SKIPPED_FILE).unlink(missing_ok=True)  # an earlier attempt of this job was not runnable
     meta = run_meta(cfg, planner, device, out_dir, overrides)
@@ -215,6 +253,8 @@ def evaluate(
             f"{len(dataset)}; use fewer shards"
         )
     todo = _not_yet_recorded(out_dir, indices) if cfg.resume else list(indices)
+    if resume_hint and todo:
+        logger.info("to resume after an interruption, rerun with %s", resume_hint)
     if todo:
         planner.setup()
         planner.validate(collate([dataset[todo[0]]]))

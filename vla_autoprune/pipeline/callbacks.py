@@ -1,8 +1,11 @@
-"""Hydra callbacks: after a multirun, merge every job of the sweep into one report."""
+"""Hydra callbacks: check that the output folder can be written before anything runs, and after a
+multirun, merge every job of the sweep into one report."""
 
 from __future__ import annotations
 
 import logging
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,3 +30,38 @@ class ReportCallback(Callback):
             write_report([sweep_dir], sweep_dir)
         except UserError as err:
             logger.error("could not write the sweep report: %s", err)
+
+
+class OutputFolderCheck(Callback):
+    """Refuses, in one line, an output folder that cannot be written, before Hydra creates it (its
+    own failure there is a traceback that never names ``hydra.run.dir``)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Inherited, see superclass."""
+        _check_writable(config.hydra.run.dir, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Inherited, see superclass."""
+        _check_writable(config.hydra.sweep.dir, "hydra.sweep.dir")
+
+
+def _check_writable(folder: str, key: str) -> None:
+    """Exit 2 with one line unless ``folder`` exists writable or can be made in its nearest existing
+    parent (tried by making and removing a temporary folder there: root ignores permission bits)."""
+    path = Path(folder).expanduser().absolute()
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    try:
+        if not parent.is_dir():
+            raise NotADirectoryError(f"{parent} is a file")
+        tempfile.TemporaryDirectory(dir=parent).cleanup()
+    except OSError as err:
+        reason = err.strerror or str(err)
+        logger.error(
+            "error: cannot write the output folder %s (%s); choose another with %s=<folder>",
+            path,
+            reason,
+            key,
+        )
+        sys.exit(2)

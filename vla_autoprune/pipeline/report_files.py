@@ -106,6 +106,11 @@ STAT_COLUMNS: tuple[str, ...] = (
     "mi",
     "k",
 )
+#: The header a CSV gets when it has no row (no pair of runs at one budget, no AutoPrune run).
+EMPTY_HEADERS: dict[str, tuple[str, ...]] = {
+    "pairwise.csv": PAIRWISE_COLUMNS,
+    "autoprune_stats.csv": STAT_COLUMNS,
+}
 
 
 def load_runs(dirs: Sequence[Path]) -> list[Run]:
@@ -238,9 +243,11 @@ def _per_run(values: Sequence[Any]) -> str:
 def _header(boot: Bootstrap, runs: Sequence[Run]) -> str:
     sizes = _per_run([len(r.records) for r in runs])
     sizes_3s = _per_run([r.summary.get("num_samples_3s") for r in runs])
+    models = _models(runs)
     return (
         "# vla-autoprune report\n\n"
-        "L2 in metres; collision rates as fractions. `stp3` = ST-P3/VAD convention (average over "
+        + (f"Model: {', '.join(models)}. " if models else "")
+        + "L2 in metres; collision rates as fractions. `stp3` = ST-P3/VAD convention (average over "
         "horizon), `uniad` = UniAD convention (at the horizon); `box` = exact box overlap, not "
         "comparable with published tables. `diff` = run - `none`; retention = `none` / run (%), "
         "L2 `avg` over 1-3 s or at 3 s; both paired with the `none` run of the same planner, model and "
@@ -371,10 +378,15 @@ def _pairwise_section(pairs: Sequence[dict[str, Any]], scope: str) -> str:
     return text
 
 
+def _models(runs: Sequence[Run]) -> list[str]:
+    """The models the runs ran (model-free planners have none)."""
+    return sorted({str(model) for r in runs if (model := r.summary.get("model"))})
+
+
 def ranking_scope(runs: Sequence[Run]) -> str:
     """Which model(s) a ranking of pruners was measured on: it holds for them, not in general (a
     model that reads its cameras at another layer can order the pruners the other way round)."""
-    models = sorted({str(r.summary.get("model", "?")) for r in runs})
+    models = _models(runs) or ["model-free planners"]
     return (
         f"measured on {', '.join(models)}; another model can rank the pruners differently, "
         "see the README's Models section"
@@ -399,7 +411,7 @@ def write_report(
     if "cameras.csv" not in tables:
         (out / "cameras.csv").unlink(missing_ok=True)  # an earlier report's: this sweep has no ablation
     for name, table in tables.items():
-        atomic_write_text(out / name, to_csv(table))
+        atomic_write_text(out / name, to_csv(table, EMPTY_HEADERS.get(name, ())))
     atomic_write_json(out / "summaries.json", [r.summary for r in runs])
     rows = tables["report.csv"]
     plot_vs_budget(rows, "L2@3s stp3", out / "l2_3s_vs_budget.png")

@@ -165,12 +165,13 @@ def to_markdown(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = 
     return "\n".join(lines) + "\n"
 
 
-def to_csv(rows: Sequence[dict[str, Any]]) -> str:
-    """CSV text of ``rows`` (all columns)."""
-    if not rows:
+def to_csv(rows: Sequence[dict[str, Any]], empty_header: Sequence[str] = ()) -> str:
+    """CSV text of ``rows`` (all columns); with no rows, just ``empty_header`` (a reader then sees
+    a table with no rows, not an empty file)."""
+    if not rows and not empty_header:
         return ""
     buf = io.StringIO()
-    fields = list(dict.fromkeys(k for r in rows for k in r))
+    fields = list(dict.fromkeys(k for r in rows for k in r)) if rows else list(empty_header)
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)

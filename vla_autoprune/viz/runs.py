@@ -37,16 +37,21 @@ class RunData:
         return None if budget is None else float(budget)
 
     @property
+    def variant(self) -> list[str]:
+        """The overrides that make this run a variant (run.json ``variant``), one per item."""
+        return str(self.meta.get("variant") or "").split()
+
+    @property
     def label(self) -> str:
         """Short name: pruner label (or planner), budget and variant, e.g. ``pdrop[faithful] b64``."""
-        if self.alias:
-            return self.alias
+        return self.alias or self.labelled(self.variant)
+
+    def labelled(self, variant: Sequence[str]) -> str:
+        """:attr:`label` with ``variant`` in place of the run's own."""
         meta = self.meta
         name = str(meta.get("pruner_label") or meta.get("pruner") or meta.get("planner") or self.run_dir.name)
         parts = [name] + ([f"b{self.budget:g}"] if self.budget is not None else [])
-        if self.meta.get("variant"):
-            parts.append(str(self.meta["variant"]))
-        return " ".join(parts)
+        return " ".join([*parts, *variant])
 
 
 def load_run(run_dir: str | Path) -> RunData:
@@ -69,7 +74,12 @@ def load_run(run_dir: str | Path) -> RunData:
 
 
 def distinct_labels(runs: Sequence[RunData]) -> None:
-    """Give runs that share a label an alias ``<label> (<folder name>)``."""
+    """Label compared runs by what tells them apart: variant items every run shares (the same data
+    selection, say) name no difference and are left out; runs that still share a label get the
+    alias ``<label> (<folder name>)``."""
+    shared = set.intersection(*(set(r.variant) for r in runs)) if len(runs) > 1 else set()
+    for run in runs:
+        run.alias = run.labelled([v for v in run.variant if v not in shared])
     labels = [r.label for r in runs]
     for run in runs:
         if labels.count(run.label) > 1:
