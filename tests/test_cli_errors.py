@@ -121,3 +121,10 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path: Path) -> Non
         f"cannot write the output folder {tmp_path}/afile/run ({tmp_path}/afile is a file); "
         "choose another with hydra.run.dir=<folder>"
     )
+
+
+def test_a_setting_the_pruner_does_not_take_is_one_line_naming_those_it_does(tmp_path: Path) -> None:
+    # Hydra suggests the + for a key the yaml lacks; the constructor then refuses it
+    line = _error_line("+pruner.foo=1", tmp_path=tmp_path)
+    assert "pruner.foo is not a setting of AutoPrunePruner (its settings: budget, position_ids," in line
+    assert line.endswith("drop that override")

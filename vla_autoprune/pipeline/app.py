@@ -9,9 +9,11 @@ nothing.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 import math
+import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -20,7 +22,7 @@ from typing import Any
 
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from planners.base import Planner
@@ -72,7 +74,39 @@ def build(node: Any) -> Any:
             cause = cause.__cause__
         if cause is not None:
             raise cause from None
+        unknown = _unknown_setting(err, node)
+        if unknown is not None:
+            raise unknown from None
         raise
+
+
+def _unknown_setting(err: InstantiationException, node: Any) -> ConfigError | None:
+    """A one-line error for a setting the component does not take (``+pruner.foo=1``: Hydra
+    accepts the key, the constructor refuses it), naming the settings it does take; else None."""
+    cause = err.__cause__
+    found = (
+        re.search(r"unexpected keyword argument '(\w+)'", str(cause))
+        if isinstance(cause, TypeError)
+        else None
+    )
+    if found is None or not OmegaConf.is_config(node):
+        return None
+    # the component that refused it: Hydra names its config path (``full_key: planner.pruner``)
+    where = re.search(r"full_key: ([\w.]+)", str(err))
+    failed = OmegaConf.select(node._get_root(), where.group(1)) if where else node
+    target = OmegaConf.select(failed, "_target_", default=None) if OmegaConf.is_config(failed) else None
+    if target is None:
+        return None
+    try:
+        parameters = inspect.signature(get_class(str(target))).parameters
+    except (ValueError, ImportError, TypeError):
+        return None
+    settings = ", ".join(name for name in parameters if name not in ("self", "args", "kwargs"))
+    key = f"{where.group(1)}.{found.group(1)}" if where else found.group(1)
+    return ConfigError(
+        f"{key} is not a setting of {str(target).rsplit('.', 1)[-1]} (its settings: {settings}); "
+        "drop that override"
+    )
 
 
 def check_config(cfg: DictConfig) -> None:
