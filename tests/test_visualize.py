@@ -371,3 +371,23 @@ def test_compared_runs_are_labelled_by_what_tells_them_apart(tmp_path: Path) -> 
     single = [run("e", "fastv", 64, data)]
     distinct_labels(single)
     assert single[0].label == f"fastv b64 {data}"  # alone, a run keeps its whole variant
+
+
+def test_retention_figure_keeps_its_plot_and_every_label_with_long_run_names() -> None:
+    import warnings
+
+    from vla_autoprune.viz.curves import Curve, retention_figure
+    from vla_autoprune.viz.render import png_bytes
+
+    long = "fastv b64 data.dataset.samples_per_scene=8 data.dataset.scenes.val=2 cameras=black"
+    curves = [
+        Curve(f"{long} {i}", np.array([384, 200, 100, 50]), np.zeros(4, int), 96.0, None, None)
+        for i in range(4)
+    ]
+    fig = retention_figure(curves, 384)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns when the legend squeezes the axes to nothing
+        assert png_bytes(fig)[:4] == b"\x89PNG"
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == [c.label for c in curves]
+    assert fig.axes[0].get_position().width > 0.5  # the plot keeps most of the width

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from planners.base import Planner
 from planners.metrics import collision_flags, l2_errors
@@ -136,7 +137,8 @@ def run_split(
         num_workers=num_workers,
         collate_fn=collate,
     )
-    with RecordWriter(path) as writer, torch.inference_mode():
+    # logging_redirect_tqdm: a log line during the loop prints above the bar, not glued to it
+    with RecordWriter(path) as writer, torch.inference_mode(), logging_redirect_tqdm():
         cursor = 0
         for batch in tqdm(loader, desc=f"eval {planner.name}", unit="batch", leave=False):
             batch_indices = todo[cursor : cursor + len(batch["sample_token"])]

@@ -41,10 +41,13 @@ def retention_figure(curves: Sequence[Curve], num_visual: int, width: float = 5.
     Args:
         curves: the runs to compare on one sample.
         num_visual: ``V``, the visual tokens layer 0 sees (top of the y axis).
-        width: figure width in inches (the legend sits right of the axes).
+        width: figure width in inches (the legend sits below the axes).
     """
     title = _title(curves)
-    fig = Figure(figsize=(width, 2.8 + 0.15 * title.count("\n")), dpi=100, layout="constrained")
+    columns = 2 if max((len(c.label) for c in curves), default=0) <= 40 else 1
+    legend_rows = -(-len(curves) // columns)
+    height = 2.8 + 0.15 * title.count("\n") + 0.18 * legend_rows
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     for i, curve in enumerate(curves):
         layers = np.arange(len(curve.visual_tokens))
@@ -66,7 +69,8 @@ def retention_figure(curves: Sequence[Curve], num_visual: int, width: float = 5.
     ax.set_ylim(0, num_visual * 1.05)
     ax.set_title(title, fontsize=8)
     ax.grid(alpha=0.3)
-    ax.legend(
-        fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="dotted: merged", title_fontsize=6
+    # below the axes, full width: a long run label wraps the figure, never squeezes the plot away
+    fig.legend(
+        loc="outside lower center", ncols=columns, fontsize=7, title="dotted: merged", title_fontsize=6
     )
     return fig
