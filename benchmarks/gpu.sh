@@ -8,13 +8,14 @@
 # A lent machine has its own torch, an older transformers, no package index and no git checkout
 # (hence BENCHMARK_COMMIT), and sends back only OUT: at most 8 files, which this run fills exactly
 # (6 results, RESULTS.md, log). Each section writes its result as soon as it ends, so a run cut
-# short by the time limit still returns the sections it finished.
+# short by the time limit still returns the sections it finished. The run starts with a preflight
+# (seconds) and the engine on CUDA at smoke-test size, so a CUDA-only bug costs a minute, not the call.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=${WHEELS:-.whl}  # where the carried wheels are
 export TRANSFORMERS=5.24.0 # within pyproject's range; the GPU image meets its needs (hub, tokenizers)
 SECTIONS=prefill,overhead,memory,flops,scaling
-LIMIT_S=${LIMIT_S:-540}
+LIMIT_S=${LIMIT_S:-480}  # the main set; with the preflight and smoke run, under a lent call's 600 s
 
 case "${1:-}" in
 fetch)
@@ -36,9 +37,8 @@ run)
     {
         # fail in seconds, not after building a 7B-shaped model: versions, the GPU, pinned copies
         python3 - <<'EOF'
-import sys, torch, transformers
+import os, sys, torch, transformers
 print("torch", torch.__version__, "transformers", transformers.__version__, "cuda", torch.cuda.is_available())
-import os
 series = os.environ["TRANSFORMERS"].rsplit(".", 1)[0]  # pyproject pins this minor series
 if transformers.__version__.rsplit(".", 1)[0] != series:
     sys.exit(f"preflight: transformers {transformers.__version__} here, the project needs {series}; run "
@@ -53,6 +53,10 @@ if float(x.sum()) != 4.0:
 import benchmarks.run  # noqa: F401  (the project imports with this transformers)
 print("preflight ok")
 EOF
+        # the engine on CUDA at smoke-test size first (~1 min): a CUDA-only bug shows before the
+        # 7B-shaped models are built, leaving device time to fix it and run again
+        python3 -m benchmarks.run --quick --device cuda --shapes-only --only prefill,overhead \
+            --out /tmp/gpu-smoke --report /tmp/gpu-smoke/RESULTS.md
         timeout "$LIMIT_S" python3 -m benchmarks.run --device cuda --shapes-only --only "$SECTIONS" \
             --out "$out" --report "$out/RESULTS.md"
     } 2>&1 | tee "$out/log"
