@@ -48,9 +48,14 @@ def _runs_note(results: dict[str, dict[str, Any]]) -> str:
     )
 
 
+def _on_gpu(result: dict[str, Any]) -> bool:
+    """Whether a result was measured on a CUDA device (``cuda`` or ``cuda:N``)."""
+    return str(result["machine"]["device"]).startswith("cuda")
+
+
 def _gpu_note(results: dict[str, dict[str, Any]]) -> str:
     """Which sections hold GPU figures, or that none exists yet."""
-    gpu = sorted(key for key, r in results.items() if r["machine"]["device"].startswith("cuda"))
+    gpu = sorted(key for key, r in results.items() if _on_gpu(r))
     if not gpu:
         return "No GPU was lent to the task that wrote these benchmarks, so no GPU figure exists yet."
     return f"GPU figures: sections {', '.join(f'`{key}`' for key in gpu)}."
@@ -99,7 +104,7 @@ def _targets(results: dict[str, dict[str, Any]]) -> str:
         ap = [r for r in result["rows"] if r["pruner"] == "autoprune" and r.get("budget_label") != "V"]
         if not ap:
             continue
-        cuda = result["machine"]["device"].startswith("cuda")
+        cuda = _on_gpu(result)
         where = f"{key} ({result['machine']['device']})"
         worst = max(ap, key=lambda r: r["time_over_ideal"])
         lines.append(
@@ -116,7 +121,7 @@ def _targets(results: dict[str, dict[str, Any]]) -> str:
             )
     for key, result in results.items():
         if key.startswith("overhead_"):
-            cuda = result["machine"]["device"].startswith("cuda")
+            cuda = _on_gpu(result)
             for r in result["rows"]:
                 met = _met_at_most(r, "overhead_share", 0.03, "3 %") if cuda else FOR_REFERENCE
                 lines.append(

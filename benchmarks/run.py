@@ -160,16 +160,16 @@ def main(argv: list[str] | None = None) -> None:
             memory.measure(subject, plan.rounds),
         )
         logger.info("memory done (%.0f s)", time.perf_counter() - start)
-    if "flops" in only:  # float32 whatever the plan's dtype: the counts are checked exactly
-        subject = shaped_subject(plan.flops_shape, 1, device, torch.float32, attn="eager")
+    if "flops" in only:
+        exact = torch.float32  # whatever the plan's dtype: the counts are checked exactly
+        subject = shaped_subject(plan.flops_shape, 1, device, exact, attn="eager")
         rows = flops_check.measure(subject)
         write_result(
             args.out,
             "flops",
             device,
             mode
-            | {"dtype": str(subject.inputs.inputs_embeds.dtype), "shape": plan.flops_shape.describe()}
-            | {"batch": 1, "attention": "eager"},
+            | {"dtype": str(exact), "shape": plan.flops_shape.describe(), "batch": 1, "attention": "eager"},
             rows,
             llava_7b_reduction=flops_check.llava_reduction(LLAVA_7B),
         )

@@ -15,7 +15,7 @@ from torch import nn
 from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.models.layout import TokenLayout
 from vla_autoprune.pruning.pruner import LayerView
-from vla_autoprune.pruning.slots import Dropper, Slots
+from vla_autoprune.pruning.slots import DropCounts, Dropper, Slots
 
 B, N = 2, 7
 VISUAL = torch.tensor([[0, 1, 1, 1, 1, 0, 0]] * B, dtype=torch.bool)
@@ -87,7 +87,8 @@ def test_a_drop_keeps_each_rows_top_tokens_in_order_and_pads_a_short_row_with_a_
     scores = torch.tensor([[0.1, 0.9, 0.5, 0.2], [0.3, 0.1, 0.8, 0.4]])
     kept = torch.tensor([2, 1])
 
-    new, hidden = drops.drop(layer_view, slots, scores, kept, torch.zeros(B, dtype=torch.long), False, [2, 1])
+    counts = DropCounts(kept, torch.zeros(B, dtype=torch.long), [2, 1], [0, 0])
+    new, hidden = drops.drop(layer_view, slots, scores, counts)
 
     # row 0 keeps v1, v2 (slots 2, 3); row 1 keeps v2 (slot 3) and is padded with its next best, v3
     # (slot 4), marked invalid; prefix and text keep their places after them

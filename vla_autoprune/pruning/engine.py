@@ -78,7 +78,7 @@ from vla_autoprune.pruning.positions import first_real_position, sequence_positi
 from vla_autoprune.pruning.preselection import check_layout, preselect_inputs
 from vla_autoprune.pruning.pruner import LayerView, Pruner
 from vla_autoprune.pruning.record import PruningRecord, fill_kept, finish_record
-from vla_autoprune.pruning.slots import Dropper, Slots
+from vla_autoprune.pruning.slots import DropCounts, Dropper, Slots
 
 logger = logging.getLogger(__name__)
 
@@ -451,14 +451,12 @@ class _Engine:
             # host ints: the block's shape and the merge sizes are known without a device sync
             kept_host, clusters_host = self._split(view, hand_on, alive)
             kept, clusters = device_ints([kept_host, clusters_host], view.hidden.device)
-        merges = any(c > 0 for c in clusters_host)
+        counts = DropCounts(kept, clusters, kept_host, clusters_host)
         view.merge_host = ([a - k for a, k in zip(alive, kept_host, strict=True)], clusters_host)
         with stage("score"):
             scores = self.pruner.score(view)
         with stage("select"):
-            state.slots, new_hidden = self.dropper.drop(
-                view, state.slots, scores, kept, clusters, merges, kept_host
-            )
+            state.slots, new_hidden = self.dropper.drop(view, state.slots, scores, counts)
         return compat.with_output_hidden(output, new_hidden)
 
     def _split(self, view: LayerView, hand_on: list[int], alive: list[int]) -> tuple[list[int], list[int]]:

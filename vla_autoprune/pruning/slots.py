@@ -75,6 +75,22 @@ class Block:
     merge: Merge | None = None  # the merge, for the record (its members and representatives)
 
 
+@dataclass(frozen=True)
+class DropCounts:
+    """What a pruning layer keeps and merges per row: ``kept`` / ``clusters`` int64 ``[B]`` on the
+    device, and the same counts on the host (the block's shape and the merge sizes need no sync)."""
+
+    kept: torch.Tensor
+    clusters: torch.Tensor
+    kept_host: list[int]
+    clusters_host: list[int]
+
+    @property
+    def merges(self) -> bool:
+        """Whether some row merges."""
+        return any(c > 0 for c in self.clusters_host)
+
+
 @dataclass
 class Dropper:
     """Builds the slots a pruning layer hands on, from what is fixed for one forward.
@@ -139,23 +155,16 @@ class Dropper:
         )
 
     def drop(
-        self,
-        view: LayerView,
-        slots: Slots,
-        scores: torch.Tensor,
-        kept: torch.Tensor,
-        clusters: torch.Tensor,
-        merges: bool,
-        kept_host: list[int],
+        self, view: LayerView, slots: Slots, scores: torch.Tensor, counts: DropCounts
     ) -> tuple[Slots, torch.Tensor]:
-        """New slots and hidden states after keeping ``kept`` [B] top-scored visual tokens per row.
+        """New slots and hidden states after keeping ``counts.kept`` top-scored visual tokens per row
+        and merging ``counts.clusters`` of the dropped ones.
 
         Kept visual tokens (and a row's fillers) stay where they were, merged tokens go right after
         the last visual slot; non-visual tokens keep their order. ``scores`` float ``[B, Kv]``:
-        the visual slots' scores; ``clusters`` int64 ``[B]``: merged tokens wanted per row;
-        ``merges``: whether any row merges; ``kept_host``: ``kept`` on the host.
+        the visual slots' scores.
         """
-        block, alive = self._visual_block(view, slots, scores, kept, clusters, merges, kept_host)
+        block, alive = self._visual_block(view, slots, scores, counts)
         b, k = slots.src.shape
         visual = self.visual.gather(1, slots.src)
         # Sort keys: 2 * slot index; merged tokens 2 * (last visual slot) + 1; old visual slots last.
@@ -191,20 +200,13 @@ class Dropper:
         return new_slots, gather_rows(source, rows)
 
     def _visual_block(
-        self,
-        view: LayerView,
-        slots: Slots,
-        scores: torch.Tensor,
-        kept: torch.Tensor,
-        clusters: torch.Tensor,
-        merges: bool,
-        kept_host: list[int],
+        self, view: LayerView, slots: Slots, scores: torch.Tensor, counts: DropCounts
     ) -> tuple[Block, list[int]]:
         """The visual tokens handed on: each row's top slots (kept, then fillers), then merged ones.
 
-        Also each row's valid tokens in the block, on the host (``merges``, ``kept_host``: as in
-        :meth:`drop`).
+        Also each row's valid tokens in the block, on the host.
         """
+        kept, kept_host = counts.kept, counts.kept_host
         vs, vv = view.visual_slots, view.visual_valid
         b, kv = vs.shape
         # Rank: valid before fillers, then each camera's share (per_camera), then by score.
@@ -217,9 +219,9 @@ class Dropper:
         rank = torch.empty_like(order).scatter_(1, order, slot_range.expand(b, kv))
         is_kept = rank < kept.unsqueeze(1)
         merge = None
-        if merges:  # a range only where a merge runs (a FastV trace shows no merge stage)
+        if counts.merges:  # a range only where a merge runs (a FastV trace shows no merge stage)
             with stage("merge"):
-                merge = self.merge(view, scores, vv & ~is_kept, clusters)
+                merge = self.merge(view, scores, vv & ~is_kept, counts.clusters)
         if merge is None:
             return self._kept_block(vs, slots, rank, is_kept, slot_range, max(kept_host)), kept_host
         r = merge.valid.sum(1)
