@@ -128,3 +128,24 @@ def test_a_setting_the_pruner_does_not_take_is_one_line_naming_those_it_does(tmp
     line = _error_line("+pruner.foo=1", tmp_path=tmp_path)
     assert "pruner.foo is not a setting of AutoPrunePruner (its settings: budget, position_ids," in line
     assert line.endswith("drop that override")
+
+
+def test_a_refused_resume_leaves_the_folders_hydra_record_alone(synthetic_root: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    data = [*synthetic_overrides(synthetic_root), "device=cpu", "limit=1", "scores=[open_loop]"]
+
+    def evaluate(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "vla_autoprune.evaluate", *data, *args, f"hydra.run.dir={run}"]
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
+
+    first = evaluate("pruner=fastv", "budget=64")
+    assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
+    record = {p.name: p.read_text() for p in (run / ".hydra").iterdir()}
+    assert set(record) == {"config.yaml", "hydra.yaml", "overrides.yaml"}
+    assert "- pruner=fastv" in record["overrides.yaml"] and "budget: 64" in record["config.yaml"]
+    assert f"dir: {run}" in record["hydra.yaml"]
+    refused = evaluate("pruner=autoprune", "budget=64")
+    output = refused.stdout + refused.stderr
+    assert refused.returncode == 2 and "holds another run" in output, output[-3000:]
+    # the record still describes the run the folder holds, not the refused command
+    assert {p.name: p.read_text() for p in (run / ".hydra").iterdir()} == record

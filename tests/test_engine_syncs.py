@@ -10,6 +10,7 @@ hooks are running (the last layer, which works out the record, is not checked).
 from __future__ import annotations
 
 from collections import Counter
+from functools import partial
 from typing import Any
 
 import pytest
@@ -17,7 +18,9 @@ import torch
 from conftest import NUM_VISUAL, build_decoder, forward, make_inputs
 from torch.overrides import TorchFunctionMode
 
+from vla_autoprune.devices import to_host
 from vla_autoprune.pruning import LayerView, Pruner, build_pruner, prune
+from vla_autoprune.pruning import record as record_module
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -104,3 +107,28 @@ def test_no_pruner_reads_device_values_after_its_schedule(name: str) -> None:
     reads, seq_len = _reads_per_layer(build_pruner(name, budget=20.0), layers=8, num_visual=48)
     assert any(seq_len[i + 1] < seq_len[i] for i in range(len(seq_len) - 1)), seq_len
     assert reads[1:-1] == [0] * (len(reads) - 2), (name, reads, seq_len)
+
+
+def test_the_record_is_the_same_when_its_host_copies_are_packed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU the record's tensors leave the device in one packed copy (:func:`to_host`); forced
+    here on the CPU, merges and ragged rows included, it must give the record the plain copies give."""
+    model = build_decoder(layers=8)
+    inputs = make_inputs(batch=3, text_lengths=(4, 2, 3), num_visual=48)
+
+    def record() -> Any:
+        with prune(model, build_pruner("autoprune", budget=20.0), inputs) as rec:
+            forward(model, rec.inputs)
+        return rec
+
+    plain = record()
+    monkeypatch.setattr(record_module, "to_host", partial(to_host, packed=True))
+    packed = record()
+    assert plain.merged_tokens is not None and int(plain.merged_tokens.sum()) > 0  # merges ran
+    for name in ("visual_tokens", "merged_tokens", "tokens", "seq_len", "schedule", "camera_tokens", "flops"):
+        assert torch.equal(getattr(plain, name), getattr(packed, name)), name
+    for per_layer in ("kept_visual", "merged_into"):
+        for a, b in zip(getattr(plain, per_layer), getattr(packed, per_layer), strict=True):
+            assert (a is None and b is None) or torch.equal(a, b), per_layer
+    assert plain.stats.keys() == packed.stats.keys() and all(
+        torch.equal(plain.stats[k], packed.stats[k]) for k in plain.stats
+    )

@@ -60,6 +60,12 @@ def run_app(cfg: DictConfig) -> None:
             overrides=list(hydra_cfg.overrides.task),
             brief=hydra_cfg.mode == RunMode.MULTIRUN,  # the sweep's merged report has the table
             resume_hint=resume,
+            # conf sets hydra.output_subdir: null; the app writes Hydra's record once the run is accepted
+            hydra_record={
+                "config.yaml": cfg,
+                "hydra.yaml": HydraConfig.instance().cfg,
+                "overrides.yaml": hydra_cfg.overrides.task,
+            },
         )
     except NotRunnableError as err:
         if hydra_cfg.mode != RunMode.MULTIRUN:

@@ -16,7 +16,7 @@ import math
 import re
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +52,14 @@ from vla_autoprune.run_files import (
     RUN_FILE,
     SKIPPED_FILE,
     atomic_write_json,
+    atomic_write_text,
     read_records,
 )
 
 logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
+HYDRA_RECORD_DIR = ".hydra"  # Hydra's own record of a job, written by the app (see `evaluate`)
 
 #: Bad input a user can fix, reported as one line: the project's :class:`UserError`, and the data
 #: layer's own error family (until ``vla_autoprune.data.errors`` derives from ``UserError`` too).
@@ -201,7 +203,7 @@ def discard_if_empty(out_dir: str | Path) -> None:
     """Remove a run folder that holds nothing of a run, only Hydra's ``.hydra/`` and its log: a
     command that failed its checks leaves no empty folder behind. Any other content is kept."""
     out = Path(out_dir)
-    if out.is_dir() and all(e.name == ".hydra" or e.suffix == ".log" for e in out.iterdir()):
+    if out.is_dir() and all(e.name == HYDRA_RECORD_DIR or e.suffix == ".log" for e in out.iterdir()):
         shutil.rmtree(out, ignore_errors=True)
 
 
@@ -251,6 +253,7 @@ def evaluate(
     overrides: Sequence[str] = (),
     brief: bool = False,
     resume_hint: str | None = None,
+    hydra_record: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run one configuration end to end; returns the summary (also written to ``out_dir``).
 
@@ -262,6 +265,11 @@ def evaluate(
             as a table.
         resume_hint: how to resume this run (``hydra.run.dir=...``), logged once the configuration
             and the data have passed their checks, before the model loads.
+        hydra_record: Hydra's record of the job (file name -> config node, e.g. ``overrides.yaml``),
+            written to ``out_dir/.hydra/`` once the run is accepted. The entry point sets
+            ``hydra.output_subdir: null`` and hands it here: Hydra writes it before any check, so a
+            resume refused for another configuration would overwrite the record of the run the
+            folder holds.
     """
     out_dir = Path(out_dir)
     started = time.perf_counter()
@@ -298,6 +306,9 @@ def evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / RUN_FILE, meta)
     OmegaConf.save(cfg, out_dir / CONFIG_FILE, resolve=True)
+    for name, node in (hydra_record or {}).items():
+        (out_dir / HYDRA_RECORD_DIR).mkdir(exist_ok=True)
+        atomic_write_text(out_dir / HYDRA_RECORD_DIR / name, OmegaConf.to_yaml(node))
     records = run_split(
         planner,
         dataset,

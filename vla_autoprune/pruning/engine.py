@@ -50,8 +50,8 @@ of slots and reused until the next drop. Host syncs: none in a decoder layer, pr
 schedule, each row's live count, the pruner's kept / merged split (:meth:`Pruner.split` answers in
 host ints) and a merge's valid count (:attr:`Merge.count_host`) are on the host), except one copy of
 each new schedule to the host (AutoPrune: two per forward, stage 0's and the solved curve), one at
-``prune()`` entry (text width, whether every row has it) and, after the last layer, the copies the
-record is worked out from. A merge that gives no ``count_host`` costs one sync. Host ints go to the device with
+``prune()`` entry (text width, whether every row has it) and, after the last layer, one packed copy
+of what the record is worked out from and one of its counts (:func:`vla_autoprune.devices.to_host`). A merge that gives no ``count_host`` costs one sync. Host ints go to the device with
 :func:`vla_autoprune.devices.device_ints`: on CUDA a non-blocking copy from pinned memory, where
 ``torch.tensor(values, device="cuda")`` would wait for every queued kernel.
 """

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vla_autoprune.devices import to_host
 from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.pruning.cameras import camera_counts
 from vla_autoprune.pruning.flops import decoder_flops_from_config
@@ -23,6 +24,9 @@ from vla_autoprune.pruning.kept_tokens import MemberTracker, MergeEvent, packed_
 from vla_autoprune.pruning.slots import Slots
 
 logger = logging.getLogger(__name__)
+
+#: Record fields that may still be on the model's device when the ``prune`` block ends.
+_DEVICE_COUNTS = ("visual_tokens", "merged_tokens", "tokens", "seq_len", "schedule", "scoring_flops")
 
 
 @dataclass
@@ -96,32 +100,37 @@ def fill_kept(
     the slots and the merges that made them (:mod:`vla_autoprune.pruning.kept_tokens`), after the
     last layer: no op in the hooks.
     """
-    visual_np, origin = _host(visual), _host(visual_origin)
-    cameras = _host(given_cameras)
+    distinct = list({id(s): s for s in layers}.values())  # each set of slots once, in layer order
+    tensors = [visual, visual_origin, given_cameras]
+    for slots in distinct:
+        tensors += [slots.src, slots.valid, slots.merged]
+        if slots.joined is not None:
+            tensors += list(slots.joined[1:])  # visual_slots, members, representative
+    arrays = iter([t.numpy() for t in to_host(tensors)])  # one copy off a device, not ~50
+    visual_np, origin, cameras = next(arrays), next(arrays), next(arrays)
     count_cameras = int(cameras.max()) + 1 if cameras.size else 0
     b, n = visual_np.shape
     tracker: MemberTracker | None = None
     # per distinct set of slots: its src, valid and merged flags on the host
     host: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     done: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]] = {}
-    for slots in layers:
-        if id(slots) in done:
-            continue
+    for slots in distinct:
+        own = next(arrays), next(arrays), next(arrays)
         if slots.joined is not None:
-            parent, visual_slots, members, representative = slots.joined
+            parent = slots.joined[0]
             parent_src, _, parent_merged = host[id(parent)]  # the parent ran on an earlier layer
-            vs = _host(visual_slots)
+            vs, members, representative = next(arrays), next(arrays), next(arrays)
             event = MergeEvent(
                 slot_src=np.take_along_axis(parent_src, vs, axis=1),
                 slot_merged=np.take_along_axis(parent_merged, vs, axis=1),
-                members=_host(members),
-                representative=_host(representative),
+                members=members,
+                representative=representative,
             )
             tracker = tracker or MemberTracker(b, rec.num_visual, n)
             tracker.join(event, origin)
-        arrays = host[id(slots)] = (_host(slots.src), _host(slots.valid), _host(slots.merged))
-        kept, count = packed_kept(*arrays, visual_np, origin)
-        into = None if tracker is None else torch.from_numpy(tracker.merged_into(*arrays, visual_np))
+        host[id(slots)] = own
+        kept, count = packed_kept(*own, visual_np, origin)
+        into = None if tracker is None else torch.from_numpy(tracker.merged_into(*own, visual_np))
         per_camera = torch.from_numpy(camera_counts(kept, cameras, count_cameras))
         done[id(slots)] = (torch.from_numpy(kept), torch.from_numpy(count), into, per_camera)
     per_layer = [done[id(s)] for s in layers]
@@ -136,14 +145,10 @@ def finish_record(record: PruningRecord, config: Any) -> None:
     if record.tokens is None or record.seq_len is None:
         logger.warning("prune(): the decoder did not run inside the block; the record is empty")
         return
-    for name in ("visual_tokens", "merged_tokens", "tokens", "seq_len", "schedule", "scoring_flops"):
-        value = getattr(record, name)
-        if value is not None:
-            setattr(record, name, value.cpu())
-    record.stats = {key: value.detach().cpu() for key, value in record.stats.items()}
+    names = [n for n in _DEVICE_COUNTS if getattr(record, n) is not None]
+    stats = list(record.stats)
+    moved = to_host([getattr(record, n) for n in names] + [record.stats[k] for k in stats])  # one copy
+    for name, value in zip(names, moved, strict=False):
+        setattr(record, name, value)
+    record.stats = dict(zip(stats, moved[len(names) :], strict=True))
     record.flops = decoder_flops_from_config(record.tokens, config)
-
-
-def _host(x: torch.Tensor) -> np.ndarray:
-    """``x`` as a numpy array (a view when it is already on the CPU)."""
-    return (x if x.device.type == "cpu" else x.cpu()).numpy()
