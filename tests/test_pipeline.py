@@ -303,6 +303,27 @@ def test_a_budget_the_pruner_does_not_take_is_said_not_ignored(
         assert len(warnings) == 1 and warnings[0].startswith(said)
 
 
+@pytest.mark.parametrize("planner", ["constant_velocity", "ground_truth"])
+def test_a_model_free_planner_runs_as_pruner_none_and_says_a_pruner_given_is_ignored(
+    planner: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from vla_autoprune.pipeline.app import build, warn_unused_budget
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("evaluate", overrides=[f"planner={planner}"], return_hydra_config=True)
+        # the run folder is named by this choice (hydra.run.dir): not the default `autoprune`
+        assert cfg.hydra.runtime.choices.pruner == "none" and cfg.pruner._target_.endswith("NoPruner")
+        given = compose(
+            "evaluate", overrides=[f"planner={planner}", "pruner=fastv"], return_hydra_config=True
+        )
+        assert given.hydra.runtime.choices.pruner == "fastv"  # the command line still wins ...
+    with caplog.at_level("WARNING"):
+        warn_unused_budget(build(cfg.planner), [f"planner={planner}", "pruner=fastv"])
+        warn_unused_budget(build(cfg.planner), [f"planner={planner}", "pruner=none"])
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"pruner=fastv is ignored: planner={planner} prunes nothing"]  # ... and is told
+
+
 @pytest.mark.parametrize(
     "path", sorted(p for p in (CONF / "pruner").glob("*.yaml") if p.stem != "none"), ids=lambda p: p.stem
 )

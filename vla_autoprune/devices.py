@@ -73,10 +73,11 @@ def to_host(tensors: Sequence[torch.Tensor], packed: bool | None = None) -> list
     CPU come back themselves). ``packed``: None packs when some tensor is on a device; True packs
     every tensor, also on the CPU (what tests use to check the round trip).
     """
-    tensors = [t.detach() for t in tensors]
+    # no op for what needs none (each is a dispatch, and the record has ~50 tensors)
+    tensors = [t.detach() if t.requires_grad else t for t in tensors]
     moving = [i for i, t in enumerate(tensors) if packed or (packed is None and t.device.type != "cpu")]
     if len(moving) < 2 or len({tensors[i].device for i in moving}) > 1:
-        return [t.cpu() for t in tensors]
+        return [t if t.device.type == "cpu" else t.cpu() for t in tensors]
     raw = [tensors[i].contiguous().reshape(-1).view(torch.uint8) for i in moving]
     host = torch.cat(raw).cpu()
     out, start = list(tensors), 0

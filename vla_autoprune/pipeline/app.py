@@ -135,10 +135,15 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def warn_unused_budget(planner: Planner, overrides: Sequence[str]) -> None:
-    """Say so when a ``budget=`` given on the command line does not reach the pruner (``none``, a
-    faithful pruner's own rule, a planner without a pruner), instead of ignoring it silently."""
-    given = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == "budget"]
+    """Say so when a ``budget=`` (or, for a planner without a pruner, a ``pruner=``) given on the
+    command line does not reach a pruner (``none``, a faithful pruner's own rule, a model-free
+    planner), instead of ignoring it silently."""
+    given = _given("budget", overrides)
     pruner = getattr(planner, "pruner", None)
+    if pruner is None:
+        choice = [name for name in _given("pruner", overrides) if name != "none"]
+        if choice:
+            logger.warning("pruner=%s is ignored: planner=%s prunes nothing", choice[-1], planner.name)
     if not given or (pruner is not None and pruner.budget is not None):
         return
     if pruner is None:
@@ -150,6 +155,11 @@ def warn_unused_budget(planner: Planner, overrides: Sequence[str]) -> None:
     logger.warning(
         "budget=%s is ignored: %s (the record reports the tokens actually processed)", given[-1], why
     )
+
+
+def _given(key: str, overrides: Sequence[str]) -> list[str]:
+    """The values the command line gave ``key`` (``key=v``, ``+key=v``, ``++key=v``), in order."""
+    return [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == key]
 
 
 def model_name(cfg: DictConfig) -> str | None:
