@@ -69,6 +69,13 @@ def test_pruner_blind_on_a_deep_fusion_layer_is_refused_before_loading(tmp_path:
     assert "use a budget of at least 96.75" in line  # (2 x 384 + 6 x 1) / 8: K = 2, one token after
 
 
+@pytest.mark.parametrize("args", [("pruner=bogus",), ("-m", "pruner=fastv,bogus", "budget=64")])
+def test_an_unknown_pruner_is_one_line_naming_the_pruners(args: tuple[str, ...], tmp_path: Path) -> None:
+    # Hydra's own answer is ~25 lines ending in its config search path, exit 1
+    line = _error_line(*args, tmp_path=tmp_path)
+    assert "pruner=bogus: there is no pruner config bogus.yaml" in line and "autoprune, dart," in line
+
+
 def test_build_unwraps_user_errors_only() -> None:
     with pytest.raises(ConfigError, match="device='gpu'"):
         build(OmegaConf.create({"_target_": "vla_autoprune.devices.resolve_device", "name": "gpu"}))
