@@ -39,8 +39,13 @@ from vla_autoprune.errors import ConfigError, DataNotFoundError
 logger = logging.getLogger(__name__)
 
 SYNTHETIC_VERSION = DEFAULT_VERSION
-#: How the one-line errors name "use the cache instead" (the Hydra key; a CLI's flag is --dataroot).
-UNSET_DATAROOT = "leave data.dataset.dataroot unset (null) to use the cached set for these arguments"
+#: The setting a dataroot comes from in the one-line errors (the Hydra key; a CLI passes its flag).
+DATAROOT_KEY = "data.dataset.dataroot"
+
+
+def unset_dataroot(setting: str = DATAROOT_KEY) -> str:
+    """How the one-line errors say "use the cache instead", for the setting the dataroot came from."""
+    return f"leave {setting} unset{' (null)' if setting == DATAROOT_KEY else ''} to use the cached set for these arguments"
 
 
 def as_it_is(root: Path | str) -> str:
@@ -79,6 +84,7 @@ def ensure_synthetic(
     samples_per_scene: int = 16,
     image_size: Sequence[int] = (1600, 900),
     seed: int = 0,
+    setting: str = DATAROOT_KEY,
 ) -> Path:
     """Return a dataroot holding the synthetic set for these arguments.
 
@@ -87,6 +93,7 @@ def ensure_synthetic(
             "") picks :func:`synthetic_dataroot` in the cache, generating the set there on first use.
         scenes, samples_per_scene, image_size, seed: generator arguments (image_size is (W, H));
             see :func:`data_tools.synthetic_nuscenes.generate`.
+        setting: what the errors call the dataroot (the Hydra key, or a CLI's ``--dataroot``).
 
     Raises:
         SyntheticSetNotFoundError: ``dataroot`` holds no synthetic set.
@@ -96,7 +103,7 @@ def ensure_synthetic(
     counts = scene_counts(scenes)
     if dataroot:
         root = Path(dataroot)
-        check_synthetic(root, counts, int(samples_per_scene), size, int(seed))
+        check_synthetic(root, counts, int(samples_per_scene), size, int(seed), setting)
         return root
     root = synthetic_dataroot(counts, samples_per_scene, size, seed)
     if (root / SYNTHETIC_VERSION / "sample.json").is_file():
@@ -127,12 +134,17 @@ def ensure_synthetic(
 
 
 def check_synthetic(
-    root: Path, counts: Mapping[str, int], samples_per_scene: int, image_size: tuple[int, int], seed: int
+    root: Path,
+    counts: Mapping[str, int],
+    samples_per_scene: int,
+    image_size: tuple[int, int],
+    seed: int,
+    setting: str = DATAROOT_KEY,
 ) -> None:
     """Refuse a dataroot that holds no synthetic set, or one generated with other arguments.
 
     A set without ``generator.json`` (generated before the generator wrote one) cannot be checked:
-    it is accepted with a warning.
+    it is accepted with a warning. ``setting``: what the errors call the dataroot.
     """
     command = cli_command(root, counts, samples_per_scene, image_size, seed)
     if not (root / SYNTHETIC_VERSION / "sample.json").is_file():
@@ -148,7 +160,7 @@ def check_synthetic(
             where = (
                 f"dataroot {root} {state}, so it holds no synthetic set (only the cache is generated into)"
             )
-        raise SyntheticSetNotFoundError(f"{where}; {fix}, or {UNSET_DATAROOT}.")
+        raise SyntheticSetNotFoundError(f"{where}; {fix}, or {unset_dataroot(setting)}.")
     recorded = read_manifest(root, SYNTHETIC_VERSION)
     if recorded is None:
         logger.warning(
@@ -165,10 +177,12 @@ def check_synthetic(
         if recorded.get(key) != value
     ]
     if differ:
+        # evaluating a folder as it is: the Hydra apps' plain loader (a CLI has no such choice)
+        as_is = f"evaluate it as it is ({as_it_is(root)}), " if setting == DATAROOT_KEY else ""
         raise SyntheticSetMismatchError(
             f"dataroot {root} holds a synthetic set generated with other arguments: {', '.join(differ)}; "
-            f"evaluate it as it is ({as_it_is(root)}), request its arguments, regenerate it with the "
-            f"requested ones ({command} --overwrite), or {UNSET_DATAROOT}."
+            f"{as_is}request its arguments, regenerate it with the requested ones ({command} --overwrite), "
+            f"or {unset_dataroot(setting)}."
         )
 
 

@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import math
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -52,6 +53,7 @@ from planners.metrics import collision_at, l2_at, l2_errors, sample_terms_at
 from vla_autoprune.data.collate import collate
 from vla_autoprune.data.nuscenes_dataset import NuScenesDrivingDataset
 from vla_autoprune.data.schema import CAMERAS, COMMANDS, NUM_FUTURE_STEPS
+from vla_autoprune.errors import UserError
 from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.models.driving_vla import (
     TINY_TEXT_CONFIG,
@@ -857,6 +859,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
         samples_per_scene=args.samples_per_scene,
         image_size=args.image_size,
         seed=args.data_seed,
+        setting="--dataroot",
     )
     second = ensure_synthetic(
         scenes={"val": args.val_scenes},
@@ -1103,10 +1106,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     """CLI entry point."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    if args.evaluate_only:
-        evaluate_folder(args)
-    else:
-        train(args)
+    try:
+        if args.evaluate_only:
+            evaluate_folder(args)
+        else:
+            train(args)
+    except UserError as err:  # bad input is the user's to fix: one line, no traceback
+        logger.error("error: %s", err)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

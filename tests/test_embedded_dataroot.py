@@ -24,6 +24,7 @@ from data_tools.embedded import (
 )
 from data_tools.synthetic.scenario import WORLD_VERSION
 from data_tools.synthetic_nuscenes import MANIFEST_FILE, generate, main, read_manifest
+from data_tools.train_tiny_vla import main as train_main
 from vla_autoprune.data import NuScenesDataError
 from vla_autoprune.errors import ConfigError, DataNotFoundError
 
@@ -126,6 +127,21 @@ def test_set_from_other_arguments_is_refused(small_root: Path, change: dict, say
     message = _one_line(info.value, str(small_root), says, "--overwrite", "data.dataset.dataroot unset")
     assert isinstance(info.value, ConfigError)
     assert message.count("(requested") == 1  # only what differs is named
+
+
+def test_a_cli_dataroot_is_named_by_its_flag(small_root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # the training CLI's --dataroot: its errors name the flag, not the Hydra key, and offer no
+    # Hydra override (evaluating the folder as it is)
+    with pytest.raises(SyntheticSetMismatchError) as info:
+        ensure_synthetic(small_root, **{**ARGS, "seed": 9}, setting="--dataroot")  # type: ignore[arg-type]
+    message = _one_line(info.value, "--overwrite", "or leave --dataroot unset to use the cached set")
+    assert "data.dataset" not in message and "data=nuscenes" not in message
+    missing = small_root / "typo"
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exit_info:
+        train_main(["--dataroot", str(missing), "--out", str(small_root / "model")])
+    assert exit_info.value.code == 2 and not missing.exists() and not (small_root / "model").exists()
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert line.startswith(f"error: dataroot {missing} does not exist") and "leave --dataroot unset" in line
 
 
 def test_set_from_another_world_version_is_refused(small_root: Path, tmp_path: Path) -> None:
