@@ -46,13 +46,16 @@ def _cfg(root: Path, *overrides: str) -> DictConfig:
 # -- results files ---------------------------------------------------------------------------------
 
 
-def test_torn_last_record_is_dropped_and_truncated(tmp_path: Path) -> None:
+def test_torn_last_record_is_skipped_by_readers_and_truncated_by_a_resume(tmp_path: Path) -> None:
     path = tmp_path / "records.jsonl"
     with RecordWriter(path) as w:
         w.write([{"index": 0}, {"index": 1}])
     with path.open("a") as f:
         f.write('{"index": 2, "l2": [0.1')  # killed mid-write
+    torn = path.read_bytes()
     assert [r["index"] for r in read_records(path)] == [0, 1]
+    assert path.read_bytes() == torn  # a reader (report, viewer) never writes: the run may be appending
+    assert [r["index"] for r in read_records(path, repair=True)] == [0, 1]  # the run itself, resuming
     assert path.read_text().endswith("}\n")  # the torn tail is gone, appends stay valid
     with RecordWriter(path) as w:
         w.write([{"index": 2}])

@@ -3,8 +3,9 @@ replaced documents. The bottom layer of both the pipeline (which writes runs) an
 (which reads them).
 
 A run appends one JSON line per evaluated sample and fsyncs after every batch, so a killed run
-loses at most the batch in flight. On resume, :func:`read_records` drops a torn last line (the
-only kind of damage an append can leave) and the run skips the samples already recorded.
+loses at most the batch in flight. On resume, :func:`read_records` (``repair=True``) truncates a
+torn last line away (the only kind of damage an append can leave) and the run skips the samples
+already recorded; readers skip that line and never write.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ RECORDS_FILE = "records.jsonl"
 RUN_FILE = "run.json"
 #: The run's resolved Hydra config.
 CONFIG_FILE = "config.yaml"
+#: What a finished run writes last: its summary (:mod:`vla_autoprune.pipeline.app`).
+SUMMARY_FILE = "summary.json"
 #: Why a multirun job did not run (:class:`~vla_autoprune.errors.NotRunnableError`): ``reason``, ``overrides``.
 SKIPPED_FILE = "skipped.json"
 
@@ -68,35 +71,47 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """Read a JSONL records file; a torn final line (killed mid-write) is dropped and truncated away.
+def scan_records(path: str | Path, fix: str = "restore the file") -> tuple[list[dict[str, Any]], int | None]:
+    """The records of a JSONL records file, and where a torn last line starts (None: no torn line).
 
-    A malformed line anywhere else means the file was edited or corrupted: that is an error, since
+    Reads only. A torn last line (no newline after it: an append in flight, or a run killed
+    mid-write) is the only damage an append can leave; it is skipped. A malformed line anywhere else
+    means the file was edited or corrupted: a one-line :class:`DataError` ending in ``fix``, since
     silently skipping it would lose results.
     """
     path = Path(path)
     if not path.is_file():
-        return []
-    raw = path.read_bytes()
-    lines = raw.split(b"\n")
+        return [], None
+    lines = path.read_bytes().split(b"\n")
     records: list[dict[str, Any]] = []
     good_bytes = 0
     for i, line in enumerate(lines):
-        if not line.strip():
-            good_bytes += len(line) + (1 if i < len(lines) - 1 else 0)
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if i == len(lines) - 1:  # torn last line, no trailing newline yet
-                logger.warning("Dropping a torn last record in %s (the run was interrupted)", path)
-                with path.open("r+b") as f:
-                    f.truncate(good_bytes)
-                break
-            raise DataError(
-                f"{path}: line {i + 1} is not valid JSON; restore the file or rerun with resume=false"
-            ) from err
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                if i == len(lines) - 1:
+                    return records, good_bytes
+                raise DataError(f"{path}: line {i + 1} is not valid JSON; {fix}") from err
         good_bytes += len(line) + 1
+    return records, None
+
+
+def read_records(path: str | Path, repair: bool = False) -> list[dict[str, Any]]:
+    """The records of a JSONL records file (:func:`scan_records`), a torn last line skipped.
+
+    ``repair`` (the run itself, resuming): the torn line is also truncated away, so the next append
+    starts on a line of its own. Without it the file is never touched: a reader (a report, the
+    viewer) may be looking at a run that is still appending.
+    """
+    fix = "restore the file or rerun with resume=false" if repair else "restore the file"
+    records, torn_at = scan_records(path, fix)
+    if torn_at is not None and repair:
+        logger.warning("Dropping a torn last record in %s (the run was interrupted)", path)
+        with Path(path).open("r+b") as f:
+            f.truncate(torn_at)
+    elif torn_at is not None:
+        logger.warning("%s: skipping its torn last line (the run is still writing, or was killed)", path)
     return records
 
 

@@ -51,6 +51,7 @@ from vla_autoprune.run_files import (
     RECORDS_FILE,
     RUN_FILE,
     SKIPPED_FILE,
+    SUMMARY_FILE,
     atomic_write_json,
     atomic_write_text,
     read_records,
@@ -58,7 +59,6 @@ from vla_autoprune.run_files import (
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_FILE = "summary.json"
 HYDRA_RECORD_DIR = ".hydra"  # Hydra's own record of a job, written by the app (see `evaluate`)
 
 #: Bad input a user can fix, reported as one line: the project's :class:`UserError`, and the data
@@ -370,5 +370,5 @@ def _previous_meta(out_dir: Path, resume: bool) -> dict[str, Any] | None:
 
 def _not_yet_recorded(out_dir: Path, indices: Sequence[int]) -> list[int]:
     """``indices`` without a record in ``out_dir/records.jsonl`` yet."""
-    done = {r["index"] for r in read_records(out_dir / RECORDS_FILE)}
+    done = {r["index"] for r in read_records(out_dir / RECORDS_FILE, repair=True)}
     return [i for i in indices if i not in done]

@@ -57,6 +57,21 @@ def put_interval(row: dict[str, Any], column: str, interval: Interval, scale: fl
     row[f"{column} hi"] = float(interval.high) * scale
 
 
+#: A scene bootstrap needs two scenes to vary anything: with fewer, every replicate is the sample
+#: itself and the "interval" [x, x] would claim a certainty nothing measured.
+MIN_SCENES = 2
+
+
+def scene_count(records: Sequence[dict[str, Any]]) -> int:
+    """How many scenes ``records`` come from."""
+    return len({r["scene_token"] for r in records})
+
+
+def blank_bounds(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with every ``lo`` / ``hi`` bound set to ``nan`` (no interval: fewer than :data:`MIN_SCENES`)."""
+    return {k: float("nan") if k.endswith((" lo", " hi")) else v for k, v in row.items()}
+
+
 def _paired_base(run: Run, runs: Sequence[Run]) -> Run | None:
     base = find_baseline(run.summary, [r.summary for r in runs])
     if base is None or base is run.summary:
@@ -107,6 +122,15 @@ def compare_records(
     return interval_columns(run.records, base.records, (boot or Bootstrap()).weights(run))
 
 
+def unpaired_runs(runs: Sequence[Run]) -> list[int]:
+    """Row numbers of the pruned runs (with records) that have no ``none`` run to be paired with."""
+    return [
+        run_id
+        for run_id, run in numbered_runs(runs)
+        if run.records and run.summary.get("pruner") not in (None, "none") and _paired_base(run, runs) is None
+    ]
+
+
 def numbered_runs(runs: Sequence[Run]) -> list[tuple[int, Run]]:
     """``runs`` in table order, with their row number in the main table (``run`` column)."""
     by_summary = {id(r.summary): r for r in runs}
@@ -123,7 +147,8 @@ def main_rows(runs: Sequence[Run], boot: Bootstrap) -> list[dict[str, Any]]:
         if run.records:
             base = _paired_base(run, runs)
             base_records = base.records if base is not None else None
-            row.update(interval_columns(run.records, base_records, boot.weights(run)))
+            columns = interval_columns(run.records, base_records, boot.weights(run))
+            row.update(columns if scene_count(run.records) >= MIN_SCENES else blank_bounds(columns))
         rows.append({"run": run_id, **row})
     return rows
 
@@ -143,13 +168,19 @@ def complexity_labels(records: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def _groups(run: Run, by: str) -> list[tuple[str, np.ndarray]]:
-    labels = (
-        [str(r.get("scenario") or "unknown") for r in run.records]
-        if by == "scenario"
-        else complexity_labels(run.records)
-    )
+    """``(group, mask bool [S])`` of ``run``: families alphabetically, complexity bins from low to
+    high (``unknown`` last)."""
+    if by == "scenario":
+        labels = [str(r.get("scenario") or "unknown") for r in run.records]
+        arr = np.asarray(labels)
+        return [(name, arr == name) for name in sorted(set(labels))]
+    labels = complexity_labels(run.records)
     arr = np.asarray(labels)
-    return [(name, arr == name) for name in dict.fromkeys(sorted(labels))]
+    values = np.array(
+        [np.nan if r.get("complexity") is None else float(r["complexity"]) for r in run.records]
+    )
+    lowest = {name: np.nanmin(values[arr == name]) if name != "unknown" else np.inf for name in set(labels)}
+    return [(name, arr == name) for name in sorted(lowest, key=lambda n: (lowest[n], n))]
 
 
 def _run_keys(run_id: int, summary: dict[str, Any]) -> dict[str, Any]:
@@ -194,7 +225,8 @@ def breakdown_rows(runs: Sequence[Run], boot: Bootstrap) -> list[dict[str, Any]]
                 row = {**_run_keys(run_id, run.summary), "by": by, "group": name}
                 row |= {"samples": int(mask.sum()), "samples @3s": int(full[mask].sum())}
                 row["scenes"] = len(set(scenes[mask]))
-                rows.append(row | _group_figures(terms, base_terms, weights, mask))
+                figures = _group_figures(terms, base_terms, weights, mask)
+                rows.append(row | (figures if row["scenes"] >= MIN_SCENES else blank_bounds(figures)))
     return drop_empty_variant(rows)
 
 
@@ -214,5 +246,6 @@ def stat_rows(
             row = {**_run_keys(run_id, run.summary), "scenario": name, "samples": int(mask.sum())}
             for key, (values, present) in stats.items():
                 put_interval(row, key, ratio_interval(weights[:, mask], values[mask], present[mask]))
-            rows.append(row)
+            few = scene_count([r for r, m in zip(run.records, mask, strict=True) if m]) < MIN_SCENES
+            rows.append(blank_bounds(row) if few else row)
     return drop_empty_variant(rows)

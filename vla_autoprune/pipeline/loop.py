@@ -126,7 +126,7 @@ def run_split(
                 old.rename(backup)
                 logger.info("resume=false: kept the previous %s as %s", old.name, backup)
     wanted = set(indices)
-    done = {r["index"]: r for r in read_records(path) if r["index"] in wanted}
+    done = {r["index"]: r for r in read_records(path, repair=True) if r["index"] in wanted}
     todo = [i for i in indices if i not in done]
     if done:
         logger.info("Resuming: %d of %d samples already evaluated", len(done), len(indices))

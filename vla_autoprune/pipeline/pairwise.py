@@ -14,7 +14,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from vla_autoprune.pipeline.bootstrap import Interval, paired_difference, paired_ratio
-from vla_autoprune.pipeline.ci_tables import figure_terms, numbered_runs, put_interval
+from vla_autoprune.pipeline.ci_tables import (
+    MIN_SCENES,
+    blank_bounds,
+    figure_terms,
+    numbered_runs,
+    put_interval,
+    scene_count,
+)
 from vla_autoprune.pipeline.resampling import Bootstrap, Run
 from vla_autoprune.pipeline.summary import full_future
 from vla_autoprune.pipeline.table import comparable, key_columns
@@ -78,6 +85,12 @@ def pair_row(a: tuple[int, Run], b: tuple[int, Run], boot: Bootstrap) -> dict[st
     return row
 
 
+def _without_interval(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with no bounds and no finding: its runs hold a single scene, which a scene bootstrap
+    cannot vary (every replicate would be the sample itself)."""
+    return blank_bounds(row) | {k: None for k in row if k.endswith(("excludes 0", "excludes 1"))}
+
+
 def pairwise_rows(runs: Sequence[Run], boot: Bootstrap) -> list[dict[str, Any]]:
     """Every pair of pruned runs at one budget that may be paired, A before B in table order;
     rows sorted by planner, budget and run numbers."""
@@ -88,6 +101,8 @@ def pairwise_rows(runs: Sequence[Run], boot: Bootstrap) -> list[dict[str, Any]]:
     ]
     rows = [
         pair_row(a, b, boot)
+        if scene_count(a[1].records) >= MIN_SCENES
+        else _without_interval(pair_row(a, b, boot))
         for a, b in itertools.combinations(pruned, 2)
         if a[1].summary.get("budget") == b[1].summary.get("budget")
         and comparable(a[1].summary, b[1].summary)

@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 from matplotlib.figure import Figure
 
-from vla_autoprune.errors import DataNotFoundError
+from vla_autoprune.errors import ConfigError, DataNotFoundError
 from vla_autoprune.pipeline.camera_reliance import CAMERA_COLUMNS, camera_rows
-from vla_autoprune.pipeline.ci_tables import breakdown_rows, main_rows, numbered_runs, stat_rows
-from vla_autoprune.pipeline.merge import config_key, find_runs, find_skipped, merge_runs
+from vla_autoprune.pipeline.ci_tables import (
+    breakdown_rows,
+    main_rows,
+    numbered_runs,
+    stat_rows,
+    unpaired_runs,
+)
+from vla_autoprune.pipeline.merge import Merged, find_runs, find_skipped, group_runs, merge_group
 from vla_autoprune.pipeline.pairwise import pairwise_rows
 from vla_autoprune.pipeline.resampling import Bootstrap, Run
 from vla_autoprune.pipeline.summary import stat_values
 from vla_autoprune.pipeline.table import IDENTITY_COLUMNS, SHORT_COLUMNS, to_csv, to_markdown
-from vla_autoprune.run_files import RECORDS_FILE, RUN_FILE, atomic_write_json, atomic_write_text, read_records
+from vla_autoprune.run_files import RUN_FILE, SKIPPED_FILE, atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -113,25 +120,28 @@ EMPTY_HEADERS: dict[str, tuple[str, ...]] = {
 }
 
 
-def load_runs(dirs: Sequence[Path]) -> list[Run]:
-    """One :class:`Run` per configuration under ``dirs`` (shards merged as :func:`merge.merge_runs` does)."""
+def load_merged(dirs: Sequence[Path]) -> list[Merged]:
+    """Every configuration under ``dirs``, its folders merged (:func:`merge.merge_group`); never
+    writes into them. Each of ``dirs`` must exist and hold a run (``run.json``) or a job that was not
+    run (``skipped.json``): a folder holding neither is a one-line error, not silently nothing."""
     missing = [str(d) for d in dirs if not Path(d).exists()]
     if missing:
         raise DataNotFoundError(f"{', '.join(missing)} does not exist; pass a run or sweep output folder")
-    groups: dict[str, list[Path]] = {}
-    for run in find_runs(dirs):
-        meta = json.loads((run / RUN_FILE).read_text())
-        groups.setdefault(config_key(meta), []).append(run)
-    if not groups:
+    empty = [
+        str(d)
+        for d in dirs
+        if not Path(d).is_dir() or not any(Path(d).rglob(RUN_FILE)) and not any(Path(d).rglob(SKIPPED_FILE))
+    ]
+    if empty:
         raise DataNotFoundError(
-            f"no {RUN_FILE} under {', '.join(map(str, dirs))}; pass an evaluate output folder"
+            f"no {RUN_FILE} under {', '.join(empty)}; pass only evaluate output folders (a run or a sweep)"
         )
-    runs = []
-    for folders in groups.values():
-        (summary,) = merge_runs(folders)
-        records = {r["index"]: r for folder in folders for r in read_records(folder / RECORDS_FILE)}
-        runs.append(Run.of(summary, list(records.values())))
-    return runs
+    return [merge_group(folders) for folders in group_runs(find_runs(dirs))]
+
+
+def load_runs(dirs: Sequence[Path]) -> list[Run]:
+    """One :class:`Run` per configuration under ``dirs`` (shards merged as :func:`merge.merge_runs` does)."""
+    return [Run.of(m.summary, m.records) for m in load_merged(dirs)]
 
 
 def _number(value: Any) -> float | None:
@@ -139,7 +149,23 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
+@contextlib.contextmanager
+def _plot_style() -> Iterator[None]:
+    """Draw with matplotlib's settings as loaded from its matplotlibrc, whatever a library changed
+    since (nuscenes' map API calls ``plt.style.use`` on import, so a sweep's plots would otherwise
+    differ from a report of the same runs made by the CLI); the backend is left as it is."""
+    with matplotlib.rc_context():
+        matplotlib.rcParams.update({k: v for k, v in matplotlib.rcParamsOrig.items() if k != "backend"})
+        yield
+
+
 def plot_vs_budget(rows: Sequence[dict[str, Any]], column: str, path: Path) -> Figure:
+    """``column`` against budget (see :func:`_plot_vs_budget`), in the report's fixed style."""
+    with _plot_style():
+        return _plot_vs_budget(rows, column, path)
+
+
+def _plot_vs_budget(rows: Sequence[dict[str, Any]], column: str, path: Path) -> Figure:
     """``column`` against budget, one line with its interval band per (planner, pruner, variant);
     unpruned runs (no budget) are a dashed line with a grey band. Saved as a PNG; returns the figure.
 
@@ -179,6 +205,12 @@ def plot_vs_budget(rows: Sequence[dict[str, Any]], column: str, path: Path) -> F
 
 
 def plot_stats_by_scenario(rows: Sequence[dict[str, Any]], key: str, path: Path) -> Figure | None:
+    """:func:`_plot_stats_by_scenario` in the report's fixed style."""
+    with _plot_style():
+        return _plot_stats_by_scenario(rows, key, path)
+
+
+def _plot_stats_by_scenario(rows: Sequence[dict[str, Any]], key: str, path: Path) -> Figure | None:
     """Mean ``key`` (e.g. AutoPrune's ``mi``) per scenario family with interval bars, one marker
     series per run; None (nothing written) when no row has it."""
     rows = [r for r in rows if r.get("scenario") != "all" and _number(r.get(key)) is not None]
@@ -259,7 +291,8 @@ def _header(boot: Bootstrap, runs: Sequence[Run]) -> str:
         f"(seed {boot.seed}): scenes drawn with replacement, all their samples taken. When every "
         "sample has a known scenario family, each scene one family and each family two or more "
         "scenes, the draws are stratified by family, as the synthetic set's design fixes every scene's family: each family draws as many "
-        "of its own scenes as it holds; otherwise the plain scene bootstrap is used. Resampling here: "
+        "of its own scenes as it holds; otherwise the plain scene bootstrap is used. A figure from a "
+        "single scene has no interval (shown without brackets). Resampling here: "
         f"{_resampling(boot, runs)}. The same draws for a run and its `none`, and for the two runs "
         "of a pruner-vs-pruner comparison. Every horizon and convention, with intervals, is in "
         "report.csv.\n\n"
@@ -310,7 +343,8 @@ def _sections(
     stats = stat_rows(runs, boot)
     pairs = pairwise_rows(runs, boot)
     cameras = camera_rows(runs, boot)
-    text = "## Results\n\n" + to_markdown(rows, MAIN_COLUMNS) + _pairwise_section(pairs, scope)
+    text = "## Results\n\n" + to_markdown(rows, MAIN_COLUMNS) + _unpaired_note(runs)
+    text += _pairwise_section(pairs, scope)
     text += _camera_section(cameras)
     if any(_number(r.get("PDMS")) is not None for r in rows):
         text += (
@@ -393,20 +427,75 @@ def ranking_scope(runs: Sequence[Run]) -> str:
     )
 
 
+def _unfinished_section(runs: Sequence[Run], unfinished: dict[int, tuple[Path, ...]]) -> str:
+    """report.md's list of the runs some of whose folders hold no finished run ("" when none)."""
+    if not unfinished:
+        return ""
+    lines = [
+        "\n## Unfinished runs\n",
+        "These rows count only the samples recorded so far: a folder has records but no "
+        "`summary.json` of them (the run is still going, or was killed; rerun its command with its "
+        "folder to resume). A row is compared with `none` or another pruner only on the same samples.\n",
+        "| run | pruner | budget | samples so far | unfinished folder |",
+        "|---|---|---|---|---|",
+    ]
+    by_id = dict(numbered_runs(runs))
+    for run_id, folders in sorted(unfinished.items()):
+        summary = by_id[run_id].summary
+        label = summary.get("pruner_label") or summary.get("pruner")
+        for folder in folders:
+            cells = [run_id, label, summary.get("budget"), summary.get("num_samples"), f"`{folder}`"]
+            lines.append("| " + " | ".join("-" if c is None else str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _unpaired_note(runs: Sequence[Run]) -> str:
+    """A line under the results table naming the pruned runs that have no `none` to compare with."""
+    ids = unpaired_runs(runs)
+    if not ids:
+        return ""
+    return (
+        f"\nRun {', '.join(map(str, ids))}: no `none` run of the same planner, model, data and samples "
+        "among these folders, so no `diff` or retention (run `pruner=none` on the same samples, or "
+        "pass its folder too).\n"
+    )
+
+
+def _prepare_out(out: Path) -> None:
+    """Make ``out``; a one-line :class:`ConfigError` when it cannot be a folder we write into."""
+    try:
+        if out.exists() and not out.is_dir():
+            raise NotADirectoryError(f"{out} is a file")
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(
+            f"cannot write the report into {out} ({err.strerror or err}); choose another folder with --out"
+        ) from None
+
+
 def write_report(
     dirs: Sequence[Path], out: Path, *, resamples: int = 2000, seed: int = 0, stratify: bool = True
 ) -> list[dict[str, Any]]:
     """Merge every run under ``dirs`` and write report.md, report.csv, pairwise.csv, breakdown.csv,
     autoprune_stats.csv, summaries.json and the budget plots (``pdms_vs_budget.png`` when runs were
     scored closed-loop-style) into ``out``; returns the main rows. ``stratify=False`` uses the plain
-    scene bootstrap even where scenario families are known."""
+    scene bootstrap even where scenario families are known. Runs still in progress are reported as
+    they stand and listed as unfinished; a sweep whose every job was not runnable gets a report
+    listing them."""
     boot = Bootstrap(resamples=resamples, seed=seed, stratify=stratify)
-    runs = load_runs(dirs)
+    merged = load_merged(dirs)
+    runs = [Run.of(m.summary, m.records) for m in merged]
+    by_summary = {id(m.summary): m for m in merged}
+    unfinished = {
+        run_id: folders
+        for run_id, run in numbered_runs(runs)
+        if (folders := by_summary[id(run.summary)].unfinished)
+    }
     scope = ranking_scope(runs)
     body, tables = _sections(runs, boot, scope)
     skipped = find_skipped(dirs)
-    body += _skipped_section(skipped)
-    out.mkdir(parents=True, exist_ok=True)
+    body += _unfinished_section(runs, unfinished) + _skipped_section(skipped)
+    _prepare_out(out)
     atomic_write_text(out / "report.md", _header(boot, runs) + body)
     if "cameras.csv" not in tables:
         (out / "cameras.csv").unlink(missing_ok=True)  # an earlier report's: this sweep has no ablation
@@ -423,6 +512,12 @@ def write_report(
     for folder, info in skipped:
         logger.warning(
             "not run: %s (%s)", " ".join(info.get("overrides") or []) or folder, info.get("reason")
+        )
+    for run_id, folders in sorted(unfinished.items()):
+        logger.warning(
+            "run %d is unfinished (records but no summary of them in %s): its row counts the samples so far",
+            run_id,
+            ", ".join(map(str, folders)),
         )
     logger.info(
         "Report of %d configurations in %s (report.md: every figure, breakdowns, plots)\n%s\n"
