@@ -391,3 +391,149 @@ def test_retention_figure_keeps_its_plot_and_every_label_with_long_run_names() -
     (legend,) = fig.legends
     assert [t.get_text() for t in legend.get_texts()] == [c.label for c in curves]
     assert fig.axes[0].get_position().width > 0.5  # the plot keeps most of the width
+
+
+# -- bad input, interruptions, what the pictures show (audit) ---------------------------------------
+
+
+def _cli(args: list[str], cwd: Path, code: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m vla_autoprune.visualize args`` (or ``python -c code args``), device cpu."""
+    head = ["-c", code] if code is not None else ["-m", "vla_autoprune.visualize"]
+    return subprocess.run(
+        [sys.executable, *head, "device=cpu", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["pruner=nope", "scene=0"], "pruner=nope: there is no pruner config nope.yaml"),
+        (["pruner=fastv", "budget=10", "scene=0"], "budget 10 is not reachable"),
+        (["pruner=fastv", f"budget={BUDGET}", "scene=0", "layers=[9]"], "layers=[9] are out of range"),
+        (["runs=[{run}]", "out_dir={file}"], "cannot write the output folder"),
+    ],
+)
+def test_cli_bad_input_is_one_line_before_the_model_loads(
+    synthetic_root: Path, runs: dict[str, Path], tmp_path: Path, args: list[str], message: str
+) -> None:
+    (tmp_path / "a_file").write_text("")
+    args = [a.format(run=runs["fastv"], file=tmp_path / "a_file") for a in args]
+    hydra_dir = tmp_path / "hydra"
+    proc = _cli([*synthetic_overrides(synthetic_root), *args, f"hydra.run.dir={hydra_dir}"], tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    errors = [line for line in out.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0], out
+    assert "Traceback" not in out and "loading driving_vla model" not in out and "eval vla" not in out
+    assert not hydra_dir.exists()  # a refused command leaves no empty output folder behind
+
+
+def test_cli_ctrl_c_is_one_line(runs: dict[str, Path], tmp_path: Path) -> None:
+    code = (
+        "import sys\nimport vla_autoprune.visualize as v\n"
+        "def stop(*args, **kwargs):\n    raise KeyboardInterrupt\n"
+        "v.render_scenes = stop\nsys.argv = ['vla-autoprune-visualize', *sys.argv[1:]]\nv.main()\n"
+    )
+    proc = _cli([f"runs=[{runs['fastv']}]", "scene=0", f"out_dir={tmp_path / 'out'}"], tmp_path, code)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 130, out
+    assert "Traceback" not in out
+    assert [line for line in out.splitlines() if "interrupted:" in line and "run the command again" in line]
+
+
+def test_live_run_is_the_run_evaluate_makes(
+    synthetic_root: Path, runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Live mode runs the pruner evaluate runs: the model's calibration, the same label and numbers."""
+    record = read_records(runs["autoprune"] / RECORDS_FILE)[0]
+    token = record["sample_token"]
+    visualize(
+        _cfg(
+            "visualize",
+            *synthetic_overrides(synthetic_root),
+            "data.dataset.full_future_only=false",
+            "pruner=autoprune",
+            f"budget={BUDGET}",
+            f"sample={token}",
+        ),
+        tmp_path,
+    )
+    (live,) = read_records(tmp_path / "live" / RECORDS_FILE)
+    assert live["k"] == pytest.approx(record["k"]) and live["mi"] == pytest.approx(record["mi"])
+    assert live["visual_tokens_per_layer"] == record["visual_tokens_per_layer"]
+    evaluated = json.loads((runs["autoprune"] / "run.json").read_text())
+    assert (
+        json.loads((tmp_path / "live" / "run.json").read_text())["pruner_label"] == evaluated["pruner_label"]
+    )
+
+
+def test_run_whose_data_moved_is_a_one_line_error(runs: dict[str, Path], tmp_path: Path) -> None:
+    from vla_autoprune.pipeline.app import USER_ERRORS
+
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for name in ("config.yaml", RECORDS_FILE):
+        (moved / name).write_bytes((runs["fastv"] / name).read_bytes())
+    (moved / KEPT_DIR).symlink_to(runs["fastv"] / KEPT_DIR)
+    meta = json.loads((runs["fastv"] / "run.json").read_text())
+    meta["data"]["dataroot"] = str(tmp_path / "gone")
+    (moved / "run.json").write_text(json.dumps(meta))
+    with pytest.raises(USER_ERRORS) as err:
+        visualize(_cfg("visualize", f"runs=[{moved}]"), tmp_path / "out")
+    assert str(tmp_path / "gone") in str(err.value) and "\n" not in str(err.value)
+
+
+def test_drawing_again_says_what_it_replaces_and_a_kill_leaves_whole_files(
+    runs: dict[str, Path],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cfg = _cfg("visualize", f"runs=[{runs['fastv']}]", "scene=0", "layers=[0,1]", "cell_width=150")
+    visualize(cfg, tmp_path)
+    assert "draw:" in capfd.readouterr().err  # long work shows progress
+    mosaic = next((tmp_path / "png").glob("*/00_*/mosaic_*.png"))
+    before = mosaic.read_bytes()
+    with caplog.at_level("INFO"):
+        visualize(cfg, tmp_path)
+    page = next(tmp_path.glob("*.html"))
+    assert f"replacing {page} and {mosaic.parents[1]}/ (drawn earlier)" in caplog.text
+    assert "(scene 1 of 1:" in caplog.text
+    save_png = Image.SAVE["PNG"]
+
+    def killed(image: Image.Image, fp, filename, *args, **kwargs) -> None:  # noqa: ANN001
+        if image.width != 3 * 150:  # the plots; the mosaics are three 150 px cells wide
+            return save_png(image, fp, filename, *args, **kwargs)
+        fp.write(b"\x89PNG half")
+        raise KeyboardInterrupt  # killed while encoding a mosaic
+
+    monkeypatch.setitem(Image.SAVE, "PNG", killed)
+    with pytest.raises(KeyboardInterrupt):
+        visualize(cfg, tmp_path)
+    assert mosaic.read_bytes() == before  # the earlier picture is whole
+    assert not [p for p in tmp_path.rglob(".*") if p.is_file()]  # no temporary file left
+
+
+def test_bev_legend_covers_no_data() -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from vla_autoprune.viz.bev import Trajectory, bev_figure
+
+    gt = np.column_stack([np.linspace(1, 12, 6), np.zeros(6)])
+    trajectories = [Trajectory("ground truth", gt)] + [
+        Trajectory(f"run {i} b64", gt + [0, 0.3 * i], np.zeros(6, bool)) for i in range(3)
+    ]
+    boxes = np.zeros((6, 1, 5))
+    boxes[:, 0] = [-1.0, -10.0, 2.0, 4.0, 0.0]  # an agent right of and behind the ego
+    fig = bev_figure(trajectories, boxes, np.zeros((6, 1), int), title="s")
+    FigureCanvasAgg(fig).draw()
+    (ax,) = fig.axes
+    legends = [*fig.legends, *([ax.get_legend()] if ax.get_legend() is not None else [])]
+    assert [t.get_text() for t in legends[0].get_texts()] == [t.label for t in trajectories]
+    for legend in legends:
+        assert not legend.get_window_extent().overlaps(ax.get_window_extent())

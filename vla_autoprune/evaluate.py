@@ -18,9 +18,9 @@ from hydra.core.plugins import Plugins
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from vla_autoprune.errors import ConfigError, NotRunnableError
+from vla_autoprune.errors import NotRunnableError
 from vla_autoprune.pipeline.app import USER_ERRORS, discard_if_empty, evaluate, record_skipped
-from vla_autoprune.pipeline.group_choices import check_group_choices
+from vla_autoprune.pipeline.group_choices import refuse_unknown_choices
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +43,7 @@ def main() -> None:
     from hydra_plugins.vla_autoprune_sweeper.default_sweeper import DefaultSweeper
 
     plugins.register(DefaultSweeper)
-    try:
-        check_group_choices(sys.argv[1:], config_dir())
-    except ConfigError as err:  # Hydra's own answer is twenty lines and its search path
-        logger.error("error: %s", err)
-        sys.exit(2)
+    refuse_unknown_choices(sys.argv[1:], config_dir())  # Hydra's own answer is twenty lines
     run_app()
 
 

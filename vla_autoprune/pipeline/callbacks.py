@@ -12,7 +12,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from vla_autoprune.errors import UserError
+from vla_autoprune.errors import ConfigError, UserError
 from vla_autoprune.pipeline.report_files import write_report
 
 logger = logging.getLogger(__name__)
@@ -38,16 +38,17 @@ class OutputFolderCheck(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Inherited, see superclass."""
-        _check_writable(config.hydra.run.dir, "hydra.run.dir")
+        _refuse_unwritable(config.hydra.run.dir, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Inherited, see superclass."""
-        _check_writable(config.hydra.sweep.dir, "hydra.sweep.dir")
+        _refuse_unwritable(config.hydra.sweep.dir, "hydra.sweep.dir")
 
 
-def _check_writable(folder: str, key: str) -> None:
-    """Exit 2 with one line unless ``folder`` exists writable or can be made in its nearest existing
-    parent (tried by making and removing a temporary folder there: root ignores permission bits)."""
+def check_writable(folder: str | Path, key: str) -> None:
+    """A one-line :class:`ConfigError` unless ``folder`` exists writable or can be made in its
+    nearest existing parent (tried by making and removing a temporary folder there: root ignores
+    permission bits); creates nothing. ``key``: the setting that names the folder, for the fix."""
     path = Path(folder).expanduser().absolute()
     parent = path
     while not parent.exists():
@@ -58,10 +59,15 @@ def _check_writable(folder: str, key: str) -> None:
         tempfile.TemporaryDirectory(dir=parent).cleanup()
     except OSError as err:
         reason = err.strerror or str(err)
-        logger.error(
-            "error: cannot write the output folder %s (%s); choose another with %s=<folder>",
-            path,
-            reason,
-            key,
-        )
+        raise ConfigError(
+            f"cannot write the output folder {path} ({reason}); choose another with {key}=<folder>"
+        ) from None
+
+
+def _refuse_unwritable(folder: str, key: str) -> None:
+    """Exit 2 with one line when ``folder`` cannot be written (:func:`check_writable`)."""
+    try:
+        check_writable(folder, key)
+    except ConfigError as err:
+        logger.error("error: %s", err)
         sys.exit(2)

@@ -8,6 +8,8 @@ or one that adds config folders (``--config-dir``, ``hydra.searchpath``), is lef
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +18,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 
 from vla_autoprune.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 
 def check_group_choices(argv: Sequence[str], conf_dir: str | Path) -> None:
@@ -41,6 +45,16 @@ def check_group_choices(argv: Sequence[str], conf_dir: str | Path) -> None:
                     f"{group}={value}: there is no {group} config {value}.yaml in {conf / group}; "
                     f"choose one of: {', '.join(options)}"
                 )
+
+
+def refuse_unknown_choices(argv: Sequence[str], conf_dir: str | Path) -> None:
+    """An entry point's first step: exit 2 with one ``error:`` line for an unknown choice
+    (:func:`check_group_choices`)."""
+    try:
+        check_group_choices(argv, conf_dir)
+    except ConfigError as err:
+        logger.error("error: %s", err)
+        sys.exit(2)
 
 
 def _overrides(argv: Sequence[str]) -> list[Override] | None:

@@ -123,7 +123,9 @@ def bev_figure(
         boxes: float ``[T, N, 5]`` GT agent boxes (x, y, width, length, yaw) per future step.
         labels: int ``[T, N]``, -1 = padding.
     """
-    fig = Figure(figsize=size, dpi=100, layout="constrained")
+    columns = 2 if max((len(t.label) for t in trajectories), default=0) <= 24 else 1
+    legend_rows = -(-len(trajectories) // columns)
+    fig = Figure(figsize=(size[0], size[1] + 0.18 * legend_rows), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     if layers is not None:
         _draw_map(ax, layers)
@@ -151,6 +153,7 @@ def bev_figure(
     ax.set_aspect("equal")
     ax.set_xlabel("right [m]")
     ax.set_ylabel("forward [m]")
-    ax.legend(fontsize=7, loc="lower right", title="x: collision", title_fontsize=6)
+    # below the axes: inside, it would hide the ego, the start of every plan or an agent
+    fig.legend(loc="outside lower center", ncols=columns, fontsize=7, title="x: collision", title_fontsize=6)
     ax.set_title(title, fontsize=8)
     return fig

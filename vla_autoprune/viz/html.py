@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from vla_autoprune.run_files import atomic_write_text
 from vla_autoprune.viz.mosaic import DIM, KEPT, MERGE_TINT, MERGED, OUTLINE_PX
 from vla_autoprune.viz.persistence import SampleTrace
 
@@ -104,10 +105,9 @@ def render_page(data: dict[str, Any]) -> str:
 
 
 def write_page(path: str | Path, data: dict[str, Any]) -> Path:
-    """Write the page to ``path``."""
+    """Write the page to ``path`` atomically (readers never see half a page)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_page(data), encoding="utf-8")
+    atomic_write_text(path, render_page(data))
     return path
 
 

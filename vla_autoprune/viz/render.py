@@ -12,8 +12,11 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from vla_autoprune.errors import ConfigError, DataNotFoundError
+from vla_autoprune.run_files import atomic_write_bytes
 from vla_autoprune.viz.bev import Trajectory, bev_figure, map_layers
 from vla_autoprune.viz.curves import Curve, retention_figure
 from vla_autoprune.viz.html import PageSample, page_data, write_page
@@ -171,6 +174,13 @@ def draw_sample(
     return SamplePictures(page, mosaics)
 
 
+def image_bytes(image: Any) -> bytes:
+    """A PIL image as PNG bytes."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def render_scene(
     scene: Scene,
     runs: Sequence[RunData],
@@ -178,22 +188,54 @@ def render_scene(
     out_dir: str | Path,
     layers: Sequence[int] | None = None,
     cell_width: int = 288,
+    progress: tqdm | None = None,
 ) -> Path:
-    """Write the scene's PNGs (``png/<scene>/<nn>_<token>/``) and its page ``<scene>.html``; returns the page."""
+    """Write the scene's PNGs (``png/<scene>/<nn>_<token>/``) and its page ``<scene>.html``; returns the page.
+
+    Every file is written atomically (a killed run leaves whole files or none); ``progress`` is
+    advanced by one per sample drawn.
+    """
     out_dir = Path(out_dir)
+    page, pngs = out_dir / f"{safe_name(scene.name)}.html", out_dir / "png" / safe_name(scene.name)
+    if page.exists() or pngs.exists():
+        logger.warning("replacing %s and %s/ (drawn earlier)", page, pngs)
     samples = []
     for n, token in enumerate(scene.sample_tokens):
         pictures = draw_sample(runs, dataset, token, layers, cell_width)
-        folder = out_dir / "png" / safe_name(scene.name) / f"{n:02d}_{token[:8]}"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "retention.png").write_bytes(pictures.page.curve_png)
-        (folder / "bev.png").write_bytes(pictures.page.bev_png)
+        folder = pngs / f"{n:02d}_{token[:8]}"
+        atomic_write_bytes(folder / "retention.png", pictures.page.curve_png)
+        atomic_write_bytes(folder / "bev.png", pictures.page.bev_png)
         for label, image in pictures.mosaics.items():
-            image.save(folder / f"mosaic_{safe_name(label)}.png")
+            atomic_write_bytes(folder / f"mosaic_{safe_name(label)}.png", image_bytes(image))
         samples.append(pictures.page)
+        if progress is not None:
+            progress.update()
     traces = [(r.label, {t: r.kept.get(t) for t in scene.sample_tokens if t in r.kept}) for r in runs]
-    page = write_page(
-        out_dir / f"{safe_name(scene.name)}.html", page_data(f"scene {scene.name}", samples, traces)
-    )
-    logger.info("wrote %s (%d samples, %d runs)", page, len(samples), len(runs))
+    write_page(page, page_data(f"scene {scene.name}", samples, traces))
     return page
+
+
+def render_scenes(
+    scenes: Sequence[Scene],
+    runs: Sequence[RunData],
+    dataset: Any,
+    out_dir: str | Path,
+    layers: Sequence[int] | None = None,
+    cell_width: int = 288,
+) -> list[Path]:
+    """:func:`render_scene` for each scene, with a progress bar over samples and a line per page."""
+    pages = []
+    total = sum(len(s.sample_tokens) for s in scenes)
+    with logging_redirect_tqdm(), tqdm(total=total, desc="draw", unit="sample", leave=False) as bar:
+        for i, scene in enumerate(scenes):
+            page = render_scene(scene, runs, dataset, out_dir, layers, cell_width, bar)
+            pages.append(page)
+            logger.info(
+                "wrote %s (scene %d of %d: %d samples, %d runs)",
+                page,
+                i + 1,
+                len(scenes),
+                len(scene.sample_tokens),
+                len(runs),
+            )
+    return pages

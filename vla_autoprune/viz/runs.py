@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from vla_autoprune.errors import ConfigError, DataNotFoundError
@@ -125,11 +124,6 @@ def dataset_config(run_dir: Path) -> Any:
         f"{run_dir} records no dataset ({RUN_FILE} 'data' or {CONFIG_FILE} 'data.dataset'); "
         "evaluate it again with vla_autoprune.evaluate, which writes both"
     )
-
-
-def build_dataset(node: Any) -> Any:
-    """Instantiate a dataset node (the images and boxes the viewer draws come from it)."""
-    return instantiate(node)
 
 
 def safe_name(text: str) -> str:
