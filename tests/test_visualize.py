@@ -537,3 +537,43 @@ def test_bev_legend_covers_no_data() -> None:
     assert [t.get_text() for t in legends[0].get_texts()] == [t.label for t in trajectories]
     for legend in legends:
         assert not legend.get_window_extent().overlaps(ax.get_window_extent())
+
+
+def test_retention_legend_names_merged_tokens_only_when_a_run_merged() -> None:
+    from vla_autoprune.viz.curves import Curve, retention_figure
+
+    kept = np.array([384, 200, 100, 50])
+    plain = Curve("fastv b64", kept, np.zeros(4, int), 64.0)
+    merging = Curve("autoprune b64", kept, np.array([0, 4, 6, 6]), 64.0, 0.3, 0.2)
+    (legend,) = retention_figure([plain], 384).legends
+    assert legend.get_title().get_text() == ""  # nothing dotted is drawn, nothing dotted is named
+    (legend,) = retention_figure([plain, merging], 384).legends
+    assert legend.get_title().get_text() == "dotted: merged"
+
+
+def test_runs_on_different_data_are_refused_not_drawn_on_the_first_ones_images(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    import json
+    import shutil
+
+    from vla_autoprune.errors import ConfigError
+    from vla_autoprune.viz.runs import check_same_data, load_run
+
+    def copy_with(name: str, **data: object) -> Path:
+        folder = Path(shutil.copytree(runs["fastv"], tmp_path / name))
+        meta = json.loads((folder / "run.json").read_text())
+        meta["data"] = {**meta["data"], **data}
+        (folder / "run.json").write_text(json.dumps(meta))
+        return folder
+
+    fastv, autoprune = load_run(runs["fastv"]), load_run(runs["autoprune"])
+    check_same_data([fastv, autoprune])  # one dataset: fine
+    check_same_data([fastv, load_run(copy_with("selection", full_future_only=True))])  # same images
+    other = load_run(copy_with("other", image_size=[96, 96]))
+    with pytest.raises(ConfigError) as err:
+        check_same_data([fastv, autoprune, other])
+    message = str(err.value)
+    size = json.loads((runs["fastv"] / "run.json").read_text())["data"]["image_size"]
+    assert "\n" not in message and f"image_size {size} vs [96, 96]" in message
+    assert str(other.run_dir) in message and message.endswith("draw them on separate pages")

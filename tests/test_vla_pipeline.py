@@ -16,6 +16,7 @@ import torch
 from conftest import evaluate_config, synthetic_overrides
 
 from vla_autoprune.models import load
+from vla_autoprune.models.loading import DEFAULT_MODEL
 from vla_autoprune.pipeline.app import evaluate
 from vla_autoprune.pruning.flops import decoder_flops_from_config
 from vla_autoprune.run_files import RECORDS_FILE, read_records
@@ -147,14 +148,19 @@ def test_a_sweep_runs_past_a_cell_the_model_cannot_run_and_reports_it(
     assert "Traceback" not in output, output[-3000:]
     (skipped,) = sweep.rglob("skipped.json")
     info = json.loads(skipped.read_text())
-    assert (info["pruner"], info["budget"], info["model"]) == ("fastv", 5, "tiny_drive_vla")
+    assert (info["pruner"], info["budget"], info["model"]) == (
+        "fastv",
+        5,
+        DEFAULT_MODEL,
+    )  # as run.json names it
     assert "budget=5" in info["overrides"] and "choose a budget in" in info["reason"]
     assert not (skipped.parent / RECORDS_FILE).exists()
     (summary,) = sweep.rglob("summary.json")
     assert json.loads(summary.read_text())["budget"] == 96
     report = (sweep / "report.md").read_text()
     assert (
-        "## Not run" in report and "| tiny_drive_vla | fastv | 5 | fastv: budget 5 is not reachable" in report
+        "## Not run" in report
+        and f"| {DEFAULT_MODEL} | fastv | 5 | fastv: budget 5 is not reachable" in report
     )
     assert report.count("| vla | fastv[matched] |") == 1
 

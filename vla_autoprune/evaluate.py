@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from vla_autoprune.errors import NotRunnableError
-from vla_autoprune.pipeline.app import USER_ERRORS, discard_if_empty, evaluate, record_skipped
+from vla_autoprune.pipeline.app import USER_ERRORS, discard_if_empty, evaluate, model_name, record_skipped
 from vla_autoprune.pipeline.group_choices import refuse_unknown_choices
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,8 @@ def run_app(cfg: DictConfig) -> None:
             sys.exit(2)
         # One impossible cell of a sweep (fastv at a budget out of its reach) must not stop the rest.
         choices = hydra_cfg.runtime.choices
-        job = {"model": choices.get("model"), "pruner": choices.get("pruner"), "budget": cfg.get("budget")}
+        # the model as run.json and the report's header name it (tiny-drive-vla, or its folder)
+        job = {"model": model_name(cfg), "pruner": choices.get("pruner"), "budget": cfg.get("budget")}
         record_skipped(hydra_cfg.runtime.output_dir, err, job, list(hydra_cfg.overrides.task))
     except KeyboardInterrupt:
         # Every finished batch is already on disk (records are appended and fsynced per batch).

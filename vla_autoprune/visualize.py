@@ -41,6 +41,7 @@ from vla_autoprune.run_files import RUN_FILE, atomic_write_json
 from vla_autoprune.viz.render import render_scenes, select_scenes
 from vla_autoprune.viz.runs import (
     RunData,
+    check_same_data,
     dataset_config,
     distinct_labels,
     expand_runs,
@@ -160,6 +161,7 @@ def visualize(cfg: DictConfig, out_dir: str | Path) -> list[Path]:
         check_layers(layers, _num_layers(runs[0]))
     else:
         runs = [load_run(live_run(cfg, out_dir, layers))]
+    check_same_data(runs)
     distinct_labels(runs)
     dataset = build(dataset_config(runs[0].run_dir))  # a dataset's own bad-input error: one line
     scene = None if not cfg.runs else cfg.scene  # a live run holds just the selected scene

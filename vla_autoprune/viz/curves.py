@@ -70,7 +70,12 @@ def retention_figure(curves: Sequence[Curve], num_visual: int, width: float = 5.
     ax.set_title(title, fontsize=8)
     ax.grid(alpha=0.3)
     # below the axes, full width: a long run label wraps the figure, never squeezes the plot away
+    merged = any(np.any(c.merged_tokens) for c in curves)  # the key names only what is drawn
     fig.legend(
-        loc="outside lower center", ncols=columns, fontsize=7, title="dotted: merged", title_fontsize=6
+        loc="outside lower center",
+        ncols=columns,
+        fontsize=7,
+        title="dotted: merged" if merged else None,
+        title_fontsize=6,
     )
     return fig

@@ -126,6 +126,35 @@ def dataset_config(run_dir: Path) -> Any:
     )
 
 
+#: Dataset settings that choose which samples a run evaluated, not what a sample's images and boxes are.
+SELECTION_ONLY = ("full_future_only",)
+
+
+def check_same_data(runs: Sequence[RunData]) -> None:
+    """A one-line :class:`ConfigError` when the runs were evaluated on different data: the page draws
+    every run on the first run's images and boxes, which would then not be what the others saw."""
+    first = _data_settings(runs[0].run_dir)
+    for run in runs[1:]:
+        other = _data_settings(run.run_dir)
+        differ = [
+            f"{k} {first.get(k)!r} vs {other.get(k)!r}"
+            for k in sorted(first.keys() | other.keys())
+            if first.get(k) != other.get(k)
+        ]
+        if differ:
+            raise ConfigError(
+                f"{runs[0].run_dir} and {run.run_dir} were evaluated on different data ({'; '.join(differ)}); "
+                "draw them on separate pages"
+            )
+
+
+def _data_settings(run_dir: Path) -> dict[str, Any]:
+    """The run's dataset node as a dict, without the settings that only select samples."""
+    node = OmegaConf.to_container(dataset_config(run_dir), resolve=True)
+    assert isinstance(node, dict)  # a dataset node is a mapping (dataset_config)
+    return {str(k): v for k, v in node.items() if k not in SELECTION_ONLY}
+
+
 def safe_name(text: str) -> str:
     """``text`` as a file name (letters, digits, ``-_.`` only)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "run"
