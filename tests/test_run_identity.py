@@ -75,6 +75,19 @@ def test_an_explicit_sweep_runs_only_what_it_asks_for() -> None:
     assert _jobs("pruner.stage0=reference,before") == [["pruner.stage0=reference"], ["pruner.stage0=before"]]
 
 
+def test_pruner_none_runs_once_however_many_budgets_a_sweep_names() -> None:
+    jobs = _jobs("pruner=none,fastv", "budget=49,96", "cameras=intact,black")
+    assert len(jobs) == 2 * 2 * 2 - 2  # none at budget 96 would repeat none at 49, per camera setting
+    assert ["pruner=none", "budget=49", "cameras=intact"] in jobs and [
+        "pruner=none",
+        "budget=49",
+        "cameras=black",
+    ] in jobs
+    assert not [job for job in jobs if "pruner=none" in job and "budget=96" in job]
+    assert sum("pruner=fastv" in job for job in jobs) == 4  # every budget of a pruner that has one
+    assert _jobs("pruner=none", "budget=49,96") == [["pruner=none", "budget=49"]]
+
+
 # -- identity ---------------------------------------------------------------------------------------
 
 

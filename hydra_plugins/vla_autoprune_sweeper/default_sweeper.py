@@ -14,6 +14,10 @@ sweeper's syntax, and the sets are run one after another, so a configuration tha
     default_sweep:
       - {pruner: none}
       - {pruner: "random,fastv", budget: "32,64"}
+
+A sweep of the user's own runs exactly what it asks for, except that ``pruner=none`` (which has no
+budget) runs once per other setting however many budgets the sweep names: ``-m
+pruner=none,fastv budget=49,96`` is 3 jobs, not 4 (the second ``none`` would repeat the first).
 """
 
 from __future__ import annotations
@@ -71,9 +75,30 @@ class DefaultSweeper(BasicSweeper):
     ) -> list[list[list[str]]]:
         """Inherited, see superclass; a bare ``-m`` gets :meth:`default_jobs`."""
         if not self.uses_default(overrides):
-            return BasicSweeper.split_arguments(overrides, max_batch_size)
+            (jobs,) = BasicSweeper.split_arguments(overrides, None)
+            return list(BasicSweeper.split_overrides_to_chunks(once_without_budget(jobs), max_batch_size))
         jobs = self.default_jobs(overrides)
         logger.info(
             "Bare -m: running the default sweep (%d jobs); sweep a key yourself to replace it", len(jobs)
         )
         return list(BasicSweeper.split_overrides_to_chunks(jobs, max_batch_size))
+
+
+def once_without_budget(jobs: Sequence[Sequence[str]]) -> list[list[str]]:
+    """``jobs`` less each ``pruner=none`` job that differs from an earlier one only in ``budget``
+    (``none`` keeps every token, so its budget changes nothing), logged."""
+    seen: set[tuple[str, ...]] = set()
+    kept: list[list[str]] = []
+    for job in jobs:
+        if "pruner=none" in job:
+            rest = tuple(o for o in job if o.split("=", 1)[0].lstrip("+~") != "budget")
+            if rest in seen:
+                continue
+            seen.add(rest)
+        kept.append(list(job))
+    if len(kept) < len(jobs):
+        logger.info(
+            "pruner=none has no budget: it runs once per other setting (%d repeat jobs left out)",
+            len(jobs) - len(kept),
+        )
+    return kept
