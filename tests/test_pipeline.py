@@ -87,7 +87,12 @@ def test_atomic_files_get_the_mode_open_would_give(tmp_path: Path) -> None:
 def test_shard_indices_partition_the_split() -> None:
     shards = [shard_indices(10, i, 3) for i in range(3)]
     assert sorted(sum(shards, [])) == list(range(10))
-    assert shard_indices(10, 1, 3, limit=2) == [1, 4]
+    # a limit picks the split's first samples, which the shards then divide: the shards of a
+    # limited run evaluate exactly what the unsharded limited run does
+    assert shard_indices(10, 1, 3, limit=5) == [1, 4]
+    limited = [shard_indices(10, i, 3, limit=5) for i in range(3)]
+    assert sorted(sum(limited, [])) == shard_indices(10, 0, 1, limit=5) == [0, 1, 2, 3, 4]
+    assert shard_indices(10, 2, 3, limit=2) == []  # more shards than samples: this one has none
     with pytest.raises(ValueError, match="0 <= shard < num_shards"):
         shard_indices(10, 3, 3)
 

@@ -202,7 +202,7 @@ def test_readme_shard_command_gives_one_folder_per_shard_and_one_row(
         *synthetic_overrides(synthetic_root),
         "data.dataset.full_future_only=false",
         "device=cpu",
-        "limit=2",
+        f"limit={2 * num_shards}",  # the split's first 8 samples, 2 per shard
         f"hydra.sweep.dir={sweep}",
     )
     runs = find_runs([sweep])

@@ -36,13 +36,14 @@ logger = logging.getLogger(__name__)
 
 
 def shard_indices(num_samples: int, shard: int, num_shards: int, limit: int | None = None) -> list[int]:
-    """Dataset indices of one shard (every ``num_shards``-th sample), optionally the first ``limit``."""
+    """Dataset indices of one shard: every ``num_shards``-th of the split's first ``limit`` samples
+    (all with None), so the shards of a limited run split exactly the samples it would evaluate."""
     if num_shards < 1 or not 0 <= shard < num_shards:
         raise ValueError(
             f"shard={shard} of num_shards={num_shards}: need num_shards >= 1 and 0 <= shard < num_shards"
         )
-    indices = list(range(shard, num_samples, num_shards))
-    return indices[:limit] if limit is not None else indices
+    total = num_samples if limit is None else min(limit, num_samples)
+    return list(range(shard, total, num_shards))
 
 
 def sample_records(
