@@ -155,6 +155,11 @@ def _cut(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+def _drop_tokenizer(folder: Path) -> None:
+    (folder / "tokenizer.json").unlink()
+    (folder / "tokenizer_config.json").unlink()
+
+
 @pytest.mark.parametrize(
     ("harm", "file", "says"),
     [
@@ -162,8 +167,19 @@ def _cut(path: Path) -> None:
         (lambda d: _cut(d / "config.json"), "config.json", "is not valid JSON"),
         (lambda d: (d / "config.json").unlink(), "config.json", "not found"),
         (lambda d: (d / "processor_config.json").unlink(), "", "has no loadable processor"),
+        (_drop_tokenizer, "", "has no tokenizer (none of tokenizer.json"),
+        (lambda d: (d / "tokenizer.json").write_text("{}"), "tokenizer.json", "is not a readable tokenizer"),
+        (lambda d: _cut(d / "tokenizer.json"), "tokenizer.json", "is not a readable tokenizer"),
     ],
-    ids=["weights cut in half", "config cut in half", "no config", "no processor"],
+    ids=[
+        "weights cut in half",
+        "config cut in half",
+        "no config",
+        "no processor",
+        "no tokenizer",
+        "tokenizer.json not a tokenizer",
+        "tokenizer.json cut in half",
+    ],
 )
 def test_damaged_copy_of_a_saved_llava_is_a_one_line_model_load_error(
     llava_folder: Path, tmp_path: Path, harm: Callable[[Path], object], file: str, says: str
@@ -178,3 +194,23 @@ def test_adapter_refuses_a_folder_that_is_not_llava(tmp_path: Path) -> None:
         NotALlavaFolderError, match=r"model_type='driving_vla', not 'llava'; load it with load\(\)"
     ):
         LlavaDrivingAdapter.from_pretrained(tmp_path)
+
+
+def test_adapter_refusal_names_the_command_line_option_that_loads_the_folder(tmp_path: Path) -> None:
+    DrivingVLA(DrivingVLAConfig()).save_pretrained(tmp_path)
+    with pytest.raises(NotALlavaFolderError) as err:
+        LlavaDrivingAdapter.from_pretrained(tmp_path)
+    assert f"model=tiny_drive_vla model.name_or_path={tmp_path}" in str(err.value)
+    with pytest.raises(NotALlavaFolderError, match="model_type='driving_vla'"):
+        LlavaDrivingAdapter.from_pretrained("tiny-drive-vla")  # a bundled name resolves to its folder
+
+
+def test_loading_logs_the_model_type_and_folder_once(
+    llava_folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for call in (LlavaDrivingAdapter.from_pretrained, load):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="vla_autoprune"):
+            call(llava_folder)
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loading ")]
+        assert lines == [f"loading llava model from {llava_folder} (cpu, torch.float32)"]

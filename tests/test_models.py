@@ -251,6 +251,44 @@ def test_load_unknown_name_lists_bundled_models() -> None:
     assert isinstance(err.value, DataNotFoundError)
 
 
+def test_a_model_path_that_does_not_exist_says_so(tmp_path: Path) -> None:
+    missing = tmp_path / "no_such_model"
+    for name in (str(missing), "./no_such_model", "models/no_such_model"):
+        with pytest.raises(UnknownModelError, match="no such folder") as err:
+            load(name)
+        assert "does not exist" in str(err.value) and "save_pretrained" in str(err.value)
+    assert str(missing) in str(pytest.raises(UnknownModelError, load, missing).value)
+
+
+def test_a_file_instead_of_its_model_folder_names_the_folder(tmp_path: Path) -> None:
+    from vla_autoprune.models.describe import describe
+
+    DrivingVLA(DrivingVLAConfig()).save_pretrained(tmp_path)
+    for call in (load, describe, resolve_model_path):
+        with pytest.raises(UnknownModelError, match="is a file, not a model folder") as err:
+            call(tmp_path / "config.json")
+        assert f"(e.g. {tmp_path.resolve()})" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_describe_of_a_config_that_is_not_an_object_is_a_one_line_error(tmp_path: Path) -> None:
+    from vla_autoprune.errors import ModelLoadError
+    from vla_autoprune.models.describe import describe
+
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(ModelLoadError, match="holds a list, not a JSON object") as err:
+        describe(tmp_path)
+    assert str(tmp_path / "config.json") in str(err.value) and "save_pretrained" in str(err.value)
+
+
+def test_describe_of_an_unsupported_type_gives_the_fix(tmp_path: Path) -> None:
+    from vla_autoprune.errors import ModelLoadError
+    from vla_autoprune.models.describe import describe
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gemma3"}))
+    with pytest.raises(ModelLoadError, match=r"model_type='gemma3'.*: pass a DrivingVLA, LLaVA, Qwen2.5-VL"):
+        describe(tmp_path)
+
+
 @pytest.mark.parametrize("bar_enabled", [True, False])
 def test_loading_the_bundled_model_draws_no_bar_and_restores_the_setting(
     bar_enabled: bool, capsys: pytest.CaptureFixture[str]

@@ -141,6 +141,81 @@ def test_a_folder_without_its_tokenizer_gives_a_one_line_error(
     assert "\n" not in str(err.value)
 
 
+def test_a_folder_without_its_tokenizer_is_refused_before_any_weight_loads(
+    qwen_family: str, qwen_family_folder: Path, tmp_path: Path
+) -> None:
+    """transformers 5 builds an empty tokenizer for such a folder; the error must name the missing
+    tokenizer (not "lacks the Qwen special tokens"), and describe(), which the run calls before the
+    data and the weights load, must raise it already."""
+    broken = tmp_path / "no_tokenizer"
+    shutil.copytree(qwen_family_folder, broken)
+    (broken / "tokenizer.json").unlink()
+    (broken / "tokenizer_config.json").unlink()
+    for call in (qwen_adapter_class(qwen_family).from_pretrained, describe):
+        with pytest.raises(ModelLoadError, match=r"has no tokenizer \(none of tokenizer.json") as err:
+            call(broken)
+        assert str(broken) in str(err.value) and "tokenizer.save_pretrained" in str(err.value)
+
+
+@pytest.mark.parametrize("content", ["{}", '{"added_tokens": []}', '{"version": '])
+def test_an_unreadable_tokenizer_json_is_a_one_line_error_naming_it(
+    qwen_folder: Path, tmp_path: Path, content: str
+) -> None:
+    broken = tmp_path / "bad_tokenizer"
+    shutil.copytree(qwen_folder, broken)
+    (broken / "tokenizer.json").write_text(content)
+    for call in (QwenVLDrivingAdapter.from_pretrained, load, describe):
+        with pytest.raises(ModelLoadError, match="is not a readable tokenizer") as err:
+            call(broken)
+        assert "\n" not in str(err.value) and str(broken / "tokenizer.json") in str(err.value)
+
+
+def test_another_family_is_refused_with_the_option_that_loads_it(
+    qwen_folder: Path, qwen3_folder: Path
+) -> None:
+    """model=qwen2_5_vl on a Qwen3-VL folder (or on a bundled name): the fix names the model= option."""
+    with pytest.raises(ModelLoadError) as err:
+        QwenVLDrivingAdapter.from_pretrained(qwen3_folder)
+    assert f"model=qwen3_vl model.name_or_path={qwen3_folder}" in str(err.value)
+    with pytest.raises(ModelLoadError) as err:
+        qwen_adapter_class("qwen3_vl").from_pretrained(qwen_folder)
+    assert f"model=qwen2_5_vl model.name_or_path={qwen_folder}" in str(err.value)
+    with pytest.raises(ModelLoadError, match="model_type='driving_vla'") as err:
+        QwenVLDrivingAdapter.from_pretrained("tiny-drive-vla")
+    assert "model=tiny_drive_vla model.name_or_path=tiny-drive-vla" in str(err.value)
+
+
+@pytest.mark.parametrize("max_new_tokens", [0, -3, 2.5])
+def test_a_bad_max_new_tokens_is_refused_before_the_weights_load(
+    qwen_folder: Path, tmp_path: Path, max_new_tokens: Any
+) -> None:
+    """model.max_new_tokens=0 crashed inside generate() with a traceback, after a batch had run."""
+    from vla_autoprune.errors import ConfigError
+
+    broken = tmp_path / "cut_weights"  # settings are checked first: the damaged weights are never read
+    shutil.copytree(qwen_folder, broken)
+    (broken / "model.safetensors").write_bytes(b"")
+    with pytest.raises(
+        ConfigError, match=rf"max_new_tokens={max_new_tokens!r} must be a positive integer"
+    ) as err:
+        QwenVLDrivingAdapter.from_pretrained(broken, max_new_tokens=max_new_tokens)
+    assert "model.max_new_tokens=128" in str(err.value)
+    with pytest.raises(ModelLoadError, match="prompt_template lacks"):
+        QwenVLDrivingAdapter.from_pretrained(broken, prompt_template="hello")
+
+
+def test_loading_logs_the_model_type_and_folder(
+    qwen_family: str, qwen_family_folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run's log says which model it loaded, once, whichever entry point (the adapter or load())."""
+    for call in (qwen_adapter_class(qwen_family).from_pretrained, load):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="vla_autoprune"):
+            call(qwen_family_folder)
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loading ")]
+        assert lines == [f"loading {qwen_family} model from {qwen_family_folder} (cpu, torch.float32)"]
+
+
 def test_a_model_config_of_ones_own_sets_the_prompt(
     qwen_folder: Path, camera_batch: Batch, tmp_path: Path
 ) -> None:

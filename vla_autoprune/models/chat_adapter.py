@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from vla_autoprune.data.schema import COMMANDS, EGO_STATE_FIELDS
+from vla_autoprune.errors import ConfigError
 from vla_autoprune.models.base import DecoderInputs, DrivingModel
 from vla_autoprune.models.prompt import COMMAND_PHRASES
 from vla_autoprune.models.waypoint_text import ParseStats, parse_waypoint_batch
@@ -48,6 +49,16 @@ def instruction_text(command: int, speed: float) -> str:
     return f"Command: {phrase}. Speed: {speed:.1f} m/s. {PROMPT_TASK}"
 
 
+def check_max_new_tokens(max_new_tokens: object) -> int:
+    """``max_new_tokens`` as an int, or a one-line :class:`ConfigError` unless it is a positive integer."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ConfigError(
+            f"max_new_tokens={max_new_tokens!r} must be a positive integer (the answer's token budget); "
+            f"set model.max_new_tokens={DEFAULT_MAX_NEW_TOKENS} (the default) or another count >= 1"
+        )
+    return max_new_tokens
+
+
 def batch_instructions(batch: dict[str, Any]) -> list[str]:
     """:func:`instruction_text` of every sample of a collated batch."""
     speeds = batch["ego_state"][:, EGO_STATE_FIELDS.index("speed")].float().cpu()
@@ -67,7 +78,7 @@ class ChatDrivingAdapter(DrivingModel, abc.ABC):
 
     def __init__(self, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> None:
         super().__init__()
-        self.max_new_tokens = max_new_tokens
+        self.max_new_tokens = check_max_new_tokens(max_new_tokens)
         self.parse_stats = ParseStats()
 
     @property

@@ -1,13 +1,14 @@
-"""What a saved driving model looks like to a pruner, read from its ``config.json`` alone.
+"""What a saved driving model looks like to a pruner, read from its config files (no weights).
 
 The evaluation app checks a pruning budget against the decoder depth ``L`` and the visual token
 count ``V`` before it loads any weights or data, so an unreachable budget costs nothing; this module
-answers those two numbers from the folder's config (no weights, no tokenizer, no processor).
+answers those two numbers from the folder's ``config.json`` (and, for Qwen-VL, its
+``preprocessor_config.json``), and checks that a Qwen-VL folder's tokenizer is readable, which
+would otherwise fail only after the data has loaded.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,14 @@ from vla_autoprune import compat_qwen
 from vla_autoprune.errors import DataNotFoundError, ModelLoadError
 from vla_autoprune.models.driving_vla import DrivingVLAConfig, patch_grid, sub_config, visual_grid
 from vla_autoprune.models.llava_adapter import LLAVA_MODEL_TYPE
-from vla_autoprune.models.loading import resolve_model_path
+from vla_autoprune.models.loading import REINSTALL
+from vla_autoprune.models.model_folder import (
+    BUNDLED_MODELS,
+    RESAVE,
+    check_tokenizer,
+    read_config,
+    resolve_model_path,
+)
 
 #: ``(W, H)`` of nuScenes camera images (and of the synthetic data's default): what a Qwen-VL
 #: processor resizes when the run keeps images at native size.
@@ -54,19 +62,19 @@ def describe(name_or_path: str | Path, image_size: tuple[int, int] | None = None
 
     Reads only ``config.json`` (DrivingVLA or LLaVA folders); Qwen-VL folders also need
     ``preprocessor_config.json`` and the camera ``image_size`` ``(W, H)`` (default: nuScenes'
-    native 1600 x 900), since their processor resizes each image dynamically. Raises a one-line
-    :class:`~vla_autoprune.errors.UserError` for a missing or unreadable config.
+    native 1600 x 900), since their processor resizes each image dynamically, and a readable
+    tokenizer. Raises a one-line :class:`~vla_autoprune.errors.UserError` for a missing or
+    unreadable config, and for a Qwen-VL folder without those files (no weights are read).
     """
     folder = resolve_model_path(name_or_path)
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise DataNotFoundError(f"{config_file} not found; pass a folder saved with save_pretrained")
-    try:
-        model_type = json.loads(config_file.read_text()).get("model_type")
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ModelLoadError(
-            f"{config_file} is not valid JSON ({err}); restore or re-save the model"
-        ) from None
+    model_type = read_config(folder, REINSTALL if str(name_or_path) in BUNDLED_MODELS else RESAVE).get(
+        "model_type"
+    )
+    if model_type in (compat_qwen.QWEN2_5_VL_MODEL_TYPE, compat_qwen.QWEN3_VL_MODEL_TYPE):
+        check_tokenizer(folder)  # a missing tokenizer would otherwise surface only after the data loads
     config: PreTrainedConfig
     text_from = 0
     if model_type == DrivingVLAConfig.model_type:
@@ -87,7 +95,8 @@ def describe(name_or_path: str | Path, image_size: tuple[int, int] | None = None
         compat_qwen.refuse_qwen3(model_type, folder)
         raise ModelLoadError(
             f"{config_file} has model_type={model_type!r}; supported: "
-            f"{[DrivingVLAConfig.model_type, LLAVA_MODEL_TYPE, compat_qwen.QWEN2_5_VL_MODEL_TYPE, compat_qwen.QWEN3_VL_MODEL_TYPE]}"
+            f"{[DrivingVLAConfig.model_type, LLAVA_MODEL_TYPE, compat_qwen.QWEN2_5_VL_MODEL_TYPE, compat_qwen.QWEN3_VL_MODEL_TYPE]}: "
+            "pass a DrivingVLA, LLaVA, Qwen2.5-VL or Qwen3-VL folder"
         )
     num_layers = int(sub_config(config, "text_config").num_hidden_layers)
     return ModelShape(str(model_type), num_layers, per_camera, text_sees_visual_from=text_from)

@@ -17,6 +17,7 @@ and parses the answer strictly (:mod:`vla_autoprune.models.waypoint_text`).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,12 @@ from vla_autoprune.models.chat_adapter import (
 )
 from vla_autoprune.models.driving_vla import patch_grid, sub_config, vision_saliency_hook
 from vla_autoprune.models.layout import build_layout
-from vla_autoprune.models.model_folder import check_model_folder, load_processor
+from vla_autoprune.models.model_folder import (
+    check_model_folder,
+    load_processor,
+    resolve_model_path,
+    wrong_family_fix,
+)
 
 __all__ = [
     "DEFAULT_MAX_NEW_TOKENS",
@@ -47,6 +53,8 @@ __all__ = [
 ]
 
 LLAVA_MODEL_TYPE = "llava"
+
+logger = logging.getLogger(__name__)
 
 
 class NotALlavaFolderError(ModelLoadError):
@@ -91,12 +99,14 @@ class LlavaDrivingAdapter(ChatDrivingAdapter):
         Raises a one-line :class:`~vla_autoprune.errors.ModelLoadError` for a missing or broken
         ``config.json``, truncated weights, a missing processor or a non-LLaVA folder.
         """
-        folder = Path(folder)
+        name_or_path, folder = folder, resolve_model_path(folder)
         model_type = check_model_folder(folder).get("model_type")
         if model_type != LLAVA_MODEL_TYPE:
             raise NotALlavaFolderError(
-                f"{folder} holds model_type={model_type!r}, not 'llava'; load it with load()"
+                f"{folder} holds model_type={model_type!r}, not 'llava'; "
+                f"{wrong_family_fix(name_or_path, model_type)}"
             )
+        logger.info("loading %s model from %s (%s, %s)", model_type, folder, device, dtype)
         processor = load_processor(folder)
         llava = LlavaForConditionalGeneration.from_pretrained(folder, dtype=dtype)
         module: nn.Module = llava  # PreTrainedModel.to's wrapper confuses type checkers

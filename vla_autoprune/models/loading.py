@@ -3,25 +3,41 @@
 from __future__ import annotations
 
 import logging
-from importlib import resources
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from vla_autoprune import compat, compat_qwen
-from vla_autoprune.errors import DataNotFoundError, ModelLoadError
+from vla_autoprune.errors import ModelLoadError
 from vla_autoprune.models.base import DrivingModel
 from vla_autoprune.models.driving_vla import DrivingVLA, DrivingVLAConfig
 from vla_autoprune.models.llava_adapter import LLAVA_MODEL_TYPE, LlavaDrivingAdapter
-from vla_autoprune.models.model_folder import RESAVE, check_weights, read_config
+from vla_autoprune.models.model_folder import (
+    BUNDLED_MODELS,
+    RESAVE,
+    UnknownModelError,
+    check_weights,
+    read_config,
+    resolve_model_path,
+)
 from vla_autoprune.models.qwen3_adapter import Qwen3VLDrivingAdapter
 from vla_autoprune.models.qwen_adapter import QwenVLDrivingAdapter
 
 logger = logging.getLogger(__name__)
 
-#: Models shipped in ``vla_autoprune/assets/<name>``.
-BUNDLED_MODELS: tuple[str, ...] = ("tiny-drive-vla", "tiny-drive-vla-deep-fusion")
+__all__ = [
+    "BUNDLED_MODELS",
+    "DEFAULT_MODEL",
+    "REINSTALL",
+    "SUPPORTED_MODEL_TYPES",
+    "UnknownModelError",
+    "UnsupportedModelError",
+    "load",
+    "model_argument",
+    "resolve_model_path",
+]
+
 DEFAULT_MODEL = "tiny-drive-vla"
 #: ``config.json`` model types :func:`load` has a driving model for.
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = (
@@ -36,25 +52,8 @@ SUPPORTED_MODEL_TYPES: tuple[str, ...] = (
 REINSTALL = "reinstall vla-autoprune (the bundled model's files are damaged)"
 
 
-class UnknownModelError(DataNotFoundError):
-    """Neither a bundled model name nor an existing folder."""
-
-
 class UnsupportedModelError(ModelLoadError):
     """The folder's ``config.json`` names a ``model_type`` ``load`` has no driving model for."""
-
-
-def resolve_model_path(name_or_path: str | Path) -> Path:
-    """Folder of a bundled model name, or ``name_or_path`` itself when it is a folder."""
-    if str(name_or_path) in BUNDLED_MODELS:
-        return Path(str(resources.files("vla_autoprune").joinpath("assets", str(name_or_path))))
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        return path
-    raise UnknownModelError(
-        f"unknown model {str(name_or_path)!r}: bundled models are {list(BUNDLED_MODELS)}; "
-        "a folder saved with save_pretrained also works"
-    )
 
 
 def model_argument(folder: str | Path) -> str:
@@ -79,8 +78,8 @@ def load(
     folder = resolve_model_path(name_or_path)
     fix = REINSTALL if str(name_or_path) in BUNDLED_MODELS else RESAVE
     model_type = read_config(folder, fix).get("model_type")
-    logger.info("loading %s model from %s (%s, %s)", model_type, folder, device, dtype)
     if model_type == DrivingVLAConfig.model_type:
+        logger.info("loading %s model from %s (%s, %s)", model_type, folder, device, dtype)
         check_weights(folder, fix)
         with compat.without_loading_bar():  # a DrivingVLA loads in milliseconds: the bar is clutter
             model = DrivingVLA.from_pretrained(folder, dtype=dtype)

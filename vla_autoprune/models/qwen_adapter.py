@@ -29,6 +29,7 @@ class; a vision tower that returns ``deepstack_features`` gets them carried in
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -49,11 +50,19 @@ from vla_autoprune.models.chat_adapter import (
     ChatDrivingAdapter,
     WaypointGeneration,
     batch_instructions,
+    check_max_new_tokens,
 )
 from vla_autoprune.models.deepstack import deepstack_hooks
 from vla_autoprune.models.layout import build_layout
-from vla_autoprune.models.model_folder import check_model_folder
+from vla_autoprune.models.model_folder import (
+    check_model_folder,
+    check_tokenizer,
+    resolve_model_path,
+    wrong_family_fix,
+)
 from vla_autoprune.models.qwen_saliency import qwen_vision_saliency
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_SYSTEM = "You are a helpful driving assistant."
 DEFAULT_PROMPT_TEMPLATE = (
@@ -69,6 +78,19 @@ QwenVLModel = Qwen2_5_VLForConditionalGeneration | Qwen3VLForConditionalGenerati
 
 class NotAQwenFolderError(ModelLoadError):
     """The folder does not hold a saved model of the adapter's ``model_type``."""
+
+
+def check_prompt_template(prompt_template: object) -> str:
+    """``prompt_template``, or a one-line :class:`ModelLoadError` unless it is a string with both fields."""
+    if not isinstance(prompt_template, str):
+        raise ModelLoadError(
+            f"prompt_template must be a string with {{images}} and {{instruction}}, not "
+            f"{type(prompt_template).__name__}; set it in a model config of your own (README, Qwen2.5-VL)"
+        )
+    missing = [f for f in ("{images}", "{instruction}") if f not in prompt_template]
+    if missing:
+        raise ModelLoadError(f"prompt_template lacks {missing}; keep both {{images}} and {{instruction}}")
+    return prompt_template
 
 
 def camera_lines(cameras: list[str], tokens_per_image: int) -> str:
@@ -93,9 +115,7 @@ class QwenVLDrivingAdapter(ChatDrivingAdapter):
         prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
     ) -> None:
         super().__init__(max_new_tokens)
-        missing = [f for f in ("{images}", "{instruction}") if f not in prompt_template]
-        if missing:
-            raise ModelLoadError(f"prompt_template lacks {missing}; keep both {{images}} and {{instruction}}")
+        check_prompt_template(prompt_template)
         self.qwen = qwen
         self.image_processor = image_processor
         self._tokenizer = tokenizer
@@ -115,19 +135,23 @@ class QwenVLDrivingAdapter(ChatDrivingAdapter):
         Raises a one-line :class:`~vla_autoprune.errors.ModelLoadError` for a missing or broken
         ``config.json``, truncated weights, a missing processor or tokenizer, or another family.
         """
-        folder = Path(name_or_path).expanduser()
+        check_max_new_tokens(max_new_tokens)  # settings first: they cost nothing to check
+        template = (
+            DEFAULT_PROMPT_TEMPLATE if prompt_template is None else check_prompt_template(prompt_template)
+        )
+        folder = resolve_model_path(name_or_path)
         model_type = check_model_folder(folder).get("model_type")
         compat_qwen.refuse_qwen3(model_type, folder)
         if model_type != cls.model_type:
             raise NotAQwenFolderError(
                 f"{folder} holds model_type={model_type!r}, not {cls.model_type!r}; "
-                "load it with vla_autoprune.models.load()"
+                f"{wrong_family_fix(name_or_path, model_type)}"
             )
+        logger.info("loading %s model from %s (%s, %s)", model_type, folder, device, dtype)
         image_processor, tokenizer = _load_processor(folder)
         qwen = cls.model_class.from_pretrained(folder, dtype=dtype)
         module: nn.Module = qwen  # PreTrainedModel.to's wrapper confuses type checkers
         module.to(device).eval()
-        template = DEFAULT_PROMPT_TEMPLATE if prompt_template is None else prompt_template
         return cls(qwen, image_processor, tokenizer, max_new_tokens, template)
 
     @property
@@ -237,10 +261,11 @@ class QwenVLDrivingAdapter(ChatDrivingAdapter):
 
 def _load_processor(folder: Path) -> tuple[Any, Any]:
     """The image processor and tokenizer saved in ``folder``, or a one-line ``ModelLoadError``."""
+    check_tokenizer(folder)
     try:
         image_processor = AutoImageProcessor.from_pretrained(folder)
         tokenizer = AutoTokenizer.from_pretrained(folder)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, KeyError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ModelLoadError(
             f"{folder} has no loadable image processor / tokenizer ({reason}); save them next to the model "
