@@ -382,9 +382,19 @@ def machine(device: torch.device) -> dict[str, Any]:
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
-    info["commit"] = _commit()
+    info["commit"] = _PINNED_COMMIT[0] if _PINNED_COMMIT else _commit()
     info["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return info
+
+
+#: The commit a run started at (:func:`pin_commit`): every section of one run names the code that ran,
+#: even when the checkout moves on while it runs.
+_PINNED_COMMIT: list[str | None] = []
+
+
+def pin_commit() -> None:
+    """Record the checkout's commit now, at the start of a run, for every result it writes."""
+    _PINNED_COMMIT[:] = [_commit()]
 
 
 def _commit() -> str | None:
@@ -413,9 +423,20 @@ def write_result(
     rows: list[dict[str, Any]],
     **extra: Any,
 ) -> Path:
-    """``out/name.json`` (``name_cuda.json`` on a GPU): machine, versions and config next to the rows."""
+    """``out/name.json`` (``name_cuda.json`` on a GPU): machine, versions and config next to the rows
+    (written atomically: an interrupted run leaves the previous file or the whole new one)."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{result_name(name, device)}.json"
     payload = {"benchmark": name, "machine": machine(device), "config": config, "rows": rows, **extra}
-    path.write_text(json.dumps(payload, indent=2, default=str))
+    write_atomic(path, json.dumps(payload, indent=2, default=str))
     return path
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in its folder, renamed into place."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

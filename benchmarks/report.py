@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import write_atomic
 from vla_autoprune.pipeline.table import to_markdown
 
 GPU_RECIPE = (
@@ -190,8 +191,8 @@ def write_report(folder: Path, path: Path) -> None:
         + _runs_note(results)
         + "\n",
         "CPU timings are process CPU time with one thread, medians of interleaved rounds; every ratio comes from "
-        "one process. The CPU is a shared 2-core box (other jobs were running): treat absolute times as noisy, "
-        "ratios as the result. The LLaVA shape is scaled down on CPU (see each config); the real "
+        "one process. The CPU may be shared with other jobs (each section names its threads, not the load): "
+        "treat absolute times as noisy, ratios as the result. The LLaVA shape is scaled down on CPU (see each config); the real "
         "LLaVA-1.5-7B shape (32 x 4096, bf16) runs only with the GPU recipe.\n",
         f"**GPU recipe** (writes `benchmarks/results/*_cuda.json` and this file): {GPU_RECIPE}. "
         + _gpu_note(results)
@@ -227,4 +228,5 @@ def write_report(folder: Path, path: Path) -> None:
                 f"\nEngine stages, {pruner} (`vla_autoprune.*` profiler ranges, exclusive CPU time "
                 "under the profiler, which inflates small ops: read the shares):\n\n" + to_markdown(stages)
             )
-    path.write_text("\n".join(parts))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, "\n".join(parts))

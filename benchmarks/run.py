@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +24,16 @@ from pathlib import Path
 import torch
 
 from benchmarks import compiled, end_to_end, flops_check, memory, overhead, prefill, scaling
-from benchmarks.common import BUDGET_FRACTIONS, Shape, bundled_subject, shaped_subject, write_result
+from benchmarks.common import (
+    BUDGET_FRACTIONS,
+    Shape,
+    bundled_subject,
+    pin_commit,
+    shaped_subject,
+    write_result,
+)
 from benchmarks.report import write_report
+from vla_autoprune.cli import OneLineParser
 
 logger = logging.getLogger("benchmarks")
 
@@ -88,12 +98,38 @@ def plan_for(quick: bool, device: torch.device) -> Plan:
     return Plan(cpu_llava, cpu_llava, cpu_scale, (64, 144, 256, 576), wide=wide)
 
 
+def _device(text: str) -> torch.device:
+    """argparse type for ``--device``: ``cpu``, ``cuda`` or ``cuda:N``."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not cpu, cuda or cuda:N")
+    return device
+
+
+def _writable(path: Path) -> str | None:
+    """Why results cannot be written into folder ``path`` (created later), or None when they can."""
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    try:  # a probe, removed at once: nothing is left behind
+        os.rmdir(tempfile.mkdtemp(prefix=".write-probe-", dir=existing))
+    except OSError as err:
+        return f"{existing}: {err.strerror or err}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    """Command-line entry point; bad input and Ctrl-C end it with one line (exit 2, 130)."""
+    parser = OneLineParser(
+        prog="python -m benchmarks.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="tiny shapes, one round: a smoke test")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--device", default="cpu", type=_device, help="cpu, cuda or cuda:N")
     parser.add_argument(
         "--out", type=Path, help=f"results folder (default {RESULTS}; with --quick {QUICK / 'results'})"
     )
@@ -117,7 +153,27 @@ def main(argv: list[str] | None = None) -> None:
     # A smoke run never overwrites the committed figures unless told to.
     args.out = args.out or (QUICK / "results" if args.quick else RESULTS)
     args.report = args.report or (QUICK / "RESULTS.md" if args.quick else REPORT)
+    for flag, folder in (("--out", args.out), ("--report", args.report.parent)):
+        problem = None if args.report_only and flag == "--out" else _writable(folder)
+        if problem:  # checked before minutes of benchmarks, not when their results are written
+            parser.error(f"{flag}: cannot write into {folder} ({problem}); pass a writable folder")
+    if args.report.is_dir():
+        parser.error(f"--report: {args.report} is a folder; pass the report's file path")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    try:
+        _run(parser, args)
+    except KeyboardInterrupt:
+        # Each section's result file is written atomically as the section ends.
+        logger.error(
+            "interrupted: the sections finished so far are in %s, the report was not rewritten; "
+            "rerun the rest with --only, then --report-only",
+            args.out,
+        )
+        raise SystemExit(130) from None
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Run the sections ``args`` ask for and write the report (or, ``--report-only``, the report alone)."""
     if args.report_only:
         if not any(args.out.glob("*.json")):
             parser.error(
@@ -126,9 +182,13 @@ def main(argv: list[str] | None = None) -> None:
         write_report(args.out, args.report)
         logger.info("wrote %s from %s", args.report, args.out)
         return
-    device = torch.device(args.device)
+    device = args.device
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible; run on a GPU machine or drop --device")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        parser.error(
+            f"--device {device}: there are {torch.cuda.device_count()} CUDA devices; pick one of them"
+        )
     if device.type == "cpu":
         torch.set_num_threads(1)
     only = set(args.only.split(","))
@@ -144,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     plan = plan_for(args.quick, device)
     mode = {"quick": args.quick, "dtype": str(plan.dtype)}
+    pin_commit()  # every section names the commit the run started at
     start = time.perf_counter()
     bundled = not args.shapes_only
     if "prefill" in only:

@@ -30,7 +30,9 @@ import torch
 from tqdm import tqdm
 
 from data_tools.embedded import synthetic_dataset
+from vla_autoprune.cli import OneLineParser
 from vla_autoprune.data import CAMERAS, NuScenesDrivingDataset, collate
+from vla_autoprune.errors import UserError
 from vla_autoprune.models import load
 from vla_autoprune.models.describe import describe
 from vla_autoprune.models.loading import resolve_model_path
@@ -103,7 +105,9 @@ def family_table(mi: torch.Tensor, families: list[str], constants: dict[str, tup
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(
+        prog="python -m data_tools.calibrate_autoprune", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--model", default="tiny-drive-vla", help="bundled model name or saved folder")
     parser.add_argument(
         "--budget", type=float, default=None, help="AutoPrune budget MI is measured at (default V/4)"
@@ -122,13 +126,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--write", action="store_true", help="record the result in the model folder")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # checked before the model loads and minutes of data are generated
+    at_least = {"--batch-size": (args.batch_size, 1), "--scenes": (args.scenes, 1)}
+    at_least |= {"--samples-per-scene": (args.samples_per_scene, 2), "--threads": (args.threads, 1)}
+    for flag, (value, low) in at_least.items():
+        if value is not None and value < low:
+            parser.error(f"{flag} must be at least {low}, got {value}")
+    if not args.k_max > 0:
+        parser.error(f"--k-max must be > 0, got {args.k_max}; the paper's is {ap.DEFAULT_K0}")
+    if args.budget is not None and not 0 < args.budget < float("inf"):
+        parser.error(
+            f"--budget must be a positive number of visual tokens, got {args.budget}; omit it for V/4"
+        )
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """CLI entry point: measure, fit, print and (``--write``) record; returns the entry."""
+    args = parse_args(argv)  # its usage errors log one plain line, so logging is set up after it
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load(args.model)
@@ -171,5 +188,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return entry
 
 
+def cli(argv: Sequence[str] | None = None) -> int:
+    """:func:`main` with bad input and Ctrl-C answered in one line; returns the exit status."""
+    try:
+        main(argv)
+    except UserError as err:  # bad input is the user's to fix: one line, no traceback
+        logger.error("error: %s", err)
+        return 2
+    except KeyboardInterrupt:
+        logger.error("interrupted: nothing was written (the model folder is written only at the end)")
+        return 130
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli())

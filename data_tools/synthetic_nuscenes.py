@@ -52,6 +52,7 @@ from data_tools.synthetic.scenario import (
 from data_tools.synthetic.scene_writer import SceneCounts, SensorSetup, write_scene
 from data_tools.synthetic.tables import NuScenesTables, write_json
 from data_tools.synthetic.world import simulate
+from vla_autoprune.cli import OneLineParser
 from vla_autoprune.data.schema import CATEGORIES
 from vla_autoprune.errors import ConfigError
 
@@ -67,6 +68,9 @@ MANIFEST_FILE = "generator.json"
 MIN_IMAGE_SIDE = 16
 #: Side (pixels) of the placeholder semantic-prior PNG each map record points to.
 MAP_MASK_PX = 16
+#: Written into a dataroot before anything else: marks ``samples/`` and ``maps/`` there as this
+#: generator's, which ``overwrite`` may delete (never a real nuScenes folder's own images).
+MARKER_FILE = ".synthetic-nuscenes"
 
 
 class GeneratorArgumentError(ConfigError):
@@ -245,7 +249,8 @@ def _validate(
 
 
 def _prepare_dataroot(root: Path, version: str, overwrite: bool) -> None:
-    """Make ``root`` ready: refuse a non-empty folder unless ``overwrite``, then drop our old outputs."""
+    """Make ``root`` ready: refuse a non-empty folder unless ``overwrite``, then drop our old outputs
+    (only where this generator wrote them: :data:`MARKER_FILE` or ``<version>/generator.json``)."""
     if root.exists() and not root.is_dir():
         raise GeneratorArgumentError(f"dataroot {root} is a file; pass a folder path")
     if root.is_dir() and any(root.iterdir()):
@@ -253,11 +258,25 @@ def _prepare_dataroot(root: Path, version: str, overwrite: bool) -> None:
             raise DatarootNotEmptyError(
                 f"dataroot {root} is not empty; pass --overwrite (overwrite=True) or an empty folder"
             )
+        ours = (root / MARKER_FILE).is_file() or (root / version / MANIFEST_FILE).is_file()
+        names = (version, _partial_name(version), "samples", "maps")
+        theirs = [name for name in names if (root / name).exists()]
+        if theirs and not ours:
+            raise DatarootNotEmptyError(
+                f"dataroot {root} holds {', '.join(f'{n}/' for n in theirs)} that this generator did not "
+                f"write (no {MARKER_FILE} or {version}/{MANIFEST_FILE}), which --overwrite would delete; "
+                "pass an empty or new folder, or remove them yourself"
+            )
         # Only our own outputs go: the tables first, so a crash from here on never looks complete.
-        for name in (version, _partial_name(version), "samples", "maps"):
-            if (root / name).exists():
-                shutil.rmtree(root / name)
-    root.mkdir(parents=True, exist_ok=True)
+        for name in theirs:
+            shutil.rmtree(root / name)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / MARKER_FILE).write_text("samples/ and maps/ here: python -m data_tools.synthetic_nuscenes\n")
+    except OSError as err:
+        raise GeneratorArgumentError(
+            f"cannot write to dataroot {root} ({err.strerror or err}); pass a writable folder"
+        ) from None
 
 
 def _partial_name(version: str) -> str:
@@ -304,7 +323,7 @@ def _image_size(text: str) -> tuple[int, int]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m data_tools.synthetic_nuscenes",
         description="Generate a synthetic dataset in the nuScenes v1.0 format.",
     )
@@ -317,7 +336,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--samples-per-scene", type=int, default=16)
     parser.add_argument("--image-size", type=_image_size, default=(1600, 900), help="WxH, default 1600x900")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true", help="replace outputs in a non-empty dataroot")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace this generator's earlier outputs in a non-empty dataroot (never files it did not write)",
+    )
     parser.add_argument("--version", default=DEFAULT_VERSION, help="table folder name")
     parser.add_argument("--val-fraction", type=float, default=0.25)
     return parser
@@ -326,7 +349,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the process exit status."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         per_split = {split: getattr(args, f"{split}_scenes") for split in SPLIT_IDS}
         chosen = {split: n for split, n in per_split.items() if n is not None}
@@ -341,8 +364,16 @@ def main(argv: list[str] | None = None) -> int:
             val_fraction=args.val_fraction,
         )
     except GeneratorArgumentError as err:
-        logger.error("%s", err)
+        logger.error("error: %s", err)
         return 2
+    except KeyboardInterrupt:
+        # The tables are written last (renamed into place): an interrupted set never looks complete.
+        logger.error(
+            "interrupted: %s holds a partial set without its tables (not loadable); rerun the command "
+            "with --overwrite to replace it",
+            args.dataroot,
+        )
+        return 130
     return 0
 
 

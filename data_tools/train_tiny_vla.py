@@ -22,7 +22,9 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -50,6 +52,7 @@ from data_tools.yardsticks import (
 )
 from planners.cameras import CameraAblation, ConstantImages, OtherSceneCameras, ZeroVisualTokens
 from planners.metrics import collision_at, l2_at, l2_errors, sample_terms_at
+from vla_autoprune.cli import OneLineParser
 from vla_autoprune.data.collate import collate
 from vla_autoprune.data.nuscenes_dataset import NuScenesDrivingDataset
 from vla_autoprune.data.schema import CAMERAS, COMMANDS, NUM_FUTURE_STEPS
@@ -1017,7 +1020,7 @@ def measure(
 def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
     """Command-line arguments -> :class:`TrainArgs`."""
     defaults = TrainArgs(out=Path("."))
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m data_tools.train_tiny_vla", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="model folder to write")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--steps", type=int, default=defaults.steps, help="stage-2 (full model) steps")
@@ -1091,7 +1094,49 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
         except ValueError as err:
             parser.error(str(err))
     fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(ns).items()}
-    return TrainArgs(**fields)
+    args = TrainArgs(**fields)
+    problem = _argument_problem(args)
+    if problem:  # checked before minutes of data generation and loading
+        parser.error(problem)
+    return args
+
+
+def _argument_problem(args: TrainArgs) -> str | None:
+    """What is wrong with ``args`` (one line naming the flag and the fix), or None."""
+    if args.evaluate_only:
+        if not (args.out / "training.json").is_file():
+            return f"--evaluate-only re-measures a trained folder, but {args.out} holds no training.json; pass one"
+    elif args.out.exists() and not args.out.is_dir():
+        return f"--out {args.out} is a file; pass a folder for the model"
+    else:  # written only at the end: an unwritable --out must not cost the whole training
+        existing = next(p for p in (args.out, *args.out.absolute().parents) if p.exists())
+        try:  # a probe folder, removed at once: nothing is left behind
+            os.rmdir(tempfile.mkdtemp(prefix=".write-probe-", dir=existing))
+        except OSError as err:
+            return f"--out {args.out} cannot be written ({existing}: {err.strerror or err}); pass a writable folder"
+    at_least = {
+        "--threads": (args.threads, 1),
+        "--batch-size": (args.batch_size, 1),
+        "--steps": (args.steps, 1),
+        "--vision-steps": (args.vision_steps, 0),
+        "--train-scenes": (args.train_scenes, 1),
+        "--val-scenes": (args.val_scenes, 1),
+        # val is evaluated on the samples with a full 3 s future, so a scene needs more keyframes
+        "--samples-per-scene": (args.samples_per_scene, NUM_FUTURE_STEPS + 1),
+        "--patch-size": (args.patch_size, 1),
+        "--spatial-merge": (args.spatial_merge, 1),
+    }
+    for flag, (value, low) in at_least.items():
+        if value < low:
+            return f"{flag} must be at least {low}, got {value}"
+    if not args.lr > 0:
+        return f"--lr must be > 0, got {args.lr}"
+    try:  # the architecture (fusion layer, patch grid), on the meta device: no weights, no RNG drawn
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            DrivingVLA(model_config(args))
+    except UserError as err:
+        return str(err)
+    return None
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -1104,8 +1149,8 @@ def _size(text: str) -> tuple[int, int]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI entry point."""
+    args = parse_args(argv)  # its usage errors log one plain line, so logging is set up after it
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
     try:
         if args.evaluate_only:
             evaluate_folder(args)
@@ -1114,6 +1159,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     except UserError as err:  # bad input is the user's to fix: one line, no traceback
         logger.error("error: %s", err)
         sys.exit(2)
+    except KeyboardInterrupt:
+        # --out is written only once training and evaluation are done
+        logger.error("interrupted: %s was not written (or rewritten); run the command again", args.out)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -202,3 +202,39 @@ def test_recorded_commands_name_a_bundled_model_by_its_name(tmp_path: Path) -> N
         assert model_argument(resolve_model_path(name)) == name
         assert model_argument(str(resolve_model_path(name)) + "/") == name
     assert model_argument(tmp_path) == str(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--batch-size", "0"], "error: --batch-size must be at least 1"),
+        (["--threads", "-1"], "error: --threads must be at least 1"),
+        (["--scenes", "0"], "error: --scenes must be at least 1"),
+        (["--k-max", "-1"], "error: --k-max must be > 0"),
+        (["--budget", "-5"], "error: --budget must be a positive number"),
+        (["--head-reduce", "max"], "error: argument --head-reduce"),
+        (["--model", "no-such-model"], "error: unknown model 'no-such-model'"),
+    ],
+)
+def test_calibration_command_answers_bad_input_in_one_line(
+    argv: list[str], named: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR):
+        try:
+            status = calibrate_autoprune.cli(argv)
+        except SystemExit as exit_info:  # argparse's own checks
+            status = exit_info.code
+    assert status == 2
+    assert len(caplog.records) == 1 and caplog.records[0].message.startswith(named)
+
+
+def test_calibration_command_ctrl_c_is_one_line(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(_argv: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(calibrate_autoprune, "main", interrupted)
+    with caplog.at_level(logging.ERROR):
+        assert calibrate_autoprune.cli([]) == 130
+    assert len(caplog.records) == 1 and caplog.records[0].message.startswith("interrupted: ")

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import re
+import shutil
 from pathlib import Path
 
 import cv2
@@ -19,6 +20,7 @@ from nuscenes.utils.geometry_utils import BoxVisibility, points_in_box, view_poi
 from pyquaternion import Quaternion
 from shapely.geometry import Polygon
 
+from data_tools import synthetic_nuscenes
 from data_tools.synthetic.render import AMBIENT, CLASS_RGB
 from data_tools.synthetic_nuscenes import (
     DatarootNotEmptyError,
@@ -338,3 +340,59 @@ def test_cli_per_split_scene_counts(tmp_path: Path) -> None:
     assert main([*argv, "--image-size", "32x18"]) == 0
     splits = json.loads((tmp_path / VERSION / "splits.json").read_text())
     assert splits == {"val": ["scene-val-0001", "scene-val-0002"], "test": ["scene-test-0001"]}
+
+
+def _small(root: Path) -> list[str]:
+    return ["--dataroot", str(root), "--val-scenes", "1", "--samples-per-scene", "2", "--image-size", "32x18"]
+
+
+def test_overwrite_never_deletes_folders_the_generator_did_not_write(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real nuScenes folder's ``samples/`` is the user's: ``--overwrite`` refuses it in one line."""
+    (tmp_path / "samples" / "CAM_FRONT").mkdir(parents=True)
+    (tmp_path / "samples" / "CAM_FRONT" / "real.jpg").write_text("a user's image")
+    (tmp_path / "v1.0-mini").mkdir()
+    with caplog.at_level(logging.ERROR):
+        assert main([*_small(tmp_path), "--overwrite"]) == 2
+    assert len(caplog.records) == 1 and caplog.records[0].message.startswith("error: ")
+    assert "samples/" in caplog.text and "did not write" in caplog.text
+    assert (tmp_path / "samples" / "CAM_FRONT" / "real.jpg").read_text() == "a user's image"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["samples", "v1.0-mini"]
+
+
+def test_overwrite_replaces_the_generators_own_set_even_a_partial_one(tmp_path: Path) -> None:
+    root = tmp_path / "set"
+    assert main(_small(root)) == 0
+    stale = root / "samples" / "CAM_FRONT" / "stale.jpg"
+    stale.write_text("from an earlier run")
+    shutil.rmtree(root / VERSION)  # as an interrupted run leaves it: samples/, no tables
+    assert main([*_small(root), "--overwrite"]) == 0
+    assert not stale.exists() and (root / VERSION / "sample.json").is_file()
+
+
+def test_cli_usage_errors_and_an_unwritable_dataroot_are_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exit_info:
+        main(["--dataroot", str(tmp_path), "--image-size", "64"])
+    assert exit_info.value.code == 2 and len(caplog.records) == 1
+    assert caplog.records[0].message.startswith("error: argument --image-size")
+    caplog.clear()
+    (tmp_path / "file").write_text("")
+    with caplog.at_level(logging.ERROR):
+        assert main(_small(tmp_path / "file" / "sub")) == 2
+    assert len(caplog.records) == 1 and "cannot write to dataroot" in caplog.records[0].message
+
+
+def test_ctrl_c_is_one_line_and_leaves_no_set_that_looks_complete(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synthetic_nuscenes, "write_scene", interrupted)
+    with caplog.at_level(logging.ERROR):
+        assert main(_small(tmp_path)) == 130
+    assert len(caplog.records) == 1 and caplog.records[0].message.startswith("interrupted: ")
+    assert "--overwrite" in caplog.text and not (tmp_path / VERSION).exists()

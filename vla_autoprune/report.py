@@ -9,30 +9,19 @@ scenario family) and plots (L2@3s and collision@3s vs budget with interval bands
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
-from typing import NoReturn
 
+from vla_autoprune.cli import OneLineParser
 from vla_autoprune.errors import UserError
 from vla_autoprune.pipeline.report_files import write_report
 
 logger = logging.getLogger(__name__)
 
 
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose usage errors are the project's one line ``error: ...``, exit 2."""
-
-    def error(self, message: str) -> NoReturn:
-        """Inherited, see superclass; logs one line instead of the usage and the message."""
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
-        logger.error("error: %s; see python -m vla_autoprune.report --help", message)
-        raise SystemExit(2)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
-    parser = _Parser(prog="python -m vla_autoprune.report", description=__doc__)
+    parser = OneLineParser(prog="python -m vla_autoprune.report", description=__doc__)
     parser.add_argument("dirs", nargs="+", type=Path, help="run or sweep output folders")
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: first DIR)")
     parser.add_argument(
