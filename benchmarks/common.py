@@ -31,6 +31,7 @@ from vla_autoprune.pruning.calibration import calibrate_pruner
 from vla_autoprune.pruning.flops import decoder_flops_from_config
 from vla_autoprune.pruning.pruner import Pruner
 from vla_autoprune.pruning.record import PruningRecord
+from vla_autoprune.run_files import atomic_write_text
 
 # The pruners of issue 14, each at budgets {V, V/2, V/4, about V/9} (V/9: 64 of 576 on LLaVA).
 PRUNER_NAMES = ("fastv", "pdrop", "sparsevlm", "fastervlm", "random", "autoprune")
@@ -428,15 +429,5 @@ def write_result(
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{result_name(name, device)}.json"
     payload = {"benchmark": name, "machine": machine(device), "config": config, "rows": rows, **extra}
-    write_atomic(path, json.dumps(payload, indent=2, default=str))
+    atomic_write_text(path, json.dumps(payload, indent=2, default=str))
     return path
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in its folder, renamed into place."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

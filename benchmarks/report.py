@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import write_atomic
 from vla_autoprune.pipeline.table import to_markdown
+from vla_autoprune.run_files import atomic_write_text
 
 GPU_RECIPE = (
     "`bash benchmarks/gpu.sh fetch` here, `BENCHMARK_COMMIT=<sha> bash benchmarks/gpu.sh run $OUT` on the "
@@ -229,4 +229,4 @@ def write_report(folder: Path, path: Path) -> None:
                 "under the profiler, which inflates small ops: read the shares):\n\n" + to_markdown(stages)
             )
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, "\n".join(parts))
+    atomic_write_text(path, "\n".join(parts))

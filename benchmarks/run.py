@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +32,8 @@ from benchmarks.common import (
 )
 from benchmarks.report import write_report
 from vla_autoprune.cli import OneLineParser
+from vla_autoprune.errors import ConfigError
+from vla_autoprune.run_files import check_writable
 
 logger = logging.getLogger("benchmarks")
 
@@ -109,18 +109,6 @@ def _device(text: str) -> torch.device:
     return device
 
 
-def _writable(path: Path) -> str | None:
-    """Why results cannot be written into folder ``path`` (created later), or None when they can."""
-    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        return f"{existing} is not a folder"
-    try:  # a probe, removed at once: nothing is left behind
-        os.rmdir(tempfile.mkdtemp(prefix=".write-probe-", dir=existing))
-    except OSError as err:
-        return f"{existing}: {err.strerror or err}"
-    return None
-
-
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point; bad input and Ctrl-C end it with one line (exit 2, 130)."""
     parser = OneLineParser(
@@ -154,9 +142,11 @@ def main(argv: list[str] | None = None) -> None:
     args.out = args.out or (QUICK / "results" if args.quick else RESULTS)
     args.report = args.report or (QUICK / "RESULTS.md" if args.quick else REPORT)
     for flag, folder in (("--out", args.out), ("--report", args.report.parent)):
-        problem = None if args.report_only and flag == "--out" else _writable(folder)
-        if problem:  # checked before minutes of benchmarks, not when their results are written
-            parser.error(f"{flag}: cannot write into {folder} ({problem}); pass a writable folder")
+        if not (args.report_only and flag == "--out"):
+            try:  # checked before minutes of benchmarks, not when their results are written
+                check_writable(folder, flag)
+            except ConfigError as err:
+                parser.error(f"{flag}: {err}")
     if args.report.is_dir():
         parser.error(f"--report: {args.report} is a folder; pass the report's file path")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

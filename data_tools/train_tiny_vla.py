@@ -22,9 +22,7 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -56,7 +54,7 @@ from vla_autoprune.cli import OneLineParser
 from vla_autoprune.data.collate import collate
 from vla_autoprune.data.nuscenes_dataset import NuScenesDrivingDataset
 from vla_autoprune.data.schema import CAMERAS, COMMANDS, NUM_FUTURE_STEPS
-from vla_autoprune.errors import UserError
+from vla_autoprune.errors import ConfigError, UserError
 from vla_autoprune.models.base import DecoderInputs
 from vla_autoprune.models.driving_vla import (
     TINY_TEXT_CONFIG,
@@ -70,6 +68,7 @@ from vla_autoprune.pipeline.bootstrap import Interval, paired_ratio, stratified_
 from vla_autoprune.pruning import Pruner, build_pruner, run_pruned
 from vla_autoprune.pruning.autoprune_math import DEFAULT_K0, ScheduleError
 from vla_autoprune.pruning.calibration import CALIBRATION_FILE, read_calibration, write_calibration
+from vla_autoprune.run_files import check_writable
 
 logger = logging.getLogger(__name__)
 
@@ -1106,14 +1105,11 @@ def _argument_problem(args: TrainArgs) -> str | None:
     if args.evaluate_only:
         if not (args.out / "training.json").is_file():
             return f"--evaluate-only re-measures a trained folder, but {args.out} holds no training.json; pass one"
-    elif args.out.exists() and not args.out.is_dir():
-        return f"--out {args.out} is a file; pass a folder for the model"
     else:  # written only at the end: an unwritable --out must not cost the whole training
-        existing = next(p for p in (args.out, *args.out.absolute().parents) if p.exists())
-        try:  # a probe folder, removed at once: nothing is left behind
-            os.rmdir(tempfile.mkdtemp(prefix=".write-probe-", dir=existing))
-        except OSError as err:
-            return f"--out {args.out} cannot be written ({existing}: {err.strerror or err}); pass a writable folder"
+        try:
+            check_writable(args.out, "--out")
+        except ConfigError as err:
+            return f"--out: {err}"
     at_least = {
         "--threads": (args.threads, 1),
         "--batch-size": (args.batch_size, 1),

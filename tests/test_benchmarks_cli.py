@@ -43,9 +43,10 @@ def test_unwritable_out_or_report_is_refused_before_anything_runs(
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     message = _refused(["--quick", "--out", str(blocker / "results")], caplog)
-    assert message.startswith("error: --out: cannot write into") and "writable folder" in message
+    assert message.startswith("error: --out: cannot write the output folder") and "is a file" in message
+    assert "choose another with --out=<folder>" in message
     message = _refused(["--quick", "--out", str(tmp_path), "--report", str(blocker / "R.md")], caplog)
-    assert message.startswith("error: --report: cannot write into")
+    assert message.startswith("error: --report: cannot write the output folder")
     message = _refused(["--quick", "--out", str(tmp_path), "--report", str(tmp_path)], caplog)
     assert message.startswith("error: --report:") and "is a folder" in message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # no probe left behind

@@ -61,7 +61,7 @@ def test_an_out_that_cannot_be_written_or_evaluated_is_one_line(
     assert message.startswith("error: --out") and "is a file" in message
     caplog.clear()
     message = _refused(["--out", str(blocker / "model")], caplog, monkeypatch)
-    assert message.startswith("error: --out") and "cannot be written" in message
+    assert message.startswith("error: --out") and "cannot write the output folder" in message
     caplog.clear()
     message = _refused(["--out", str(tmp_path / "none"), "--evaluate-only"], caplog, monkeypatch)
     assert message.startswith("error: --evaluate-only") and "training.json" in message

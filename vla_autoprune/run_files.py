@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from vla_autoprune.errors import DataError
+from vla_autoprune.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,26 @@ def _file_mode() -> int:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Atomically write ``text`` (UTF-8); see :func:`atomic_write_bytes`."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def check_writable(folder: str | Path, setting: str) -> None:
+    """A one-line :class:`ConfigError` unless ``folder`` exists writable or can be made in its
+    nearest existing parent (tried by making and removing a temporary folder there: root ignores
+    permission bits); creates nothing. ``setting``: how the user names the folder
+    (``hydra.run.dir``, ``out_dir``, ``--out``), for the fix."""
+    path = Path(folder).expanduser().absolute()
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    try:
+        if not parent.is_dir():
+            raise NotADirectoryError(f"{parent} is a file")
+        tempfile.TemporaryDirectory(dir=parent).cleanup()
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise ConfigError(
+            f"cannot write the output folder {path} ({reason}); choose another with {setting}=<folder>"
+        ) from None
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

@@ -34,10 +34,9 @@ from vla_autoprune.pipeline.app import (
     discard_if_empty,
     model_name,
 )
-from vla_autoprune.pipeline.callbacks import check_writable
 from vla_autoprune.pipeline.group_choices import refuse_unknown_choices
 from vla_autoprune.pipeline.loop import run_split
-from vla_autoprune.run_files import RUN_FILE, atomic_write_json
+from vla_autoprune.run_files import RUN_FILE, atomic_write_json, check_writable
 from vla_autoprune.viz.render import render_scenes, select_scenes
 from vla_autoprune.viz.runs import (
     RunData,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from omegaconf import DictConfig
 
 from vla_autoprune.errors import ConfigError, UserError
 from vla_autoprune.pipeline.report_files import write_report
+from vla_autoprune.run_files import check_writable
 
 logger = logging.getLogger(__name__)
 
@@ -43,25 +43,6 @@ class OutputFolderCheck(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Inherited, see superclass."""
         _refuse_unwritable(config.hydra.sweep.dir, "hydra.sweep.dir")
-
-
-def check_writable(folder: str | Path, key: str) -> None:
-    """A one-line :class:`ConfigError` unless ``folder`` exists writable or can be made in its
-    nearest existing parent (tried by making and removing a temporary folder there: root ignores
-    permission bits); creates nothing. ``key``: the setting that names the folder, for the fix."""
-    path = Path(folder).expanduser().absolute()
-    parent = path
-    while not parent.exists():
-        parent = parent.parent
-    try:
-        if not parent.is_dir():
-            raise NotADirectoryError(f"{parent} is a file")
-        tempfile.TemporaryDirectory(dir=parent).cleanup()
-    except OSError as err:
-        reason = err.strerror or str(err)
-        raise ConfigError(
-            f"cannot write the output folder {path} ({reason}); choose another with {key}=<folder>"
-        ) from None
 
 
 def _refuse_unwritable(folder: str, key: str) -> None:
