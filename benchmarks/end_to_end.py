@@ -98,6 +98,7 @@ class PhaseTimer:
         base: Any = model.language_model.model
         span(base, "base", "decoder", prepend=True)
         layers = compat.decoder_layers(base)
+        layer: Any  # transformers decoder layers: their submodules are attributes
         for layer in layers:
             # engine pre-hook: from the layer's call (before the engine's pre-hook) to its first module
             handles.append(layer.register_forward_pre_hook(self._layer_start, prepend=True))
