@@ -23,14 +23,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from planners.cameras import dataset_seen_by
-from vla_autoprune.devices import resolve_device, resolve_dtype
 from vla_autoprune.errors import ConfigError, DataNotFoundError
-from vla_autoprune.models.describe import describe
 from vla_autoprune.pipeline.app import (
     USER_ERRORS,
-    adopt_model_calibration,
     build,
-    check_budget_before_loading,
+    checked_planner,
     discard_if_empty,
     model_name,
 )
@@ -111,31 +108,25 @@ def live_run(cfg: DictConfig, out_dir: Path, layers: Sequence[int] | None = None
     settings and budget against the model's config, ``layers``) is checked here before the
     dataset and the model load; the pruner gets the model's calibration, as in ``evaluate``.
     """
-    resolve_device(cfg.device)
-    resolve_dtype(cfg.dtype)
-    planner = build(cfg.planner)  # builds the pruner; weights load later, in setup()
-    model = model_name(cfg)
-    if model is None or getattr(planner, "pruner", None) is None:
+    planner, _, shape = checked_planner(cfg)
+    pruner = getattr(planner, "pruner", None)  # the VLA planner's; model-free planners have none
+    if shape is None or pruner is None:
         raise ConfigError(
             f"planner={planner.name} has no visual tokens to draw; use planner=vla (the default)"
         )
-    check_budget_before_loading(cfg, planner)
-    size = OmegaConf.select(cfg, "data.dataset.image_size", default=None)
-    check_layers(layers, describe(model, image_size=tuple(size) if size is not None else None).num_layers)
-    adopt_model_calibration(cfg, planner)
+    check_layers(layers, shape.num_layers)
     torch.manual_seed(cfg.seed)  # as evaluate does: a random pruner draws the same tokens
     dataset = build(cfg.data.dataset)
     indices = live_indices(dataset, cfg.scene, cfg.sample)
     dataset = dataset_seen_by(planner, dataset)
     planner.setup()
-    pruner = planner.pruner
     run_dir = out_dir / LIVE_DIR
     meta = {
         "planner": planner.name,
         "pruner": pruner.name,
         "pruner_label": pruner.label,  # as evaluate records it, e.g. fastv[matched]
         "budget": getattr(pruner, "budget", None),
-        "model": model,
+        "model": model_name(cfg),
         "data": OmegaConf.to_container(cfg.data.dataset, resolve=True),
     }
     atomic_write_json(run_dir / RUN_FILE, meta)

@@ -32,7 +32,7 @@ from vla_autoprune.data.errors import NuScenesDataError
 from vla_autoprune.data.schema import CAMERAS
 from vla_autoprune.devices import resolve_device, resolve_dtype
 from vla_autoprune.errors import ConfigError, NotRunnableError, UserError
-from vla_autoprune.models.describe import describe
+from vla_autoprune.models.describe import ModelShape, describe
 from vla_autoprune.models.loading import BUNDLED_MODELS
 from vla_autoprune.pipeline.closed_loop_scores import DEFAULT_SCORES, check_scores
 from vla_autoprune.pipeline.identity import (
@@ -170,9 +170,24 @@ def model_name(cfg: DictConfig) -> str | None:
     return str(name) if str(name) in BUNDLED_MODELS else str(Path(str(name)).expanduser().resolve())
 
 
-def check_budget_before_loading(cfg: DictConfig, planner: Planner) -> None:
+def checked_planner(cfg: DictConfig) -> tuple[Planner, torch.device, ModelShape | None]:
+    """The configured planner as ``evaluate`` and the viewer's live run take it, before any data or
+    weights load: device and dtype checked, the planner built (weights load later, in setup()), its
+    budget checked against the model's config (:func:`check_budget_before_loading`) and the model's
+    calibration handed to its pruner. Returns it with the device and the model's shape (None for a
+    model-free planner)."""
+    device = resolve_device(cfg.device)
+    resolve_dtype(cfg.dtype)
+    planner: Planner = build(cfg.planner)
+    shape = check_budget_before_loading(cfg, planner)
+    adopt_model_calibration(cfg, planner)
+    return planner, device, shape
+
+
+def check_budget_before_loading(cfg: DictConfig, planner: Planner) -> ModelShape | None:
     """The pruner's budget against the model's depth and visual tokens, from its config.json alone;
-    raises :class:`~vla_autoprune.errors.NotRunnableError`.
+    raises :class:`~vla_autoprune.errors.NotRunnableError`. Returns the model's shape (None for a
+    planner without a pruner or a model).
 
     Also refuses a pruner that would rank visual tokens by the text's attention at a layer where a
     deep-fusion model's text cannot see them (every score 0).
@@ -180,7 +195,7 @@ def check_budget_before_loading(cfg: DictConfig, planner: Planner) -> None:
     pruner = getattr(planner, "pruner", None)
     model = model_name(cfg)
     if pruner is None or model is None:
-        return
+        return None
     size = OmegaConf.select(cfg, "data.dataset.image_size", default=None)
     shape = describe(model, image_size=tuple(size) if size is not None else None)  # type: ignore[arg-type]
     cameras = OmegaConf.select(cfg, "data.dataset.cameras", default=None) or CAMERAS
@@ -198,6 +213,7 @@ def check_budget_before_loading(cfg: DictConfig, planner: Planner) -> None:
             f"(vision_from_layer={first}), so every score would be 0; {fix}, or use random, fastervlm "
             "or autoprune (stage0 reference)"
         )
+    return shape
 
 
 def adopt_model_calibration(cfg: DictConfig, planner: Planner) -> None:
@@ -285,12 +301,8 @@ def evaluate(
     started = time.perf_counter()
     check_config(cfg)
     scores = check_scores(OmegaConf.select(cfg, "scores", default=DEFAULT_SCORES))
-    device = resolve_device(cfg.device)
-    resolve_dtype(cfg.dtype)
-    planner: Planner = build(cfg.planner)  # builds the pruner; weights load later, in setup()
-    check_budget_before_loading(cfg, planner)
+    planner, device, _ = checked_planner(cfg)
     warn_unused_budget(planner, overrides)
-    adopt_model_calibration(cfg, planner)
     (out_dir / SKIPPED_FILE).unlink(missing_ok=True)  # an earlier attempt of this job was not runnable
     meta = run_meta(cfg, planner, device, out_dir, overrides)
     previous = _previous_meta(out_dir, cfg.resume)

@@ -114,13 +114,12 @@ def merge_group(folders: Sequence[Path]) -> Merged:
     """Merge the folders of one configuration (equal :func:`config_key`); a sample recorded in
     several folders (overlapping shards, one run passed in two sweeps) is counted once, from the
     first folder in ``folders`` order, with a warning naming the folders."""
-    meta = read_json(folders[0] / RUN_FILE)
+    metas = [read_json(folder / RUN_FILE) for folder in folders]
     records: dict[int, dict[str, Any]] = {}
     owner: dict[int, Path] = {}
     overlaps: dict[tuple[Path, Path], int] = {}
     unfinished, wall, devices = [], 0.0, set()
-    for folder in folders:
-        folder_meta = read_json(folder / RUN_FILE)
+    for folder, folder_meta in zip(folders, metas, strict=True):
         found, torn = read_run_records(folder / RECORDS_FILE)
         if not _finished(folder, found, torn):
             unfinished.append(folder)
@@ -142,7 +141,7 @@ def merge_group(folders: Sequence[Path]) -> Merged:
             other,
             first,
         )
-    merged_meta = {k: v for k, v in meta.items() if k not in PER_JOB_KEYS}
+    merged_meta = {k: v for k, v in metas[0].items() if k not in PER_JOB_KEYS}
     merged_meta["wall_time_s"] = wall
     merged_meta["device"] = ",".join(sorted(devices))
     ordered = [records[i] for i in sorted(records)]
