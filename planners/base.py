@@ -25,6 +25,10 @@ class Planner(abc.ABC):
     #: Short identifier used in result tables and config names.
     name: str = "planner"
 
+    def check_before_loading(self) -> None:  # noqa: B027 - optional check, no-op by default
+        """Raise a one-line error if :meth:`setup` cannot work, reading only small files (a model's
+        config, its weights' headers, its tokenizer): runs before the data and the weights load."""
+
     def setup(self) -> None:
         """Load weights or other state before the first :meth:`plan`; the default needs none."""
         logger.debug("planner %s needs no setup", self.name)

@@ -17,6 +17,7 @@ from vla_autoprune.compat import decoder_config, decoder_layers
 from vla_autoprune.devices import batch_to, resolve_device, resolve_dtype
 from vla_autoprune.models.base import DrivingModel
 from vla_autoprune.models.layout import TokenLayout
+from vla_autoprune.models.loading import check_factory
 from vla_autoprune.pruning import NoPruner, Pruner, PruningRecord, run_pruned
 from vla_autoprune.pruning.flops import decoder_flops_from_config
 
@@ -60,6 +61,12 @@ class VLAPlanner(Planner):
         if self._model is None:
             raise RuntimeError("VLAPlanner.setup() must run before planning (it loads the weights)")
         return self._model
+
+    def check_before_loading(self) -> None:
+        """The model factory's settings and folder, as its loader will check them
+        (:func:`vla_autoprune.models.loading.check_factory`)."""
+        if self._model is None:
+            check_factory(self._factory)
 
     def setup(self) -> None:
         """Load the model weights onto the planner's device and dtype."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -673,15 +674,21 @@ def masked_keys(decoder: nn.Module, visible: list[torch.Tensor], real: torch.Ten
             handle.remove()
 
 
-def assert_one_line_load_error(folder: Path, file: str, says: str) -> None:
+def assert_one_line_load_error(folder: Path, file: str, says: str, before_loading: bool = True) -> None:
     """``models.load(folder)`` raises a one-line ModelLoadError naming ``folder / file``, saying
-    ``says`` and giving the fix (re-save with ``save_pretrained``)."""
+    ``says`` and giving the fix (re-save with ``save_pretrained``); with ``before_loading``, so does
+    the check a run makes before its data and weights load (``check_factory`` of the config's partial)."""
     from vla_autoprune.errors import ModelLoadError
     from vla_autoprune.models import load
+    from vla_autoprune.models.loading import check_factory
 
-    with pytest.raises(ModelLoadError) as err:
-        load(folder)
-    message = str(err.value)
-    assert "\n" not in message
-    assert str(folder / file) in message and says in message
-    assert "save_pretrained" in message  # the fix
+    calls = [lambda: load(folder)]
+    if before_loading:
+        calls.append(lambda: check_factory(functools.partial(load, name_or_path=str(folder))))
+    for call in calls:
+        with pytest.raises(ModelLoadError) as err:
+            call()
+        message = str(err.value)
+        assert "\n" not in message
+        assert str(folder / file) in message and says in message
+        assert "save_pretrained" in message  # the fix

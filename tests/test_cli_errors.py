@@ -14,6 +14,7 @@ from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 
 from vla_autoprune.errors import ConfigError
+from vla_autoprune.models.model_folder import resolve_model_path
 from vla_autoprune.pipeline.app import build
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,6 +93,24 @@ def test_build_unwraps_user_errors_only() -> None:
 def test_bad_camera_ablation_value_is_one_line_before_loading(tmp_path: Path) -> None:
     line = _error_line("cameras=grey", "cameras.value=300", tmp_path=tmp_path)
     assert "cameras.value=300 must be an integer pixel value in 0..255" in line
+
+
+def test_a_folder_of_another_family_is_refused_before_the_data_loads(tmp_path: Path) -> None:
+    """The Qwen loader on the bundled DrivingVLA folder: refused once the dataset had loaded."""
+    folder = resolve_model_path("tiny-drive-vla")
+    line = _error_line("model=qwen2_5_vl", f"model.name_or_path={folder}", tmp_path=tmp_path)
+    assert line.endswith(
+        f"{folder} holds model_type='driving_vla', not 'qwen2_5_vl'; load it with load() (on the command "
+        f"line: model=tiny_drive_vla model.name_or_path={folder})"
+    )
+
+
+def test_a_setting_the_models_loader_does_not_take_is_one_line(tmp_path: Path) -> None:
+    """load() takes no max_new_tokens: a TypeError traceback once the data had loaded."""
+    line = _error_line("+model.max_new_tokens=4", tmp_path=tmp_path)
+    assert line.endswith(
+        "model.max_new_tokens is not a setting of load (its settings: name_or_path); drop that override"
+    )
 
 
 def test_ctrl_c_says_how_to_resume_in_one_line(synthetic_root: Path, tmp_path: Path) -> None:

@@ -39,6 +39,7 @@ from vla_autoprune.models.driving_vla import patch_grid, sub_config, vision_sali
 from vla_autoprune.models.layout import build_layout
 from vla_autoprune.models.model_folder import (
     check_model_folder,
+    check_tokenizer,
     load_processor,
     resolve_model_path,
     wrong_family_fix,
@@ -99,19 +100,27 @@ class LlavaDrivingAdapter(ChatDrivingAdapter):
         Raises a one-line :class:`~vla_autoprune.errors.ModelLoadError` for a missing or broken
         ``config.json``, truncated weights, a missing processor or a non-LLaVA folder.
         """
-        name_or_path, folder = folder, resolve_model_path(folder)
+        folder = cls.check_folder(folder)
+        logger.info("loading %s model from %s (%s, %s)", LLAVA_MODEL_TYPE, folder, device, dtype)
+        processor = load_processor(folder)
+        llava = LlavaForConditionalGeneration.from_pretrained(folder, dtype=dtype)
+        module: nn.Module = llava  # PreTrainedModel.to's wrapper confuses type checkers
+        module.to(device).eval()
+        return cls(llava, processor)
+
+    @staticmethod
+    def check_folder(name_or_path: str | Path) -> Path:
+        """What :meth:`from_pretrained` checks before it reads any weight (``config.json``, the model
+        type, the safetensors headers, the tokenizer file); returns the folder."""
+        folder = resolve_model_path(name_or_path)
         model_type = check_model_folder(folder).get("model_type")
         if model_type != LLAVA_MODEL_TYPE:
             raise NotALlavaFolderError(
                 f"{folder} holds model_type={model_type!r}, not 'llava'; "
                 f"{wrong_family_fix(name_or_path, model_type)}"
             )
-        logger.info("loading %s model from %s (%s, %s)", model_type, folder, device, dtype)
-        processor = load_processor(folder)
-        llava = LlavaForConditionalGeneration.from_pretrained(folder, dtype=dtype)
-        module: nn.Module = llava  # PreTrainedModel.to's wrapper confuses type checkers
-        module.to(device).eval()
-        return cls(llava, processor)
+        check_tokenizer(folder)
+        return folder
 
     @property
     def decoder(self) -> nn.Module:

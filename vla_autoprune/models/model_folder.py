@@ -155,8 +155,8 @@ def check_tokenizer(folder: Path, fix: str = RESAVE) -> None:
 
 
 def load_processor(folder: Path) -> Any:
-    """The processor (tokenizer + image processor) saved in ``folder``, or a one-line ``ModelLoadError``."""
-    check_tokenizer(folder)
+    """The processor (tokenizer + image processor) saved in ``folder`` (its tokenizer file checked
+    by :func:`check_tokenizer` first), or a one-line ``ModelLoadError``."""
     try:
         return AutoProcessor.from_pretrained(folder)
     except (OSError, ValueError, KeyError) as err:  # "Can't load ... make sure ... contains ..."

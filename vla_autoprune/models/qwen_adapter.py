@@ -135,6 +135,24 @@ class QwenVLDrivingAdapter(ChatDrivingAdapter):
         Raises a one-line :class:`~vla_autoprune.errors.ModelLoadError` for a missing or broken
         ``config.json``, truncated weights, a missing processor or tokenizer, or another family.
         """
+        folder, template = cls.check_folder(name_or_path, max_new_tokens, prompt_template)
+        logger.info("loading %s model from %s (%s, %s)", cls.model_type, folder, device, dtype)
+        image_processor, tokenizer = _load_processor(folder)
+        qwen = cls.model_class.from_pretrained(folder, dtype=dtype)
+        module: nn.Module = qwen  # PreTrainedModel.to's wrapper confuses type checkers
+        module.to(device).eval()
+        return cls(qwen, image_processor, tokenizer, max_new_tokens, template)
+
+    @classmethod
+    def check_folder(
+        cls,
+        name_or_path: str | Path,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        prompt_template: str | None = None,
+    ) -> tuple[Path, str]:
+        """What :meth:`from_pretrained` checks before it reads any weight (the settings, then
+        ``config.json``, the model type, the safetensors headers and the tokenizer file); returns the
+        folder and the prompt template. Run before the data load, a bad folder costs nothing."""
         check_max_new_tokens(max_new_tokens)  # settings first: they cost nothing to check
         template = (
             DEFAULT_PROMPT_TEMPLATE if prompt_template is None else check_prompt_template(prompt_template)
@@ -147,12 +165,8 @@ class QwenVLDrivingAdapter(ChatDrivingAdapter):
                 f"{folder} holds model_type={model_type!r}, not {cls.model_type!r}; "
                 f"{wrong_family_fix(name_or_path, model_type)}"
             )
-        logger.info("loading %s model from %s (%s, %s)", model_type, folder, device, dtype)
-        image_processor, tokenizer = _load_processor(folder)
-        qwen = cls.model_class.from_pretrained(folder, dtype=dtype)
-        module: nn.Module = qwen  # PreTrainedModel.to's wrapper confuses type checkers
-        module.to(device).eval()
-        return cls(qwen, image_processor, tokenizer, max_new_tokens, template)
+        check_tokenizer(folder)
+        return folder, template
 
     @property
     def decoder(self) -> nn.Module:
@@ -260,8 +274,8 @@ class QwenVLDrivingAdapter(ChatDrivingAdapter):
 
 
 def _load_processor(folder: Path) -> tuple[Any, Any]:
-    """The image processor and tokenizer saved in ``folder``, or a one-line ``ModelLoadError``."""
-    check_tokenizer(folder)
+    """The image processor and tokenizer saved in ``folder`` (checked by ``check_folder``), or a
+    one-line ``ModelLoadError``."""
     try:
         image_processor = AutoImageProcessor.from_pretrained(folder)
         tokenizer = AutoTokenizer.from_pretrained(folder)

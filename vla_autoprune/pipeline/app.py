@@ -172,13 +172,14 @@ def model_name(cfg: DictConfig) -> str | None:
 
 def checked_planner(cfg: DictConfig) -> tuple[Planner, torch.device, ModelShape | None]:
     """The configured planner as ``evaluate`` and the viewer's live run take it, before any data or
-    weights load: device and dtype checked, the planner built (weights load later, in setup()), its
-    budget checked against the model's config (:func:`check_budget_before_loading`) and the model's
+    weights load: device and dtype checked, the planner built (weights load later, in setup()) and
+    its model folder checked (:meth:`Planner.check_before_loading`), its budget checked against the model's config (:func:`check_budget_before_loading`) and the model's
     calibration handed to its pruner. Returns it with the device and the model's shape (None for a
     model-free planner)."""
     device = resolve_device(cfg.device)
     resolve_dtype(cfg.dtype)
     planner: Planner = build(cfg.planner)
+    planner.check_before_loading()
     shape = check_budget_before_loading(cfg, planner)
     adopt_model_calibration(cfg, planner)
     return planner, device, shape
