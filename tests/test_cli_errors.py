@@ -26,9 +26,11 @@ LOADING = ("NuScenesDrivingDataset", "Loading weights", "loading driving_vla")
 def _error_line(*args: str, tmp_path: Path, run_dir: Path | None = None) -> str:
     """Run the CLI, expect exit 2, return its single ``error:`` line (and check nothing was loaded).
 
-    ``run_dir``: the run folder to pass (default ``tmp_path/run``); it must not be left behind.
+    ``run_dir``: the run folder to pass (default ``tmp_path/run``); unless it existed before, it must
+    not be left behind.
     """
     run_dir = run_dir or tmp_path / "run"
+    existed = run_dir.exists()
     proc = subprocess.run(
         [sys.executable, "-m", "vla_autoprune.evaluate", *args, f"hydra.run.dir={run_dir}"],
         capture_output=True,
@@ -42,9 +44,20 @@ def _error_line(*args: str, tmp_path: Path, run_dir: Path | None = None) -> str:
     assert "Traceback" not in output, output[-3000:]
     assert not any(marker in output for marker in LOADING), output[-3000:]
     assert "to resume" not in output  # nothing ran, so there is nothing to resume
-    assert not run_dir.exists()  # and no empty run folder is left behind
+    assert run_dir.exists() == existed  # no empty run folder is left behind, nor a user's removed
     (line,) = [line for line in output.splitlines() if "error:" in line]
     return line
+
+
+def test_a_failed_check_keeps_a_run_folder_the_user_made(tmp_path: Path) -> None:
+    """The folder Hydra made for a refused command is removed; a user's own empty one was too."""
+    mine = tmp_path / "my-run"
+    mine.mkdir()
+    assert "budget" in _error_line("budget=abc", tmp_path=tmp_path, run_dir=mine)
+    assert mine.is_dir()
+    # the parents it made go too (outputs/runs/ of a fresh checkout), not those that were there
+    _error_line("budget=abc", tmp_path=tmp_path, run_dir=mine / "outputs" / "runs" / "run")
+    assert not (mine / "outputs").exists()
 
 
 def test_nuscenes_without_dataroot(tmp_path: Path) -> None:

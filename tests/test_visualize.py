@@ -432,6 +432,15 @@ def test_cli_bad_input_is_one_line_before_the_model_loads(
     assert not hydra_dir.exists()  # a refused command leaves no empty output folder behind
 
 
+def test_cli_with_out_dir_leaves_no_hydra_folder(runs: dict[str, Path], tmp_path: Path) -> None:
+    """out_dir= holds the drawings; the timestamped outputs/viz/<time>/ (a log alone) is not left."""
+    out = tmp_path / "out"
+    proc = _cli([f"runs=[{runs['fastv']}]", "scene=0", "layers=[0]", f"out_dir={out}"], tmp_path)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert list(out.rglob("*.html")) and list(out.rglob("*.png"))
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_cli_ctrl_c_is_one_line(runs: dict[str, Path], tmp_path: Path) -> None:
     code = (
         "import sys\nimport vla_autoprune.visualize as v\n"
@@ -517,6 +526,33 @@ def test_drawing_again_says_what_it_replaces_and_a_kill_leaves_whole_files(
         visualize(cfg, tmp_path)
     assert mosaic.read_bytes() == before  # the earlier picture is whole
     assert not [p for p in tmp_path.rglob(".*") if p.is_file()]  # no temporary file left
+
+
+def test_drawing_again_leaves_no_picture_of_the_earlier_drawing(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """A scene drawn for two runs, then for one, then for one sample: only what was drawn last is left."""
+    both = f"runs=[{runs['fastv']},{runs['autoprune']}]"
+    visualize(_cfg("visualize", both, "scene=0", "layers=[0]", "cell_width=100"), tmp_path)
+    assert {p.name.split("_")[1] for p in (tmp_path / "png").glob("*/00_*/mosaic_*.png")} == {
+        "fastv",
+        "autoprune",
+    }
+    folders = sorted((tmp_path / "png").glob("*/*"))
+    assert len(folders) > 1
+    visualize(
+        _cfg("visualize", f"runs=[{runs['fastv']}]", "scene=0", "layers=[0]", "cell_width=100"), tmp_path
+    )
+    assert {p.name.split("_")[1] for p in (tmp_path / "png").glob("*/*/mosaic_*.png")} == {"fastv"}
+    token = json.loads((runs["fastv"] / RECORDS_FILE).read_text().splitlines()[0])["sample_token"]
+    visualize(
+        _cfg("visualize", f"runs=[{runs['fastv']}]", f"sample={token}", "layers=[0]", "cell_width=100"),
+        tmp_path,
+    )
+    (left,) = sorted((tmp_path / "png").glob("*/*"))
+    names = sorted(p.name for p in left.iterdir())
+    assert left.name.endswith(token[:8]) and len(names) == 3 and names[0] == "bev.png"
+    assert names[1].startswith("mosaic_fastv") and names[2] == "retention.png"
 
 
 def test_bev_legend_covers_no_data() -> None:

@@ -19,7 +19,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from vla_autoprune.errors import NotRunnableError
-from vla_autoprune.pipeline.app import USER_ERRORS, discard_if_empty, evaluate, model_name, record_skipped
+from vla_autoprune.pipeline.app import USER_ERRORS, evaluate, model_name, record_skipped
+from vla_autoprune.pipeline.callbacks import discard_if_empty
 from vla_autoprune.pipeline.group_choices import refuse_unknown_choices
 
 logger = logging.getLogger(__name__)

@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 #: One JSON line per evaluated sample (:class:`RecordWriter`, :func:`read_records`).
 RECORDS_FILE = "records.jsonl"
+#: Hydra's record of a job (config, overrides), which the apps write themselves once a run is accepted.
+HYDRA_RECORD_DIR = ".hydra"
 #: The run's identity and status (written by :mod:`vla_autoprune.pipeline.app`).
 RUN_FILE = "run.json"
 #: The run's resolved Hydra config.

@@ -28,9 +28,9 @@ from vla_autoprune.pipeline.app import (
     USER_ERRORS,
     build,
     checked_planner,
-    discard_if_empty,
     model_name,
 )
+from vla_autoprune.pipeline.callbacks import discard_if_empty
 from vla_autoprune.pipeline.group_choices import refuse_unknown_choices
 from vla_autoprune.pipeline.loop import run_split
 from vla_autoprune.run_files import RUN_FILE, atomic_write_json, check_writable
@@ -183,6 +183,9 @@ def run_app(cfg: DictConfig) -> None:
     out_dir = cfg.out_dir or hydra_dir
     try:
         visualize(cfg, out_dir)
+        if Path(out_dir).absolute() != Path(hydra_dir).absolute():
+            # out_dir= holds the drawings: no outputs/viz/<time>/ with a log alone is left
+            discard_if_empty(hydra_dir)
     except KeyboardInterrupt:
         # Every file is written atomically: what is there is complete, the rest was never started.
         logger.error(

@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import re
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -48,6 +47,7 @@ from vla_autoprune.pipeline.table import SHORT_COLUMNS, table_rows, to_markdown
 from vla_autoprune.pruning.calibration import calibrate_pruner
 from vla_autoprune.run_files import (
     CONFIG_FILE,
+    HYDRA_RECORD_DIR,
     RECORDS_FILE,
     RUN_FILE,
     SKIPPED_FILE,
@@ -59,7 +59,6 @@ from vla_autoprune.run_files import (
 
 logger = logging.getLogger(__name__)
 
-HYDRA_RECORD_DIR = ".hydra"  # Hydra's own record of a job, written by the app (see `evaluate`)
 
 #: Bad input a user can fix, reported as one line: the project's :class:`UserError`, and the data
 #: layer's own error family (until ``vla_autoprune.data.errors`` derives from ``UserError`` too).
@@ -224,14 +223,6 @@ def adopt_model_calibration(cfg: DictConfig, planner: Planner) -> None:
     model = model_name(cfg)
     if pruner is not None and model is not None:
         calibrate_pruner(pruner, model)
-
-
-def discard_if_empty(out_dir: str | Path) -> None:
-    """Remove a run folder that holds nothing of a run, only Hydra's ``.hydra/`` and its log: a
-    command that failed its checks leaves no empty folder behind. Any other content is kept."""
-    out = Path(out_dir)
-    if out.is_dir() and all(e.name == HYDRA_RECORD_DIR or e.suffix == ".log" for e in out.iterdir()):
-        shutil.rmtree(out, ignore_errors=True)
 
 
 def record_skipped(

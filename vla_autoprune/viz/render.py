@@ -199,20 +199,34 @@ def render_scene(
     page, pngs = out_dir / f"{safe_name(scene.name)}.html", out_dir / "png" / safe_name(scene.name)
     if page.exists() or pngs.exists():
         logger.warning("replacing %s and %s/ (drawn earlier)", page, pngs)
-    samples = []
+    samples, written = [], set[Path]()
     for n, token in enumerate(scene.sample_tokens):
         pictures = draw_sample(runs, dataset, token, layers, cell_width)
         folder = pngs / f"{n:02d}_{token[:8]}"
-        atomic_write_bytes(folder / "retention.png", pictures.page.curve_png)
-        atomic_write_bytes(folder / "bev.png", pictures.page.bev_png)
+        files = {folder / "retention.png": pictures.page.curve_png, folder / "bev.png": pictures.page.bev_png}
         for label, image in pictures.mosaics.items():
-            atomic_write_bytes(folder / f"mosaic_{safe_name(label)}.png", image_bytes(image))
+            files[folder / f"mosaic_{safe_name(label)}.png"] = image_bytes(image)
+        for path, data in files.items():
+            atomic_write_bytes(path, data)
+        written.update(files)
         samples.append(pictures.page)
         if progress is not None:
             progress.update()
     traces = [(r.label, {t: r.kept.get(t) for t in scene.sample_tokens if t in r.kept}) for r in runs]
     write_page(page, page_data(f"scene {scene.name}", samples, traces))
+    _remove_stale(pngs, written)
     return page
+
+
+def _remove_stale(pngs: Path, written: set[Path]) -> None:
+    """Once a scene is drawn again, the PNGs of an earlier drawing it did not write again (runs or
+    samples not drawn this time), and the sample folders they leave empty."""
+    for path in sorted(pngs.glob("*/*.png")):
+        if path not in written:
+            path.unlink(missing_ok=True)
+    for folder in pngs.iterdir():
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def render_scenes(
