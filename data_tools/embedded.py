@@ -109,7 +109,8 @@ def ensure_synthetic(
     if (root / SYNTHETIC_VERSION / "sample.json").is_file():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    remove_abandoned_staging(root)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(root)}{os.getpid()}-", dir=root.parent))
     try:
         logger.info("Generating the synthetic nuScenes set into %s (first use only)", root)
         generate(
@@ -131,6 +132,34 @@ def ensure_synthetic(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def _staging_prefix(root: Path) -> str:
+    """Name start of ``root``'s staging copies: ``.<name>.tmp-<pid of the generating process>-``."""
+    return f".{root.name}.tmp-"
+
+
+def remove_abandoned_staging(root: Path) -> None:
+    """Remove staging copies of ``root`` whose generating process is gone (killed with SIGTERM or
+    SIGKILL, which skip its own clean-up): each holds up to a whole set. Copies of live processes
+    (a concurrent job generating the same set) are left alone."""
+    prefix = _staging_prefix(root)
+    for path in root.parent.glob(f"{prefix}*"):
+        pid = path.name[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            logger.info("removing %s, left by an interrupted generation", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def check_synthetic(

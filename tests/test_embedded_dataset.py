@@ -77,3 +77,23 @@ def test_concurrent_first_use_yields_one_complete_set(tmp_path: Path) -> None:
     assert (root / SYNTHETIC_VERSION / "sample.json").is_file()
     assert [p.name for p in root.parent.iterdir()] == [root.name]  # the loser's copy is gone
     assert len(NuScenesDrivingDataset(root, split="val")) == 2
+
+
+def test_a_killed_generations_staging_copy_is_removed_by_the_next(tmp_path: Path, monkeypatch) -> None:
+    """SIGTERM or SIGKILL skip the generator's clean-up: its staging copy (up to a whole set) stayed
+    in the cache for good. The next generation removes copies whose process is gone, not live ones."""
+    monkeypatch.setenv("VLA_AUTOPRUNE_CACHE", str(tmp_path))
+    root = synthetic_dataroot(SMALL["scenes"], SMALL["samples_per_scene"], SMALL["image_size"], SMALL["seed"])
+    root.parent.mkdir(parents=True)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead = root.parent / f".{root.name}.tmp-{int(gone.stdout)}-abc"
+    live = root.parent / f".{root.name}.tmp-{os.getpid()}-def"
+    other = (
+        root.parent / f".{root.name}x.tmp-{int(gone.stdout)}-ghi"
+    )  # another set's: not this one's to judge
+    for folder in (dead, live, other):
+        (folder / "samples").mkdir(parents=True)
+    ensure_synthetic(**SMALL)
+    assert sorted(p.name for p in root.parent.iterdir()) == sorted([root.name, live.name, other.name])
