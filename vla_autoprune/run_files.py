@@ -133,8 +133,13 @@ def read_records(path: str | Path, repair: bool = False) -> list[dict[str, Any]]
         with Path(path).open("r+b") as f:
             f.truncate(torn_at)
     elif torn_at is not None:
-        logger.warning("%s: skipping its torn last line (the run is still writing, or was killed)", path)
+        warn_torn(path)
     return records
+
+
+def warn_torn(path: str | Path) -> None:
+    """What a reader says when it skips a records file's torn last line."""
+    logger.warning("%s: skipping its torn last line (the run is still writing, or was killed)", path)
 
 
 class RecordWriter:

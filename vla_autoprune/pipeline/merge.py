@@ -24,7 +24,14 @@ from typing import Any
 from vla_autoprune.errors import DataError, DataNotFoundError
 from vla_autoprune.pipeline.identity import PER_JOB_KEYS, config_key
 from vla_autoprune.pipeline.summary import summarize
-from vla_autoprune.run_files import RECORDS_FILE, RUN_FILE, SKIPPED_FILE, SUMMARY_FILE, scan_records
+from vla_autoprune.run_files import (
+    RECORDS_FILE,
+    RUN_FILE,
+    SKIPPED_FILE,
+    SUMMARY_FILE,
+    scan_records,
+    warn_torn,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +90,7 @@ def read_run_records(path: str | Path) -> tuple[list[dict[str, Any]], bool]:
         path, "restore the file, or move its run folder out of the report's folders"
     )
     if torn_at is not None:
-        logger.warning("%s: skipping its torn last line (the run is still writing, or was killed)", path)
+        warn_torn(path)
     return records, torn_at is not None
 
 
