@@ -26,7 +26,8 @@ from vla_autoprune.pipeline.ci_tables import (
     stat_rows,
 )
 from vla_autoprune.pipeline.loop import sample_records
-from vla_autoprune.pipeline.report_files import plot_stats_by_scenario, plot_vs_budget, write_report
+from vla_autoprune.pipeline.report_files import write_report
+from vla_autoprune.pipeline.report_plots import plot_stats_by_scenario, plot_vs_budget
 from vla_autoprune.pipeline.summary import summarize
 from vla_autoprune.pipeline.table import find_baseline, retention, table_rows, to_markdown
 from vla_autoprune.report import main
@@ -283,6 +284,37 @@ def test_plots_draw_interval_bands_without_switching_the_backend(tmp_path: Path)
     assert bars is not None and [t.get_text() for t in bars.axes[0].get_xticklabels()] == sorted(FAMILIES)
     assert plot_stats_by_scenario(stats, "k", tmp_path / "k.png") is None  # no run records k
     assert not (tmp_path / "k.png").exists()
+
+
+def test_stats_plot_draws_each_interval_as_it_is(tmp_path: Path) -> None:
+    """A percentile interval need not contain the mean: its bar spans lo..hi, not cut at the point."""
+    from matplotlib.collections import LineCollection
+
+    rows = [
+        {
+            "run": 2,
+            "pruner": "autoprune",
+            "budget": 32,
+            "scenario": "a",
+            "mi": 1.0,
+            "mi lo": 1.2,
+            "mi hi": 1.5,
+        },
+        {
+            "run": 2,
+            "pruner": "autoprune",
+            "budget": 32,
+            "scenario": "b",
+            "mi": 2.0,
+            "mi lo": 1.5,
+            "mi hi": 2.5,
+        },
+    ]
+    fig = plot_stats_by_scenario(rows, "mi", tmp_path / "mi.png")
+    assert fig is not None
+    (bars,) = [c for c in fig.axes[0].collections if isinstance(c, LineCollection)]
+    spans = sorted((float(seg[:, 1].min()), float(seg[:, 1].max())) for seg in bars.get_segments())
+    assert spans == [(1.2, 1.5), (1.5, 2.5)]
 
 
 def test_compare_records_for_acceptance_checks_and_bad_input() -> None:

@@ -206,7 +206,7 @@ def test_plots_are_the_same_bytes_whatever_style_a_library_set(tmp_path: Path) -
     the CLI's over the same runs because of it."""
     from matplotlib import style
 
-    from vla_autoprune.pipeline.report_files import plot_vs_budget
+    from vla_autoprune.pipeline.report_plots import plot_vs_budget
 
     row = {"planner": "vla", "pruner": "fastv", "budget": 64, "L2@3s stp3": 1.0}
     row |= {"L2@3s stp3 lo": 0.9, "L2@3s stp3 hi": 1.2}

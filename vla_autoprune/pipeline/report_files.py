@@ -1,16 +1,12 @@
-"""Write a sweep's report files: Markdown and CSV tables with bootstrap intervals, and budget plots."""
+"""Write a sweep's report files: Markdown and CSV tables with bootstrap intervals, and the plots
+(:mod:`~vla_autoprune.pipeline.report_plots`)."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import matplotlib
-from matplotlib.figure import Figure
 
 from vla_autoprune.errors import ConfigError, DataNotFoundError
 from vla_autoprune.pipeline.camera_reliance import CAMERA_COLUMNS, camera_rows
@@ -23,6 +19,7 @@ from vla_autoprune.pipeline.ci_tables import (
 )
 from vla_autoprune.pipeline.merge import Merged, find_runs, find_skipped, group_runs, merge_group
 from vla_autoprune.pipeline.pairwise import pairwise_rows
+from vla_autoprune.pipeline.report_plots import finite_number, plot_stats_by_scenario, plot_vs_budget
 from vla_autoprune.pipeline.resampling import Bootstrap, Run
 from vla_autoprune.pipeline.summary import stat_values
 from vla_autoprune.pipeline.table import IDENTITY_COLUMNS, SHORT_COLUMNS, to_csv, to_markdown
@@ -144,103 +141,6 @@ def load_runs(dirs: Sequence[Path]) -> list[Run]:
     return [Run.of(m.summary, m.records) for m in load_merged(dirs)]
 
 
-def _number(value: Any) -> float | None:
-    """``value`` as a finite float, else None (missing, None or nan cells)."""
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
-
-
-@contextlib.contextmanager
-def _plot_style() -> Iterator[None]:
-    """Draw with matplotlib's settings as loaded from its matplotlibrc, whatever a library changed
-    since (nuscenes' map API calls ``plt.style.use`` on import, so a sweep's plots would otherwise
-    differ from a report of the same runs made by the CLI); the backend is left as it is."""
-    with matplotlib.rc_context():
-        matplotlib.rcParams.update({k: v for k, v in matplotlib.rcParamsOrig.items() if k != "backend"})
-        yield
-
-
-def plot_vs_budget(rows: Sequence[dict[str, Any]], column: str, path: Path) -> Figure:
-    """``column`` against budget (see :func:`_plot_vs_budget`), in the report's fixed style."""
-    with _plot_style():
-        return _plot_vs_budget(rows, column, path)
-
-
-def _plot_vs_budget(rows: Sequence[dict[str, Any]], column: str, path: Path) -> Figure:
-    """``column`` against budget, one line with its interval band per (planner, pruner, variant);
-    unpruned runs (no budget) are a dashed line with a grey band. Saved as a PNG; returns the figure.
-
-    Draws on a bare :class:`~matplotlib.figure.Figure`, so the global backend is never switched."""
-    fig = Figure(figsize=(6.5, 4.2))
-    ax = fig.add_subplot()
-    series: dict[str, list[tuple[float, float, float, float]]] = {}
-    for row in rows:
-        value, budget = _number(row.get(column)), row.get("budget")
-        if value is None:
-            continue
-        low, high = _number(row.get(f"{column} lo")), _number(row.get(f"{column} hi"))
-        if low is None or high is None:
-            low = high = value
-        label = "/".join(str(row[k]) for k in ("planner", "pruner", "variant") if row.get(k))
-        if budget is None:  # unpruned (or camera-blind) reference: the same at every budget
-            ax.axhline(value, linestyle="--", color="gray", linewidth=1)
-            ax.axhspan(low, high, color="gray", alpha=0.15, linewidth=0)
-            ax.annotate(label, (0, value), xycoords=("axes fraction", "data"), fontsize="small")
-            continue
-        series.setdefault(label, []).append((float(budget), value, low, high))
-    for label, points in sorted(series.items()):
-        xs, ys, lows, highs = zip(*sorted(points), strict=True)
-        (line,) = ax.plot(xs, ys, marker="o", label=label)
-        ax.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.15, linewidth=0)
-        # Interval bars, so a lone budget shows its CI too. vlines, not errorbar: a percentile
-        # interval need not contain the point estimate (skewed replicates on few scenes).
-        ax.vlines(xs, lows, highs, color=line.get_color(), linewidth=1.5)
-    ax.set_xlabel("budget (mean visual tokens per decoder layer)")
-    ax.set_ylabel(f"{column} (95 % CI band)")
-    ax.grid(alpha=0.3)
-    if series:
-        ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return fig
-
-
-def plot_stats_by_scenario(rows: Sequence[dict[str, Any]], key: str, path: Path) -> Figure | None:
-    """:func:`_plot_stats_by_scenario` in the report's fixed style."""
-    with _plot_style():
-        return _plot_stats_by_scenario(rows, key, path)
-
-
-def _plot_stats_by_scenario(rows: Sequence[dict[str, Any]], key: str, path: Path) -> Figure | None:
-    """Mean ``key`` (e.g. AutoPrune's ``mi``) per scenario family with interval bars, one marker
-    series per run; None (nothing written) when no row has it."""
-    rows = [r for r in rows if r.get("scenario") != "all" and _number(r.get(key)) is not None]
-    if not rows:
-        return None
-    families = sorted({str(r["scenario"]) for r in rows})
-    runs = sorted({r["run"] for r in rows})
-    fig = Figure(figsize=(6.5, 4.2))
-    ax = fig.add_subplot()
-    for i, run in enumerate(runs):
-        mine = [r for r in rows if r["run"] == run]
-        xs = [families.index(str(r["scenario"])) + (i - (len(runs) - 1) / 2) * 0.1 for r in mine]
-        ys = [float(r[key]) for r in mine]
-        lows = [_number(r.get(f"{key} lo")) for r in mine]
-        highs = [_number(r.get(f"{key} hi")) for r in mine]
-        errs = [
-            [0.0 if lo is None else max(y - lo, 0.0) for y, lo in zip(ys, lows, strict=True)],
-            [0.0 if hi is None else max(hi - y, 0.0) for y, hi in zip(ys, highs, strict=True)],
-        ]
-        label = f"run {run}: {mine[0]['pruner']} b{mine[0]['budget']} {mine[0].get('variant') or ''}".strip()
-        ax.errorbar(xs, ys, yerr=errs, fmt="o", capsize=3, label=label)
-    ax.set_xticks(range(len(families)), families, rotation=30, ha="right")
-    ax.set_ylabel(f"mean {key} (95 % CI)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return fig
-
-
 def _resampling(boot: Bootstrap, runs: Sequence[Run]) -> str:
     """Which resampling the runs got: one phrase, or one per group of runs (``runs 1, 2: ...``)."""
     by_design: dict[str, list[int]] = {}
@@ -346,7 +246,7 @@ def _sections(
     text = "## Results\n\n" + to_markdown(rows, MAIN_COLUMNS) + _unpaired_note(runs)
     text += _pairwise_section(pairs, scope)
     text += _camera_section(cameras)
-    if any(_number(r.get("PDMS")) is not None for r in rows):
+    if any(finite_number(r.get("PDMS")) is not None for r in rows):
         text += (
             "\n## Closed-loop-style score (`run` = row of the results table)\n\n"
             "PDMS = NC x DAC x (5 TTC + 5 EP + 2 C) / 12; DDC reported, weight 0.\n\n"
@@ -505,7 +405,7 @@ def write_report(
     rows = tables["report.csv"]
     plot_vs_budget(rows, "L2@3s stp3", out / "l2_3s_vs_budget.png")
     plot_vs_budget(rows, "Col@3s stp3", out / "collision_3s_vs_budget.png")
-    if any(_number(r.get("PDMS")) is not None for r in rows):
+    if any(finite_number(r.get("PDMS")) is not None for r in rows):
         plot_vs_budget(rows, "PDMS", out / "pdms_vs_budget.png")
     for key in ("mi", "k"):
         plot_stats_by_scenario(tables["autoprune_stats.csv"], key, out / f"autoprune_{key}_by_scenario.png")
