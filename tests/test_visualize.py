@@ -555,6 +555,28 @@ def test_drawing_again_leaves_no_picture_of_the_earlier_drawing(
     assert names[1].startswith("mosaic_fastv") and names[2] == "retention.png"
 
 
+def test_bev_map_holds_the_records_the_devkit_finds_around_the_sample(synthetic_root: Path) -> None:
+    """The map drawn is the devkit's get_records_in_patch answer (queried through the map's index)."""
+    from vla_autoprune.data import NuScenesDrivingDataset
+    from vla_autoprune.viz.bev import MAP_RADIUS_M, _nuscenes_map, map_layers
+
+    dataset = NuScenesDrivingDataset(synthetic_root, split="val", version="v1.0-synthetic")
+    nusc = dataset.nusc
+    token = dataset.sample_tokens[0]
+    layers = map_layers(nusc, token)
+    assert layers is not None and layers.drivable and layers.lanes
+    sample = nusc.get("sample", token)
+    location = nusc.get("log", nusc.get("scene", sample["scene_token"])["log_token"])["location"]
+    pose = nusc.get("ego_pose", nusc.get("sample_data", sample["data"]["LIDAR_TOP"])["ego_pose_token"])
+    x, y = pose["translation"][:2]
+    nmap = _nuscenes_map(str(nusc.dataroot), location)
+    patch = (x - MAP_RADIUS_M, y - MAP_RADIUS_M, x + MAP_RADIUS_M, y + MAP_RADIUS_M)
+    found = nmap.get_records_in_patch(patch, ["drivable_area", "lane", "lane_connector"], mode="intersect")
+    polygons = sum(len(nmap.get("drivable_area", t)["polygon_tokens"]) for t in found["drivable_area"])
+    assert len(layers.drivable) == polygons
+    assert len(layers.lanes) == len(found["lane"]) + len(found["lane_connector"])
+
+
 def test_bev_legend_covers_no_data() -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
