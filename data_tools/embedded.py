@@ -23,6 +23,7 @@ from pathlib import Path
 
 from data_tools.synthetic.scenario import WORLD_VERSION
 from data_tools.synthetic_nuscenes import (
+    CLI_FIXES,
     DEFAULT_VERSION,
     MANIFEST_FILE,
     cli_command,
@@ -41,6 +42,12 @@ logger = logging.getLogger(__name__)
 SYNTHETIC_VERSION = DEFAULT_VERSION
 #: The setting a dataroot comes from in the one-line errors (the Hydra key; a CLI passes its flag).
 DATAROOT_KEY = "data.dataset.dataroot"
+#: How a bad generator argument given in the Hydra config (``conf/data/synthetic.yaml``) is fixed.
+HYDRA_FIXES: Mapping[str, str] = {
+    "scenes": "set data.dataset.scenes.val=1 or more",
+    "samples_per_scene": "set data.dataset.samples_per_scene=2 or more",
+    "image_size": "set e.g. data.dataset.image_size=[1600,900]",
+}
 
 
 def unset_dataroot(setting: str = DATAROOT_KEY) -> str:
@@ -85,6 +92,7 @@ def ensure_synthetic(
     image_size: Sequence[int] = (1600, 900),
     seed: int = 0,
     setting: str = DATAROOT_KEY,
+    fixes: Mapping[str, str] = CLI_FIXES,
 ) -> Path:
     """Return a dataroot holding the synthetic set for these arguments.
 
@@ -94,6 +102,9 @@ def ensure_synthetic(
         scenes, samples_per_scene, image_size, seed: generator arguments (image_size is (W, H));
             see :func:`data_tools.synthetic_nuscenes.generate`.
         setting: what the errors call the dataroot (the Hydra key, or a CLI's ``--dataroot``).
+        fixes: how a bad generator argument's error says to fix it (the generator's
+            :data:`~data_tools.synthetic_nuscenes.CLI_FIXES` by default, :data:`HYDRA_FIXES` for
+            the Hydra config).
 
     Raises:
         SyntheticSetNotFoundError: ``dataroot`` holds no synthetic set.
@@ -115,11 +126,12 @@ def ensure_synthetic(
         logger.info("Generating the synthetic nuScenes set into %s (first use only)", root)
         generate(
             tmp,
-            scenes=counts,
+            scenes=scenes,  # as given: an error names what the user set
             samples_per_scene=samples_per_scene,
             image_size=size,
             seed=seed,
             overwrite=True,
+            fixes=fixes,
         )
         try:
             tmp.rename(root)
@@ -246,7 +258,12 @@ def synthetic_dataset(
         full_future_only: keep only samples with a full 3 s future in their scene.
     """
     root = ensure_synthetic(
-        dataroot, scenes=scenes, samples_per_scene=samples_per_scene, image_size=image_size, seed=seed
+        dataroot,
+        scenes=scenes,
+        samples_per_scene=samples_per_scene,
+        image_size=image_size,
+        seed=seed,
+        fixes=HYDRA_FIXES,
     )
     return NuScenesDrivingDataset(
         root,

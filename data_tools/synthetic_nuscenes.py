@@ -73,6 +73,15 @@ MAP_MASK_PX = 16
 MARKER_FILE = ".synthetic-nuscenes"
 
 
+#: How the errors of :func:`generate` say to fix an argument, per argument: this module's command
+#: line flags (another front end, e.g. the Hydra config, passes its own ``fixes``).
+CLI_FIXES: Mapping[str, str] = {
+    "scenes": "pass --scenes 1 or more",
+    "samples_per_scene": "pass --samples-per-scene 2 or more",
+    "image_size": "pass e.g. --image-size 1600x900",
+}
+
+
 class GeneratorArgumentError(ConfigError):
     """An argument of :func:`generate` is out of range (a one-line :class:`ConfigError`)."""
 
@@ -99,6 +108,7 @@ def generate(
     overwrite: bool = False,
     version: str = DEFAULT_VERSION,
     val_fraction: float = 0.25,
+    fixes: Mapping[str, str] = CLI_FIXES,
 ) -> Path:
     """Write a synthetic nuScenes-format dataset into ``dataroot`` and return it.
 
@@ -111,9 +121,11 @@ def generate(
     :param overwrite: replace this generator's outputs (``samples/``, ``maps/``, ``<version>/``).
     :param version: name of the table folder (``NuScenes(version=...)``).
     :param val_fraction: share of an int ``scenes`` in val (0 < f < 1).
+    :param fixes: how a bad-argument error says to fix ``scenes``, ``samples_per_scene`` and
+        ``image_size`` (default: this module's command line flags, :data:`CLI_FIXES`).
     :raises GeneratorArgumentError: bad arguments; ``DatarootNotEmptyError`` for a non-empty folder.
     """
-    args = _validate(scenes, samples_per_scene, image_size, val_fraction, version)
+    args = _validate(scenes, samples_per_scene, image_size, val_fraction, version, fixes)
     root = Path(dataroot)
     _prepare_dataroot(root, version, overwrite)
     rig = SensorSetup(camera_rig(args.image_size), lidar_sensor())
@@ -224,22 +236,23 @@ def _validate(
     image_size: tuple[int, int],
     val_fraction: float,
     version: str,
+    fixes: Mapping[str, str] = CLI_FIXES,
 ) -> _Args:
     if not 0.0 < float(val_fraction) < 1.0:
         raise GeneratorArgumentError(f"val_fraction must be in (0, 1), got {val_fraction}; try 0.25")
     counts = scene_counts(scenes, val_fraction)
     if any(n < 0 for n in counts.values()) or sum(counts.values()) < 1:
         raise GeneratorArgumentError(
-            f"scenes must be >= 1 in all (none negative), got {scenes}; pass --scenes 1 or more"
+            f"scenes must be >= 1 in all (none negative), got {scenes}; {fixes['scenes']}"
         )
     if int(samples) < 2:
         raise GeneratorArgumentError(
-            f"samples_per_scene must be >= 2, got {samples}; pass --samples-per-scene 2 or more"
+            f"samples_per_scene must be >= 2, got {samples}; {fixes['samples_per_scene']}"
         )
     if len(image_size) != 2 or min(int(v) for v in image_size) < MIN_IMAGE_SIDE:
         raise GeneratorArgumentError(
-            f"image_size must be (W, H) with both >= {MIN_IMAGE_SIDE}, got {image_size}; "
-            "pass e.g. --image-size 1600x900"
+            f"image_size must be (W, H) with both >= {MIN_IMAGE_SIDE}, got {tuple(image_size)}; "
+            f"{fixes['image_size']}"
         )
     if not version or Path(version).name != version:
         raise GeneratorArgumentError(

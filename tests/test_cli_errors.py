@@ -60,6 +60,25 @@ def test_a_failed_check_keeps_a_run_folder_the_user_made(tmp_path: Path) -> None
     assert not (mine / "outputs").exists()
 
 
+@pytest.mark.parametrize("seed", ["abc", "1.5", "-1"])
+def test_a_seed_that_is_not_a_non_negative_integer_is_one_line(seed: str, tmp_path: Path) -> None:
+    """seed=abc was a traceback from torch.manual_seed; seed=1.5 ran with the seed truncated."""
+    assert "must be a non-negative integer, e.g. seed=0" in _error_line(f"seed={seed}", tmp_path=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("override", "fix"),
+    [
+        ("data.dataset.image_size=[0,10]", "set e.g. data.dataset.image_size=[1600,900]"),
+        ("data.dataset.samples_per_scene=1", "set data.dataset.samples_per_scene=2 or more"),
+        ("data.dataset.scenes.val=0", "got {'val': 0}; set data.dataset.scenes.val=1 or more"),
+    ],
+)
+def test_a_bad_synthetic_set_argument_names_the_config_key(override: str, fix: str, tmp_path: Path) -> None:
+    """The generator's errors named its command line flags (--image-size 1600x900) to a Hydra user."""
+    assert _error_line(override, tmp_path=tmp_path).endswith(fix)
+
+
 def test_nuscenes_without_dataroot(tmp_path: Path) -> None:
     line = _error_line("data=nuscenes", tmp_path=tmp_path)
     assert "data.dataset.dataroot" in line and "must be set" in line

@@ -27,6 +27,7 @@ from vla_autoprune.errors import ConfigError, DataNotFoundError
 from vla_autoprune.pipeline.app import (
     USER_ERRORS,
     build,
+    check_seed,
     checked_planner,
     model_name,
 )
@@ -94,11 +95,13 @@ def check_layers(layers: Sequence[int] | None, num_layers: int) -> None:
 
 
 def check_settings(cfg: DictConfig) -> None:
-    """The viewer's own settings, before anything loads: positive integers where they must be."""
+    """The viewer's own settings, before anything loads: positive integers where they must be, and
+    the live run's seed."""
     for key, default in (("cell_width", 288), ("batch_size", 8)):
         value = cfg.get(key)
         if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
             raise ConfigError(f"{key}={value!r} must be a positive integer (default: {key}={default})")
+    check_seed(cfg.get("seed"))
 
 
 def live_run(cfg: DictConfig, out_dir: Path, layers: Sequence[int] | None = None) -> Path:

@@ -131,6 +131,14 @@ def check_config(cfg: DictConfig) -> None:
     workers = cfg.num_workers
     if not (isinstance(workers, int) and workers >= 0):
         raise ConfigError(f"num_workers={workers!r} must be 0 (load in this process) or a positive integer")
+    check_seed(cfg.seed)
+
+
+def check_seed(seed: Any) -> None:
+    """A one-line :class:`ConfigError` unless ``seed`` is a non-negative integer (``torch.manual_seed``
+    takes ``1.5`` silently and fails on ``abc`` with a traceback)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed={seed!r} must be a non-negative integer, e.g. seed=0")
 
 
 def warn_unused_budget(planner: Planner, overrides: Sequence[str]) -> None:
