@@ -250,6 +250,27 @@ def test_constant_velocity_run_and_shards_merge_to_the_unsharded_summary(
     assert (tmp_path / "report" / "l2_3s_vs_budget.png").stat().st_size > 0
 
 
+def test_real_nuscenes_config_takes_cameras_and_decode_size(synthetic_root: Path, tmp_path: Path) -> None:
+    """data=nuscenes names its cameras and decode size (they needed a `+` before: Hydra refused
+    ``data.dataset.image_size=...`` as not in the config); its camera list is the model's order."""
+    nuscenes = OmegaConf.load(CONF / "data" / "nuscenes.yaml")
+    assert tuple(nuscenes.dataset.cameras) == CAMERAS and nuscenes.dataset.image_size is None
+    cfg = _cfg(
+        synthetic_root,
+        "data=nuscenes",
+        "data.dataset.version=v1.0-synthetic",
+        "data.dataset.split=val",
+        "data.dataset.cameras=[CAM_FRONT,CAM_BACK]",
+        "data.dataset.image_size=[96,54]",
+        "planner=constant_velocity",
+        "limit=3",
+    )
+    summary = evaluate(cfg, tmp_path / "run")
+    recorded = json.loads((tmp_path / "run" / "run.json").read_text())["data"]
+    assert recorded["cameras"] == ["CAM_FRONT", "CAM_BACK"] and recorded["image_size"] == [96, 54]
+    assert summary["num_samples"] == 3
+
+
 def test_missing_dataroot_fails_before_any_work(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path / "nowhere", "planner=constant_velocity", "data=nuscenes")
     with pytest.raises(FileNotFoundError, match="nowhere"):
