@@ -19,6 +19,7 @@ from conftest import (
 from torch import nn
 
 from vla_autoprune import compat
+from vla_autoprune.errors import ConfigError
 from vla_autoprune.models.base import DecoderInputs, DrivingModel
 from vla_autoprune.pruning import (
     AutoPrunePruner,
@@ -125,6 +126,9 @@ def test_random_is_seeded() -> None:
 
     assert torch.equal(kept(0), kept(0))
     assert not torch.equal(kept(0), kept(1))
+    for bad in ("abc", 1.5, -1, True):  # "abc" hashed into some draw and ran
+        with pytest.raises(ConfigError, match=r"seed=.* must be a non-negative integer"):
+            build_pruner("random", budget=8, seed=bad)
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
