@@ -229,6 +229,16 @@ def test_killed_run_resumes_without_losing_or_duplicating_tokens(
 # -- the app --------------------------------------------------------------------------------------
 
 
+def test_a_run_named_twice_is_drawn_once(runs: dict[str, Path], tmp_path: Path) -> None:
+    """The same run twice (or a sweep and one of its runs) got two labels for one run, one mosaic
+    file written twice and a duplicate in the page's run selector."""
+    from vla_autoprune.viz.runs import expand_runs
+
+    fastv, autoprune = runs["fastv"], runs["autoprune"]
+    named = [fastv, autoprune, Path(f"{fastv}/../{fastv.name}"), autoprune]
+    assert expand_runs(named) == [fastv, autoprune]
+
+
 def test_page_compares_runs_and_live_mode_draws_a_sample(
     synthetic_root: Path, runs: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -86,7 +86,8 @@ def distinct_labels(runs: Sequence[RunData]) -> None:
 
 
 def expand_runs(paths: Sequence[str | Path]) -> list[Path]:
-    """Run folders from ``paths``: each a run folder, or a sweep folder whose sub-folders are runs."""
+    """Run folders from ``paths``: each a run folder, or a sweep folder whose sub-folders are runs;
+    each run once, in the order first given."""
     out: list[Path] = []
     for raw in paths:
         path = Path(raw).expanduser()
@@ -106,7 +107,15 @@ def expand_runs(paths: Sequence[str | Path]) -> list[Path]:
         for child in sorted(set(children) - set(drawable)):
             logger.info("skipping %s: it has no %s/ token files", child, KEPT_DIR)
         out.extend(drawable if drawable else children[:1])  # none: load_run names the problem
-    return out
+    # A run named twice (a sweep and one of its runs, say) is drawn once: twice, it would share a
+    # label, a mosaic file and a place in the page's run selector.
+    first: dict[Path, Path] = {}
+    for path in out:
+        first.setdefault(path.resolve(), path)
+    unique = list(first.values())
+    if len(unique) < len(out):
+        logger.info("drawing each run once: %d of the runs given were named twice", len(out) - len(unique))
+    return unique
 
 
 def dataset_config(run_dir: Path) -> Any:
