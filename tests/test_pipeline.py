@@ -271,6 +271,27 @@ def test_real_nuscenes_config_takes_cameras_and_decode_size(synthetic_root: Path
     assert summary["num_samples"] == 3
 
 
+def test_a_run_folder_takes_one_process_at_a_time(synthetic_root: Path, tmp_path: Path) -> None:
+    """A second process evaluating into a folder (a sweep started twice, a resume while the run
+    still runs) appended its records among the first one's; it is refused in one line now."""
+    import os
+
+    from vla_autoprune.run_files import run_lock
+
+    cfg = _cfg(synthetic_root, "planner=constant_velocity", "limit=3")
+    run = tmp_path / "run"
+    with run_lock(run), pytest.raises(ConfigError) as err:  # another evaluation holds the folder
+        evaluate(cfg, run)
+    assert str(err.value) == (
+        f"{run} is being evaluated by another process (pid {os.getpid()}); wait for it to finish, "
+        "or give this run another hydra.run.dir / hydra.sweep.dir"
+    )
+    assert not (run / RECORDS_FILE).exists()
+    first = evaluate(cfg, run)  # the lock goes with its holder
+    assert len(read_records(run / RECORDS_FILE)) == first["num_samples"] > 0
+    assert evaluate(cfg, run)["l2"] == first["l2"]  # and an evaluation's own lock with it (a resume)
+
+
 def test_missing_dataroot_fails_before_any_work(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path / "nowhere", "planner=constant_velocity", "data=nuscenes")
     with pytest.raises(FileNotFoundError, match="nowhere"):

@@ -10,12 +10,14 @@ already recorded; readers skip that line and never write.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,8 @@ logger = logging.getLogger(__name__)
 RECORDS_FILE = "records.jsonl"
 #: Hydra's record of a job (config, overrides), which the apps write themselves once a run is accepted.
 HYDRA_RECORD_DIR = ".hydra"
+#: Held (``flock``) by the process evaluating into a run folder (:func:`run_lock`); holds its pid.
+LOCK_FILE = ".run.lock"
 #: The run's identity and status (written by :mod:`vla_autoprune.pipeline.app`).
 RUN_FILE = "run.json"
 #: The run's resolved Hydra config.
@@ -86,6 +90,34 @@ def check_writable(folder: str | Path, setting: str) -> None:
         raise ConfigError(
             f"cannot write the output folder {path} ({reason}); choose another with {setting}=<folder>"
         ) from None
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | Path) -> Iterator[None]:
+    """Hold ``folder``'s :data:`LOCK_FILE` for the block (an exclusive ``flock``, released by the
+    kernel if the process dies): a second process evaluating into the same folder (a sweep started
+    twice, a resume while the run still runs) gets a one-line :class:`ConfigError` naming the
+    holder, instead of appending its records among the first one's."""
+    path = Path(folder) / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            raise ConfigError(
+                f"{path.parent} is being evaluated by another process{f' (pid {holder})' if holder else ''}; "
+                "wait for it to finish, or give this run another hydra.run.dir / hydra.sweep.dir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

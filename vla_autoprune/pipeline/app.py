@@ -55,6 +55,7 @@ from vla_autoprune.run_files import (
     atomic_write_json,
     atomic_write_text,
     read_records,
+    run_lock,
 )
 
 logger = logging.getLogger(__name__)
@@ -303,56 +304,57 @@ def evaluate(
     scores = check_scores(OmegaConf.select(cfg, "scores", default=DEFAULT_SCORES))
     planner, device, _ = checked_planner(cfg)
     warn_unused_budget(planner, overrides)
-    (out_dir / SKIPPED_FILE).unlink(missing_ok=True)  # an earlier attempt of this job was not runnable
-    meta = run_meta(cfg, planner, device, out_dir, overrides)
-    previous = _previous_meta(out_dir, cfg.resume)
-    if previous is not None:
-        check_resume(previous, meta, out_dir)
-    torch.manual_seed(cfg.seed)
-    dataset = dataset_seen_by(planner, build(cfg.data.dataset))
-    indices = shard_indices(len(dataset), cfg.data.shard, cfg.data.num_shards, cfg.limit)
-    if not indices:
-        raise ConfigError(
-            f"data.shard={cfg.data.shard} of {cfg.data.num_shards} (limit={cfg.limit}) selects no sample of "
-            f"{len(dataset)}; use fewer shards"
+    with run_lock(out_dir):  # one process at a time appends to a run folder
+        (out_dir / SKIPPED_FILE).unlink(missing_ok=True)  # an earlier attempt of this job was not runnable
+        meta = run_meta(cfg, planner, device, out_dir, overrides)
+        previous = _previous_meta(out_dir, cfg.resume)
+        if previous is not None:
+            check_resume(previous, meta, out_dir)
+        torch.manual_seed(cfg.seed)
+        dataset = dataset_seen_by(planner, build(cfg.data.dataset))
+        indices = shard_indices(len(dataset), cfg.data.shard, cfg.data.num_shards, cfg.limit)
+        if not indices:
+            raise ConfigError(
+                f"data.shard={cfg.data.shard} of {cfg.data.num_shards} (limit={cfg.limit}) selects no sample of "
+                f"{len(dataset)}; use fewer shards"
+            )
+        todo = _not_yet_recorded(out_dir, indices) if cfg.resume else list(indices)
+        if resume_hint and todo:
+            logger.info("to resume after an interruption, rerun with %s", resume_hint)
+        if todo:
+            planner.setup()
+            planner.validate(collate([dataset[todo[0]]]))
+        past_time = float((previous or {}).get("wall_time_s") or 0.0)
+        if previous is not None and "wall_time_s" in previous:
+            meta["wall_time_s"] = previous["wall_time_s"]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out_dir / RUN_FILE, meta)
+        OmegaConf.save(cfg, out_dir / CONFIG_FILE, resolve=True)
+        for name, node in (hydra_record or {}).items():
+            (out_dir / HYDRA_RECORD_DIR).mkdir(exist_ok=True)
+            atomic_write_text(out_dir / HYDRA_RECORD_DIR / name, OmegaConf.to_yaml(node))
+        records = run_split(
+            planner,
+            dataset,
+            indices,
+            out_dir,
+            batch_size=cfg.batch_size,
+            num_workers=cfg.num_workers,
+            resume=cfg.resume,
+            scores=scores,
         )
-    todo = _not_yet_recorded(out_dir, indices) if cfg.resume else list(indices)
-    if resume_hint and todo:
-        logger.info("to resume after an interruption, rerun with %s", resume_hint)
-    if todo:
-        planner.setup()
-        planner.validate(collate([dataset[todo[0]]]))
-    past_time = float((previous or {}).get("wall_time_s") or 0.0)
-    if previous is not None and "wall_time_s" in previous:
-        meta["wall_time_s"] = previous["wall_time_s"]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / RUN_FILE, meta)
-    OmegaConf.save(cfg, out_dir / CONFIG_FILE, resolve=True)
-    for name, node in (hydra_record or {}).items():
-        (out_dir / HYDRA_RECORD_DIR).mkdir(exist_ok=True)
-        atomic_write_text(out_dir / HYDRA_RECORD_DIR / name, OmegaConf.to_yaml(node))
-    records = run_split(
-        planner,
-        dataset,
-        indices,
-        out_dir,
-        batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers,
-        resume=cfg.resume,
-        scores=scores,
-    )
-    # Time spent evaluating, summed over the sessions that finished; a rerun with nothing left to do
-    # keeps the recorded time rather than replacing it with the time of the skip.
-    meta["wall_time_s"] = past_time + (time.perf_counter() - started if todo else 0.0)
-    atomic_write_json(out_dir / RUN_FILE, meta)
-    summary = summarize(records, meta)
-    summary["samples_digest"] = samples_digest(records)
-    atomic_write_json(out_dir / SUMMARY_FILE, summary)
-    if brief:
-        logger.info("%s: %s", out_dir / SUMMARY_FILE, one_line(summary))
-    else:
-        logger.info("%s\n%s", out_dir / SUMMARY_FILE, to_markdown(table_rows([summary]), SHORT_COLUMNS))
-    return summary
+        # Time spent evaluating, summed over the sessions that finished; a rerun with nothing left to do
+        # keeps the recorded time rather than replacing it with the time of the skip.
+        meta["wall_time_s"] = past_time + (time.perf_counter() - started if todo else 0.0)
+        atomic_write_json(out_dir / RUN_FILE, meta)
+        summary = summarize(records, meta)
+        summary["samples_digest"] = samples_digest(records)
+        atomic_write_json(out_dir / SUMMARY_FILE, summary)
+        if brief:
+            logger.info("%s: %s", out_dir / SUMMARY_FILE, one_line(summary))
+        else:
+            logger.info("%s\n%s", out_dir / SUMMARY_FILE, to_markdown(table_rows([summary]), SHORT_COLUMNS))
+        return summary
 
 
 def one_line(summary: dict[str, Any]) -> str:

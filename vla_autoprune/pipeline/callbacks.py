@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from vla_autoprune.errors import ConfigError, UserError
 from vla_autoprune.pipeline.report_files import write_report
-from vla_autoprune.run_files import HYDRA_RECORD_DIR, check_writable
+from vla_autoprune.run_files import HYDRA_RECORD_DIR, LOCK_FILE, check_writable
 
 logger = logging.getLogger(__name__)
 
@@ -67,14 +67,14 @@ def _refuse_unwritable(folder: str, key: str) -> None:
 
 def discard_if_empty(out_dir: str | Path) -> None:
     """Remove a run folder that this command made and that holds nothing of a run, only Hydra's
-    ``.hydra/`` and its log, with the parents it made (``outputs/runs/``): a command that failed its
+    ``.hydra/`` and its log (and the run's lock file), with the parents it made (``outputs/runs/``): a command that failed its
     checks leaves no empty folder behind. A folder that existed before the command (a user's own,
     even empty), or any other content, is kept."""
     out = Path(out_dir).absolute()
     existing = _MADE.get(out)
     if existing is None or not out.is_dir():
         return
-    if all(e.name == HYDRA_RECORD_DIR or e.suffix == ".log" for e in out.iterdir()):
+    if all(e.name in (HYDRA_RECORD_DIR, LOCK_FILE) or e.suffix == ".log" for e in out.iterdir()):
         shutil.rmtree(out, ignore_errors=True)
         for parent in out.parents:
             if parent == existing:
