@@ -189,6 +189,27 @@ def test_damaged_copy_of_a_saved_llava_is_a_one_line_model_load_error(
     assert_one_line_load_error(folder, file, says, before_loading=says != "has no loadable processor")
 
 
+def test_check_factory_runs_the_loaders_own_check_before_any_weight(llava_folder: Path) -> None:
+    """A model config's partial is checked as its loader will check it; other callables pass."""
+    import functools
+
+    from vla_autoprune.errors import ConfigError
+    from vla_autoprune.models.loading import check_factory
+
+    check_factory(functools.partial(LlavaDrivingAdapter.from_pretrained, folder=str(llava_folder)))
+    with pytest.raises(NotALlavaFolderError, match="model_type='driving_vla'"):
+        check_factory(functools.partial(LlavaDrivingAdapter.from_pretrained, folder="tiny-drive-vla"))
+    with pytest.raises(
+        ConfigError, match=r"^model.max_new_tokens is not a setting of load \(its settings: name_or_path\)"
+    ):
+        check_factory(functools.partial(load, name_or_path=str(llava_folder), max_new_tokens=4))
+
+    def custom(device: str = "cpu", dtype: object = None, **settings: object) -> None: ...
+
+    check_factory(functools.partial(custom, anything=1))  # a loader of the user's own: not ours to judge
+    check_factory(lambda device, dtype: None)
+
+
 def test_adapter_refuses_a_folder_that_is_not_llava(tmp_path: Path) -> None:
     DrivingVLA(DrivingVLAConfig()).save_pretrained(tmp_path)
     with pytest.raises(

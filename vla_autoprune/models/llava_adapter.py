@@ -109,18 +109,18 @@ class LlavaDrivingAdapter(ChatDrivingAdapter):
         return cls(llava, processor)
 
     @staticmethod
-    def check_folder(name_or_path: str | Path) -> Path:
+    def check_folder(folder: str | Path) -> Path:
         """What :meth:`from_pretrained` checks before it reads any weight (``config.json``, the model
-        type, the safetensors headers, the tokenizer file); returns the folder."""
-        folder = resolve_model_path(name_or_path)
-        model_type = check_model_folder(folder).get("model_type")
+        type, the safetensors headers, the tokenizer file); returns the resolved folder."""
+        resolved = resolve_model_path(folder)
+        model_type = check_model_folder(resolved).get("model_type")
         if model_type != LLAVA_MODEL_TYPE:
             raise NotALlavaFolderError(
-                f"{folder} holds model_type={model_type!r}, not 'llava'; "
-                f"{wrong_family_fix(name_or_path, model_type)}"
+                f"{resolved} holds model_type={model_type!r}, not 'llava'; "
+                f"{wrong_family_fix(folder, model_type)}"
             )
-        check_tokenizer(folder)
-        return folder
+        check_tokenizer(resolved)
+        return resolved
 
     @property
     def decoder(self) -> nn.Module:

@@ -153,8 +153,9 @@ def check_factory(factory: Callable[..., DrivingModel], where: str = "model") ->
         parameters = inspect.signature(loader).parameters
     except (TypeError, ValueError):
         return
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     unknown = [key for key in factory.keywords if key not in parameters]
-    if unknown:
+    if unknown and not takes_any:
         name = getattr(loader, "__qualname__", str(loader))
         settings = ", ".join(p for p in parameters if p not in ("device", "dtype"))
         raise ConfigError(
