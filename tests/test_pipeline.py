@@ -292,6 +292,25 @@ def test_a_run_folder_takes_one_process_at_a_time(synthetic_root: Path, tmp_path
     assert evaluate(cfg, run)["l2"] == first["l2"]  # and an evaluation's own lock with it (a resume)
 
 
+def test_a_file_system_without_locks_runs_unguarded_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """flock fails with ENOLCK on some network mounts: the run must still run."""
+    import errno
+    import fcntl
+
+    from vla_autoprune.run_files import run_lock
+
+    def no_locks(*args: Any) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    ran = []
+    with caplog.at_level("WARNING"), run_lock(tmp_path):
+        ran.append(True)
+    assert ran and "nothing stops a second run writing here" in caplog.text
+
+
 def test_missing_dataroot_fails_before_any_work(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path / "nowhere", "planner=constant_velocity", "data=nuscenes")
     with pytest.raises(FileNotFoundError, match="nowhere"):

@@ -110,6 +110,10 @@ def run_lock(folder: str | Path) -> Iterator[None]:
                 f"{path.parent} is being evaluated by another process{f' (pid {holder})' if holder else ''}; "
                 "wait for it to finish, or give this run another hydra.run.dir / hydra.sweep.dir"
             ) from None
+        except OSError as err:  # a file system without locks (some network mounts): run unguarded
+            logger.warning("cannot lock %s (%s): nothing stops a second run writing here", path, err)
+            yield
+            return
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
