@@ -112,16 +112,18 @@ def run_lock(folder: str | Path) -> Iterator[None]:
             ) from None
         except OSError as err:  # a file system without locks (some network mounts): run unguarded
             logger.warning("cannot lock %s (%s): nothing stops a second run writing here", path, err)
-            yield
-            return
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
+            locked = False
+        else:
+            locked = True
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            if locked:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

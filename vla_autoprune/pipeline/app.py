@@ -60,7 +60,6 @@ from vla_autoprune.run_files import (
 
 logger = logging.getLogger(__name__)
 
-
 #: Bad input a user can fix, reported as one line: the project's :class:`UserError`, and the data
 #: layer's own error family (until ``vla_autoprune.data.errors`` derives from ``UserError`` too).
 USER_ERRORS: tuple[type[Exception], ...] = (UserError, NuScenesDataError)
@@ -180,10 +179,10 @@ def model_name(cfg: DictConfig) -> str | None:
 
 def checked_planner(cfg: DictConfig) -> tuple[Planner, torch.device, ModelShape | None]:
     """The configured planner as ``evaluate`` and the viewer's live run take it, before any data or
-    weights load: device and dtype checked, the planner built (weights load later, in setup()) and
-    its model folder checked (:meth:`Planner.check_before_loading`), its budget checked against the model's config (:func:`check_budget_before_loading`) and the model's
-    calibration handed to its pruner. Returns it with the device and the model's shape (None for a
-    model-free planner)."""
+    weights load: device and dtype checked, the planner built (weights load later, in setup()), its
+    model folder checked (:meth:`Planner.check_before_loading`), its budget checked against the
+    model's config (:func:`check_budget_before_loading`) and the model's calibration handed to its
+    pruner. Returns it with the device and the model's shape (None for a model-free planner)."""
     device = resolve_device(cfg.device)
     resolve_dtype(cfg.dtype)
     planner: Planner = build(cfg.planner)
@@ -327,8 +326,7 @@ def evaluate(
         past_time = float((previous or {}).get("wall_time_s") or 0.0)
         if previous is not None and "wall_time_s" in previous:
             meta["wall_time_s"] = previous["wall_time_s"]
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out_dir / RUN_FILE, meta)
+        atomic_write_json(out_dir / RUN_FILE, meta)  # the folder exists: run_lock made it
         OmegaConf.save(cfg, out_dir / CONFIG_FILE, resolve=True)
         for name, node in (hydra_record or {}).items():
             (out_dir / HYDRA_RECORD_DIR).mkdir(exist_ok=True)

@@ -66,10 +66,10 @@ def _refuse_unwritable(folder: str, key: str) -> None:
 
 
 def discard_if_empty(out_dir: str | Path) -> None:
-    """Remove a run folder that this command made and that holds nothing of a run, only Hydra's
-    ``.hydra/`` and its log (and the run's lock file), with the parents it made (``outputs/runs/``): a command that failed its
-    checks leaves no empty folder behind. A folder that existed before the command (a user's own,
-    even empty), or any other content, is kept."""
+    """Remove a run folder that this command made and that holds nothing of a run (only Hydra's
+    ``.hydra/``, its log and the run's lock file), with the parents it made (``outputs/runs/``): a
+    command that failed its checks leaves no empty folder behind. A folder that existed before the
+    command (a user's own, even empty), or any other content, is kept."""
     out = Path(out_dir).absolute()
     existing = _MADE.get(out)
     if existing is None or not out.is_dir():
