@@ -27,13 +27,13 @@ from vla_autoprune.errors import ConfigError, DataNotFoundError
 from vla_autoprune.pipeline.app import (
     USER_ERRORS,
     build,
-    check_seed,
     checked_planner,
     model_name,
 )
 from vla_autoprune.pipeline.callbacks import discard_if_empty
 from vla_autoprune.pipeline.group_choices import refuse_unknown_choices
 from vla_autoprune.pipeline.loop import run_split
+from vla_autoprune.pruning.options import check_seed
 from vla_autoprune.run_files import RUN_FILE, atomic_write_json, check_writable
 from vla_autoprune.viz.render import render_scenes, select_scenes
 from vla_autoprune.viz.runs import (

@@ -45,6 +45,7 @@ from vla_autoprune.pipeline.merge import samples_digest
 from vla_autoprune.pipeline.summary import summarize
 from vla_autoprune.pipeline.table import SHORT_COLUMNS, table_rows, to_markdown
 from vla_autoprune.pruning.calibration import calibrate_pruner
+from vla_autoprune.pruning.options import check_seed
 from vla_autoprune.run_files import (
     CONFIG_FILE,
     HYDRA_RECORD_DIR,
@@ -132,13 +133,6 @@ def check_config(cfg: DictConfig) -> None:
     if not (isinstance(workers, int) and workers >= 0):
         raise ConfigError(f"num_workers={workers!r} must be 0 (load in this process) or a positive integer")
     check_seed(cfg.seed)
-
-
-def check_seed(seed: Any) -> None:
-    """A one-line :class:`ConfigError` unless ``seed`` is a non-negative integer (``torch.manual_seed``
-    takes ``1.5`` silently and fails on ``abc`` with a traceback)."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"seed={seed!r} must be a non-negative integer, e.g. seed=0")
 
 
 def warn_unused_budget(planner: Planner, overrides: Sequence[str]) -> None:

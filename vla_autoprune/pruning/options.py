@@ -1,4 +1,5 @@
-"""The pruners' string options as ``Literal`` types, and their one check.
+"""The pruners' string options as ``Literal`` types, and their one check; and the seed check (the
+run's ``seed``, which the random pruner draws from).
 
 Hydra hands options over as plain strings, so a pruner checks each one once, when it is
 constructed, with :func:`check_choice`; past that point the ``Literal`` types let mypy check
@@ -52,3 +53,12 @@ def check_choice(label: str, value: object, allowed: Any, who: str = "") -> None
     if value not in choices:
         prefix = f"{who}: " if who else ""
         raise ConfigError(f"{prefix}{label}={value!r} is unknown; use one of {choices}")
+
+
+def check_seed(seed: object, who: str = "") -> None:
+    """Raise :class:`ConfigError` unless ``seed`` is a non-negative integer: ``torch.manual_seed``
+    takes ``1.5`` silently and fails on ``abc`` with a traceback, and a string hashed into the random
+    pruner's draws would run and record a seed no one chose. ``who``: prefix naming the component."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        prefix = f"{who}: " if who else ""
+        raise ConfigError(f"{prefix}seed={seed!r} must be a non-negative integer, e.g. seed=0")

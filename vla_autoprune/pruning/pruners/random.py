@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from vla_autoprune.errors import ConfigError
+from vla_autoprune.pruning.options import check_seed
 from vla_autoprune.pruning.pruner import LayerView
 from vla_autoprune.pruning.pruners.fastv import FastVPruner
 from vla_autoprune.pruning.registry import register_pruner
@@ -53,9 +54,7 @@ class RandomPruner(FastVPruner):
         super().__post_init__()
         if self.mode != "matched":
             raise ConfigError(f"{self.name}: mode={self.mode!r} is FastV's; random has no faithful variant")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            # a string would hash into some draw: a typo would run and record a seed no one chose
-            raise ConfigError(f"{self.name}: seed={self.seed!r} must be a non-negative integer, e.g. seed=0")
+        check_seed(self.seed, self.name)
 
     @property
     def label(self) -> str:
